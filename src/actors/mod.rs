@@ -1,0 +1,6 @@
+//! The actors (actix): one file each. `actors.md` at the top of the
+//! repository is their map: who starts whom, the messages, the invariants.
+
+pub mod driver;
+pub mod session;
+pub mod supervisor;

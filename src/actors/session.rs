@@ -1,0 +1,407 @@
+//! The Session actor: one WhatsApp account, one Chromium, one profile.
+//!
+//! It opens the page (through the [`Driver`]'s chromedriver), polls the
+//! page adapter every `whatsapp.poll_interval` with one short `execute`,
+//! turns what it sees into a session state ([`Observer`]) and reports every
+//! change to the [`Supervisor`]. When the page's run is over (browser gone,
+//! logout, block) it closes the browser, reports [`SessionEnded`] with a
+//! typed [`EndReason`] and stops: what happens next is the Supervisor's
+//! decision. Sends run beside the polls (messages interleave), and a send
+//! waits for its ack outside WebDriver, so neither ever blocks the other for
+//! longer than one command.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::actors::driver::{Driver, GetDriverUrl};
+use crate::actors::supervisor::{SessionEnded, SessionStatus, Supervisor};
+use crate::config::Config;
+use crate::policy::EndReason;
+use crate::profile;
+use crate::session_state::{Me, SessionState};
+use crate::whatsapp::number::ChatId;
+use crate::whatsapp::observe::Observer;
+use crate::whatsapp::page::{Page, PageError, PageEvent, Poll, SendRefused};
+
+/// Sends a text. Answered once the server acked it (ack ≥ 1) or
+/// `whatsapp.ack_wait` passed (then with ack 0, `PENDING`).
+#[derive(Message)]
+#[rtype(result = "Result<SendOutcome, SendError>")]
+pub struct SendText {
+    pub to: ChatId,
+    pub body: String,
+    /// Key id chosen by the caller ([`crate::whatsapp::new_message_id`]).
+    pub id: String,
+}
+
+/// A send the page took.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    pub id: String,
+    /// Chat id, `<digits>@c.us`.
+    pub to: String,
+    /// WhatsApp Web's ack number (0 pending, 1 server, 2 device, 3 read).
+    pub ack: i8,
+}
+
+/// Why a send did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("session is {0}, not CONNECTED")]
+    NotConnected(SessionState),
+    #[error("{0}")]
+    Refused(#[from] SendRefused),
+    #[error("WhatsApp rejected the message{}", .code.map(|c| format!(" (error {c})")).unwrap_or_default())]
+    Rejected { code: Option<i64> },
+    #[error("the page failed to send: {0}")]
+    Page(String),
+}
+
+/// Logs the device out from the page (`Socket.logout()`).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct LogoutPage;
+
+/// Closes the browser (profile kept) and stops the actor without reporting
+/// an end: the Supervisor asked for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The Session actor. See the module docs.
+pub struct Session {
+    name: String,
+    generation: u64,
+    config: Arc<Config>,
+    profile: PathBuf,
+    driver: Addr<Driver>,
+    supervisor: Addr<Supervisor>,
+    page: Option<Page>,
+    observer: Observer,
+    polling: bool,
+    reported: Option<(SessionState, Option<&'static str>)>,
+    state: SessionState,
+    qr: Option<String>,
+    me: Option<Me>,
+    last_answer: Instant,
+    loading_since: Option<Instant>,
+    ended: bool,
+    waiting: HashMap<String, oneshot::Sender<Result<i8, SendError>>>,
+    /// Acks seen recently, for sends whose ack arrived before they waited.
+    recent_acks: VecDeque<(String, Result<i8, SendError>)>,
+}
+
+impl Session {
+    /// `linked`: the store says this profile holds credentials.
+    pub fn new(
+        name: String,
+        generation: u64,
+        config: Arc<Config>,
+        driver: Addr<Driver>,
+        supervisor: Addr<Supervisor>,
+        linked: bool,
+    ) -> Self {
+        let profile = profile::path(&config.state.dir, &name);
+        Self {
+            name,
+            generation,
+            config,
+            profile,
+            driver,
+            supervisor,
+            page: None,
+            observer: Observer::new(linked),
+            polling: false,
+            reported: None,
+            state: SessionState::Starting,
+            qr: None,
+            me: None,
+            last_answer: Instant::now(),
+            loading_since: None,
+            ended: false,
+            waiting: HashMap::new(),
+            recent_acks: VecDeque::new(),
+        }
+    }
+
+    /// The page's run is over: close the browser, report, stop.
+    fn end(&mut self, reason: EndReason, detail: String, ctx: &mut Context<Self>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        tracing::warn!(session = %self.name, event = "session.ended", reason = %reason, detail = %detail, "session ended");
+        for (_, waiter) in self.waiting.drain() {
+            let _ = waiter.send(Err(SendError::Page(format!("session ended: {reason}"))));
+        }
+        let page = self.page.take();
+        let supervisor = self.supervisor.clone();
+        let (name, generation, profile) = (self.name.clone(), self.generation, self.profile.clone());
+        ctx.wait(
+            async move {
+                if let Some(page) = page {
+                    page.close(Duration::from_secs(10)).await;
+                }
+                // Whatever closing left behind must not hold the profile.
+                profile::kill_browsers(&profile);
+                supervisor.do_send(SessionEnded { name, generation, reason, detail });
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
+    }
+
+    fn report(&mut self, state: SessionState, reason: Option<&'static str>, qr_changed: bool, me_changed: bool) {
+        self.state = state;
+        if self.reported == Some((state, reason)) && !qr_changed && !me_changed {
+            return;
+        }
+        self.reported = Some((state, reason));
+        self.supervisor.do_send(SessionStatus {
+            name: self.name.clone(),
+            generation: self.generation,
+            state,
+            reason: reason.map(str::to_string),
+            me: self.me.clone(),
+            qr: if state == SessionState::ScanQr { self.qr.clone() } else { None },
+        });
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.polling || self.ended {
+            return;
+        }
+        let Some(page) = self.page.clone() else { return };
+        self.polling = true;
+        ctx.spawn(async move { page.poll().await }.into_actor(self).map(|result, act, ctx| {
+            act.polling = false;
+            act.on_poll(result, ctx);
+        }));
+    }
+
+    fn on_poll(&mut self, result: Result<Poll, PageError>, ctx: &mut Context<Self>) {
+        if self.ended {
+            return;
+        }
+        let now = Instant::now();
+        match result {
+            Err(e) => {
+                if let Some(reason) = e.end_reason() {
+                    return self.end(reason, e.to_string(), ctx);
+                }
+                if self.last_answer.elapsed() > self.config.whatsapp.load_timeout {
+                    return self.end(EndReason::HeartbeatMissed, e.to_string(), ctx);
+                }
+                tracing::debug!(session = %self.name, error = %e, "poll failed; retrying");
+            }
+            Ok(Poll::Loading) => {
+                self.last_answer = now;
+                let since = *self.loading_since.get_or_insert(now);
+                if since.elapsed() > self.config.whatsapp.load_timeout {
+                    let detail = format!("page not loaded within {:?}", self.config.whatsapp.load_timeout);
+                    self.end(EndReason::StartFailed, detail, ctx);
+                }
+            }
+            Ok(Poll::Ready { events, snap, injected }) => {
+                self.last_answer = now;
+                self.loading_since = None;
+                if injected {
+                    tracing::debug!(session = %self.name, "page adapter injected");
+                }
+                for event in &events {
+                    match event {
+                        PageEvent::Ack { id, ack } => self.ack(id, Ok(*ack)),
+                        PageEvent::SendError { id, code, .. } => {
+                            self.ack(id, Err(SendError::Rejected { code: *code }))
+                        }
+                        _ => {}
+                    }
+                }
+                let verdict = self.observer.observe(&events, &snap);
+                let me = snap.me.clone().map(|wid| Me { wid, pushname: snap.pushname.clone() });
+                let me_changed = me.is_some() && me != self.me;
+                if me_changed {
+                    self.me = me;
+                }
+                let qr_changed = snap.qr != self.qr;
+                self.qr = snap.qr;
+                if let Some(reason) = verdict.end {
+                    self.state = verdict.state;
+                    return self.end(reason, format!("page state {}", snap.state), ctx);
+                }
+                if verdict.refresh_qr {
+                    if let Some(page) = self.page.clone() {
+                        ctx.spawn(async move { page.action("refreshQR").await }.into_actor(self).map(|_, _, _| ()));
+                    }
+                }
+                self.report(verdict.state, verdict.reason, qr_changed, me_changed);
+            }
+        }
+    }
+
+    fn ack(&mut self, id: &str, ack: Result<i8, SendError>) {
+        let settled = !matches!(ack, Ok(0));
+        if settled {
+            if let Some(waiter) = self.waiting.remove(id) {
+                let _ = waiter.send(ack);
+                return;
+            }
+        }
+        self.recent_acks.push_back((id.to_string(), ack));
+        while self.recent_acks.len() > 1024 {
+            self.recent_acks.pop_front();
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.report(SessionState::Starting, Some("opening browser"), false, false);
+        let driver = self.driver.clone();
+        let profile = self.profile.clone();
+        let config = self.config.clone();
+        ctx.spawn(
+            async move {
+                let url = driver
+                    .send(GetDriverUrl)
+                    .await
+                    .map_err(|e| (EndReason::DriverDied, e.to_string()))?
+                    .map_err(|e| (EndReason::DriverDied, e.to_string()))?;
+                let killed = profile::kill_browsers(&profile);
+                if killed > 0 {
+                    tracing::warn!(profile = %profile.display(), killed, "killed stale browser processes on the profile");
+                }
+                profile::prepare(&profile).map_err(|e| (EndReason::StartFailed, format!("profile dir: {e}")))?;
+                Page::open(&url, &profile, &config).await.map_err(|e| {
+                    (e.end_reason().unwrap_or(EndReason::StartFailed), e.to_string())
+                })
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(page) => {
+                    if act.ended {
+                        ctx.spawn(async move { page.close(Duration::from_secs(10)).await }.into_actor(act));
+                        return;
+                    }
+                    act.page = Some(page);
+                    act.last_answer = Instant::now();
+                    act.loading_since = Some(Instant::now());
+                    act.report(SessionState::Starting, Some("loading page"), false, false);
+                    act.tick(ctx);
+                    ctx.run_interval(act.config.whatsapp.poll_interval, |act, ctx| act.tick(ctx));
+                }
+                Err((reason, detail)) => act.end(reason, detail, ctx),
+            }),
+        );
+    }
+}
+
+impl Handler<SendText> for Session {
+    type Result = ResponseActFuture<Self, Result<SendOutcome, SendError>>;
+
+    fn handle(&mut self, msg: SendText, _ctx: &mut Self::Context) -> Self::Result {
+        let page = match (&self.page, self.state) {
+            (Some(page), SessionState::Connected) if !self.ended => page.clone(),
+            _ => return Box::pin(fut::ready(Err(SendError::NotConnected(self.state)))),
+        };
+        let ack_wait = self.config.whatsapp.ack_wait;
+        let SendText { to, body, id } = msg;
+        Box::pin(
+            async move { page.send(to.as_str(), &body, &id).await.map(|r| (r, id)) }
+                .into_actor(self)
+                .then(move |result, act, _ctx| {
+                    let (sent, waiter) = match result {
+                        Err(e) => (Err(SendError::Page(e.to_string())), None),
+                        Ok((Err(refused), _)) => (Err(SendError::Refused(refused)), None),
+                        Ok((Ok(sent), id)) if sent.ack != 0 => {
+                            let ack = sent.ack;
+                            (Ok(sent), (ack < 0).then(|| (id, None)))
+                        }
+                        Ok((Ok(sent), id)) => {
+                            // Its ack may have been drained already.
+                            let seen = act.recent_acks.iter().rev().find(|(i, _)| *i == id).map(|(_, a)| a.clone());
+                            match seen {
+                                Some(ack) => {
+                                    let (tx, rx) = oneshot::channel();
+                                    let _ = tx.send(ack);
+                                    (Ok(sent), Some((id, Some(rx))))
+                                }
+                                None => {
+                                    let (tx, rx) = oneshot::channel();
+                                    act.waiting.insert(id.clone(), tx);
+                                    (Ok(sent), Some((id, Some(rx))))
+                                }
+                            }
+                        }
+                    };
+                    let session = act.name.clone();
+                    fut::wrap_future::<_, Self>(async move {
+                        let sent = sent?;
+                        let mut ack = sent.ack;
+                        if let Some((_, Some(rx))) = waiter {
+                            match tokio::time::timeout(ack_wait, rx).await {
+                                Ok(Ok(Ok(a))) => ack = a,
+                                Ok(Ok(Err(e))) => return Err(e),
+                                _ => {}
+                            }
+                        }
+                        if ack < 0 {
+                            return Err(SendError::Rejected { code: None });
+                        }
+                        tracing::info!(session = %session, event = "message.sent", id = %sent.id, ack, "message sent");
+                        Ok(SendOutcome { id: sent.id, to: sent.to, ack })
+                    })
+                    .map(|result, act: &mut Self, _| {
+                        if let Err(SendError::Rejected { .. }) | Err(SendError::Page(_)) = &result {
+                            tracing::warn!(session = %act.name, event = "message.failed", "send failed");
+                        }
+                        result
+                    })
+                }),
+        )
+    }
+}
+
+impl Handler<LogoutPage> for Session {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, _msg: LogoutPage, _ctx: &mut Self::Context) -> Self::Result {
+        let page = self.page.clone();
+        Box::pin(async move {
+            match page {
+                Some(page) => page.action("logout").await.map_err(|e| e.to_string()),
+                None => Err("no page is open".into()),
+            }
+        })
+    }
+}
+
+impl Handler<Shutdown> for Session {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.ended = true;
+        for (_, waiter) in self.waiting.drain() {
+            let _ = waiter.send(Err(SendError::Page("session is stopping".into())));
+        }
+        let page = self.page.take();
+        let profile = self.profile.clone();
+        Box::pin(
+            async move {
+                if let Some(page) = page {
+                    page.close(Duration::from_secs(10)).await;
+                }
+                profile::kill_browsers(&profile);
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        )
+    }
+}

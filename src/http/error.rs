@@ -1,0 +1,67 @@
+//! API errors: every failure is a status code and `{"error": "<what was
+//! wrong>"}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::actors::session::SendError;
+use crate::actors::supervisor::SupervisorError;
+use crate::whatsapp::page::SendRefused;
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(serde_json::json!({ "error": self.message }))
+    }
+}
+
+impl From<SupervisorError> for ApiError {
+    fn from(e: SupervisorError) -> Self {
+        let status = match &e {
+            SupervisorError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            SupervisorError::NotFound(_) => StatusCode::NOT_FOUND,
+            SupervisorError::Exists(_) | SupervisorError::WrongState { .. } => StatusCode::CONFLICT,
+            SupervisorError::Send(send) => match send {
+                SendError::NotConnected(_) => StatusCode::CONFLICT,
+                SendError::Refused(SendRefused::NotOnWhatsApp(_) | SendRefused::InvalidWid(_)) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                SendError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                SendError::Refused(SendRefused::Other(_)) | SendError::Page(_) => StatusCode::BAD_GATEWAY,
+            },
+            SupervisorError::Store(_) | SupervisorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        Self::internal(format!("supervisor unavailable: {e}"))
+    }
+}

@@ -1,0 +1,23 @@
+//! wasup: a supervisor daemon that keeps WhatsApp Web sessions alive around
+//! the clock, controlled over HTTP.
+//!
+//! Code map (see `actors.md` for the actors and their invariants):
+//! - [`actors`]: Driver (chromedriver), Session (one browser per account),
+//!   Supervisor (the set of sessions and the restart policy).
+//! - [`policy`]: pure decisions (what a session's end means, backoff).
+//! - [`whatsapp`]: the page adapter and everything that knows WhatsApp Web.
+//! - [`sim`]: the WhatsApp Web simulator (`wasup sim`).
+//! - [`http`]: the control API; [`store`]: sled; [`config`]: `config.toml`.
+
+pub mod actors;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod http;
+pub mod policy;
+pub mod profile;
+pub mod qr;
+pub mod session_state;
+pub mod sim;
+pub mod store;
+pub mod whatsapp;

@@ -1,0 +1,52 @@
+//! `wasup`: one binary for the daemon (`serve`), the WhatsApp Web simulator
+//! (`sim`) and the newcomer's demo (`demo`).
+
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use wasup::{config, daemon, demo, sim};
+
+#[derive(Parser)]
+#[command(name = "wasup", version, about = "Keeps WhatsApp Web sessions alive and sends paced campaigns")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: sessions, supervision and the HTTP API.
+    Serve {
+        /// Configuration file (TOML); see config.toml for every key.
+        #[arg(long, short, default_value = "/etc/wasup/config.toml")]
+        config: PathBuf,
+    },
+    /// Run the WhatsApp Web simulator (page, servers and the phone's control API).
+    Sim(sim::SimArgs),
+    /// Start the simulator and the daemon, pair a session and send a few texts.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve { config } => config::Config::load(&config).map_err(anyhow::Error::from).and_then(daemon::run),
+        Command::Sim(args) => sim::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasup: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Pure decisions, no I/O: time and randomness are arguments, so these are
+//! unit- and property-tested with no browser, clock or actor system. The
+//! actors (`crate::actors`) feed them events and carry out what they decide.
+
+pub mod restart;
+
+pub use restart::{Action, EndReason};

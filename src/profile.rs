@@ -1,0 +1,95 @@
+//! Browser profiles: one Chromium user-data dir per session under
+//! `<state.dir>/profiles/<name>`, mode 0700, since it holds the linked
+//! device's credentials (IndexedDB) and keys.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// `<state_dir>/profiles/<name>`. `name` must have passed
+/// [`crate::session_state::validate_name`].
+pub fn path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("profiles").join(name)
+}
+
+/// Creates the profile dir (and `profiles/`) with mode 0700, and tightens
+/// an existing one.
+pub fn prepare(profile: &Path) -> io::Result<()> {
+    if let Some(parent) = profile.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(profile)?;
+    std::fs::set_permissions(profile, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Deletes the profile (credentials, keys, everything).
+pub fn wipe(profile: &Path) -> io::Result<()> {
+    kill_browsers(profile);
+    match std::fs::remove_dir_all(profile) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Kills every process whose command line uses this profile, so a stale
+/// Chromium (left by a killed daemon or chromedriver) cannot hold it: a
+/// second browser on a profile in use fails with "user data directory is
+/// already in use". Returns how many were killed.
+pub fn kill_browsers(profile: &Path) -> usize {
+    let needle = format!("--user-data-dir={}", profile.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()) {
+            // SAFETY: plain kill(2) on a pid read from /proc.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    if killed > 0 {
+        // Chromium's own lock files would make the next start refuse.
+        for lock in ["SingletonLock", "SingletonSocket", "SingletonCookie"] {
+            let _ = std::fs::remove_file(profile.join(lock));
+        }
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_are_private_and_wipeable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), "acme");
+        prepare(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let mode = std::fs::metadata(p.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::write(p.join("key"), b"x").unwrap();
+        wipe(&p).unwrap();
+        assert!(!p.exists());
+        wipe(&p).unwrap();
+    }
+
+    #[test]
+    fn stale_processes_on_a_profile_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), "stale");
+        // `sh -c` keeps its `$0` in its command line, like a browser its flags.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 60; : \"$0\"")
+            .arg(format!("--user-data-dir={}", p.display()))
+            .spawn()
+            .unwrap();
+        assert_eq!(kill_browsers(&p), 1);
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+    }
+}

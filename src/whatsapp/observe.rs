@@ -1,0 +1,158 @@
+//! What the page's state means for the session: pure, no I/O.
+//!
+//! The Session actor feeds every poll's events and snapshot to an
+//! [`Observer`]; it answers with the session state to show and, when the
+//! page's run is over, the typed [`EndReason`]. The rules follow
+//! whatsapp-web.md: `OPENING`/`TIMEOUT` flapping is the network, not a
+//! logout; `UNPAIRED` after having been linked without a logout event is the
+//! device being revoked (`device_removed`); `TOS_BLOCK` and friends are
+//! terminal until a human acts.
+
+use crate::policy::EndReason;
+use crate::session_state::SessionState;
+
+use super::page::{PageEvent, Snapshot};
+
+/// What the session should show after one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub state: SessionState,
+    /// Short reason for `state` (`"syncing"`, `"connection_lost"`, …).
+    pub reason: Option<&'static str>,
+    /// The page's run is over for this reason.
+    pub end: Option<EndReason>,
+    /// The QR refs ran out (`UNPAIRED_IDLE`): ask the page for new ones.
+    pub refresh_qr: bool,
+}
+
+/// Remembers what earlier polls showed.
+#[derive(Debug, Clone)]
+pub struct Observer {
+    /// The session holds credentials that were (or should be) valid: it had
+    /// been connected before, in this run or an earlier one.
+    linked: bool,
+    /// The page has been `CONNECTED` and synced during this run.
+    connected_once: bool,
+    idle_refreshed: bool,
+}
+
+impl Observer {
+    /// `linked`: the store says this session's profile holds credentials.
+    pub fn new(linked: bool) -> Self {
+        Self { linked, connected_once: false, idle_refreshed: false }
+    }
+
+    /// Whether the session's profile holds credentials as far as we know.
+    pub fn linked(&self) -> bool {
+        self.linked
+    }
+
+    pub fn observe(&mut self, events: &[PageEvent], snap: &Snapshot) -> Verdict {
+        let verdict = |state, reason| Verdict { state, reason, end: None, refresh_qr: false };
+        let ended = |reason: EndReason, state| Verdict {
+            state,
+            reason: Some(reason.as_str()),
+            end: Some(reason),
+            refresh_qr: false,
+        };
+        let logged_out = events.iter().any(|e| {
+            matches!(e, PageEvent::Logout | PageEvent::Loaded { post_logout: true })
+        }) || snap.post_logout;
+        if self.linked && logged_out {
+            return ended(EndReason::PhoneLogout, SessionState::LoggedOut);
+        }
+        match snap.state.as_str() {
+            "UNPAIRED" | "UNPAIRED_IDLE" => {
+                if self.linked {
+                    return ended(EndReason::DeviceRemoved, SessionState::LoggedOut);
+                }
+                let idle = snap.state == "UNPAIRED_IDLE";
+                let refresh_qr = idle && !self.idle_refreshed;
+                self.idle_refreshed = idle;
+                Verdict { state: SessionState::ScanQr, reason: None, end: None, refresh_qr }
+            }
+            "CONNECTED" if snap.synced || self.connected_once => {
+                self.linked = true;
+                self.connected_once = true;
+                self.idle_refreshed = false;
+                verdict(SessionState::Connected, None)
+            }
+            "CONNECTED" => {
+                self.linked = true;
+                verdict(SessionState::Starting, Some("syncing"))
+            }
+            "TIMEOUT" if self.connected_once => verdict(SessionState::Reconnecting, Some("connection_lost")),
+            "OPENING" | "UNLAUNCHED" | "PAIRING" | "TIMEOUT" if self.connected_once => {
+                verdict(SessionState::Reconnecting, Some("page_reconnecting"))
+            }
+            "CONFLICT" => verdict(SessionState::Conflict, Some("conflict")),
+            "TOS_BLOCK" | "SMB_TOS_BLOCK" | "PROXYBLOCK" => ended(EndReason::TosBlock, SessionState::Blocked),
+            "DEPRECATED_VERSION" => ended(EndReason::DeprecatedVersion, SessionState::Failed),
+            _ => verdict(SessionState::Starting, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(state: &str, synced: bool) -> Snapshot {
+        Snapshot { state: state.into(), synced, ..Snapshot::default() }
+    }
+
+    #[test]
+    fn pairing_then_connected() {
+        let mut o = Observer::new(false);
+        assert_eq!(o.observe(&[], &snap("OPENING", false)).state, SessionState::Starting);
+        assert_eq!(o.observe(&[], &snap("UNPAIRED", false)).state, SessionState::ScanQr);
+        // After the scan the page reloads and comes up CONNECTED, then synced.
+        assert_eq!(o.observe(&[], &snap("OPENING", false)).state, SessionState::Starting);
+        assert_eq!(o.observe(&[], &snap("CONNECTED", false)).reason, Some("syncing"));
+        assert_eq!(o.observe(&[], &snap("CONNECTED", true)).state, SessionState::Connected);
+        assert!(o.linked());
+    }
+
+    #[test]
+    fn network_flaps_are_not_logouts() {
+        let mut o = Observer::new(true);
+        o.observe(&[], &snap("CONNECTED", true));
+        let v = o.observe(&[], &snap("TIMEOUT", true));
+        assert_eq!((v.state, v.end), (SessionState::Reconnecting, None));
+        let v = o.observe(&[], &snap("OPENING", true));
+        assert_eq!((v.state, v.end), (SessionState::Reconnecting, None));
+        assert_eq!(o.observe(&[], &snap("CONNECTED", true)).state, SessionState::Connected);
+    }
+
+    #[test]
+    fn phone_logout_and_device_removed_are_told_apart() {
+        let mut o = Observer::new(true);
+        o.observe(&[], &snap("CONNECTED", true));
+        let v = o.observe(&[PageEvent::Logout], &snap("UNPAIRED", false));
+        assert_eq!(v.end, Some(EndReason::PhoneLogout));
+
+        let mut o = Observer::new(true);
+        o.observe(&[], &snap("CONNECTED", true));
+        let v = o.observe(&[], &snap("UNPAIRED", false));
+        assert_eq!(v.end, Some(EndReason::DeviceRemoved));
+        assert_eq!(v.state, SessionState::LoggedOut);
+    }
+
+    #[test]
+    fn an_unlinked_session_showing_a_qr_is_not_an_end() {
+        let mut o = Observer::new(false);
+        let v = o.observe(&[PageEvent::Loaded { post_logout: true }], &snap("UNPAIRED", false));
+        assert_eq!((v.state, v.end), (SessionState::ScanQr, None));
+        let v = o.observe(&[], &snap("UNPAIRED_IDLE", false));
+        assert!(v.refresh_qr);
+        assert!(!o.observe(&[], &snap("UNPAIRED_IDLE", false)).refresh_qr, "ask once per idle spell");
+    }
+
+    #[test]
+    fn blocks_are_terminal() {
+        let mut o = Observer::new(true);
+        assert_eq!(o.observe(&[], &snap("TOS_BLOCK", false)).end, Some(EndReason::TosBlock));
+        assert_eq!(o.observe(&[], &snap("DEPRECATED_VERSION", false)).end, Some(EndReason::DeprecatedVersion));
+        assert_eq!(o.observe(&[], &snap("CONFLICT", true)).state, SessionState::Conflict);
+    }
+}

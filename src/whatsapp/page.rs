@@ -1,0 +1,322 @@
+//! One WhatsApp Web page in one Chromium, driven through WebDriver.
+//!
+//! [`Page`] is the only code that talks to chromedriver. It opens Chromium on
+//! a session's profile, loads the configured URL, injects the adapter
+//! (`adapter.js`) whenever a navigation removed it, drains the adapter's
+//! event queue, and sends texts. Every WebDriver failure is classified into a
+//! [`PageError`], so the Session actor branches on a variant, not on text.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fantoccini::error::{CmdError, ErrorStatus, NewSessionError};
+use fantoccini::{Client, ClientBuilder};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::policy::EndReason;
+
+/// The adapter's source; `ADAPTER_VERSION` changes whenever it does, so a
+/// page holding an older adapter gets the new one.
+const ADAPTER: &str = include_str!("adapter.js");
+const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-1");
+
+/// One poll's script: drain if the adapter is there, else say why not.
+const TICK: &str = r#"
+const v = arguments[0];
+if (window.__wasup && window.__wasup.version === v) return window.__wasup.drain();
+if (!(window.Debug && window.Debug.VERSION)) return {loading: true};
+try { window.require('WAWebSocketModel'); } catch (e) { return {loading: true}; }
+return {inject: true};
+"#;
+
+/// What went wrong talking to the page.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// The browser, its renderer or chromedriver is gone: this page is over.
+    #[error("{reason}: {message}")]
+    Gone { reason: EndReason, message: String },
+    /// The command failed but the page may still be fine (a script error,
+    /// a navigation in the middle of a command, a timeout).
+    #[error("page command failed: {0}")]
+    Transient(String),
+}
+
+impl PageError {
+    /// Why the page is over, if it is.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        match self {
+            PageError::Gone { reason, .. } => Some(*reason),
+            PageError::Transient(_) => None,
+        }
+    }
+}
+
+fn classify(e: CmdError) -> PageError {
+    let message = e.to_string();
+    let gone = |reason| PageError::Gone { reason, message: message.clone() };
+    match &e {
+        CmdError::Standard(w) => {
+            let text = w.message.to_lowercase();
+            if text.contains("page crash") || text.contains("tab crashed") {
+                gone(EndReason::PageCrashed)
+            } else if w.error == ErrorStatus::InvalidSessionId
+                || w.error == ErrorStatus::NoSuchWindow
+                || text.contains("session deleted")
+                || text.contains("chrome not reachable")
+                || text.contains("disconnected")
+            {
+                gone(EndReason::BrowserDied)
+            } else {
+                PageError::Transient(message)
+            }
+        }
+        CmdError::Failed(_) | CmdError::FailedC(_) | CmdError::Lost(_) => gone(EndReason::DriverDied),
+        _ => PageError::Transient(message),
+    }
+}
+
+fn classify_new(e: NewSessionError) -> PageError {
+    let message = e.to_string();
+    let reason = match &e {
+        NewSessionError::Failed(_) | NewSessionError::FailedC(_) | NewSessionError::Lost(_) => {
+            EndReason::DriverDied
+        }
+        _ => EndReason::StartFailed,
+    };
+    let detail = match &e {
+        NewSessionError::SessionNotCreated(w) => format!("{message}: {}", w.message),
+        _ => message,
+    };
+    PageError::Gone { reason, message: detail }
+}
+
+/// The page's state as the adapter reports it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Snapshot {
+    /// `Socket.state`, e.g. `CONNECTED`, `UNPAIRED`.
+    pub state: String,
+    /// `Socket.hasSynced`.
+    pub synced: bool,
+    /// Own chat id when logged in.
+    pub me: Option<String>,
+    pub pushname: Option<String>,
+    /// The full QR string while one is shown. A secret: never log it.
+    pub qr: Option<String>,
+    /// The page was reached through `?post_logout=1`.
+    #[serde(default)]
+    pub post_logout: bool,
+}
+
+/// One event queued by the adapter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum PageEvent {
+    State { state: String },
+    Synced { value: bool },
+    Qr,
+    Logout,
+    Ack { id: String, ack: i8 },
+    SendError { id: String, code: Option<i64>, result: Option<String> },
+    Loaded { post_logout: bool },
+}
+
+/// What one poll found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Poll {
+    /// The page is (re)loading: `window.Debug.VERSION` is not there yet.
+    Loading,
+    /// The adapter's queue and the current state. `injected` is true when
+    /// this poll had to inject the adapter (a navigation happened).
+    Ready { events: Vec<PageEvent>, snap: Snapshot, injected: bool },
+}
+
+#[derive(Deserialize)]
+struct Drained {
+    #[serde(default)]
+    events: Vec<Value>,
+    snap: Snapshot,
+}
+
+/// A sent text as the page reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sent {
+    pub id: String,
+    pub to: String,
+    /// -1 error, 0 pending, 1 server, 2 device, 3 read, 4 played.
+    pub ack: i8,
+    /// The page already held this key: nothing was sent this time.
+    #[serde(default)]
+    pub existed: bool,
+}
+
+/// Why the page refused a send (the page itself is fine).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendRefused {
+    #[error("{0} is not on WhatsApp")]
+    NotOnWhatsApp(String),
+    #[error("invalid chat id: {0}")]
+    InvalidWid(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A Chromium with one WhatsApp Web page. Clones share the WebDriver
+/// session.
+#[derive(Clone)]
+pub struct Page {
+    client: Client,
+}
+
+impl Page {
+    /// Starts Chromium on `profile` through the chromedriver at
+    /// `webdriver_url` and loads `config.whatsapp.url`.
+    pub async fn open(webdriver_url: &str, profile: &Path, config: &Config) -> Result<Page, PageError> {
+        let mut args = vec![
+            format!("--user-data-dir={}", profile.display()),
+            "--no-first-run".into(),
+            "--no-default-browser-check".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-gpu".into(),
+            // Keep timers running at full rate in a page nobody looks at.
+            "--disable-background-timer-throttling".into(),
+            "--disable-renderer-backgrounding".into(),
+            "--disable-backgrounding-occluded-windows".into(),
+            "--window-size=1280,900".into(),
+        ];
+        if config.browser.headless {
+            args.push("--headless=new".into());
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            // Chromium refuses to start as root with its sandbox on.
+            args.push("--no-sandbox".into());
+        }
+        args.extend(config.browser.args.iter().cloned());
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": config.browser.chromium, "args": args}),
+        );
+        caps.insert("pageLoadStrategy".into(), json!("eager"));
+        caps.insert(
+            "timeouts".into(),
+            json!({"script": config.whatsapp.send_timeout.as_millis() as u64, "pageLoad": config.whatsapp.load_timeout.as_millis() as u64}),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(webdriver_url)
+            .await
+            .map_err(classify_new)?;
+        let page = Page { client };
+        if let Err(e) = page.client.goto(&config.whatsapp.url).await {
+            let err = classify(e);
+            // A page that failed to load still holds a browser: close it.
+            let _ = page.client.clone().close().await;
+            return Err(match err {
+                PageError::Transient(message) => PageError::Gone { reason: EndReason::StartFailed, message },
+                gone => gone,
+            });
+        }
+        Ok(page)
+    }
+
+    /// Drains the adapter's queue, injecting the adapter first if a
+    /// navigation removed it. One short `execute` when nothing changed.
+    pub async fn poll(&self) -> Result<Poll, PageError> {
+        let value = self.client.execute(TICK, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?;
+        if value.get("loading").is_some() {
+            return Ok(Poll::Loading);
+        }
+        let (value, injected) = if value.get("inject").is_some() {
+            let script = format!(
+                "({ADAPTER})(arguments[0]); return window.__wasup ? window.__wasup.drain() : {{loading: true}};"
+            );
+            (self.client.execute(&script, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?, true)
+        } else {
+            (value, false)
+        };
+        if value.get("loading").is_some() {
+            return Ok(Poll::Loading);
+        }
+        let drained: Drained = serde_json::from_value(value)
+            .map_err(|e| PageError::Transient(format!("adapter returned an unexpected shape: {e}")))?;
+        // An event this build does not know is skipped, not fatal.
+        let events = drained.events.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
+        Ok(Poll::Ready { events, snap: drained.snap, injected })
+    }
+
+    /// Sends `body` to `to` (a chat id) with the key id `id`. Returns once
+    /// the message is in the page's `Msg` collection (ack 0 or later); acks
+    /// then arrive as [`PageEvent::Ack`].
+    pub async fn send(&self, to: &str, body: &str, id: &str) -> Result<Result<Sent, SendRefused>, PageError> {
+        const SCRIPT: &str = r#"
+const [to, body, id, done] = arguments;
+if (!window.__wasup) { done({error: "not_ready", message: "the page adapter is not loaded (page reloading)"}); return; }
+window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", message: String((e && e.message) || e)}));
+"#;
+        let value = self
+            .client
+            .execute_async(SCRIPT, vec![json!(to), json!(body), json!(id)])
+            .await
+            .map_err(classify)?;
+        if let Some(error) = value.get("error").and_then(Value::as_str) {
+            let message = value.get("message").and_then(Value::as_str).unwrap_or(error).to_string();
+            return Ok(Err(match error {
+                "not_on_whatsapp" => SendRefused::NotOnWhatsApp(to.to_string()),
+                "invalid_wid" => SendRefused::InvalidWid(message),
+                _ => SendRefused::Other(message),
+            }));
+        }
+        serde_json::from_value(value)
+            .map(Ok)
+            .map_err(|e| PageError::Transient(format!("send returned an unexpected shape: {e}")))
+    }
+
+    /// Runs one of the adapter's no-argument actions (`logout`, `takeover`,
+    /// `refreshQR`).
+    pub async fn action(&self, name: &'static str) -> Result<(), PageError> {
+        let script = format!("if (window.__wasup) {{ window.__wasup.{name}(); return true; }} return false;");
+        let done = self.client.execute(&script, vec![]).await.map_err(classify)?;
+        if done == json!(true) {
+            Ok(())
+        } else {
+            Err(PageError::Transient(format!("{name}: the page adapter is not loaded")))
+        }
+    }
+
+    /// Closes the browser (the profile stays). Waits at most `within`.
+    pub async fn close(self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.client.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse() {
+        let v = json!([
+            {"k": "state", "state": "CONNECTED", "at": 1},
+            {"k": "ack", "id": "3EB0AA", "ack": 2, "at": 1},
+            {"k": "logout", "at": 1},
+            {"k": "something_new", "at": 1}
+        ]);
+        let events: Vec<PageEvent> =
+            v.as_array().unwrap().iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect();
+        assert_eq!(
+            events,
+            [
+                PageEvent::State { state: "CONNECTED".into() },
+                PageEvent::Ack { id: "3EB0AA".into(), ack: 2 },
+                PageEvent::Logout
+            ]
+        );
+    }
+}
