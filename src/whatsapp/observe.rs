@@ -69,7 +69,14 @@ impl Observer {
                 let idle = snap.state == "UNPAIRED_IDLE";
                 let refresh_qr = idle && !self.idle_refreshed;
                 self.idle_refreshed = idle;
-                Verdict { state: SessionState::ScanQr, reason: None, end: None, refresh_qr }
+                // SCAN_QR promises a QR to show; the adapter builds the
+                // string a moment after the ref appears.
+                let (state, reason) = match (&snap.qr, idle) {
+                    (Some(_), _) => (SessionState::ScanQr, None),
+                    (None, true) => (SessionState::Starting, Some("qr_refresh")),
+                    (None, false) => (SessionState::Starting, Some("waiting_for_qr")),
+                };
+                Verdict { state, reason, end: None, refresh_qr }
             }
             "CONNECTED" if snap.synced || self.connected_once => {
                 self.linked = true;
@@ -98,7 +105,8 @@ mod tests {
     use super::*;
 
     fn snap(state: &str, synced: bool) -> Snapshot {
-        Snapshot { state: state.into(), synced, ..Snapshot::default() }
+        let qr = state.starts_with("UNPAIRED").then(|| "ref,a,b,c,WEB".to_string());
+        Snapshot { state: state.into(), synced, qr, ..Snapshot::default() }
     }
 
     #[test]
@@ -143,9 +151,13 @@ mod tests {
         let mut o = Observer::new(false);
         let v = o.observe(&[PageEvent::Loaded { post_logout: true }], &snap("UNPAIRED", false));
         assert_eq!((v.state, v.end), (SessionState::ScanQr, None));
-        let v = o.observe(&[], &snap("UNPAIRED_IDLE", false));
+        let idle = Snapshot { qr: None, ..snap("UNPAIRED_IDLE", false) };
+        let v = o.observe(&[], &idle);
         assert!(v.refresh_qr);
-        assert!(!o.observe(&[], &snap("UNPAIRED_IDLE", false)).refresh_qr, "ask once per idle spell");
+        assert_eq!(v.state, SessionState::Starting, "no QR to show while the refs are refreshed");
+        assert!(!o.observe(&[], &idle).refresh_qr, "ask once per idle spell");
+        let no_qr_yet = Snapshot { qr: None, ..snap("UNPAIRED", false) };
+        assert_eq!(o.observe(&[], &no_qr_yet).state, SessionState::Starting);
     }
 
     #[test]

@@ -1,0 +1,325 @@
+//! Test harness: the real binary as simulator and daemon, over loopback HTTP,
+//! with real Chromium. Nothing is mocked.
+//!
+//! Browsers are bounded: [`browser_permit`] lets at most two scenarios that
+//! start Chromium run at once, whatever `--test-threads` is (each Chromium
+//! costs ~150 MiB and a core to start).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wasup");
+
+static PERMITS: Mutex<usize> = Mutex::new(0);
+static FREED: Condvar = Condvar::new();
+const MAX_BROWSER_SCENARIOS: usize = 2;
+
+/// Held while a scenario may run browsers.
+pub struct BrowserPermit;
+
+pub fn browser_permit() -> BrowserPermit {
+    let mut used = PERMITS.lock().unwrap_or_else(|e| e.into_inner());
+    while *used >= MAX_BROWSER_SCENARIOS {
+        used = FREED.wait(used).unwrap_or_else(|e| e.into_inner());
+    }
+    *used += 1;
+    BrowserPermit
+}
+
+impl Drop for BrowserPermit {
+    fn drop(&mut self) {
+        let mut used = PERMITS.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= 1;
+        FREED.notify_one();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
+/// after `within`.
+pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    match std::fs::File::create(dir.join(name)) {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::null(),
+    }
+}
+
+fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A response: status and JSON body (Null when the body is not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+pub fn request(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>, content_type: &str) -> Resp {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(60));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let result = match body {
+        Some(b) => req.set("Content-Type", content_type).send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let content_type = resp.content_type().to_string();
+    let mut bytes = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes);
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Resp { status, body, content_type, bytes }
+}
+
+/// `wasup sim` as a child process.
+pub struct Sim {
+    pub base: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    pub fn start(extra: &[&str]) -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file(dir.path(), "sim.log"))
+            .spawn()
+            .expect("start wasup sim");
+        let sim = Sim { base: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+        wait_for("the simulator to listen", Duration::from_secs(20), || {
+            ureq::get(&format!("{}/_phone/health", sim.base)).call().ok()
+        });
+        sim
+    }
+
+    pub fn phone(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        request(method, &format!("{}{path}", self.base), None, bytes.as_deref(), "application/json")
+    }
+
+    pub fn scan(&self, qr: &str, phone: &str) -> String {
+        let r = self.phone("POST", "/_phone/scan", Some(json!({"qr": qr, "phone": phone, "pushname": "Acme"})));
+        assert_eq!(r.status, 200, "scan: {:?}", r.body);
+        r.body["device"].as_str().expect("device id").to_string()
+    }
+
+    pub fn messages(&self, device: &str) -> Vec<Value> {
+        let r = self.phone("GET", &format!("/_phone/devices/{device}/messages"), None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body.as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn devices(&self) -> Vec<Value> {
+        self.phone("GET", "/_phone/devices", None).body.as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// `wasup serve` as a child process, with its state in a temp dir that
+/// outlives restarts of the process.
+pub struct Daemon {
+    pub base: String,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Daemon {
+    /// `extra_config` is appended to a config with `[http]`, `[state]` and
+    /// `[whatsapp]` set; it may add keys of other sections.
+    pub fn start(sim: &Sim, extra_config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n[whatsapp]\nurl = \"{}/\"\npoll_interval = \"100ms\"\n[restart]\nboot_stagger = \"100ms\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n{extra_config}",
+                dir.path().join("state").display(),
+                sim.base
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            base: format!("http://127.0.0.1:{port}"),
+            token: "test-token-0123456789".into(),
+            dir,
+            config,
+            child: None,
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("WASUP_TOKEN", &self.token)
+            .env("RUST_LOG", "info,wasup=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file(self.dir.path(), &format!("daemon-{}.log", self.starts)))
+            .spawn()
+            .expect("start wasup serve");
+        self.child = Some(child);
+        wait_for("the daemon to listen", Duration::from_secs(20), || {
+            ureq::get(&format!("{}/health", self.base)).call().ok()
+        });
+    }
+
+    /// SIGTERM, wait for exit; returns whether it exited by itself in time.
+    pub fn stop(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => terminate(&mut c, Duration::from_secs(60)).is_some(),
+            None => true,
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The daemon's log so far (for assertion messages and secret checks).
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log"))).unwrap_or_default())
+            .collect()
+    }
+
+    pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        request(method, &format!("{}{path}", self.base), Some(&self.token), bytes.as_deref(), "application/json")
+    }
+
+    pub fn session(&self, name: &str) -> Value {
+        let r = self.api("GET", &format!("/api/sessions/{name}"), None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    }
+
+    /// Waits until the session is in `state`; returns its view.
+    pub fn wait_state(&self, name: &str, state: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let last = self.session(name);
+            if last["state"] == state {
+                return last;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "session {name} not {state} within {within:?}; last: {last}\nhistory: {}\nlog:\n{}",
+                    self.api("GET", &format!("/api/sessions/{name}/history"), None).body,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn qr(&self, name: &str) -> String {
+        let r = self.api("GET", &format!("/api/sessions/{name}/qr?format=raw"), None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["qr"].as_str().expect("qr string").to_string()
+    }
+
+    pub fn history_states(&self, name: &str) -> Vec<String> {
+        let r = self.api("GET", &format!("/api/sessions/{name}/history"), None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| format!("{}{}", h["state"].as_str().unwrap(), h["reason"].as_str().map(|r| format!("({r})")).unwrap_or_default()))
+            .collect()
+    }
+
+    /// Creates and pairs session `name` with `phone`; returns the sim's device id.
+    pub fn pair(&self, sim: &Sim, name: &str, phone: &str) -> String {
+        let r = self.api("POST", "/api/sessions", Some(json!({"name": name, "start": true})));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        self.wait_state(name, "SCAN_QR", Duration::from_secs(90));
+        let qr = wait_for("a QR", Duration::from_secs(30), || {
+            let r = self.api("GET", &format!("/api/sessions/{name}/qr?format=raw"), None);
+            (r.status == 200).then(|| r.body["qr"].as_str().unwrap().to_string())
+        });
+        let device = sim.scan(&qr, phone);
+        self.wait_state(name, "CONNECTED", Duration::from_secs(60));
+        device
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if std::env::var_os("WASUP_KEEP_TEST_LOGS").is_some() {
+            let keep = std::env::temp_dir().join(format!("wasup-test-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for i in 1..=self.starts {
+                let name = format!("daemon-{i}.log");
+                let _ = std::fs::copy(self.dir.path().join(&name), keep.join(format!("{}-{name}", self.base.replace([':', '/', '.'], "_"))));
+            }
+        }
+    }
+}
