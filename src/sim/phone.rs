@@ -1,0 +1,301 @@
+//! The phone's control API under `/_phone`: what a test or the demo does
+//! with the phone (scan a QR, log a device out, break its network, advance
+//! acks…) and what it can read back (devices, the messages really sent).
+//!
+//! Loopback only, no authentication, JSON in and out. Bad input is a 4xx
+//! with `{"error": "<what was wrong>"}`; every action logs one line.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::server::Hub;
+use super::world::PhoneError;
+
+/// Longest network drop or timelock the phone accepts, seconds (30 days).
+const MAX_SECONDS: u64 = 30 * 24 * 3600;
+/// Longest send delay the phone accepts, ms (10 minutes).
+const MAX_SLOW_MS: u64 = 600_000;
+
+/// Routes of the control API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/_phone")
+            .route("/health", web::get().to(health))
+            .route("/scan", web::post().to(scan))
+            .route("/unregistered", web::post().to(unregistered))
+            .route("/devices", web::get().to(devices))
+            .route("/devices/{device}/messages", web::get().to(messages))
+            .route("/devices/{device}/logout", web::post().to(logout))
+            .route(
+                "/devices/{device}/device-removed",
+                web::post().to(device_removed),
+            )
+            .route("/devices/{device}/conflict", web::post().to(conflict))
+            .route("/devices/{device}/ban", web::post().to(ban))
+            .route("/devices/{device}/timelock", web::post().to(timelock))
+            .route(
+                "/devices/{device}/network-drop",
+                web::post().to(network_drop),
+            )
+            .route("/devices/{device}/slow", web::post().to(slow))
+            .route("/devices/{device}/ack", web::post().to(ack))
+            .default_service(web::to(|| async {
+                error(StatusCode::NOT_FOUND, "no such phone action")
+            })),
+    );
+}
+
+fn error(status: StatusCode, what: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": what }))
+}
+
+fn refused(e: &PhoneError) -> HttpResponse {
+    let status = match e {
+        PhoneError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        PhoneError::Forbidden(_) => StatusCode::FORBIDDEN,
+        PhoneError::NotFound(_) => StatusCode::NOT_FOUND,
+        PhoneError::Conflict(_) => StatusCode::CONFLICT,
+        PhoneError::Gone(_) => StatusCode::GONE,
+    };
+    error(status, &e.to_string())
+}
+
+fn ok_or_refused(r: Result<(), PhoneError>) -> HttpResponse {
+    match r {
+        Ok(()) => HttpResponse::Ok().json(json!({ "ok": true })),
+        Err(e) => refused(&e),
+    }
+}
+
+/// Parses a JSON body; an empty body is `T::default()` when `optional`.
+fn body<T: DeserializeOwned + Default>(bytes: &[u8], optional: bool) -> Result<T, PhoneError> {
+    if optional && bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| PhoneError::BadRequest(format!("bad JSON body: {e}")))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "ok": true }))
+}
+
+/// `POST /_phone/scan` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanBody {
+    /// The full QR string the page shows.
+    qr: String,
+    /// The account's number: digits, optional `+`.
+    phone: String,
+    /// Push name (defaults to the number).
+    #[serde(default)]
+    pushname: String,
+    /// The phone's platform (`android` by default).
+    #[serde(default)]
+    platform: Option<String>,
+}
+
+async fn scan(hub: web::Data<Hub>, bytes: web::Bytes) -> HttpResponse {
+    let b: ScanBody = match body(&bytes, false) {
+        Ok(b) => b,
+        Err(e) => return refused(&e),
+    };
+    let platform = b.platform.as_deref().unwrap_or("android");
+    let r = hub.act(|w, now| {
+        w.scan(
+            &b.qr,
+            &b.phone,
+            &b.pushname,
+            platform,
+            now,
+            &mut rand::thread_rng(),
+        )
+    });
+    match r {
+        Ok(device) => {
+            tracing::info!(device = %device, phone = %b.phone, "phone: scanned the QR code, device linked");
+            HttpResponse::Ok().json(json!({ "device": device }))
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "phone: scan refused");
+            refused(&e)
+        }
+    }
+}
+
+/// `POST /_phone/unregistered` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnregisteredBody {
+    /// Numbers not on WhatsApp.
+    numbers: Vec<String>,
+}
+
+async fn unregistered(hub: web::Data<Hub>, bytes: web::Bytes) -> HttpResponse {
+    let b: UnregisteredBody = match body(&bytes, false) {
+        Ok(b) => b,
+        Err(e) => return refused(&e),
+    };
+    match hub.act(|w, _| w.unregister(&b.numbers)) {
+        Ok(n) => {
+            tracing::info!(count = n, "phone: numbers marked as not on WhatsApp");
+            HttpResponse::Ok().json(json!({ "ok": true }))
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+async fn devices(hub: web::Data<Hub>) -> HttpResponse {
+    HttpResponse::Ok().json(hub.act(|w, now| w.devices(now)))
+}
+
+async fn messages(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    match hub.act(|w, _| w.messages(&device)) {
+        Ok(list) => HttpResponse::Ok().json(list),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn logout(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    let r = hub.act(|w, now| w.phone_logout(&device, now));
+    if r.is_ok() {
+        tracing::info!(device = %device, "phone: logged the device out");
+    }
+    ok_or_refused(r)
+}
+
+async fn device_removed(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    let r = hub.act(|w, now| w.remove_device(&device, now));
+    if r.is_ok() {
+        tracing::info!(device = %device, "phone: removed the device (device_removed)");
+    }
+    ok_or_refused(r)
+}
+
+async fn conflict(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    let r = hub.act(|w, now| w.conflict(&device, now));
+    if r.is_ok() {
+        tracing::info!(device = %device, "phone: opened the account elsewhere (conflict)");
+    }
+    ok_or_refused(r)
+}
+
+async fn ban(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    let r = hub.act(|w, now| w.ban(&device, now));
+    if r.is_ok() {
+        tracing::info!(device = %device, "phone: account blocked (TOS_BLOCK)");
+    }
+    ok_or_refused(r)
+}
+
+/// Body of `/timelock` and `/network-drop`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecondsBody {
+    /// How long, seconds.
+    seconds: Option<u64>,
+}
+
+fn seconds(b: &SecondsBody, default: Option<u64>) -> Result<u64, PhoneError> {
+    match b.seconds.or(default) {
+        Some(s) if (1..=MAX_SECONDS).contains(&s) => Ok(s),
+        Some(_) => Err(PhoneError::BadRequest(format!(
+            "seconds must be 1 to {MAX_SECONDS}"
+        ))),
+        None => Err(PhoneError::BadRequest("seconds is required".into())),
+    }
+}
+
+async fn timelock(
+    hub: web::Data<Hub>,
+    device: web::Path<String>,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    let s = match body::<SecondsBody>(&bytes, true).and_then(|b| seconds(&b, Some(3600))) {
+        Ok(s) => s,
+        Err(e) => return refused(&e),
+    };
+    let r = hub.act(|w, now| w.timelock(&device, s, now));
+    if r.is_ok() {
+        tracing::info!(device = %device, seconds = s, "phone: reach-out timelock");
+    }
+    ok_or_refused(r)
+}
+
+async fn network_drop(
+    hub: web::Data<Hub>,
+    device: web::Path<String>,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    let s = match body::<SecondsBody>(&bytes, false).and_then(|b| seconds(&b, None)) {
+        Ok(s) => s,
+        Err(e) => return refused(&e),
+    };
+    let r = hub.act(|w, now| w.network_drop(&device, s, now));
+    if r.is_ok() {
+        tracing::info!(device = %device, seconds = s, "phone: network drop");
+    }
+    ok_or_refused(r)
+}
+
+/// `/slow` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlowBody {
+    /// Delay before each send is accepted, ms (0 turns it off).
+    ms: u64,
+}
+
+async fn slow(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes) -> HttpResponse {
+    let b: SlowBody = match body(&bytes, false) {
+        Ok(b) => b,
+        Err(e) => return refused(&e),
+    };
+    if b.ms > MAX_SLOW_MS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("ms must be at most {MAX_SLOW_MS}"),
+        );
+    }
+    let r = hub.act(|w, _| w.slow(&device, b.ms));
+    if r.is_ok() {
+        tracing::info!(device = %device, ms = b.ms, "phone: slow sends");
+    }
+    ok_or_refused(r)
+}
+
+/// `/ack` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    /// Key id of the message.
+    id: String,
+    /// `DEVICE`, `READ` or `PLAYED`.
+    ack: String,
+}
+
+async fn ack(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes) -> HttpResponse {
+    let b: AckBody = match body(&bytes, false) {
+        Ok(b) => b,
+        Err(e) => return refused(&e),
+    };
+    let level = match b.ack.as_str() {
+        "DEVICE" => 2,
+        "READ" => 3,
+        "PLAYED" => 4,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ack must be DEVICE, READ or PLAYED",
+            )
+        }
+    };
+    let r = hub.act(|w, _| w.ack(&device, &b.id, level));
+    if r.is_ok() {
+        tracing::info!(device = %device, id = %b.id, ack = %b.ack, "phone: ack");
+    }
+    ok_or_refused(r)
+}
