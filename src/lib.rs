@@ -10,11 +10,14 @@
 //! - [`http`]: the control API; [`store`]: sled; [`config`]: `config.toml`.
 
 pub mod actors;
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod http;
+pub mod launch;
 pub mod policy;
+pub mod procfs;
 pub mod profile;
 pub mod qr;
 pub mod session_state;

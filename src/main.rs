@@ -1,11 +1,11 @@
 //! `wasup`: one binary for the daemon (`serve`), the WhatsApp Web simulator
-//! (`sim`) and the newcomer's demo (`demo`).
+//! (`sim`), the newcomer's demo (`demo`) and the benchmark (`bench`).
 
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use wasup::{config, daemon, demo, sim};
+use wasup::{bench, config, daemon, demo, sim};
 
 #[derive(Parser)]
 #[command(name = "wasup", version, about = "Keeps WhatsApp Web sessions alive and sends paced campaigns")]
@@ -26,6 +26,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Start the simulator and the daemon, pair a session and send a few texts.
     Demo(demo::DemoArgs),
+    /// Measure reconnect time, send latency and memory; print a table.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config } => config::Config::load(&config).map_err(anyhow::Error::from).and_then(daemon::run),
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -129,3 +129,67 @@ fn device_removed_offers_a_fresh_qr() {
     let states = daemon.history_states("acme");
     assert!(!states.iter().any(|s| s.starts_with("RECONNECTING")), "retried revoked credentials: {states:?}");
 }
+
+/// Kills every process whose command line contains `needle`; returns how many.
+fn kill_matching(needle: &str) -> usize {
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(needle) && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else { return Vec::new() };
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// The browser is killed with SIGKILL ("Session closed"), then chromedriver
+/// is: each time the daemon keeps serving and the session comes back on its
+/// profile, without a QR, and can send again.
+#[test]
+fn killed_browser_and_chromedriver_are_healed_without_a_qr() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let profile = daemon.state_dir().join("profiles").join("acme");
+
+    let killed = kill_matching(&format!("--user-data-dir={}", profile.display()));
+    assert!(killed > 0, "no browser found on the profile");
+    wait_for("RECONNECTING(browser_died)", Duration::from_secs(30), || {
+        daemon.history_states("acme").iter().any(|s| s.starts_with("RECONNECTING(")).then_some(())
+    });
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+
+    // chromedriver is the daemon's child; kill it.
+    let daemon_pid = daemon.pid();
+    let drivers: Vec<u32> = children_of(daemon_pid)
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.contains("chromedriver")))
+        .collect();
+    assert_eq!(drivers.len(), 1, "expected one chromedriver child");
+    unsafe { libc::kill(drivers[0] as i32, libc::SIGKILL) };
+    // The page itself may live on until the session notices the driver is
+    // gone; then it restarts on a new chromedriver.
+    wait_for("RECONNECTING(driver_died)", Duration::from_secs(30), || {
+        daemon.history_states("acme").iter().any(|s| s == "RECONNECTING(driver_died)").then_some(())
+    });
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert!(daemon.is_running());
+
+    let states = daemon.history_states("acme");
+    let after_pairing = states.iter().position(|s| s == "CONNECTED").unwrap();
+    assert!(
+        !states[after_pairing..].iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")),
+        "asked for a QR after a crash: {states:?}"
+    );
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "still here"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(sim.messages(&device).len(), 1);
+    assert_eq!(sim.devices().len(), 1, "a crash must not link a new device");
+}

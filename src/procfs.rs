@@ -1,0 +1,85 @@
+//! Reading process facts from `/proc` (Linux): resident and proportional
+//! memory of a process tree, and which processes use a browser profile.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Resident set size of one process, in bytes (`VmRSS` of
+/// `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&status, "VmRSS:")
+}
+
+/// Proportional set size of one process, in bytes (`Pss` of
+/// `/proc/<pid>/smaps_rollup`): shared pages are divided among the processes
+/// that share them, so the PSS of a tree adds up without double counting.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    kib_field(&rollup, "Pss:")
+}
+
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `pid` and all its descendants.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // The command name is in parentheses and may contain spaces.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+                children.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(c) = children.get(&out[i]) {
+            out.extend(c);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The browser's main process on `profile`: the process whose command line
+/// has `--user-data-dir=<profile>` and no `--type=` (children have one).
+pub fn browser_pid(profile: &Path) -> Option<u32> {
+    let needle = format!("--user-data-dir={}", profile.display());
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let mut args = cmdline.split(|b| *b == 0);
+        let uses = args.clone().any(|a| a == needle.as_bytes());
+        if uses && !args.any(|a| a.starts_with(b"--type=")) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// PSS of the browser's whole process tree on `profile`, in bytes.
+pub fn browser_pss_bytes(profile: &Path) -> Option<u64> {
+    let main = browser_pid(profile)?;
+    Some(tree(main).into_iter().filter_map(pss_bytes).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_memory_is_readable() {
+        let me = std::process::id();
+        assert!(super::rss_bytes(me).unwrap() > 0);
+        assert!(super::pss_bytes(me).unwrap() > 0);
+        assert_eq!(super::tree(me)[0], me);
+    }
+}
