@@ -38,6 +38,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             App::new().configure(|cfg| http::configure(cfg, state.clone(), token.clone(), max_body))
         })
         .workers(1)
+        .on_connect(crate::http::no_delay)
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)?

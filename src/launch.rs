@@ -46,18 +46,25 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A blocking client of the daemon's API.
+/// A blocking client of the daemon's API (one agent, so connections are
+/// kept alive between calls).
 pub struct Api {
     pub base: String,
     pub token: String,
+    agent: ureq::Agent,
 }
 
 impl Api {
+    pub fn new(base: String, token: String) -> Self {
+        Self { base, token, agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build() }
+    }
+
     /// Calls the API; a non-2xx answer is an error carrying its body.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let req = ureq::request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .timeout(Duration::from_secs(60));
+        let req = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token));
         let resp = match body {
             Some(body) => req.send_json(body),
             None => req.call(),
@@ -157,7 +164,7 @@ impl DaemonSetup {
             ),
         )?;
         let token = format!("local-{:016x}", rand::thread_rng().gen::<u64>());
-        Ok(Self { config, api: Api { base: format!("http://127.0.0.1:{port}"), token }, state_dir })
+        Ok(Self { config, api: Api::new(format!("http://127.0.0.1:{port}"), token), state_dir })
     }
 
     /// Starts `wasup serve` and waits until `/health` answers.

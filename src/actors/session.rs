@@ -94,7 +94,14 @@ pub struct Session {
     waiting: HashMap<String, oneshot::Sender<Result<i8, SendError>>>,
     /// Acks seen recently, for sends whose ack arrived before they waited.
     recent_acks: VecDeque<(String, Result<i8, SendError>)>,
+    /// A fast-poll loop runs (while sends wait for their acks).
+    fast_polling: bool,
 }
+
+/// Poll period while a send waits for its ack: the ack is seen within a few
+/// ms instead of a whole `poll_interval`, and each poll is one short
+/// `execute` (~1.3 ms), so WebDriver is never held.
+const FAST_POLL: Duration = Duration::from_millis(5);
 
 impl Session {
     /// `linked`: the store says this profile holds credentials.
@@ -126,6 +133,7 @@ impl Session {
             ended: false,
             waiting: HashMap::new(),
             recent_acks: VecDeque::new(),
+            fast_polling: false,
         }
     }
 
@@ -244,6 +252,21 @@ impl Session {
         }
     }
 
+    /// Polls every [`FAST_POLL`] while any send waits for its ack.
+    fn fast_poll(&mut self, ctx: &mut Context<Self>) {
+        if self.fast_polling {
+            return;
+        }
+        self.fast_polling = true;
+        ctx.run_later(FAST_POLL, |act, ctx| {
+            act.fast_polling = false;
+            if !act.waiting.is_empty() && !act.ended {
+                act.tick(ctx);
+                act.fast_poll(ctx);
+            }
+        });
+    }
+
     fn ack(&mut self, id: &str, ack: Result<i8, SendError>) {
         let settled = !matches!(ack, Ok(0));
         if settled {
@@ -314,9 +337,14 @@ impl Handler<SendText> for Session {
         let ack_wait = self.config.whatsapp.ack_wait;
         let SendText { to, body, id } = msg;
         Box::pin(
-            async move { page.send(to.as_str(), &body, &id).await.map(|r| (r, id)) }
+            async move {
+                let started = Instant::now();
+                let result = page.send(to.as_str(), &body, &id).await.map(|r| (r, id));
+                tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, "send in page");
+                result
+            }
                 .into_actor(self)
-                .then(move |result, act, _ctx| {
+                .then(move |result, act, ctx| {
                     let (sent, waiter) = match result {
                         Err(e) => (Err(SendError::Page(e.to_string())), None),
                         Ok((Err(refused), _)) => (Err(SendError::Refused(refused)), None),
@@ -336,6 +364,7 @@ impl Handler<SendText> for Session {
                                 None => {
                                     let (tx, rx) = oneshot::channel();
                                     act.waiting.insert(id.clone(), tx);
+                                    act.fast_poll(ctx);
                                     (Ok(sent), Some((id, Some(rx))))
                                 }
                             }

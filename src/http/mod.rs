@@ -72,3 +72,13 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     )
     .error_response()
 }
+
+/// For `HttpServer::on_connect`: turns Nagle's algorithm off on every
+/// accepted connection. Small writes in a row (WebSocket frames, a response
+/// after a request) would otherwise wait for the peer's delayed ACK (40 ms on
+/// Linux) once the connection leaves TCP's quick-ack start.
+pub fn no_delay(conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let _ = tcp.set_nodelay(true);
+    }
+}

@@ -95,6 +95,7 @@ pub async fn serve(
             .configure(phone::routes)
     })
     .workers(2)
+    .on_connect(crate::http::no_delay)
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)
