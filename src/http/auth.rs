@@ -84,3 +84,23 @@ pub async fn require_token(
     }
     Ok(next.call(req).await?.map_into_left_body())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_token_is_generated_once_into_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state").join("token");
+        let first = Token::load_or_create(None, &file).unwrap();
+        assert!(first.0.len() >= 40, "32 random bytes, base64");
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = Token::load_or_create(Some("  ".into()), &file).unwrap();
+        assert_eq!(again.0, first.0, "an existing file is reused; a blank env var is ignored");
+        let env = Token::load_or_create(Some("from-env".into()), &file).unwrap();
+        assert!(env.matches("from-env") && !env.matches("from-env2") && !env.matches(""));
+        assert_eq!(format!("{env:?}"), "Token(..)", "never printed");
+    }
+}
