@@ -4,4 +4,6 @@
 
 pub mod restart;
 
-pub use restart::{Action, EndReason};
+pub mod health;
+
+pub use restart::{Action, Decision, EndReason, Policy, Restarts};
