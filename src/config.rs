@@ -19,6 +19,9 @@ pub struct Config {
     pub whatsapp: WhatsAppConfig,
     pub browser: BrowserConfig,
     pub restart: RestartConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub health: HealthConfig,
+    pub alerts: AlertsConfig,
 }
 
 /// `[http]`: the control API.
@@ -128,7 +131,7 @@ impl Default for BrowserConfig {
     }
 }
 
-/// `[restart]`: how sessions come back. Issue-3 keys (budget, reset) join here.
+/// `[restart]`: how sessions come back after an end (`policy::restart`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartConfig {
@@ -141,6 +144,30 @@ pub struct RestartConfig {
     /// Backoff cap: no retry waits longer. Default 5 min.
     #[serde(with = "humantime_serde")]
     pub backoff_cap: Duration,
+    /// Restarts allowed within `window`; one more makes the session
+    /// `FAILED` (with an alert) until an operator recovers it. Default 10.
+    pub max_restarts: u32,
+    /// The restart budget's window. Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Connected this long, the backoff attempts start again from 0.
+    /// Default 10 min.
+    #[serde(with = "humantime_serde")]
+    pub reset_after: Duration,
+    /// On `CONFLICT` (opened in another WhatsApp Web): `stay` (default, as
+    /// whatsapp-web.js) or `takeover` after `takeover_after`.
+    pub conflict: ConflictPolicy,
+    /// Delay before taking over when `conflict = "takeover"`. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub takeover_after: Duration,
+}
+
+/// What a session does when its account is opened elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    Stay,
+    Takeover,
 }
 
 impl Default for RestartConfig {
@@ -149,7 +176,161 @@ impl Default for RestartConfig {
             boot_stagger: Duration::from_secs(2),
             backoff_base: Duration::from_secs(5),
             backoff_cap: Duration::from_secs(300),
+            max_restarts: 10,
+            window: Duration::from_secs(3600),
+            reset_after: Duration::from_secs(600),
+            conflict: ConflictPolicy::Stay,
+            takeover_after: Duration::from_secs(30),
         }
+    }
+}
+
+impl RestartConfig {
+    /// The pure policy's view of these settings.
+    pub fn policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy {
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            max_restarts: self.max_restarts,
+            window: self.window,
+            reset_after: self.reset_after,
+        }
+    }
+}
+
+/// `[heartbeat]`: the periodic read of the page's connection state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Misses in a row that count as one failure. Default 3.
+    pub failures: u32,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(30), failures: 3 }
+    }
+}
+
+/// `[health]`: checks of the profile and the browser.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub key_files: KeyFilesConfig,
+    pub memory: MemoryConfig,
+}
+
+/// `[health.key_files]`: the key-store file count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyFilesConfig {
+    /// Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Folder inside the profile whose files are counted (recursively).
+    /// Default `Default/IndexedDB`.
+    pub path: PathBuf,
+    /// More files than this is unhealthy. Default 100.
+    pub max: u64,
+    /// `alert` (default): emit `session.health` and alert. `cleanup`: also
+    /// purge the profile and re-pair (a new QR).
+    pub action: KeyFilesAction,
+}
+
+/// What to do when the key files pile up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFilesAction {
+    Alert,
+    Cleanup,
+}
+
+impl Default for KeyFilesConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(300),
+            path: PathBuf::from("Default/IndexedDB"),
+            max: 100,
+            action: KeyFilesAction::Alert,
+        }
+    }
+}
+
+/// `[health.memory]`: the browser's memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Default 1 min.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// PSS of the browser's process tree above which it is recycled on the
+    /// same profile (no QR). Default `"1GiB"`.
+    pub max: bytesize::ByteSize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(60), max: bytesize::ByteSize::gib(1) }
+    }
+}
+
+/// `[alerts]`: where `LOGGED_OUT`, `FAILED`, `BLOCKED` and key-file alerts go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Webhooks: each gets a JSON POST signed with its secret.
+    pub webhooks: Vec<WebhookConfig>,
+    pub telegram: Option<TelegramConfig>,
+    /// Delivery attempts per alert and destination. Default 5.
+    pub attempts: u32,
+    /// First retry delay; doubles per attempt. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { webhooks: Vec::new(), telegram: None, attempts: 5, retry_base: Duration::from_secs(1) }
+    }
+}
+
+/// One webhook destination.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// HMAC-SHA256 key: the body's MAC is sent as
+    /// `X-Wasup-Signature: sha256=<hex>`.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// Telegram Bot API destination (`sendMessage`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    pub bot_token: String,
+    pub chat_id: String,
+    /// Default `https://api.telegram.org`; tests point it at a local server.
+    #[serde(default = "telegram_api")]
+    pub api_base: String,
+}
+
+fn telegram_api() -> String {
+    "https://api.telegram.org".into()
+}
+
+impl std::fmt::Debug for TelegramConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramConfig").field("chat_id", &self.chat_id).field("api_base", &self.api_base).finish_non_exhaustive()
     }
 }
 
@@ -199,6 +380,22 @@ impl Config {
         if self.restart.backoff_base.is_zero() || self.restart.backoff_cap < self.restart.backoff_base {
             return Err("restart.backoff_base must be > 0 and <= restart.backoff_cap".into());
         }
+        if self.heartbeat.interval.is_zero() || self.heartbeat.failures == 0 {
+            return Err("heartbeat.interval and heartbeat.failures must be > 0".into());
+        }
+        if self.health.key_files.interval.is_zero() || self.health.memory.interval.is_zero() {
+            return Err("health.key_files.interval and health.memory.interval must be > 0".into());
+        }
+        if self.health.key_files.path.is_absolute()
+            || self.health.key_files.path.components().any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err("health.key_files.path must be relative to the profile, without '..'".into());
+        }
+        for hook in &self.alerts.webhooks {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                return Err(format!("alerts.webhooks: url must be http(s), got {:?}", hook.url));
+            }
+        }
         if self.http.max_body_bytes < 1024 {
             return Err("http.max_body_bytes must be at least 1024".into());
         }
@@ -243,6 +440,21 @@ mod tests {
             .unwrap();
         assert_eq!(c.restart.backoff_base, Duration::from_millis(250));
         assert!(Config::parse("[restart]\nbackoff_base = \"soon\"\n", Path::new("t")).is_err());
+    }
+
+    #[test]
+    fn sizes_and_nested_sections_parse() {
+        let c = Config::parse(
+            "[health.memory]\nmax = \"512MiB\"\n[health.key_files]\naction = \"cleanup\"\n[[alerts.webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"s\"\n[restart]\nconflict = \"takeover\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(c.health.memory.max.as_u64(), 512 * 1024 * 1024);
+        assert_eq!(c.health.key_files.action, KeyFilesAction::Cleanup);
+        assert_eq!(c.alerts.webhooks.len(), 1);
+        assert_eq!(c.restart.conflict, ConflictPolicy::Takeover);
+        assert!(!format!("{:?}", c.alerts.webhooks[0]).contains("secret: \"s\""), "secrets stay out of Debug");
+        assert!(Config::parse("[health.key_files]\npath = \"../etc\"\n", Path::new("t")).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use actix_web::{App, HttpServer};
 use anyhow::Context as _;
 
 use crate::actors::driver::Driver;
+use crate::actors::notifier::Notifier;
 use crate::actors::supervisor::{ShutdownAll, Supervisor};
 use crate::config::Config;
 use crate::http::{self, auth::Token, AppState};
@@ -31,7 +32,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let listener = std::net::TcpListener::bind(config.http.listen)
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let driver = Driver::new(config.clone()).start();
-        let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone()).start();
+        let notifier = Notifier::new(config.alerts.clone()).start();
+        let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier).start();
         let state = AppState { supervisor: supervisor.clone(), store: store.clone() };
         let max_body = config.http.max_body_bytes;
         let server = HttpServer::new(move || {

@@ -58,6 +58,24 @@ pub fn kill_browsers(profile: &Path) -> usize {
     killed
 }
 
+/// Files under `dir`, recursively (0 if it does not exist). Symlinks are
+/// not followed.
+pub fn count_files(dir: &Path) -> u64 {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +90,12 @@ mod tests {
         let mode = std::fs::metadata(p.parent().unwrap()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         std::fs::write(p.join("key"), b"x").unwrap();
+        std::fs::create_dir_all(p.join("Default/IndexedDB/db")).unwrap();
+        std::fs::write(p.join("Default/IndexedDB/db/1.log"), b"x").unwrap();
+        std::fs::write(p.join("Default/IndexedDB/db/2.ldb"), b"x").unwrap();
+        assert_eq!(count_files(&p.join("Default/IndexedDB")), 2);
+        assert_eq!(count_files(&p), 3);
+        assert_eq!(count_files(&p.join("missing")), 0);
         wipe(&p).unwrap();
         assert!(!p.exists());
         wipe(&p).unwrap();
@@ -88,6 +112,15 @@ mod tests {
             .arg(format!("--user-data-dir={}", p.display()))
             .spawn()
             .unwrap();
+        // The child's command line shows in /proc once its exec is done.
+        let needle = format!("--user-data-dir={}", p.display());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == needle.as_bytes()))
+        {
+            assert!(std::time::Instant::now() < deadline, "child never showed its command line");
+            std::thread::yield_now();
+        }
         assert_eq!(kill_browsers(&p), 1);
         let status = child.wait().unwrap();
         assert!(!status.success());

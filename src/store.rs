@@ -44,13 +44,32 @@ pub struct SessionRecord {
     pub created_ms: u64,
 }
 
-/// One status change of a session.
+/// One event of a session: a status change (`session.status`) or a
+/// decision about it (`session.restart_scheduled`, `session.health`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    /// The session's state when the event happened.
     pub state: SessionState,
     pub reason: Option<String>,
     /// Unix epoch ms.
     pub at_ms: u64,
+    /// Dotted event name.
+    #[serde(default = "status_event")]
+    pub event: String,
+    /// Event-specific fields (`{"attempt", "delay_ms"}`, `{"key_files", "max"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+fn status_event() -> String {
+    "session.status".into()
+}
+
+impl HistoryEntry {
+    /// A `session.status` entry.
+    pub fn status(state: SessionState, reason: Option<String>, at_ms: u64) -> Self {
+        Self { state, reason, at_ms, event: status_event(), detail: None }
+    }
 }
 
 /// Why the store could not do what was asked.
@@ -194,9 +213,7 @@ mod tests {
             assert!(!store.create_session(&record("acme")).unwrap(), "second create must fail");
             assert!(store.create_session(&record("acme-2")).unwrap());
             for (i, state) in [SessionState::Starting, SessionState::ScanQr].into_iter().enumerate() {
-                store
-                    .append_history("acme", &HistoryEntry { state, reason: None, at_ms: 10 + i as u64 })
-                    .unwrap();
+                store.append_history("acme", &HistoryEntry::status(state, None, 10 + i as u64)).unwrap();
             }
             store.flush().unwrap();
         }
@@ -217,9 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for i in 0..(HISTORY_KEEP as u64 + 5) {
-            store
-                .append_history("a", &HistoryEntry { state: SessionState::Starting, reason: None, at_ms: i })
-                .unwrap();
+            store.append_history("a", &HistoryEntry::status(SessionState::Starting, None, i)).unwrap();
         }
         let h = store.history("a").unwrap();
         assert_eq!(h.len(), HISTORY_KEEP);

@@ -2,5 +2,6 @@
 //! repository is their map: who starts whom, the messages, the invariants.
 
 pub mod driver;
+pub mod notifier;
 pub mod session;
 pub mod supervisor;

@@ -19,10 +19,12 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::actors::driver::{Driver, GetDriverUrl};
-use crate::actors::supervisor::{SessionEnded, SessionStatus, Supervisor};
-use crate::config::Config;
+use crate::actors::supervisor::{SessionEnded, SessionHealth, SessionStatus, Supervisor};
+use crate::config::{Config, ConflictPolicy};
+use crate::policy::health::{self, Beat, Heartbeat};
 use crate::policy::EndReason;
 use crate::profile;
+use crate::session_state::now_ms;
 use crate::session_state::{Me, SessionState};
 use crate::whatsapp::number::ChatId;
 use crate::whatsapp::observe::Observer;
@@ -88,7 +90,6 @@ pub struct Session {
     state: SessionState,
     qr: Option<String>,
     me: Option<Me>,
-    last_answer: Instant,
     loading_since: Option<Instant>,
     ended: bool,
     waiting: HashMap<String, oneshot::Sender<Result<i8, SendError>>>,
@@ -96,6 +97,12 @@ pub struct Session {
     recent_acks: VecDeque<(String, Result<i8, SendError>)>,
     /// A fast-poll loop runs (while sends wait for their acks).
     fast_polling: bool,
+    heartbeat: Heartbeat,
+    /// A poll got an answer since the last heartbeat.
+    answered: bool,
+    /// The page's `Socket.state` at the last poll (`LOADING` while loading).
+    page_state: String,
+    takeover_pending: bool,
 }
 
 /// Poll period while a send waits for its ack: the ack is seen within a few
@@ -117,7 +124,6 @@ impl Session {
         Self {
             name,
             generation,
-            config,
             profile,
             driver,
             supervisor,
@@ -128,12 +134,16 @@ impl Session {
             state: SessionState::Starting,
             qr: None,
             me: None,
-            last_answer: Instant::now(),
             loading_since: None,
             ended: false,
             waiting: HashMap::new(),
             recent_acks: VecDeque::new(),
             fast_polling: false,
+            heartbeat: Heartbeat::new(config.heartbeat.failures),
+            answered: false,
+            page_state: String::new(),
+            takeover_pending: false,
+            config,
         }
     }
 
@@ -202,13 +212,11 @@ impl Session {
                 if let Some(reason) = e.end_reason() {
                     return self.end(reason, e.to_string(), ctx);
                 }
-                if self.last_answer.elapsed() > self.config.whatsapp.load_timeout {
-                    return self.end(EndReason::HeartbeatMissed, e.to_string(), ctx);
-                }
                 tracing::debug!(session = %self.name, error = %e, "poll failed; retrying");
             }
             Ok(Poll::Loading) => {
-                self.last_answer = now;
+                self.answered = true;
+                self.page_state = "LOADING".into();
                 let since = *self.loading_since.get_or_insert(now);
                 if since.elapsed() > self.config.whatsapp.load_timeout {
                     let detail = format!("page not loaded within {:?}", self.config.whatsapp.load_timeout);
@@ -216,7 +224,8 @@ impl Session {
                 }
             }
             Ok(Poll::Ready { events, snap, injected }) => {
-                self.last_answer = now;
+                self.answered = true;
+                self.page_state = snap.state.clone();
                 self.loading_since = None;
                 if injected {
                     tracing::debug!(session = %self.name, "page adapter injected");
@@ -242,6 +251,9 @@ impl Session {
                     self.state = verdict.state;
                     return self.end(reason, format!("page state {}", snap.state), ctx);
                 }
+                if verdict.state == SessionState::Conflict {
+                    self.schedule_takeover(ctx);
+                }
                 if verdict.refresh_qr {
                     if let Some(page) = self.page.clone() {
                         ctx.spawn(async move { page.action("refreshQR").await }.into_actor(self).map(|_, _, _| ()));
@@ -250,6 +262,74 @@ impl Session {
                 self.report(verdict.state, verdict.reason, qr_changed, me_changed);
             }
         }
+    }
+
+    /// Every `heartbeat.interval`: did the page answer, and is its state
+    /// settled? `heartbeat.failures` misses in a row end the page's run.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.ended {
+            return;
+        }
+        let healthy = self.answered && health::settled(&self.page_state);
+        self.answered = false;
+        let at_ms = now_ms();
+        match self.heartbeat.beat(healthy) {
+            Beat::Healthy => {}
+            Beat::Missed { in_a_row } => {
+                tracing::info!(session = %self.name, page_state = %self.page_state, in_a_row, "heartbeat missed");
+            }
+            Beat::Failed => {
+                let reason = if self.page_state == "TIMEOUT" { EndReason::ConnectionLost } else { EndReason::HeartbeatMissed };
+                let detail = format!("{} heartbeats missed; page state {:?}", self.config.heartbeat.failures, self.page_state);
+                return self.end(reason, detail, ctx);
+            }
+        }
+        self.supervisor.do_send(SessionHealth::heartbeat(&self.name, self.generation, at_ms, healthy));
+    }
+
+    /// Counts the key files and reads the browser's memory (off the actor's
+    /// thread) and reports them; the Supervisor judges.
+    fn measure(&mut self, key_files: bool, memory: bool, ctx: &mut Context<Self>) {
+        if self.ended || self.page.is_none() {
+            return;
+        }
+        let dir = self.profile.join(&self.config.health.key_files.path);
+        let profile = self.profile.clone();
+        let (name, generation) = (self.name.clone(), self.generation);
+        let supervisor = self.supervisor.clone();
+        ctx.spawn(
+            async move {
+                let measured = tokio::task::spawn_blocking(move || {
+                    let files = key_files.then(|| profile::count_files(&dir));
+                    let pss = if memory { crate::procfs::browser_pss_bytes(&profile) } else { None };
+                    (files, pss)
+                })
+                .await;
+                if let Ok((key_files, browser_pss_bytes)) = measured {
+                    supervisor.do_send(SessionHealth { name, generation, last_heartbeat_ms: None, key_files, browser_pss_bytes });
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// `restart.conflict = "takeover"`: take the account back after
+    /// `restart.takeover_after` if the page is still in `CONFLICT`.
+    fn schedule_takeover(&mut self, ctx: &mut Context<Self>) {
+        if self.config.restart.conflict != ConflictPolicy::Takeover || self.takeover_pending {
+            return;
+        }
+        self.takeover_pending = true;
+        ctx.run_later(self.config.restart.takeover_after, |act, ctx| {
+            act.takeover_pending = false;
+            if act.state != SessionState::Conflict || act.ended {
+                return;
+            }
+            if let Some(page) = act.page.clone() {
+                tracing::warn!(session = %act.name, event = "session.takeover", "taking the account back from the other WhatsApp Web");
+                ctx.spawn(async move { page.action("takeover").await }.into_actor(act).map(|_, _, _| ()));
+            }
+        });
     }
 
     /// Polls every [`FAST_POLL`] while any send waits for its ack.
@@ -314,11 +394,13 @@ impl Actor for Session {
                         return;
                     }
                     act.page = Some(page);
-                    act.last_answer = Instant::now();
                     act.loading_since = Some(Instant::now());
                     act.report(SessionState::Starting, Some("loading page"), false, false);
                     act.tick(ctx);
                     ctx.run_interval(act.config.whatsapp.poll_interval, |act, ctx| act.tick(ctx));
+                    ctx.run_interval(act.config.heartbeat.interval, |act, ctx| act.heartbeat(ctx));
+                    ctx.run_interval(act.config.health.key_files.interval, |act, ctx| act.measure(true, false, ctx));
+                    ctx.run_interval(act.config.health.memory.interval, |act, ctx| act.measure(false, true, ctx));
                 }
                 Err((reason, detail)) => act.end(reason, detail, ctx),
             }),

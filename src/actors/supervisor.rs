@@ -3,10 +3,14 @@
 //!
 //! It is the only writer of session records and status history. It starts a
 //! [`Session`] actor per session that should run (staggered at boot), turns
-//! a Session's [`SessionEnded`] into the action [`EndReason::action`] calls
-//! for (backoff and restart, wipe and relink, block), and answers the HTTP
-//! layer's requests. Each Session carries a generation number; reports from
-//! an older generation (a Session that was already replaced) are ignored.
+//! a Session's [`SessionEnded`] into the decision of the pure restart policy
+//! ([`Restarts::on_end`]: backoff and restart, give up as `FAILED` when the
+//! budget is spent, wipe and relink, block), judges the health measurements
+//! Sessions report ([`SessionHealth`]), raises alerts through the
+//! [`Notifier`], and answers the HTTP layer's requests. Each Session carries
+//! a generation number; reports from an older generation (a Session that was
+//! already replaced) are ignored. Once a second it checks that every running
+//! Session's mailbox is still open: a Session that panicked is rebuilt.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +20,11 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::actors::driver::Driver;
+use crate::actors::notifier::{Alert, Notifier};
 use crate::actors::session::{self, LogoutPage, SendOutcome, SendText, Session};
-use crate::config::Config;
-use crate::policy::{restart, Action, EndReason};
+use crate::config::{Config, KeyFilesAction};
+use crate::policy::health::{self, KeyFiles};
+use crate::policy::{Decision, EndReason, Policy, Restarts};
 use crate::profile;
 use crate::session_state::{now_ms, validate_name, Me, SessionState};
 use crate::store::{Desired, HistoryEntry, SessionRecord, Store, StoreError};
@@ -56,10 +62,20 @@ pub struct SessionView {
     pub me: Option<Me>,
     /// `running` or `stopped`: what the operator asked for.
     pub desired: Desired,
-    /// Restart attempts since the session was last connected.
+    /// Restart attempts since the session was last healthy for
+    /// `restart.reset_after`.
     pub attempt: u32,
     /// When the next restart is due (while `RECONNECTING`), Unix epoch ms.
     pub next_attempt_ms: Option<u64>,
+    /// Restarts within `restart.window`; at `restart.max_restarts` the next
+    /// failure makes the session `FAILED`.
+    pub restarts_in_window: u32,
+    /// Last healthy heartbeat, Unix epoch ms.
+    pub last_heartbeat_ms: Option<u64>,
+    /// Files under the key store at the last count.
+    pub key_files: Option<u64>,
+    /// PSS of the browser's process tree at the last reading, bytes.
+    pub browser_pss_bytes: Option<u64>,
 }
 
 type Reply<T> = Result<T, SupervisorError>;
@@ -81,6 +97,8 @@ pub enum Command {
     Restart,
     Logout,
     Delete,
+    /// Clear the restart budget and restart a `FAILED` or `BLOCKED` session.
+    Recover,
 }
 
 /// A command addressed to a session by name.
@@ -140,6 +158,31 @@ pub struct SessionEnded {
     pub detail: String,
 }
 
+/// From a Session: health measurements (any may be absent).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SessionHealth {
+    pub name: String,
+    pub generation: u64,
+    /// Set when this report is a healthy heartbeat, Unix epoch ms.
+    pub last_heartbeat_ms: Option<u64>,
+    pub key_files: Option<u64>,
+    pub browser_pss_bytes: Option<u64>,
+}
+
+impl SessionHealth {
+    /// A heartbeat report; `healthy` heartbeats carry their time.
+    pub fn heartbeat(name: &str, generation: u64, at_ms: u64, healthy: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            generation,
+            last_heartbeat_ms: healthy.then_some(at_ms),
+            key_files: None,
+            browser_pss_bytes: None,
+        }
+    }
+}
+
 /// Stops every session (browsers closed, profiles and desired states kept)
 /// and flushes the store: the daemon is shutting down.
 #[derive(Message)]
@@ -151,13 +194,33 @@ struct Slot {
     addr: Option<Addr<Session>>,
     generation: u64,
     qr: Option<String>,
-    attempt: u32,
+    restarts: Restarts,
     next_attempt_ms: Option<u64>,
     timer: Option<SpawnHandle>,
+    last_heartbeat_ms: Option<u64>,
+    key_files: Option<u64>,
+    key_files_over: bool,
+    browser_pss_bytes: Option<u64>,
 }
 
 impl Slot {
-    fn view(&self) -> SessionView {
+    fn new(record: SessionRecord) -> Self {
+        Self {
+            record,
+            addr: None,
+            generation: 0,
+            qr: None,
+            restarts: Restarts::default(),
+            next_attempt_ms: None,
+            timer: None,
+            last_heartbeat_ms: None,
+            key_files: None,
+            key_files_over: false,
+            browser_pss_bytes: None,
+        }
+    }
+
+    fn view(&self, policy: &Policy) -> SessionView {
         SessionView {
             name: self.record.name.clone(),
             state: self.record.state,
@@ -165,8 +228,12 @@ impl Slot {
             since_ms: self.record.since_ms,
             me: self.record.me.clone(),
             desired: self.record.desired,
-            attempt: self.attempt,
+            attempt: self.restarts.attempt(),
             next_attempt_ms: self.next_attempt_ms,
+            restarts_in_window: self.restarts.in_window(policy, now_ms()),
+            last_heartbeat_ms: self.last_heartbeat_ms,
+            key_files: self.key_files,
+            browser_pss_bytes: self.browser_pss_bytes,
         }
     }
 }
@@ -174,23 +241,60 @@ impl Slot {
 /// The Supervisor. See the module docs.
 pub struct Supervisor {
     config: Arc<Config>,
+    policy: Policy,
     store: Store,
     driver: Addr<Driver>,
+    notifier: Addr<Notifier>,
     slots: BTreeMap<String, Slot>,
 }
 
 impl Supervisor {
-    pub fn new(config: Arc<Config>, store: Store, driver: Addr<Driver>) -> Self {
-        Self { config, store, driver, slots: BTreeMap::new() }
+    pub fn new(config: Arc<Config>, store: Store, driver: Addr<Driver>, notifier: Addr<Notifier>) -> Self {
+        Self { policy: config.restart.policy(), config, store, driver, notifier, slots: BTreeMap::new() }
     }
 
-    /// Records a state change: store (flushed), history, log.
+    /// Appends a decision event to the session's history.
+    fn record_event(&self, name: &str, event: &str, reason: Option<String>, detail: serde_json::Value) {
+        let Some(slot) = self.slots.get(name) else { return };
+        let entry = HistoryEntry {
+            state: slot.record.state,
+            reason,
+            at_ms: now_ms(),
+            event: event.to_string(),
+            detail: Some(detail),
+        };
+        if let Err(e) = self.store.append_history(name, &entry) {
+            tracing::error!(session = %name, error = %e, "cannot store session history");
+        }
+    }
+
+    fn alert(&self, name: &str, event: &'static str, message: String, detail: serde_json::Value) {
+        let Some(slot) = self.slots.get(name) else { return };
+        self.notifier.do_send(Alert {
+            event,
+            session: name.to_string(),
+            state: Some(slot.record.state.as_str().to_string()),
+            reason: slot.record.reason.clone(),
+            message,
+            at_ms: now_ms(),
+            detail,
+        });
+    }
+
+    /// Records a state change: store (flushed), history, log, restart
+    /// bookkeeping and alerts.
     fn set_state(&mut self, name: &str, state: SessionState, reason: Option<String>) {
+        let policy = self.policy;
         let Some(slot) = self.slots.get_mut(name) else { return };
         if slot.record.state == state && slot.record.reason == reason {
             return;
         }
         let at_ms = now_ms();
+        if state == SessionState::Connected {
+            slot.restarts.on_connected(at_ms);
+        } else if slot.record.state == SessionState::Connected {
+            slot.restarts.on_disconnected(&policy, at_ms);
+        }
         slot.record.state = state;
         slot.record.reason = reason.clone();
         slot.record.since_ms = at_ms;
@@ -200,7 +304,7 @@ impl Supervisor {
         if state != SessionState::ScanQr {
             slot.qr = None;
         }
-        let entry = HistoryEntry { state, reason: reason.clone(), at_ms };
+        let entry = HistoryEntry::status(state, reason.clone(), at_ms);
         if let Err(e) = self.store.put_session(&slot.record).and_then(|_| self.store.append_history(name, &entry)) {
             tracing::error!(session = %name, error = %e, "cannot store session status");
         }
@@ -213,6 +317,10 @@ impl Supervisor {
                 tracing::error!(session = %name, event = "session.status", state = %state, reason, "session {state}")
             }
             _ => tracing::info!(session = %name, event = "session.status", state = %state, reason, "session {state}"),
+        }
+        if matches!(state, SessionState::LoggedOut | SessionState::Failed | SessionState::Blocked) {
+            let message = format!("session {name} is {state} ({reason})");
+            self.alert(name, "session.status", message, serde_json::Value::Null);
         }
     }
 
@@ -264,32 +372,69 @@ impl Supervisor {
         }
     }
 
-    fn schedule_restart(&mut self, name: &str, reason: EndReason, ctx: &mut Context<Self>) {
+    /// The Session's run is over for `reason` (it has stopped, or is being
+    /// stopped): ask the policy and carry out its decision.
+    fn on_end(&mut self, name: &str, reason: EndReason, ctx: &mut Context<Self>) {
+        let policy = self.policy;
         let Some(slot) = self.slots.get_mut(name) else { return };
-        let restart = &self.config.restart;
-        let delay = restart::backoff(slot.attempt, restart.backoff_base, restart.backoff_cap, &mut rand::thread_rng());
-        slot.attempt = slot.attempt.saturating_add(1);
-        slot.next_attempt_ms = Some(now_ms() + delay.as_millis() as u64);
-        let generation = slot.generation;
-        let attempt = slot.attempt;
-        let owned = name.to_string();
-        slot.timer = Some(ctx.run_later(delay, move |act, ctx| {
-            let due = act.slots.get(&owned).is_some_and(|s| {
-                s.generation == generation && s.addr.is_none() && s.record.desired == Desired::Running
-            });
-            if due {
-                act.start_session(&owned, ctx);
+        slot.addr = None;
+        let now = now_ms();
+        let decision = slot.restarts.on_end(&policy, reason, now, &mut rand::thread_rng());
+        let text = Some(reason.as_str().to_string());
+        match decision {
+            Decision::Restart { delay, attempt } => {
+                slot.next_attempt_ms = Some(now + delay.as_millis() as u64);
+                let generation = slot.generation;
+                let owned = name.to_string();
+                slot.timer = Some(ctx.run_later(delay, move |act, ctx| {
+                    let due = act.slots.get(&owned).is_some_and(|s| {
+                        s.generation == generation && s.addr.is_none() && s.record.desired == Desired::Running
+                    });
+                    if due {
+                        act.start_session(&owned, ctx);
+                    }
+                }));
+                let delay_ms = delay.as_millis() as u64;
+                self.set_state(name, SessionState::Reconnecting, text.clone());
+                tracing::info!(session = %name, event = "session.restart_scheduled", attempt, delay_ms, reason = %reason, "restart in {delay:?}");
+                self.record_event(name, "session.restart_scheduled", text, serde_json::json!({"attempt": attempt, "delay_ms": delay_ms}));
             }
-        }));
-        tracing::info!(
-            session = %name,
-            event = "session.restart_scheduled",
-            attempt,
-            delay_ms = delay.as_millis() as u64,
-            reason = %reason,
-            "restart in {delay:?}"
-        );
-        self.set_state(name, SessionState::Reconnecting, Some(reason.as_str().to_string()));
+            Decision::GiveUp => {
+                let detail = format!("restart budget spent: {} restarts within {:?}; last end: {reason}", policy.max_restarts, policy.window);
+                tracing::error!(session = %name, reason = %reason, "{detail}");
+                self.set_state(name, SessionState::Failed, Some("restart_budget_spent".into()));
+            }
+            Decision::Relink => self.relink(name, reason.as_str(), ctx),
+            Decision::Conflict => self.set_state(name, SessionState::Conflict, text),
+            Decision::Block => self.set_state(name, SessionState::Blocked, text),
+            Decision::Fail => self.set_state(name, SessionState::Failed, text),
+        }
+    }
+
+    /// Stops a running Session for `reason` (a failed health check) and
+    /// handles it as its end.
+    fn end_session(&mut self, name: &str, reason: EndReason, ctx: &mut Context<Self>) {
+        let stopping = self.stop_actor(name, ctx);
+        let owned = name.to_string();
+        ctx.spawn(stopping.into_actor(self).map(move |_, act, ctx| act.on_end(&owned, reason, ctx)));
+    }
+
+    /// Rebuilds Sessions whose mailbox closed (the actor panicked).
+    fn check_alive(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.addr.as_ref().is_some_and(|a| !a.connected()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in dead {
+            tracing::error!(session = %name, "session actor died; rebuilding it");
+            profile::kill_browsers(&profile::path(&self.config.state.dir, &name));
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.generation += 1;
+            }
+            self.on_end(&name, EndReason::ActorDied, ctx);
+        }
     }
 
     fn slot(&self, name: &str) -> Result<&Slot, SupervisorError> {
@@ -298,7 +443,7 @@ impl Supervisor {
     }
 
     fn view(&self, name: &str) -> Reply<SessionView> {
-        Ok(self.slot(name)?.view())
+        Ok(self.slot(name)?.view(&self.policy))
     }
 }
 
@@ -317,10 +462,7 @@ impl Actor for Supervisor {
         for record in records {
             let name = record.name.clone();
             let desired = record.desired;
-            self.slots.insert(
-                name.clone(),
-                Slot { record, addr: None, generation: 0, qr: None, attempt: 0, next_attempt_ms: None, timer: None },
-            );
+            self.slots.insert(name.clone(), Slot::new(record));
             match desired {
                 Desired::Running => to_start.push(name),
                 Desired::Stopped => self.set_state(&name, SessionState::Stopped, None),
@@ -336,6 +478,7 @@ impl Actor for Supervisor {
                 }
             });
         }
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_alive(ctx));
     }
 }
 
@@ -357,12 +500,9 @@ impl Handler<CreateSession> for Supervisor {
         if self.slots.contains_key(&msg.name) || !self.store.create_session(&record)? {
             return Err(SupervisorError::Exists(msg.name));
         }
-        self.store.append_history(&msg.name, &HistoryEntry { state: SessionState::Stopped, reason: Some("created".into()), at_ms: now })?;
+        self.store.append_history(&msg.name, &HistoryEntry::status(SessionState::Stopped, Some("created".into()), now))?;
         tracing::info!(session = %msg.name, event = "session.created", "session created");
-        self.slots.insert(
-            msg.name.clone(),
-            Slot { record, addr: None, generation: 0, qr: None, attempt: 0, next_attempt_ms: None, timer: None },
-        );
+        self.slots.insert(msg.name.clone(), Slot::new(record));
         if msg.start {
             self.start_session(&msg.name, ctx);
         }
@@ -380,10 +520,28 @@ impl Handler<SessionCommand> for Supervisor {
         }
         tracing::info!(session = %name, command = ?command, "operator command");
         match command {
+            Command::Recover => {
+                let state = self.slots.get(&name).map(|s| s.record.state);
+                if !matches!(state, Some(SessionState::Failed | SessionState::Blocked)) {
+                    let state = state.unwrap_or(SessionState::Stopped);
+                    let needed = "recover is for FAILED or BLOCKED sessions";
+                    return Box::pin(fut::ready(Err(SupervisorError::WrongState { name, state, needed })));
+                }
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.restarts.clear();
+                    slot.record.desired = Desired::Running;
+                }
+                self.save(&name);
+                let stopping = self.stop_actor(&name, ctx);
+                Box::pin(stopping.into_actor(self).map(move |_, act, ctx| {
+                    act.set_state(&name, SessionState::Stopped, Some("recover".into()));
+                    act.start_session(&name, ctx);
+                    act.view(&name)
+                }))
+            }
             Command::Start => {
                 if let Some(slot) = self.slots.get_mut(&name) {
                     slot.record.desired = Desired::Running;
-                    slot.attempt = 0;
                 }
                 self.save(&name);
                 let running = self.slots.get(&name).is_some_and(|s| s.addr.is_some());
@@ -405,7 +563,6 @@ impl Handler<SessionCommand> for Supervisor {
                         Command::Restart => {
                             if let Some(slot) = act.slots.get_mut(&name) {
                                 slot.record.desired = Desired::Running;
-                                slot.attempt = 0;
                             }
                             act.set_state(&name, SessionState::Stopped, Some("restart".into()));
                             act.start_session(&name, ctx);
@@ -458,7 +615,7 @@ impl Supervisor {
     fn relink(&mut self, name: &str, reason: &str, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get_mut(name) else { return };
         slot.record.me = None;
-        slot.attempt = 0;
+        slot.key_files_over = false;
         let desired = slot.record.desired;
         let profile = profile::path(&self.config.state.dir, name);
         if let Err(e) = profile::wipe(&profile) {
@@ -483,7 +640,7 @@ impl Handler<ListSessions> for Supervisor {
     type Result = MessageResult<ListSessions>;
 
     fn handle(&mut self, _msg: ListSessions, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.slots.values().map(Slot::view).collect())
+        MessageResult(self.slots.values().map(|s| s.view(&self.policy)).collect())
     }
 }
 
@@ -544,11 +701,6 @@ impl Handler<SessionStatus> for Supervisor {
             slot.record.me = msg.me;
             self.save(&msg.name);
         }
-        if msg.state == SessionState::Connected {
-            if let Some(slot) = self.slots.get_mut(&msg.name) {
-                slot.attempt = 0;
-            }
-        }
         self.set_state(&msg.name, msg.state, msg.reason);
     }
 }
@@ -561,15 +713,53 @@ impl Handler<SessionEnded> for Supervisor {
         if slot.generation != msg.generation {
             return;
         }
-        slot.addr = None;
-        let reason = msg.reason;
-        tracing::info!(session = %msg.name, reason = %reason, detail = %msg.detail, "session's page run is over");
-        match reason.action() {
-            Action::RestartWithBackoff => self.schedule_restart(&msg.name, reason, ctx),
-            Action::Relink => self.relink(&msg.name, reason.as_str(), ctx),
-            Action::Conflict => self.set_state(&msg.name, SessionState::Conflict, Some(reason.as_str().into())),
-            Action::Block => self.set_state(&msg.name, SessionState::Blocked, Some(reason.as_str().into())),
-            Action::Fail => self.set_state(&msg.name, SessionState::Failed, Some(reason.as_str().into())),
+        tracing::info!(session = %msg.name, reason = %msg.reason, detail = %msg.detail, "session's page run is over");
+        self.on_end(&msg.name, msg.reason, ctx);
+    }
+}
+
+impl Handler<SessionHealth> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionHealth, ctx: &mut Self::Context) {
+        let Some(slot) = self.slots.get_mut(&msg.name) else { return };
+        if slot.generation != msg.generation {
+            return;
+        }
+        if msg.last_heartbeat_ms.is_some() {
+            slot.last_heartbeat_ms = msg.last_heartbeat_ms;
+        }
+        if let Some(pss) = msg.browser_pss_bytes {
+            slot.browser_pss_bytes = Some(pss);
+            let max = self.config.health.memory.max.as_u64();
+            if health::memory_over(pss, max) {
+                tracing::warn!(session = %msg.name, event = "session.health", browser_pss_bytes = pss, max, "browser memory over the limit; recycling it");
+                self.record_event(&msg.name, "session.health", Some("memory".into()), serde_json::json!({"browser_pss_bytes": pss, "max": max}));
+                return self.end_session(&msg.name, EndReason::HealthCheckFailed, ctx);
+            }
+        }
+        if let Some(count) = msg.key_files {
+            slot.key_files = Some(count);
+            let max = self.config.health.key_files.max;
+            match health::key_files(count, max) {
+                KeyFiles::Ok => slot.key_files_over = false,
+                KeyFiles::Over { count, max } => {
+                    let first = !slot.key_files_over;
+                    slot.key_files_over = true;
+                    let detail = serde_json::json!({"key_files": count, "max": max});
+                    tracing::warn!(session = %msg.name, event = "session.health", key_files = count, max, "key files over the threshold");
+                    self.record_event(&msg.name, "session.health", Some("key_files".into()), detail.clone());
+                    if first {
+                        let message = format!("session {} has {count} key files (threshold {max})", msg.name);
+                        self.alert(&msg.name, "session.health", message, detail);
+                    }
+                    if self.config.health.key_files.action == KeyFilesAction::Cleanup {
+                        let stopping = self.stop_actor(&msg.name, ctx);
+                        let name = msg.name.clone();
+                        ctx.spawn(stopping.into_actor(self).map(move |_, act, ctx| act.relink(&name, "key_files_cleanup", ctx)));
+                    }
+                }
+            }
         }
     }
 }

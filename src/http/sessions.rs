@@ -19,6 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sessions/{name}/stop", web::post().to(stop))
         .route("/sessions/{name}/restart", web::post().to(restart))
         .route("/sessions/{name}/logout", web::post().to(logout))
+        .route("/sessions/{name}/recover", web::post().to(recover))
         .route("/sessions/{name}/qr", web::get().to(qr))
         .route("/sessions/{name}/messages", web::post().to(send))
         .route("/sessions/{name}/history", web::get().to(history));
@@ -71,6 +72,9 @@ async fn restart(state: web::Data<AppState>, name: web::Path<String>) -> Result<
 }
 async fn logout(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     command(&state, name.into_inner(), Command::Logout).await
+}
+async fn recover(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    command(&state, name.into_inner(), Command::Recover).await
 }
 
 #[derive(Deserialize)]
