@@ -130,19 +130,6 @@ fn device_removed_offers_a_fresh_qr() {
     assert!(!states.iter().any(|s| s.starts_with("RECONNECTING")), "retried revoked credentials: {states:?}");
 }
 
-/// Kills every process whose command line contains `needle`; returns how many.
-fn kill_matching(needle: &str) -> usize {
-    let mut killed = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        if String::from_utf8_lossy(&cmdline).contains(needle) && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-            killed += 1;
-        }
-    }
-    killed
-}
-
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else { return Vec::new() };
     text.split_whitespace().filter_map(|p| p.parse().ok()).collect()

@@ -73,6 +73,18 @@ fn classify(e: CmdError) -> PageError {
             }
         }
         CmdError::Failed(_) | CmdError::FailedC(_) | CmdError::Lost(_) => gone(EndReason::DriverDied),
+        // chromedriver answers some failures outside the W3C shape, e.g. a
+        // crashed renderer as the bare string "tab crashed".
+        CmdError::NotW3C(_) | CmdError::NotJson(_) => {
+            let text = message.to_lowercase();
+            if text.contains("crash") {
+                gone(EndReason::PageCrashed)
+            } else if text.contains("session deleted") || text.contains("invalid session") {
+                gone(EndReason::BrowserDied)
+            } else {
+                PageError::Transient(message)
+            }
+        }
         _ => PageError::Transient(message),
     }
 }
@@ -299,6 +311,16 @@ window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webdriver_errors_are_classified() {
+        let crashed = CmdError::NotW3C(json!("tab crashed"));
+        assert_eq!(classify(crashed).end_reason(), Some(EndReason::PageCrashed));
+        let script = CmdError::NotW3C(json!({"weird": true}));
+        assert_eq!(classify(script).end_reason(), None);
+        let gone = CmdError::Lost(std::io::Error::other("connection refused"));
+        assert_eq!(classify(gone).end_reason(), Some(EndReason::DriverDied));
+    }
 
     #[test]
     fn events_parse() {

@@ -295,6 +295,7 @@ impl Daemon {
             .as_array()
             .unwrap()
             .iter()
+            .filter(|h| h["event"] == "session.status")
             .map(|h| format!("{}{}", h["state"].as_str().unwrap(), h["reason"].as_str().map(|r| format!("({r})")).unwrap_or_default()))
             .collect()
     }
@@ -326,4 +327,129 @@ impl Drop for Daemon {
             }
         }
     }
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A minimal HTTP receiver on loopback (webhooks, Telegram's Bot API):
+/// answers 200 to every request and keeps them.
+pub struct Receiver {
+    pub base: String,
+    got: std::sync::Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.trim_end().split_once(':') {
+                        headers.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                }
+                let len = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                sink.lock().unwrap().push(Received { path, headers, body });
+                let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            }
+        });
+        Receiver { base, got }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits for a request whose JSON body satisfies `pred`.
+    pub fn wait_for(&self, what: &str, within: Duration, pred: impl Fn(&Received) -> bool) -> Received {
+        wait_for(what, within, || self.received().into_iter().find(|r| pred(r)))
+    }
+}
+
+/// Polls `/health` every 100 ms in a thread until dropped; counts failures.
+pub struct HealthWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u32, u32)>>,
+}
+
+impl HealthWatch {
+    pub fn start(daemon: &Daemon) -> HealthWatch {
+        let url = format!("{}/health", daemon.base);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match ureq::get(&url).timeout(Duration::from_secs(2)).call() {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        });
+        HealthWatch { stop, thread: Some(thread) }
+    }
+
+    /// Stops watching; asserts `/health` answered every time.
+    pub fn assert_always_healthy(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = self.thread.take().unwrap().join().unwrap();
+        assert!(ok > 0 && failed == 0, "/health: {ok} answers, {failed} failures");
+    }
+}
+
+/// History entries of one event kind (`session.restart_scheduled`, …).
+pub fn events(daemon: &Daemon, name: &str, event: &str) -> Vec<Value> {
+    let r = daemon.api("GET", &format!("/api/sessions/{name}/history"), None);
+    r.body.as_array().unwrap().iter().filter(|h| h["event"] == event).cloned().collect()
+}
+
+/// Kills every process whose command line contains `needle`; returns how many.
+pub fn kill_matching(needle: &str) -> usize {
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(needle) && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            killed += 1;
+        }
+    }
+    killed
 }
