@@ -8,14 +8,18 @@
 //! | send latency | `POST …/messages` until it answers with the server's ack (the sim has the message) |
 //! | daemon RSS | `VmRSS` of the daemon process only (chromedriver and browsers are other processes) |
 //! | browser PSS | PSS of each session's Chromium process tree (`/proc/<pid>/smaps_rollup`) |
+//! | detection latency | sim fault (network drop, phone logout) → the status change's `at_ms` in the history |
+//! | recovery | Chromium SIGKILL → `CONNECTED` in the history, minus the scheduled backoff delay |
+//! | daemon CPU | CPU time of the daemon process over 30 s with every session connected and idle |
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::launch::{scan, start_sim, DaemonSetup, TempDir};
+use crate::launch::{scan, start_sim, wait_until, Api, DaemonSetup, TempDir};
 use crate::procfs;
+use crate::session_state::now_ms;
 
 /// Options of `wasup bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,9 +30,39 @@ pub struct BenchArgs {
     /// Texts to send for the latency figure.
     #[arg(long, default_value_t = 200)]
     pub sends: u32,
-    /// Sessions for the memory-per-session figures.
+    /// Sessions for the memory-per-session and idle-CPU figures.
     #[arg(long, default_value_t = 10)]
     pub sessions: u32,
+    /// Runs of each fault for the detection and recovery figures.
+    #[arg(long, default_value_t = 5)]
+    pub faults: u32,
+    /// How long the idle CPU is measured.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cpu_window: Duration,
+}
+
+/// The session's history entries.
+fn history(api: &Api, name: &str) -> anyhow::Result<Vec<Value>> {
+    let h = api.call("GET", &format!("/api/sessions/{name}/history"), None)?;
+    Ok(h.as_array().cloned().unwrap_or_default())
+}
+
+/// Waits for the first history entry at or after `t0_ms` that `pred`
+/// accepts; returns its `at_ms`.
+fn wait_entry(api: &Api, name: &str, t0_ms: u64, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<(u64, Value)> {
+    wait_until(what, Duration::from_secs(120), Duration::from_millis(20), || {
+        let h = history(api, name).ok()?;
+        h.into_iter().find(|e| e["at_ms"].as_u64().is_some_and(|t| t >= t0_ms) && pred(e)).map(|e| (e["at_ms"].as_u64().unwrap_or(0), e))
+    })
+}
+
+fn phone(sim_base: &str, path: &str, body: Value) -> anyhow::Result<()> {
+    ureq::post(&format!("{sim_base}/_phone{path}")).send_json(body).with_context(|| format!("phone {path}"))?;
+    Ok(())
+}
+
+fn is_status(e: &Value, state: &str) -> bool {
+    e["event"] == "session.status" && e["state"] == state
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -53,7 +87,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the wasup binary")?;
     let dir = TempDir::new("wasup-bench")?;
     let (_sim, sim_base) = start_sim(&exe, &[], false)?;
-    let setup = DaemonSetup::new(&dir.0, &sim_base, "[restart]\nboot_stagger = \"0s\"\n")?;
+    let setup = DaemonSetup::new(
+        &dir.0,
+        &sim_base,
+        "[restart]\nboot_stagger = \"0s\"\nbackoff_base = \"500ms\"\nbackoff_cap = \"2s\"\nmax_restarts = 1000\n",
+    )?;
     let api = &setup.api;
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let quiet = |_: &str| {};
@@ -67,7 +105,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     api.call("POST", "/api/sessions", Some(json!({"name": "bench"})))?;
     api.wait_state("bench", "SCAN_QR", Duration::from_secs(90), quiet)?;
     let qr = api.call("GET", "/api/sessions/bench/qr?format=raw", None)?;
-    let device = scan(&sim_base, qr["qr"].as_str().unwrap_or_default(), "4915112345678", "bench")?;
+    let mut device = scan(&sim_base, qr["qr"].as_str().unwrap_or_default(), "4915112345678", "bench")?;
     api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
 
     // Reconnect with a saved profile: daemon start → CONNECTED.
@@ -104,14 +142,83 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "p50 ≤ 50 ms".into(),
     ));
 
-    // Memory with N sessions (one paired, the rest showing a QR).
+    // Detection latency: a fault in the sim → the status change recorded.
+    let mut drops = Vec::new();
+    let mut logouts = Vec::new();
+    for _ in 0..args.faults {
+        let t0 = now_ms();
+        phone(&sim_base, &format!("/devices/{device}/network-drop"), json!({"seconds": 2}))?;
+        let (at, _) = wait_entry(api, "bench", t0, "RECONNECTING after a network drop", |e| is_status(e, "RECONNECTING"))?;
+        drops.push(Duration::from_millis(at - t0));
+        api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
+
+        let t0 = now_ms();
+        phone(&sim_base, &format!("/devices/{device}/logout"), json!({}))?;
+        let (at, _) = wait_entry(api, "bench", t0, "LOGGED_OUT after a phone logout", |e| is_status(e, "LOGGED_OUT"))?;
+        logouts.push(Duration::from_millis(at - t0));
+        api.wait_state("bench", "SCAN_QR", Duration::from_secs(60), quiet)?;
+        let qr = api.call("GET", "/api/sessions/bench/qr?format=raw", None)?;
+        device = scan(&sim_base, qr["qr"].as_str().unwrap_or_default(), "4915112345678", "bench")?;
+        api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
+    }
+    drops.sort();
+    logouts.sort();
+    rows.push((
+        "detection: network drop → RECONNECTING".into(),
+        format!("p50 {}, p95 {} (n={})", ms(percentile(&drops, 50.0)), ms(percentile(&drops, 95.0)), drops.len()),
+        "p95 ≤ 1 s".into(),
+    ));
+    rows.push((
+        "detection: phone logout → LOGGED_OUT".into(),
+        format!("p50 {}, p95 {} (n={})", ms(percentile(&logouts, 50.0)), ms(percentile(&logouts, 95.0)), logouts.len()),
+        "p95 ≤ 1 s".into(),
+    ));
+
+    // Recovery: Chromium SIGKILL → CONNECTED, minus the backoff delay.
+    let profile = crate::profile::path(&setup.state_dir, "bench");
+    let mut recoveries = Vec::new();
+    for _ in 0..args.faults {
+        let pid = procfs::browser_pid(&profile).context("no browser on the bench profile")?;
+        let t0 = now_ms();
+        // SAFETY: kill(2) on the browser's pid, read from /proc just now.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+        let (_, scheduled) = wait_entry(api, "bench", t0, "a scheduled restart", |e| e["event"] == "session.restart_scheduled")?;
+        let delay = scheduled["detail"]["delay_ms"].as_u64().unwrap_or(0);
+        let (at, _) = wait_entry(api, "bench", t0, "CONNECTED after the kill", |e| is_status(e, "CONNECTED"))?;
+        recoveries.push(Duration::from_millis((at - t0).saturating_sub(delay)));
+    }
+    recoveries.sort();
+    rows.push((
+        "recovery: Chromium SIGKILL → CONNECTED, minus backoff".into(),
+        format!("p50 {}, p95 {} (n={})", ms(percentile(&recoveries, 50.0)), ms(percentile(&recoveries, 95.0)), recoveries.len()),
+        "≤ 5 s".into(),
+    ));
+
+    // N sessions, all paired: memory and idle CPU.
     for i in 1..args.sessions {
         api.call("POST", "/api/sessions", Some(json!({"name": format!("bench-{i}")})))?;
     }
     for i in 1..args.sessions {
-        api.wait_state(&format!("bench-{i}"), "SCAN_QR", Duration::from_secs(180), quiet)?;
+        let name = format!("bench-{i}");
+        api.wait_state(&name, "SCAN_QR", Duration::from_secs(180), quiet)?;
+        let qr = api.call("GET", &format!("/api/sessions/{name}/qr?format=raw"), None)?;
+        scan(&sim_base, qr["qr"].as_str().unwrap_or_default(), &format!("49151{:08}", 10_000_000 + i), &name)?;
     }
-    std::thread::sleep(Duration::from_secs(2));
+    for i in 1..args.sessions {
+        api.wait_state(&format!("bench-{i}"), "CONNECTED", Duration::from_secs(180), quiet)?;
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = daemon.pid().context("daemon is gone")?;
+    let (cpu0, t0) = (procfs::cpu_time(pid).unwrap_or_default(), Instant::now());
+    std::thread::sleep(args.cpu_window);
+    let cpu = procfs::cpu_time(pid).unwrap_or_default().saturating_sub(cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    rows.push((
+        format!("daemon CPU, {} idle connected sessions", args.sessions),
+        format!("{:.2} % of one core (over {:?})", cpu * 100.0, args.cpu_window),
+        "≤ 2 %".into(),
+    ));
     let rss_n = daemon.pid().and_then(procfs::rss_bytes).unwrap_or(0);
     let mut pss: Vec<u64> = (0..args.sessions)
         .filter_map(|i| {

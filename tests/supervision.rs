@@ -212,8 +212,9 @@ fn a_session_failing_every_start_ends_failed_after_exactly_the_budget() {
     let hooks = Receiver::start();
     let sim = Sim::start(&[]);
     let config = format!(
-        "max_restarts = 3\nwindow = \"1h\"\n[browser]\nchromium = \"/bin/false\"\n{}",
-        webhook_config(&hooks)
+        "max_restarts = 3\nwindow = \"1h\"\n[browser]\nchromium = \"/bin/false\"\n{}[alerts.telegram]\nbot_token = \"123456:SECRET-bot-token\"\nchat_id = \"-10042\"\napi_base = \"{}\"\n",
+        webhook_config(&hooks),
+        hooks.base
     );
     let daemon = Daemon::start(&sim, &config);
     let watch = HealthWatch::start(&daemon);
@@ -226,6 +227,11 @@ fn a_session_failing_every_start_ends_failed_after_exactly_the_budget() {
     assert_eq!(starts, 4, "the first start and 3 restarts");
     let alert = hooks.wait_for("a FAILED alert", Duration::from_secs(10), |r| r.json()["state"] == "FAILED");
     assert_signed(&alert);
+    let telegram = hooks.wait_for("a Telegram message", Duration::from_secs(10), |r| r.path.ends_with("/sendMessage"));
+    assert_eq!(telegram.path, "/bot123456:SECRET-bot-token/sendMessage");
+    assert_eq!(telegram.json()["chat_id"], "-10042");
+    assert!(telegram.json()["text"].as_str().unwrap().contains("acme is FAILED"), "{:?}", telegram.json());
+    assert!(!daemon.log().contains("SECRET-bot-token"), "bot token in the log");
     stays("FAILED", Duration::from_secs(2), || daemon.session("acme")["state"] == "FAILED");
     assert_eq!(events(&daemon, "acme", "session.restart_scheduled").len(), 3, "no restart after FAILED");
 

@@ -214,9 +214,13 @@ impl Session {
                 }
                 tracing::debug!(session = %self.name, error = %e, "poll failed; retrying");
             }
-            Ok(Poll::Loading) => {
+            Ok(Poll::Loading { logout }) => {
                 self.answered = true;
                 self.page_state = "LOADING".into();
+                if let Some(reason) = self.observer.loading(logout) {
+                    self.state = SessionState::LoggedOut;
+                    return self.end(reason, "logout queued by the page being left".into(), ctx);
+                }
                 let since = *self.loading_since.get_or_insert(now);
                 if since.elapsed() > self.config.whatsapp.load_timeout {
                     let detail = format!("page not loaded within {:?}", self.config.whatsapp.load_timeout);

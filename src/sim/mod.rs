@@ -95,7 +95,7 @@ pub async fn serve(
             .configure(phone::routes)
     })
     .workers(2)
-    .on_connect(crate::http::no_delay)
+    .on_connect(server::on_connect)
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)

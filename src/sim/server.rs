@@ -181,6 +181,7 @@ async fn page_socket(
     hub: web::Data<Hub>,
 ) -> actix_web::Result<HttpResponse> {
     let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let socket = req.conn_data::<ConnSocket>().copied();
     let (tx, rx) = unbounded_channel();
     let conn = hub.open(tx);
     tracing::debug!(conn, "sim: page socket opened");
@@ -190,8 +191,35 @@ async fn page_socket(
         session,
         stream.max_frame_size(MAX_FRAME_BYTES),
         rx,
+        socket,
     ));
     Ok(response)
+}
+
+/// The accepted connection's socket, remembered by [`on_connect`] so a
+/// network drop can cut it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSocket(std::os::fd::RawFd);
+
+impl ConnSocket {
+    /// `shutdown(2)` both directions: the page sees the connection end at
+    /// once, with no close frame (code 1006).
+    fn cut(self) {
+        // SAFETY: shutdown(2) on the fd of a connection that is still open
+        // (its WebSocket task has not ended yet); it closes nothing.
+        unsafe {
+            libc::shutdown(self.0, libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// For `HttpServer::on_connect`: no Nagle delay, and remember the socket.
+pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    crate::http::no_delay(conn, ext);
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        use std::os::fd::AsRawFd as _;
+        ext.insert(ConnSocket(tcp.as_raw_fd()));
+    }
 }
 
 /// Pumps one page socket: frames in go to the world, effects out go to
@@ -202,6 +230,7 @@ async fn run_socket(
     mut session: actix_ws::Session,
     mut stream: actix_ws::MessageStream,
     mut rx: UnboundedReceiver<Outgoing>,
+    socket: Option<ConnSocket>,
 ) {
     let how = loop {
         tokio::select! {
@@ -231,7 +260,15 @@ async fn run_socket(
                 Some(Outgoing::Close) => break "closed by server",
                 // Dropping the session without a close frame ends the
                 // connection the way a failing network does.
-                Some(Outgoing::Drop) | None => break "dropped by server",
+                Some(Outgoing::Drop) => {
+                    // Cut the TCP connection now, as a failing network does;
+                    // otherwise it would linger until the page's next bytes.
+                    if let Some(socket) = socket {
+                        socket.cut();
+                    }
+                    break "dropped by server";
+                }
+                None => break "dropped by server",
             },
         }
     };

@@ -47,6 +47,12 @@ impl Observer {
         self.linked
     }
 
+    /// A poll found the page loading; `logout_queued`: the page being left
+    /// had queued a logout. Ends the run only for a linked session.
+    pub fn loading(&self, logout_queued: bool) -> Option<EndReason> {
+        (self.linked && logout_queued).then_some(EndReason::PhoneLogout)
+    }
+
     pub fn observe(&mut self, events: &[PageEvent], snap: &Snapshot) -> Verdict {
         let verdict = |state, reason| Verdict { state, reason, end: None, refresh_qr: false };
         let ended = |reason: EndReason, state| Verdict {
@@ -158,6 +164,15 @@ mod tests {
         assert!(!o.observe(&[], &idle).refresh_qr, "ask once per idle spell");
         let no_qr_yet = Snapshot { qr: None, ..snap("UNPAIRED", false) };
         assert_eq!(o.observe(&[], &no_qr_yet).state, SessionState::Starting);
+    }
+
+    #[test]
+    fn a_logout_is_seen_while_the_next_page_loads() {
+        let mut o = Observer::new(false);
+        assert_eq!(o.loading(true), None, "an unlinked page being left is no logout");
+        o.observe(&[], &snap("CONNECTED", true));
+        assert_eq!(o.loading(false), None);
+        assert_eq!(o.loading(true), Some(EndReason::PhoneLogout));
     }
 
     #[test]

@@ -23,11 +23,19 @@ const ADAPTER: &str = include_str!("adapter.js");
 const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-1");
 
 /// One poll's script: drain if the adapter is there, else say why not.
+/// While a new page loads, the previous adapter's queue is already in
+/// sessionStorage: a logout queued there (or `?post_logout=1`) is reported
+/// at once rather than after the new page has booted.
 const TICK: &str = r#"
 const v = arguments[0];
 if (window.__wasup && window.__wasup.version === v) return window.__wasup.drain();
-if (!(window.Debug && window.Debug.VERSION)) return {loading: true};
-try { window.require('WAWebSocketModel'); } catch (e) { return {loading: true}; }
+let logout = /[?&]post_logout=1/.test(window.location.search);
+try {
+  const q = JSON.parse(window.sessionStorage.getItem("__wasup_queue") || "[]");
+  logout = logout || (Array.isArray(q) && q.some((e) => e && e.k === "logout"));
+} catch (e) { /* no storage: only the URL tells */ }
+if (!(window.Debug && window.Debug.VERSION)) return {loading: true, logout};
+try { window.require('WAWebSocketModel'); } catch (e) { return {loading: true, logout}; }
 return {inject: true};
 "#;
 
@@ -138,7 +146,9 @@ pub enum PageEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Poll {
     /// The page is (re)loading: `window.Debug.VERSION` is not there yet.
-    Loading,
+    /// `logout`: the page being left had queued a logout, or this is the
+    /// `?post_logout=1` page.
+    Loading { logout: bool },
     /// The adapter's queue and the current state. `injected` is true when
     /// this poll had to inject the adapter (a navigation happened).
     Ready { events: Vec<PageEvent>, snap: Snapshot, injected: bool },
@@ -243,7 +253,7 @@ impl Page {
     pub async fn poll(&self) -> Result<Poll, PageError> {
         let value = self.client.execute(TICK, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?;
         if value.get("loading").is_some() {
-            return Ok(Poll::Loading);
+            return Ok(Poll::Loading { logout: value.get("logout") == Some(&json!(true)) });
         }
         let (value, injected) = if value.get("inject").is_some() {
             let script = format!(
@@ -254,7 +264,7 @@ impl Page {
             (value, false)
         };
         if value.get("loading").is_some() {
-            return Ok(Poll::Loading);
+            return Ok(Poll::Loading { logout: false });
         }
         let drained: Drained = serde_json::from_value(value)
             .map_err(|e| PageError::Transient(format!("adapter returned an unexpected shape: {e}")))?;
