@@ -173,11 +173,28 @@ fn key_files_over_the_threshold_raise_an_alert() {
     assert_eq!(alert.json()["detail"]["max"], 1);
     let view = daemon.session("acme");
     assert!(view["key_files"].as_u64().unwrap() > 1, "{view}");
-    assert!(!events(&daemon, "acme", "session.health").is_empty());
+    assert_eq!(events(&daemon, "acme", "session.health").len(), 1, "one event per crossing");
     // Action "alert": the session stays up and is alerted once, not every count.
     assert_eq!(view["state"], "CONNECTED");
     stays("one alert", Duration::from_secs(2), || {
         hooks.received().iter().filter(|r| r.json()["event"] == "session.health").count() == 1
+    });
+    drop(daemon);
+
+    // Action "cleanup": the linked session's profile is purged and re-paired
+    // once; the fresh, unpaired profile is not purged again.
+    let config = "[health.key_files]\ninterval = \"500ms\"\nmax = 1\naction = \"cleanup\"\n";
+    let daemon = Daemon::start(&sim, config);
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme"})));
+    assert_eq!(r.status, 201);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    sim.scan(&daemon.qr("acme"), "4915199999999");
+    wait_for("LOGGED_OUT(key_files_cleanup)", Duration::from_secs(30), || {
+        daemon.history_states("acme").iter().any(|s| s == "LOGGED_OUT(key_files_cleanup)").then_some(())
+    });
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    stays("one cleanup", Duration::from_secs(3), || {
+        daemon.history_states("acme").iter().filter(|s| s.starts_with("LOGGED_OUT")).count() == 1
     });
 }
 

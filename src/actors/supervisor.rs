@@ -744,16 +744,20 @@ impl Handler<SessionHealth> for Supervisor {
             match health::key_files(count, max) {
                 KeyFiles::Ok => slot.key_files_over = false,
                 KeyFiles::Over { count, max } => {
+                    // Recorded and alerted once per crossing, not every count.
                     let first = !slot.key_files_over;
                     slot.key_files_over = true;
-                    let detail = serde_json::json!({"key_files": count, "max": max});
-                    tracing::warn!(session = %msg.name, event = "session.health", key_files = count, max, "key files over the threshold");
-                    self.record_event(&msg.name, "session.health", Some("key_files".into()), detail.clone());
                     if first {
+                        let detail = serde_json::json!({"key_files": count, "max": max});
+                        tracing::warn!(session = %msg.name, event = "session.health", key_files = count, max, "key files over the threshold");
+                        self.record_event(&msg.name, "session.health", Some("key_files".into()), detail.clone());
                         let message = format!("session {} has {count} key files (threshold {max})", msg.name);
                         self.alert(&msg.name, "session.health", message, detail);
                     }
-                    if self.config.health.key_files.action == KeyFilesAction::Cleanup {
+                    // Purging only helps a linked session (stale keys of a
+                    // device); an unpaired profile would be purged forever.
+                    let linked = self.slots.get(&msg.name).is_some_and(|s| s.record.me.is_some());
+                    if self.config.health.key_files.action == KeyFilesAction::Cleanup && linked {
                         let stopping = self.stop_actor(&msg.name, ctx);
                         let name = msg.name.clone();
                         ctx.spawn(stopping.into_actor(self).map(move |_, act, ctx| act.relink(&name, "key_files_cleanup", ctx)));
