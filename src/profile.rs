@@ -105,11 +105,14 @@ mod tests {
     fn stale_processes_on_a_profile_are_killed() {
         let dir = tempfile::tempdir().unwrap();
         let p = path(dir.path(), "stale");
-        // `sh -c` keeps its `$0` in its command line, like a browser its flags.
+        // `sh -c` keeps its `$0` in its command line, like a browser its
+        // flags; `read` blocks without forking (a forked child would briefly
+        // carry the same command line).
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg("sleep 60; : \"$0\"")
+            .arg("read _")
             .arg(format!("--user-data-dir={}", p.display()))
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         // The child's command line shows in /proc once its exec is done.
