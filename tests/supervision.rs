@@ -260,3 +260,25 @@ fn a_session_failing_every_start_ends_failed_after_exactly_the_budget() {
     });
     watch.assert_always_healthy();
 }
+
+/// The Session actor panics (a bug): the Supervisor notices its closed
+/// mailbox, kills its browser and rebuilds it; back without a QR.
+#[test]
+fn a_panicked_session_actor_is_rebuilt() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    daemon.pair(&sim, "acme", PHONE);
+    let watch = HealthWatch::start(&daemon);
+    let r = daemon.api("POST", "/api/sessions/acme/_fault/panic", None);
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    wait_for("RECONNECTING(actor_died)", Duration::from_secs(10), || {
+        daemon.history_states("acme").iter().any(|s| s == "RECONNECTING(actor_died)").then_some(())
+    });
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    let after = statuses_after_pairing(&daemon);
+    assert!(!after.iter().any(|s| s.starts_with("SCAN_QR")), "{after:?}");
+    assert!(daemon.is_running());
+    assert!(daemon.log().contains("fault injection: session acme panics"));
+    watch.assert_always_healthy();
+}

@@ -69,6 +69,23 @@ pub enum SendError {
 #[rtype(result = "Result<(), String>")]
 pub struct LogoutPage;
 
+/// Fault injection for tests (debug builds only): the actor panics, as a
+/// bug would make it, so the Supervisor's rebuild of dead Sessions can be
+/// tested for real.
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+#[cfg(debug_assertions)]
+impl Handler<InjectPanic> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("fault injection: session {} panics", self.name);
+    }
+}
+
 /// Closes the browser (profile kept) and stops the actor without reporting
 /// an end: the Supervisor asked for it.
 #[derive(Message)]

@@ -135,6 +135,27 @@ pub struct SendMessage {
     pub text: String,
 }
 
+/// Fault injection for tests (debug builds only): makes the session's
+/// actor panic.
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "Reply<()>")]
+pub struct InjectPanic {
+    pub name: String,
+}
+
+#[cfg(debug_assertions)]
+impl Handler<InjectPanic> for Supervisor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, msg: InjectPanic, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = self.slot(&msg.name)?.addr.clone();
+        let addr = addr.ok_or_else(|| SupervisorError::Internal("session is not running".into()))?;
+        addr.do_send(session::InjectPanic);
+        Ok(())
+    }
+}
+
 /// From a Session: what it shows now.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -23,6 +23,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sessions/{name}/qr", web::get().to(qr))
         .route("/sessions/{name}/messages", web::post().to(send))
         .route("/sessions/{name}/history", web::get().to(history));
+    // Fault injection, for the tests of supervision: debug builds only, and
+    // only with WASUP_FAULT_INJECTION=1 in the daemon's environment.
+    #[cfg(debug_assertions)]
+    if std::env::var("WASUP_FAULT_INJECTION").as_deref() == Ok("1") {
+        cfg.route("/sessions/{name}/_fault/panic", web::post().to(inject_panic));
+    }
+}
+
+#[cfg(debug_assertions)]
+async fn inject_panic(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    use crate::actors::supervisor::InjectPanic;
+    state.supervisor.send(InjectPanic { name: name.into_inner() }).await??;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": "panic"})))
 }
 
 /// `POST /api/sessions` body.

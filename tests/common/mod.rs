@@ -213,6 +213,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("WASUP_TOKEN", &self.token)
+            .env("WASUP_FAULT_INJECTION", "1")
             .env("RUST_LOG", "info,wasup=debug")
             .stdout(Stdio::null())
             .stderr(log_file(self.dir.path(), &format!("daemon-{}.log", self.starts)))
