@@ -5,5 +5,6 @@
 pub mod restart;
 
 pub mod health;
+pub mod pacing;
 
 pub use restart::{Action, Decision, EndReason, Policy, Restarts};
