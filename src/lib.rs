@@ -11,6 +11,7 @@
 
 pub mod actors;
 pub mod bench;
+pub mod campaign;
 pub mod config;
 pub mod daemon;
 pub mod demo;

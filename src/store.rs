@@ -7,16 +7,22 @@
 //! |---|---|---|
 //! | `sessions` | session name (UTF-8) | [`SessionRecord`] |
 //! | `history` | name, `0x00`, at_ms (u64 BE), seq (u64 BE) | [`HistoryEntry`] |
+//! | `campaigns` | campaign id (`cmp_…`) | [`CampaignRecord`] |
+//! | `recipients` | campaign id, `0x00`, idx (u32 BE) | [`RecipientRecord`] |
+//! | `messages` | message key id (`3EB0…`) | campaign id, `0x00`, idx (u32 BE) |
+//! | `daily` | session name, `0x00`, `YYYY-MM-DD` | sends started that day (u32 BE) |
 //!
 //! Durability: sled syncs on its own every 500 ms, so a process crash loses
 //! nothing written before it; power loss may lose the last window. Writes that
-//! a later decision depends on (the desired state of a session) are flushed
-//! before the call returns.
+//! a later decision depends on (the desired state of a session, a recipient
+//! going `SENDING` before its send, `SENT` after it) are flushed before the
+//! call returns.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::campaign::{CampaignRecord, RecipientRecord};
 use crate::session_state::{Me, SessionState};
 
 /// Whether an operator wants the session to run; survives restarts.
@@ -87,6 +93,10 @@ pub struct Store {
     db: sled::Db,
     sessions: sled::Tree,
     history: sled::Tree,
+    campaigns: sled::Tree,
+    recipients: sled::Tree,
+    messages: sled::Tree,
+    daily: sled::Tree,
 }
 
 /// How many history entries are kept per session; older ones are dropped.
@@ -99,6 +109,10 @@ impl Store {
         Ok(Self {
             sessions: db.open_tree("sessions")?,
             history: db.open_tree("history")?,
+            campaigns: db.open_tree("campaigns")?,
+            recipients: db.open_tree("recipients")?,
+            messages: db.open_tree("messages")?,
+            daily: db.open_tree("daily")?,
             db,
         })
     }
@@ -181,6 +195,107 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Stores a new campaign: its recipients first, then the record, then
+    /// a flush (a crash in between leaves recipients no campaign points to,
+    /// never a campaign with missing recipients).
+    pub fn create_campaign(&self, record: &CampaignRecord, recipients: &[RecipientRecord]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for r in recipients {
+            batch.insert(recipient_key(&record.id, r.idx), serde_json::to_vec(r)?);
+        }
+        self.recipients.apply_batch(batch)?;
+        self.campaigns.insert(record.id.as_bytes(), serde_json::to_vec(record)?)?;
+        self.flush()
+    }
+
+    pub fn put_campaign(&self, record: &CampaignRecord) -> Result<(), StoreError> {
+        self.campaigns.insert(record.id.as_bytes(), serde_json::to_vec(record)?)?;
+        self.flush()
+    }
+
+    pub fn campaign(&self, id: &str) -> Result<Option<CampaignRecord>, StoreError> {
+        match self.campaigns.get(id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All campaigns, ordered by id.
+    pub fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
+        self.campaigns.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+    }
+
+    /// Writes a recipient; `flush` when a decision depends on it (SENDING
+    /// before a send, SENT after).
+    pub fn put_recipient(&self, campaign: &str, r: &RecipientRecord, flush: bool) -> Result<(), StoreError> {
+        self.recipients.insert(recipient_key(campaign, r.idx), serde_json::to_vec(r)?)?;
+        if let Some(id) = &r.message_id {
+            self.messages.insert(id.as_bytes(), recipient_key(campaign, r.idx))?;
+        }
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// A campaign's recipients, in order.
+    pub fn recipients(&self, campaign: &str) -> Result<Vec<RecipientRecord>, StoreError> {
+        self.recipients
+            .scan_prefix(history_prefix(campaign))
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    pub fn recipient(&self, campaign: &str, idx: u32) -> Result<Option<RecipientRecord>, StoreError> {
+        match self.recipients.get(recipient_key(campaign, idx))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Which campaign and recipient a message id belongs to.
+    pub fn message_owner(&self, message_id: &str) -> Result<Option<(String, u32)>, StoreError> {
+        let Some(v) = self.messages.get(message_id.as_bytes())? else { return Ok(None) };
+        let Some(split) = v.iter().position(|b| *b == 0) else { return Ok(None) };
+        let campaign = String::from_utf8_lossy(&v[..split]).into_owned();
+        let idx = v.get(split + 1..split + 5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+        Ok(idx.map(|idx| (campaign, idx)))
+    }
+
+    /// Sends a session started on `day` (`YYYY-MM-DD` in the pacing zone).
+    pub fn sent_on(&self, session: &str, day: &str) -> Result<u32, StoreError> {
+        Ok(self.daily.get(daily_key(session, day))?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+    }
+
+    /// Counts one more send on `day`; returns the new count.
+    pub fn count_send(&self, session: &str, day: &str) -> Result<u32, StoreError> {
+        let v = self.daily.update_and_fetch(daily_key(session, day), |old| {
+            let n = old.and_then(|v| <[u8; 4]>::try_from(v).ok()).map_or(0, u32::from_be_bytes);
+            Some(n.saturating_add(1).to_be_bytes().to_vec())
+        })?;
+        Ok(v.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+    }
+
+    /// The database's size on disk, bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn recipient_key(campaign: &str, idx: u32) -> Vec<u8> {
+    let mut key = history_prefix(campaign);
+    key.extend_from_slice(&idx.to_be_bytes());
+    key
+}
+
+fn daily_key(session: &str, day: &str) -> Vec<u8> {
+    let mut key = history_prefix(session);
+    key.extend_from_slice(day.as_bytes());
+    key
+}
+
 fn history_prefix(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(name.len() + 1 + 16);
     key.extend_from_slice(name.as_bytes());
@@ -227,6 +342,43 @@ mod tests {
         store.delete_session("acme").unwrap();
         assert!(store.session("acme").unwrap().is_none());
         assert!(store.history("acme").unwrap().is_empty());
+    }
+
+    #[test]
+    fn campaigns_recipients_and_daily_counts() {
+        use crate::campaign::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rows = rows_from_json(&[serde_json::json!({"phone": "+4915112345678"}), serde_json::json!({"phone": "+4915123456789"})]).unwrap();
+        let (mut rs, _) = recipients(rows, "hi", None, InvalidNumbers::Reject, 0).unwrap();
+        let record = CampaignRecord {
+            id: new_id(),
+            name: "spring".into(),
+            session: "acme".into(),
+            template: "hi".into(),
+            pacing: PacingSpec::default(),
+            state: CampaignState::Draft,
+            reason: None,
+            created_ms: 0,
+            updated_ms: 0,
+            waiting_since_ms: None,
+            resume_at_ms: None,
+            last_send_ms: None,
+            total: 2,
+            duplicates: 0,
+        };
+        store.create_campaign(&record, &rs).unwrap();
+        rs[1].message_id = Some("3EB0AAAAAAAAAAAAAAAA".into());
+        rs[1].state = RecipientState::Sending;
+        store.put_recipient(&record.id, &rs[1], true).unwrap();
+        assert_eq!(store.message_owner("3EB0AAAAAAAAAAAAAAAA").unwrap(), Some((record.id.clone(), 1)));
+        assert_eq!(store.recipients(&record.id).unwrap()[1].state, RecipientState::Sending);
+        assert_eq!(store.campaigns().unwrap().len(), 1);
+        assert_eq!(store.sent_on("acme", "2026-01-10").unwrap(), 0);
+        assert_eq!(store.count_send("acme", "2026-01-10").unwrap(), 1);
+        assert_eq!(store.count_send("acme", "2026-01-10").unwrap(), 2);
+        assert_eq!(store.sent_on("acme", "2026-01-10").unwrap(), 2);
+        assert_eq!(store.sent_on("acme-2", "2026-01-10").unwrap(), 0);
     }
 
     #[test]

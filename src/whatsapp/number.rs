@@ -69,9 +69,55 @@ pub fn to_e164(input: &str) -> Result<String, NumberError> {
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
 
+/// A country for numbers written without a country code (ISO 3166 alpha-2,
+/// e.g. `DE`).
+pub fn country(code: &str) -> Result<phonenumber::country::Id, String> {
+    code.trim()
+        .to_ascii_uppercase()
+        .parse::<phonenumber::country::Id>()
+        .map_err(|_| format!("unknown country code {code:?} (expected ISO 3166 alpha-2, e.g. \"DE\")"))
+}
+
+/// Normalises a number to E.164, reading one without `+` as national to
+/// `default` when one is given: `"0151 12345678"` with `DE` →
+/// `+4915112345678`. `00…` is international; digits that are a valid
+/// international number as they stand (`4915112345678`) are taken as such.
+pub fn normalize(input: &str, default: Option<phonenumber::country::Id>) -> Result<String, NumberError> {
+    let trimmed = input.trim();
+    if let Some(rest) = trimmed.strip_prefix("00") {
+        return to_e164(rest);
+    }
+    let Some(region) = default else { return to_e164(trimmed) };
+    if trimmed.starts_with('+') {
+        return to_e164(trimmed);
+    }
+    if !trimmed.starts_with('0') {
+        if let Ok(e164) = to_e164(trimmed) {
+            return Ok(e164);
+        }
+    }
+    let bad = || NumberError::NotE164(input.into());
+    let number = phonenumber::parse(Some(region), trimmed).map_err(|_| bad())?;
+    if !phonenumber::is_valid(&number) {
+        return Err(bad());
+    }
+    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn national_numbers_use_the_default_country() {
+        let de = Some(country("de").unwrap());
+        for input in ["0151 12345678", "+49 151 12345678", "004915112345678", "4915112345678"] {
+            assert_eq!(normalize(input, de).unwrap(), "+4915112345678", "{input}");
+        }
+        assert!(normalize("0151 12345678", None).is_err());
+        assert!(normalize("12", de).is_err());
+        assert!(country("XX").is_err());
+    }
 
     #[test]
     fn forms_of_one_number_give_one_chat_id() {

@@ -1,0 +1,435 @@
+//! Campaigns as data: their states, their stored records, and how a new
+//! campaign's input (JSON or CSV) is checked and turned into recipients.
+//!
+//! Every row is checked before anything is stored: the phone number is
+//! normalised to E.164 (with a default country for national numbers), the
+//! template is rendered with the row's variables (an undefined variable is an
+//! error, not an empty string), and duplicates are dropped and counted. Bad
+//! rows are all reported at once with their line numbers.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::whatsapp::number;
+
+/// A campaign's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CampaignState {
+    /// Created, not started.
+    Draft,
+    Running,
+    /// By an operator, waiting for its session, or cooling down after a
+    /// reach-out timelock.
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl CampaignState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "DRAFT",
+            Self::Running => "RUNNING",
+            Self::Paused => "PAUSED",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// No more sends will happen by themselves.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl std::fmt::Display for CampaignState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A recipient's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RecipientState {
+    Pending,
+    /// Recorded (and flushed) before the send; resolved after a crash by
+    /// looking its message id up in the page.
+    Sending,
+    Sent,
+    Failed,
+    Skipped,
+}
+
+impl RecipientState {
+    pub const ALL: [RecipientState; 5] = [Self::Pending, Self::Sending, Self::Sent, Self::Failed, Self::Skipped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Sending => "SENDING",
+            Self::Sent => "SENT",
+            Self::Failed => "FAILED",
+            Self::Skipped => "SKIPPED",
+        }
+    }
+}
+
+impl std::str::FromStr for RecipientState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown recipient state {s:?}: use PENDING, SENDING, SENT, FAILED or SKIPPED"))
+    }
+}
+
+/// A campaign's pacing as given by its creator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacingSpec {
+    /// Shortest gap between two sends. Default 20 s.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// Longest gap. Default 45 s.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Show "typing…" for a time scaled to the text before each send.
+    pub typing: bool,
+    /// `"22:00-08:00"`: no sends start inside, in `campaigns.timezone`.
+    pub quiet_hours: Option<String>,
+}
+
+impl Default for PacingSpec {
+    fn default() -> Self {
+        Self { min_delay: Duration::from_secs(20), max_delay: Duration::from_secs(45), typing: false, quiet_hours: None }
+    }
+}
+
+/// A campaign as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    pub id: String,
+    pub name: String,
+    pub session: String,
+    pub template: String,
+    pub pacing: PacingSpec,
+    pub state: CampaignState,
+    pub reason: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// When a wait for the session began (PAUSED by the session).
+    pub waiting_since_ms: Option<u64>,
+    /// When a timelock cooldown ends.
+    pub resume_at_ms: Option<u64>,
+    /// When this campaign last started a send.
+    pub last_send_ms: Option<u64>,
+    pub total: u32,
+    /// Rows dropped at creation because their number was already listed.
+    pub duplicates: u32,
+}
+
+/// A recipient as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecipientRecord {
+    /// Position in the campaign, from 0.
+    pub idx: u32,
+    /// Line of the input (CSV line, or JSON array position from 1).
+    pub line: u32,
+    /// E.164, `+4915112345678`.
+    pub phone: String,
+    /// `4915112345678@c.us`.
+    pub chat_id: String,
+    pub vars: BTreeMap<String, String>,
+    /// The rendered message.
+    pub text: String,
+    pub state: RecipientState,
+    pub reason: Option<String>,
+    /// The key id the daemon chose for the send (`3EB0…`).
+    pub message_id: Option<String>,
+    /// `SERVER`, `DEVICE`, `READ`, … once sent.
+    pub ack: Option<String>,
+    pub attempts: u32,
+    pub sent_at_ms: Option<u64>,
+    pub updated_ms: u64,
+}
+
+/// A row of input: its line and its fields (`phone` plus variables).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub line: u32,
+    pub fields: BTreeMap<String, String>,
+}
+
+/// A bad row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowError {
+    pub line: u32,
+    pub error: String,
+}
+
+/// What a bad request to create a campaign gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputError {
+    /// The request as a whole is wrong.
+    Invalid(String),
+    /// These rows are wrong.
+    Rows(Vec<RowError>),
+}
+
+/// What to do with rows whose number is not valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidNumbers {
+    /// Refuse the whole campaign (400 listing the rows). The default.
+    #[default]
+    Reject,
+    /// Keep them as `FAILED` recipients with the reason; send the rest.
+    Fail,
+}
+
+/// Parses CSV with a header row; a `phone` column is required.
+pub fn rows_from_csv(text: &str) -> Result<Vec<Row>, InputError> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| InputError::Invalid(format!("CSV header: {e}")))?
+        .iter()
+        .map(|h| h.trim_start_matches('\u{feff}').to_ascii_lowercase())
+        .collect();
+    if !headers.iter().any(|h| h == "phone") {
+        return Err(InputError::Invalid(format!("CSV needs a \"phone\" column; found {headers:?}")));
+    }
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for record in reader.records() {
+        match record {
+            Ok(record) => {
+                let line = record.position().map_or(0, |p| p.line() as u32);
+                let fields = headers.iter().cloned().zip(record.iter().map(str::to_string)).collect();
+                rows.push(Row { line, fields });
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line() as u32);
+                errors.push(RowError { line, error: format!("unreadable row: {}", e.kind_message()) });
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(InputError::Rows(errors));
+    }
+    Ok(rows)
+}
+
+trait KindMessage {
+    fn kind_message(&self) -> String;
+}
+
+impl KindMessage for csv::Error {
+    fn kind_message(&self) -> String {
+        match self.kind() {
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                format!("{len} fields where the header has {expected_len}")
+            }
+            csv::ErrorKind::Utf8 { .. } => "not UTF-8".into(),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// Turns JSON recipients (`[{"phone": "+49…", "name": "Ana"}]`) into rows;
+/// strings and numbers are accepted as values.
+pub fn rows_from_json(items: &[serde_json::Value]) -> Result<Vec<Row>, InputError> {
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let line = i as u32 + 1;
+        let Some(object) = item.as_object() else {
+            errors.push(RowError { line, error: "a recipient must be an object like {\"phone\": \"+49…\"}".into() });
+            continue;
+        };
+        let mut fields = BTreeMap::new();
+        for (k, v) in object {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => String::new(),
+                _ => {
+                    errors.push(RowError { line, error: format!("field {k:?} must be a string or a number") });
+                    continue;
+                }
+            };
+            fields.insert(k.to_ascii_lowercase(), value);
+        }
+        rows.push(Row { line, fields });
+    }
+    if !errors.is_empty() {
+        return Err(InputError::Rows(errors));
+    }
+    Ok(rows)
+}
+
+/// Checks a template's syntax.
+pub fn check_template(template: &str) -> Result<(), String> {
+    if template.trim().is_empty() {
+        return Err("template is empty".into());
+    }
+    environment().template_from_str(template).map(|_| ()).map_err(|e| format!("template: {e:#}"))
+}
+
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env
+}
+
+/// Checks every row and builds the recipients. Returns them and how many
+/// duplicates were dropped.
+pub fn recipients(
+    rows: Vec<Row>,
+    template: &str,
+    default_country: Option<phonenumber::country::Id>,
+    invalid: InvalidNumbers,
+    now_ms: u64,
+) -> Result<(Vec<RecipientRecord>, u32), InputError> {
+    check_template(template).map_err(InputError::Invalid)?;
+    let env = environment();
+    let tmpl = env.template_from_str(template).map_err(|e| InputError::Invalid(format!("template: {e:#}")))?;
+    if rows.is_empty() {
+        return Err(InputError::Invalid("no recipients".into()));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut duplicates = 0;
+    for row in rows {
+        let raw = row.fields.get("phone").map(|s| s.trim()).unwrap_or("");
+        if raw.is_empty() {
+            errors.push(RowError { line: row.line, error: "phone is missing".into() });
+            continue;
+        }
+        let text = match tmpl.render(&row.fields) {
+            Ok(text) if !text.trim().is_empty() => text,
+            Ok(_) => {
+                errors.push(RowError { line: row.line, error: "the message is empty for this row".into() });
+                continue;
+            }
+            Err(e) => {
+                errors.push(RowError { line: row.line, error: format!("template: {}", e.detail().unwrap_or(&e.to_string())) });
+                continue;
+            }
+        };
+        let (phone, state, reason) = match number::normalize(raw, default_country) {
+            Ok(phone) => (phone, RecipientState::Pending, None),
+            Err(e) if invalid == InvalidNumbers::Fail => (raw.to_string(), RecipientState::Failed, Some(format!("invalid_number: {e}"))),
+            Err(e) => {
+                errors.push(RowError { line: row.line, error: e.to_string() });
+                continue;
+            }
+        };
+        if !seen.insert(phone.clone()) {
+            duplicates += 1;
+            continue;
+        }
+        let chat_id = match phone.strip_prefix('+') {
+            Some(digits) if state == RecipientState::Pending => format!("{digits}@c.us"),
+            _ => String::new(),
+        };
+        out.push(RecipientRecord {
+            idx: out.len() as u32,
+            line: row.line,
+            phone,
+            chat_id,
+            vars: row.fields,
+            text,
+            state,
+            reason,
+            message_id: None,
+            ack: None,
+            attempts: 0,
+            sent_at_ms: None,
+            updated_ms: now_ms,
+        });
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.line);
+        return Err(InputError::Rows(errors));
+    }
+    Ok((out, duplicates))
+}
+
+/// A fresh campaign id: `cmp_` and 16 hex digits.
+pub fn new_id() -> String {
+    use rand::Rng as _;
+    format!("cmp_{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+/// Checks a campaign id's shape (it is used in store keys and URLs).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 20 && id.starts_with("cmp_") && id[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str = "phone,name\n+49 151 12345678,Ana\n0151 23456789,Ben\n+4915112345678,Ana again\nnot a number,Cid\n,Dee\n";
+
+    #[test]
+    fn csv_rows_are_checked_with_their_line_numbers() {
+        let rows = rows_from_csv(CSV).unwrap();
+        let de = Some(number::country("DE").unwrap());
+        let err = recipients(rows, "Hi {{ name }}!", de, InvalidNumbers::Reject, 0).unwrap_err();
+        let InputError::Rows(errors) = err else { panic!("{err:?}") };
+        let lines: Vec<u32> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [5, 6]);
+        assert!(errors[0].error.contains("not a number"), "{errors:?}");
+        assert!(errors[1].error.contains("phone is missing"), "{errors:?}");
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_counted_and_invalid_numbers_can_fail() {
+        let rows = rows_from_csv(CSV).unwrap();
+        let de = Some(number::country("DE").unwrap());
+        let rows: Vec<Row> = rows.into_iter().filter(|r| r.line != 6).collect();
+        let (rs, dups) = recipients(rows, "Hi {{ name }}!", de, InvalidNumbers::Fail, 0).unwrap();
+        assert_eq!(dups, 1);
+        assert_eq!(rs.len(), 3);
+        assert_eq!((rs[0].phone.as_str(), rs[0].chat_id.as_str(), rs[0].text.as_str()), ("+4915112345678", "4915112345678@c.us", "Hi Ana!"));
+        assert_eq!(rs[1].phone, "+4915123456789");
+        assert_eq!(rs[2].state, RecipientState::Failed);
+        assert!(rs[2].reason.as_deref().unwrap().starts_with("invalid_number"));
+    }
+
+    #[test]
+    fn undefined_template_variables_are_row_errors() {
+        let rows = rows_from_json(&[serde_json::json!({"phone": "+4915112345678"})]).unwrap();
+        let err = recipients(rows, "Hi {{ name }}!", None, InvalidNumbers::Reject, 0).unwrap_err();
+        let InputError::Rows(errors) = err else { panic!("{err:?}") };
+        assert_eq!(errors[0].line, 1);
+        assert!(errors[0].error.contains("template"), "{errors:?}");
+        assert!(matches!(check_template("Hi {{ name"), Err(_)));
+    }
+
+    #[test]
+    fn csv_structure_errors() {
+        assert!(matches!(rows_from_csv("name\nAna\n"), Err(InputError::Invalid(_))));
+        let Err(InputError::Rows(e)) = rows_from_csv("phone,name\n+4915112345678,Ana,extra\n") else { panic!() };
+        assert_eq!(e[0].line, 2);
+        assert!(e[0].error.contains("3 fields"), "{e:?}");
+    }
+
+    #[test]
+    fn ids() {
+        let id = new_id();
+        assert!(valid_id(&id), "{id}");
+        assert!(!valid_id("cmp_../../x") && !valid_id("x"));
+    }
+}
