@@ -130,6 +130,9 @@ pub struct CampaignRecord {
     pub resume_at_ms: Option<u64>,
     /// When this campaign last started a send.
     pub last_send_ms: Option<u64>,
+    /// When the next send is due, if one is scheduled.
+    #[serde(default)]
+    pub next_send_ms: Option<u64>,
     pub total: u32,
     /// Rows dropped at creation because their number was already listed.
     pub duplicates: u32,
@@ -415,7 +418,7 @@ mod tests {
         let InputError::Rows(errors) = err else { panic!("{err:?}") };
         assert_eq!(errors[0].line, 1);
         assert!(errors[0].error.contains("template"), "{errors:?}");
-        assert!(matches!(check_template("Hi {{ name"), Err(_)));
+        assert!(check_template("Hi {{ name").is_err());
     }
 
     #[test]

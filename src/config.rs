@@ -22,6 +22,75 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     pub health: HealthConfig,
     pub alerts: AlertsConfig,
+    pub campaigns: CampaignsConfig,
+}
+
+/// `[campaigns]`: settings every campaign runs under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CampaignsConfig {
+    /// IANA time zone for quiet hours and for counting days. Default `UTC`.
+    pub timezone: String,
+    /// ISO 3166 country for numbers written without a country code
+    /// (`0151 …`); empty: such numbers are refused. Default empty.
+    pub default_country: String,
+    /// Sends per session per day, shared by all its campaigns; 0: no cap.
+    /// Default 0.
+    pub daily_cap: u32,
+    /// Quiet hours for every campaign, `"22:00-08:00"`; empty: none. A
+    /// campaign's own `pacing.quiet_hours` wins.
+    pub quiet_hours: String,
+    /// How long a campaign waits for its lost session before it fails.
+    /// Default 10 min.
+    #[serde(with = "humantime_serde")]
+    pub resume_grace: Duration,
+    /// Pause after a reach-out timelock (error 463). Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub timelock_cooldown: Duration,
+    /// Tries per recipient for a send that failed for a passing reason.
+    /// Default 3.
+    pub send_attempts: u32,
+    /// First retry delay of such a send; doubles per try. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Typing time per character when a campaign has `typing`. Default 50 ms.
+    #[serde(with = "humantime_serde")]
+    pub typing_per_char: Duration,
+    /// Longest typing time. Default 8 s.
+    #[serde(with = "humantime_serde")]
+    pub typing_max: Duration,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        Self {
+            timezone: "UTC".into(),
+            default_country: String::new(),
+            daily_cap: 0,
+            quiet_hours: String::new(),
+            resume_grace: Duration::from_secs(600),
+            timelock_cooldown: Duration::from_secs(3600),
+            send_attempts: 3,
+            retry_base: Duration::from_secs(5),
+            typing_per_char: Duration::from_millis(50),
+            typing_max: Duration::from_secs(8),
+        }
+    }
+}
+
+impl CampaignsConfig {
+    /// The time zone, checked.
+    pub fn tz(&self) -> Result<jiff::tz::TimeZone, String> {
+        jiff::tz::TimeZone::get(&self.timezone).map_err(|e| format!("campaigns.timezone {:?}: {e}", self.timezone))
+    }
+
+    /// The default country, if one is set.
+    pub fn country(&self) -> Result<Option<phonenumber::country::Id>, String> {
+        if self.default_country.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::whatsapp::number::country(&self.default_country).map(Some).map_err(|e| format!("campaigns.default_country: {e}"))
+    }
 }
 
 /// `[http]`: the control API.
@@ -395,6 +464,17 @@ impl Config {
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
                 return Err(format!("alerts.webhooks: url must be http(s), got {:?}", hook.url));
             }
+        }
+        self.campaigns.tz()?;
+        self.campaigns.country()?;
+        if !self.campaigns.quiet_hours.trim().is_empty() {
+            self.campaigns
+                .quiet_hours
+                .parse::<crate::policy::pacing::QuietHours>()
+                .map_err(|e| format!("campaigns.quiet_hours: {e}"))?;
+        }
+        if self.campaigns.send_attempts == 0 {
+            return Err("campaigns.send_attempts must be at least 1".into());
         }
         if self.http.max_body_bytes < 1024 {
             return Err("http.max_body_bytes must be at least 1024".into());

@@ -8,9 +8,10 @@ use actix::Actor as _;
 use actix_web::{App, HttpServer};
 use anyhow::Context as _;
 
+use crate::actors::campaigns::{Campaigns, HaltAll};
 use crate::actors::driver::Driver;
 use crate::actors::notifier::Notifier;
-use crate::actors::supervisor::{ShutdownAll, Supervisor};
+use crate::actors::supervisor::{SetCampaigns, ShutdownAll, Supervisor};
 use crate::config::Config;
 use crate::http::{self, auth::Token, AppState};
 use crate::store::Store;
@@ -34,8 +35,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let driver = Driver::new(config.clone()).start();
         let notifier = Notifier::new(config.alerts.clone()).start();
         let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier).start();
-        let state = AppState { supervisor: supervisor.clone(), store: store.clone() };
+        let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone()).start();
+        supervisor.do_send(SetCampaigns(campaigns.clone()));
         let max_body = config.http.max_body_bytes;
+        let state = AppState {
+            supervisor: supervisor.clone(),
+            campaigns: campaigns.clone(),
+            store: store.clone(),
+            config: config.clone(),
+            max_body,
+        };
         let server = HttpServer::new(move || {
             App::new().configure(|cfg| http::configure(cfg, state.clone(), token.clone(), max_body))
         })
@@ -50,7 +59,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let server_task = actix_web::rt::spawn(server);
 
         wait_for_signal().await;
-        tracing::info!(event = "daemon.stopping", "stopping: closing browsers, flushing the store");
+        tracing::info!(event = "daemon.stopping", "stopping: halting campaigns, closing browsers, flushing the store");
+        let _ = tokio::time::timeout(Duration::from_secs(10), campaigns.send(HaltAll)).await;
         let _ = tokio::time::timeout(Duration::from_secs(60), supervisor.send(ShutdownAll)).await;
         handle.stop(true).await;
         let _ = server_task.await;

@@ -210,8 +210,15 @@ impl Store {
     }
 
     pub fn put_campaign(&self, record: &CampaignRecord) -> Result<(), StoreError> {
-        self.campaigns.insert(record.id.as_bytes(), serde_json::to_vec(record)?)?;
+        self.put_campaign_unflushed(record)?;
         self.flush()
+    }
+
+    /// Writes a campaign record without a flush (bookkeeping such as the
+    /// next send time, which no decision after a crash depends on).
+    pub fn put_campaign_unflushed(&self, record: &CampaignRecord) -> Result<(), StoreError> {
+        self.campaigns.insert(record.id.as_bytes(), serde_json::to_vec(record)?)?;
+        Ok(())
     }
 
     pub fn campaign(&self, id: &str) -> Result<Option<CampaignRecord>, StoreError> {
@@ -364,6 +371,7 @@ mod tests {
             waiting_since_ms: None,
             resume_at_ms: None,
             last_send_ms: None,
+            next_send_ms: None,
             total: 2,
             duplicates: 0,
         };

@@ -1,6 +1,8 @@
 //! The actors (actix): one file each. `actors.md` at the top of the
 //! repository is their map: who starts whom, the messages, the invariants.
 
+pub mod campaign;
+pub mod campaigns;
 pub mod driver;
 pub mod notifier;
 pub mod session;

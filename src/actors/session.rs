@@ -19,7 +19,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::actors::driver::{Driver, GetDriverUrl};
-use crate::actors::supervisor::{SessionEnded, SessionHealth, SessionStatus, Supervisor};
+use crate::actors::supervisor::{MessageAcked, SessionEnded, SessionHealth, SessionStatus, Supervisor};
 use crate::config::{Config, ConflictPolicy};
 use crate::policy::health::{self, Beat, Heartbeat};
 use crate::policy::EndReason;
@@ -62,6 +62,16 @@ pub enum SendError {
     Rejected { code: Option<i64> },
     #[error("the page failed to send: {0}")]
     Page(String),
+}
+
+/// Looks a sent message up in the page by its key id: `Some(ack)` if the
+/// page holds it. Only while `CONNECTED` (synced), so history sync has
+/// brought back what WhatsApp accepted.
+#[derive(Message)]
+#[rtype(result = "Result<Option<i8>, SendError>")]
+pub struct Lookup {
+    pub to: ChatId,
+    pub id: String,
 }
 
 /// Logs the device out from the page (`Socket.logout()`).
@@ -253,7 +263,10 @@ impl Session {
                 }
                 for event in &events {
                     match event {
-                        PageEvent::Ack { id, ack } => self.ack(id, Ok(*ack)),
+                        PageEvent::Ack { id, ack } => {
+                            self.ack(id, Ok(*ack));
+                            self.supervisor.do_send(MessageAcked { id: id.clone(), ack: *ack });
+                        }
                         PageEvent::SendError { id, code, .. } => {
                             self.ack(id, Err(SendError::Rejected { code: *code }))
                         }
@@ -498,6 +511,21 @@ impl Handler<SendText> for Session {
                     })
                 }),
         )
+    }
+}
+
+impl Handler<Lookup> for Session {
+    type Result = ResponseFuture<Result<Option<i8>, SendError>>;
+
+    fn handle(&mut self, msg: Lookup, _ctx: &mut Self::Context) -> Self::Result {
+        let page = match (&self.page, self.state) {
+            (Some(page), SessionState::Connected) if !self.ended => page.clone(),
+            _ => {
+                let state = self.state;
+                return Box::pin(async move { Err(SendError::NotConnected(state)) });
+            }
+        };
+        Box::pin(async move { page.lookup(msg.to.as_str(), &msg.id).await.map_err(|e| SendError::Page(e.to_string())) })
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::actors::campaigns::{Campaigns, SessionChanged};
 use crate::actors::driver::Driver;
 use crate::actors::notifier::{Alert, Notifier};
 use crate::actors::session::{self, LogoutPage, SendOutcome, SendText, Session};
@@ -133,7 +134,33 @@ pub struct SendMessage {
     pub name: String,
     pub to: ChatId,
     pub text: String,
+    /// The key id to use; a fresh one when `None`. Campaigns choose it
+    /// themselves and store it before the send.
+    pub id: Option<String>,
 }
+
+/// Looks a sent message up in a session's page (see [`session::Lookup`]).
+#[derive(Message)]
+#[rtype(result = "Reply<Option<i8>>")]
+pub struct LookupMessage {
+    pub name: String,
+    pub to: ChatId,
+    pub id: String,
+}
+
+/// From a Session: a message's ack changed (-1 error … 4 played).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct MessageAcked {
+    pub id: String,
+    pub ack: i8,
+}
+
+/// Tells the Supervisor where campaign-facing news goes (session state
+/// changes, acks). Sent once at start: the two actors know each other.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetCampaigns(pub Addr<Campaigns>);
 
 /// Fault injection for tests (debug builds only): makes the session's
 /// actor panic.
@@ -266,12 +293,13 @@ pub struct Supervisor {
     store: Store,
     driver: Addr<Driver>,
     notifier: Addr<Notifier>,
+    campaigns: Option<Addr<Campaigns>>,
     slots: BTreeMap<String, Slot>,
 }
 
 impl Supervisor {
     pub fn new(config: Arc<Config>, store: Store, driver: Addr<Driver>, notifier: Addr<Notifier>) -> Self {
-        Self { policy: config.restart.policy(), config, store, driver, notifier, slots: BTreeMap::new() }
+        Self { policy: config.restart.policy(), config, store, driver, notifier, campaigns: None, slots: BTreeMap::new() }
     }
 
     /// Appends a decision event to the session's history.
@@ -338,6 +366,9 @@ impl Supervisor {
                 tracing::error!(session = %name, event = "session.status", state = %state, reason, "session {state}")
             }
             _ => tracing::info!(session = %name, event = "session.status", state = %state, reason, "session {state}"),
+        }
+        if let Some(campaigns) = &self.campaigns {
+            campaigns.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
         }
         if matches!(state, SessionState::LoggedOut | SessionState::Failed | SessionState::Blocked) {
             let message = format!("session {name} is {state} ({reason})");
@@ -485,7 +516,12 @@ impl Actor for Supervisor {
             let desired = record.desired;
             self.slots.insert(name.clone(), Slot::new(record));
             match desired {
-                Desired::Running => to_start.push(name),
+                Desired::Running => {
+                    // What the store says is stale after a crash (it may say
+                    // CONNECTED); nobody may act on it until the start.
+                    self.set_state(&name, SessionState::Starting, Some("queued".into()));
+                    to_start.push(name)
+                }
                 Desired::Stopped => self.set_state(&name, SessionState::Stopped, None),
             }
         }
@@ -699,13 +735,50 @@ impl Handler<SendMessage> for Supervisor {
                 });
             }
         };
-        let id = crate::whatsapp::new_message_id();
+        let id = msg.id.unwrap_or_else(crate::whatsapp::new_message_id);
         Box::pin(async move {
             addr.send(SendText { to: msg.to, body: msg.text, id })
                 .await
                 .map_err(|e| SupervisorError::Internal(format!("session actor unavailable: {e}")))?
                 .map_err(SupervisorError::from)
         })
+    }
+}
+
+impl Handler<LookupMessage> for Supervisor {
+    type Result = ResponseFuture<Reply<Option<i8>>>;
+
+    fn handle(&mut self, msg: LookupMessage, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = match self.slot(&msg.name) {
+            Ok(slot) => slot.addr.clone(),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let state = self.slots.get(&msg.name).map_or(SessionState::Stopped, |s| s.record.state);
+        Box::pin(async move {
+            let addr = addr.ok_or(SupervisorError::Send(session::SendError::NotConnected(state)))?;
+            addr.send(session::Lookup { to: msg.to, id: msg.id })
+                .await
+                .map_err(|e| SupervisorError::Internal(format!("session actor unavailable: {e}")))?
+                .map_err(SupervisorError::from)
+        })
+    }
+}
+
+impl Handler<MessageAcked> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MessageAcked, _ctx: &mut Self::Context) {
+        if let Some(campaigns) = &self.campaigns {
+            campaigns.do_send(msg);
+        }
+    }
+}
+
+impl Handler<SetCampaigns> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetCampaigns, _ctx: &mut Self::Context) {
+        self.campaigns = Some(msg.0);
     }
 }
 

@@ -2,6 +2,7 @@
 //! asks the Supervisor, and reads history from the store.
 
 pub mod auth;
+mod campaigns;
 pub mod error;
 mod sessions;
 
@@ -10,7 +11,9 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::actors::campaigns::Campaigns;
 use crate::actors::supervisor::Supervisor;
+use crate::config::Config;
 use crate::store::Store;
 use auth::Token;
 use error::ApiError;
@@ -19,7 +22,11 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub supervisor: Addr<Supervisor>,
+    pub campaigns: Addr<Campaigns>,
     pub store: Store,
+    pub config: std::sync::Arc<Config>,
+    /// `http.max_body_bytes`.
+    pub max_body: usize,
 }
 
 /// Registers every route on an actix-web `App`.
@@ -31,7 +38,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, token: Token, ma
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .route("/health", web::get().to(health))
-        .service(web::scope("/api").wrap(from_fn(auth::require_token)).configure(sessions::routes))
+        .service(
+            web::scope("/api")
+                .wrap(from_fn(auth::require_token))
+                .configure(sessions::routes)
+                .configure(campaigns::routes),
+        )
         .default_service(web::to(not_found));
 }
 

@@ -300,6 +300,18 @@ window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", 
             .map_err(|e| PageError::Transient(format!("send returned an unexpected shape: {e}")))
     }
 
+    /// Looks a message this account sent up by its key id (after a crash:
+    /// did a send that was under way reach WhatsApp?). `Some(ack)` if the
+    /// page holds it.
+    pub async fn lookup(&self, to: &str, id: &str) -> Result<Option<i8>, PageError> {
+        const SCRIPT: &str = "if (!window.__wasup) return {error: 'not_ready'}; try { return {found: window.__wasup.lookup(arguments[0], arguments[1])}; } catch (e) { return {error: String(e && e.message || e)}; }";
+        let value = self.client.execute(SCRIPT, vec![json!(to), json!(id)]).await.map_err(classify)?;
+        if let Some(error) = value.get("error").and_then(Value::as_str) {
+            return Err(PageError::Transient(format!("lookup: {error}")));
+        }
+        Ok(value.get("found").and_then(|f| f.get("ack")).and_then(Value::as_i64).map(|a| a as i8))
+    }
+
     /// Runs one of the adapter's no-argument actions (`logout`, `takeover`,
     /// `refreshQR`).
     pub async fn action(&self, name: &'static str) -> Result<(), PageError> {

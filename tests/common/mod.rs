@@ -454,3 +454,73 @@ pub fn kill_matching(needle: &str) -> usize {
     }
     killed
 }
+
+impl Daemon {
+    /// SIGKILL, no chance to clean up (its chromedriver dies with it; its
+    /// Chromium is left behind, as after a real crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same state dir (after `kill`/`stop`).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    /// Creates a campaign; returns its id.
+    pub fn campaign(&self, body: Value) -> String {
+        let r = self.api("POST", "/api/campaigns", Some(body));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn campaign_view(&self, id: &str) -> Value {
+        let r = self.api("GET", &format!("/api/campaigns/{id}"), None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    }
+
+    pub fn recipients(&self, id: &str) -> Vec<Value> {
+        let r = self.api("GET", &format!("/api/campaigns/{id}/recipients"), None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body.as_array().cloned().unwrap()
+    }
+
+    /// Waits until the campaign is in `state`.
+    pub fn wait_campaign(&self, id: &str, state: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.campaign_view(id);
+            if v["state"] == state {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("campaign {id} not {state} within {within:?}: {v}\nlog:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until at least `n` recipients are SENT.
+    pub fn wait_sent(&self, id: &str, n: u64, within: Duration) {
+        wait_for(&format!("{n} recipients SENT"), within, || (self.campaign_view(id)["counts"]["SENT"].as_u64()? >= n).then_some(()));
+    }
+}
+
+/// `n` distinct valid German mobile numbers, E.164 without `+`.
+pub fn numbers(n: usize, base: u64) -> Vec<String> {
+    (0..n as u64).map(|i| format!("49151{:08}", base + i)).collect()
+}
+
+/// How often each chat id appears in the sim's log of `device`.
+pub fn deliveries(sim: &Sim, device: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for msg in sim.messages(device) {
+        *m.entry(msg["to"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    m
+}

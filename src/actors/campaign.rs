@@ -1,0 +1,597 @@
+//! The Campaign actor: one per active campaign; the only writer of its
+//! record and its recipients while it runs.
+//!
+//! It sends one recipient at a time through the Supervisor, paced by
+//! [`crate::policy::pacing`]. Crash safety comes from the order of writes:
+//! a recipient is stored as `SENDING` with the message id the daemon chose,
+//! and flushed, before the send; it is stored as `SENT`, and flushed, after
+//! the send. Any `SENDING` recipient found at start (or after a send whose
+//! outcome is unknown) is resolved by looking its id up in the page once
+//! the session is `CONNECTED` (synced): found → `SENT`; not found → sent
+//! again, under a new id. So no recipient is messaged twice, and none is
+//! dropped.
+//!
+//! The session's state reaches it as [`SessionChanged`] (pushed by the
+//! Supervisor through the registry): lost → `PAUSED(waiting_for_session)`,
+//! resumed when the session is back within `campaigns.resume_grace`, else
+//! `FAILED(session_lost)`; logout, revocation or block → `FAILED` at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::actors::campaigns::{Campaigns, Finished, SessionChanged};
+use crate::actors::session::SendError;
+use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor, SupervisorError};
+use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, RecipientState};
+use crate::config::Config;
+use crate::policy::pacing::{Pacing, QuietHours};
+use crate::session_state::{now_ms, SessionState};
+use crate::store::Store;
+use crate::whatsapp::number::ChatId;
+use crate::whatsapp::page::SendRefused;
+use crate::whatsapp::{ack_name, new_message_id};
+
+/// An operator's command on a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CampaignCommand {
+    Start,
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// A command for a running Campaign actor; answers the record after it.
+#[derive(Message)]
+#[rtype(result = "Result<CampaignRecord, String>")]
+pub struct Control(pub CampaignCommand);
+
+/// A sent recipient's ack changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Acked {
+    pub idx: u32,
+    pub ack: i8,
+}
+
+/// Stop at a safe point (the daemon is shutting down); the record keeps its
+/// state, so the next start carries on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Halt;
+
+/// Builds the pacing a campaign runs under.
+pub fn pacing_for(record: &CampaignRecord, config: &Config) -> Result<Pacing, String> {
+    let c = &config.campaigns;
+    let quiet = match record.pacing.quiet_hours.as_deref().filter(|q| !q.trim().is_empty()) {
+        Some(q) => Some(q.parse::<QuietHours>()?),
+        None if !c.quiet_hours.trim().is_empty() => Some(c.quiet_hours.parse::<QuietHours>()?),
+        None => None,
+    };
+    Ok(Pacing {
+        min_delay: record.pacing.min_delay,
+        max_delay: record.pacing.max_delay,
+        typing_per_char: record.pacing.typing.then_some(c.typing_per_char),
+        typing_max: c.typing_max,
+        daily_cap: (c.daily_cap > 0).then_some(c.daily_cap),
+        quiet_hours: quiet,
+        tz: c.tz()?,
+    })
+}
+
+fn ts(ms: u64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(ms as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The Campaign actor. See the module docs.
+pub struct Campaign {
+    record: CampaignRecord,
+    config: Arc<Config>,
+    pacing: Pacing,
+    store: Store,
+    supervisor: Addr<Supervisor>,
+    registry: Addr<Campaigns>,
+    /// PENDING recipients in order.
+    pending: VecDeque<u32>,
+    /// Earliest retry time of recipients whose send failed for a passing
+    /// reason, epoch ms.
+    not_before: HashMap<u32, u64>,
+    session_state: SessionState,
+    /// The gap chosen after the last send.
+    gap: Duration,
+    busy: bool,
+    timer: Option<SpawnHandle>,
+    grace_timer: Option<SpawnHandle>,
+    halted: bool,
+}
+
+impl Campaign {
+    pub fn new(
+        record: CampaignRecord,
+        config: Arc<Config>,
+        pacing: Pacing,
+        store: Store,
+        supervisor: Addr<Supervisor>,
+        registry: Addr<Campaigns>,
+    ) -> Self {
+        Self {
+            record,
+            config,
+            pacing,
+            store,
+            supervisor,
+            registry,
+            pending: VecDeque::new(),
+            not_before: HashMap::new(),
+            session_state: SessionState::Stopped,
+            gap: Duration::ZERO,
+            busy: false,
+            timer: None,
+            grace_timer: None,
+            halted: false,
+        }
+    }
+
+    fn recipients(&self) -> Vec<RecipientRecord> {
+        self.store.recipients(&self.record.id).unwrap_or_else(|e| {
+            tracing::error!(campaign = %self.record.id, error = %e, "cannot read recipients");
+            Vec::new()
+        })
+    }
+
+    fn put(&self, r: &RecipientRecord, flush: bool) {
+        if let Err(e) = self.store.put_recipient(&self.record.id, r, flush) {
+            tracing::error!(campaign = %self.record.id, error = %e, "cannot store a recipient");
+        }
+    }
+
+    fn save(&mut self, flush: bool) {
+        self.record.updated_ms = now_ms();
+        let result = if flush {
+            self.store.put_campaign(&self.record)
+        } else {
+            self.store.put_campaign_unflushed(&self.record)
+        };
+        if let Err(e) = result {
+            tracing::error!(campaign = %self.record.id, error = %e, "cannot store the campaign");
+        }
+    }
+
+    fn set_state(&mut self, state: CampaignState, reason: Option<&str>, ctx: &mut Context<Self>) {
+        if self.record.state == state && self.record.reason.as_deref() == reason {
+            return;
+        }
+        self.record.state = state;
+        self.record.reason = reason.map(str::to_string);
+        if state != CampaignState::Paused {
+            self.record.waiting_since_ms = None;
+            self.record.resume_at_ms = None;
+        }
+        self.save(true);
+        let (id, session) = (&self.record.id, &self.record.session);
+        let reason = reason.unwrap_or("");
+        match state {
+            CampaignState::Failed => tracing::error!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
+            CampaignState::Paused => tracing::warn!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
+            _ => tracing::info!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
+        }
+        if state.is_final() {
+            self.cancel_timers(ctx);
+            self.registry.do_send(Finished { id: self.record.id.clone() });
+            ctx.stop();
+        }
+    }
+
+    fn cancel_timers(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        if let Some(t) = self.grace_timer.take() {
+            ctx.cancel_future(t);
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.timer = Some(ctx.run_later(after, |act, ctx| {
+            act.timer = None;
+            act.step(ctx);
+        }));
+    }
+
+    /// The session is not usable: pause and start the grace period.
+    fn wait_for_session(&mut self, ctx: &mut Context<Self>) {
+        if self.record.state != CampaignState::Running {
+            return;
+        }
+        self.record.waiting_since_ms = Some(now_ms());
+        self.set_state(CampaignState::Paused, Some("waiting_for_session"), ctx);
+        let grace = self.config.campaigns.resume_grace;
+        if let Some(t) = self.grace_timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.grace_timer = Some(ctx.run_later(grace, |act, ctx| {
+            act.grace_timer = None;
+            if act.record.state == CampaignState::Paused && act.record.reason.as_deref() == Some("waiting_for_session") {
+                act.set_state(CampaignState::Failed, Some("session_lost"), ctx);
+            }
+        }));
+    }
+
+    /// Decides what to do next: resolve, wait, send, or complete.
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.halted || self.record.state != CampaignState::Running {
+            return;
+        }
+        if self.session_state != SessionState::Connected {
+            return self.wait_for_session(ctx);
+        }
+        let recipients = self.recipients();
+        if recipients.iter().any(|r| r.state == RecipientState::Sending) {
+            return self.resolve(recipients, ctx);
+        }
+        let now = now_ms();
+        let Some(&idx) = self.pending.front() else {
+            self.record.next_send_ms = None;
+            return self.set_state(CampaignState::Completed, None, ctx);
+        };
+        if let Some(&t) = self.not_before.get(&idx) {
+            if t > now {
+                return self.schedule(Duration::from_millis(t - now), ctx);
+            }
+        }
+        let earliest = self.record.last_send_ms.map_or(now, |last| last + self.gap.as_millis() as u64);
+        let (store, session) = (self.store.clone(), self.record.session.clone());
+        let slot = self.pacing.next(ts(now), ts(earliest), |day| store.sent_on(&session, &day.to_string()).unwrap_or(0));
+        let at = slot.at.as_millisecond().max(0) as u64;
+        if at > now {
+            if self.record.next_send_ms != Some(at) {
+                self.record.next_send_ms = Some(at);
+                self.save(false);
+            }
+            return self.schedule(Duration::from_millis(at - now), ctx);
+        }
+        self.send(idx, ctx);
+    }
+
+    fn send(&mut self, idx: u32, ctx: &mut Context<Self>) {
+        let Ok(Some(mut r)) = self.store.recipient(&self.record.id, idx) else {
+            self.pending.pop_front();
+            return self.step(ctx);
+        };
+        self.pending.pop_front();
+        self.not_before.remove(&idx);
+        let now = now_ms();
+        let id = new_message_id();
+        r.state = RecipientState::Sending;
+        r.message_id = Some(id.clone());
+        r.attempts += 1;
+        r.updated_ms = now;
+        let day = self.pacing.day(ts(now)).to_string();
+        if let Err(e) = self.store.count_send(&self.record.session, &day) {
+            tracing::error!(campaign = %self.record.id, error = %e, "cannot count the send");
+        }
+        // Flushed before the send: after a crash this id is looked up.
+        self.put(&r, true);
+        self.record.last_send_ms = Some(now);
+        self.record.next_send_ms = None;
+        self.gap = self.pacing.gap(&mut rand::thread_rng());
+        self.save(false);
+        self.busy = true;
+        let typing = self.pacing.typing(r.text.chars().count());
+        let send = SendMessage {
+            name: self.record.session.clone(),
+            to: ChatId::from_trusted(r.chat_id.clone()),
+            text: r.text.clone(),
+            id: Some(id),
+        };
+        let supervisor = self.supervisor.clone();
+        let limit = self.config.whatsapp.send_timeout + Duration::from_secs(10);
+        ctx.spawn(
+            async move {
+                if !typing.is_zero() {
+                    tokio::time::sleep(typing).await;
+                }
+                match tokio::time::timeout(limit, supervisor.send(send)).await {
+                    Ok(Ok(result)) => Some(result),
+                    _ => None,
+                }
+            }
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                act.busy = false;
+                act.sent(r, result, ctx);
+                act.step(ctx);
+            }),
+        );
+    }
+
+    /// Applies a send's outcome. `None`: unknown (timed out, actor gone).
+    fn sent(&mut self, mut r: RecipientRecord, result: Option<Result<crate::actors::session::SendOutcome, SupervisorError>>, ctx: &mut Context<Self>) {
+        let (id, session) = (self.record.id.clone(), self.record.session.clone());
+        let now = now_ms();
+        r.updated_ms = now;
+        let message_id = r.message_id.clone().unwrap_or_default();
+        match result {
+            Some(Ok(outcome)) => {
+                r.state = RecipientState::Sent;
+                r.ack = Some(ack_name(outcome.ack).to_string());
+                r.sent_at_ms = Some(now);
+                r.reason = None;
+                self.put(&r, true);
+                tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "message sent");
+                self.progress();
+            }
+            Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => {
+                // Refused before it reached the page: not sent.
+                self.back_to_pending(r, None);
+                self.wait_for_session(ctx);
+            }
+            Some(Err(SupervisorError::NotFound(_))) => {
+                self.back_to_pending(r, None);
+                self.set_state(CampaignState::Failed, Some("session_deleted"), ctx);
+            }
+            Some(Err(SupervisorError::Send(SendError::Refused(refused)))) => {
+                let (state, reason) = match refused {
+                    SendRefused::NotOnWhatsApp(_) => (RecipientState::Skipped, "not_on_whatsapp".to_string()),
+                    SendRefused::InvalidWid(m) => (RecipientState::Failed, format!("invalid_number: {m}")),
+                    SendRefused::Other(m) => (RecipientState::Failed, m),
+                };
+                r.state = state;
+                r.reason = Some(reason.clone());
+                self.put(&r, true);
+                tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, reason = %reason, "recipient {}", state.as_str());
+                self.progress();
+            }
+            Some(Err(SupervisorError::Send(SendError::Rejected { code: Some(463) }))) => {
+                // Reach-out timelock: not delivered; cool down, no retry storm.
+                self.back_to_pending(r, None);
+                let until = now + self.config.campaigns.timelock_cooldown.as_millis() as u64;
+                self.record.resume_at_ms = Some(until);
+                self.set_state(CampaignState::Paused, Some("timelock"), ctx);
+                self.schedule_resume(until, ctx);
+            }
+            Some(Err(SupervisorError::Send(SendError::Rejected { code }))) => {
+                r.state = RecipientState::Failed;
+                r.reason = Some(format!("rejected by WhatsApp{}", code.map(|c| format!(" (error {c})")).unwrap_or_default()));
+                self.put(&r, true);
+                tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, "recipient FAILED");
+                self.progress();
+            }
+            other => {
+                // Unknown: it may or may not have reached WhatsApp. It stays
+                // SENDING and is resolved by a lookup.
+                let why = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no answer within the send timeout".into(),
+                };
+                tracing::warn!(campaign = %id, session = %session, message_id = %message_id, recipient = r.idx, error = %why, "send outcome unknown; resolving by lookup");
+                r.reason = Some(format!("unknown: {why}"));
+                self.put(&r, true);
+            }
+        }
+    }
+
+    fn back_to_pending(&mut self, mut r: RecipientRecord, retry_at: Option<u64>) {
+        r.state = RecipientState::Pending;
+        r.message_id = None;
+        self.put(&r, true);
+        if let Some(t) = retry_at {
+            self.not_before.insert(r.idx, t);
+        }
+        // Keep the order: a recipient goes back where it was.
+        let pos = self.pending.iter().position(|&i| i > r.idx).unwrap_or(self.pending.len());
+        self.pending.insert(pos, r.idx);
+    }
+
+    fn schedule_resume(&mut self, at_ms: u64, ctx: &mut Context<Self>) {
+        let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()));
+        if let Some(t) = self.grace_timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.grace_timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.grace_timer = None;
+            if act.record.state == CampaignState::Paused && act.record.reason.as_deref() == Some("timelock") {
+                act.set_state(CampaignState::Running, None, ctx);
+                act.step(ctx);
+            }
+        }));
+    }
+
+    /// Looks every SENDING recipient up in the page, one at a time.
+    fn resolve(&mut self, recipients: Vec<RecipientRecord>, ctx: &mut Context<Self>) {
+        let Some(r) = recipients.into_iter().find(|r| r.state == RecipientState::Sending) else {
+            return self.step(ctx);
+        };
+        let Some(message_id) = r.message_id.clone() else {
+            self.back_to_pending(r, None);
+            return self.step(ctx);
+        };
+        self.busy = true;
+        let lookup = LookupMessage {
+            name: self.record.session.clone(),
+            to: ChatId::from_trusted(r.chat_id.clone()),
+            id: message_id.clone(),
+        };
+        let supervisor = self.supervisor.clone();
+        ctx.spawn(async move { supervisor.send(lookup).await }.into_actor(self).map(move |result, act, ctx| {
+            act.busy = false;
+            let (id, session) = (act.record.id.clone(), act.record.session.clone());
+            match result {
+                Ok(Ok(Some(ack))) => {
+                    let mut r = r;
+                    r.state = RecipientState::Sent;
+                    r.ack = Some(ack_name(ack).to_string());
+                    r.sent_at_ms.get_or_insert(now_ms());
+                    r.reason = None;
+                    act.put(&r, true);
+                    tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "resolved: the page holds the message");
+                    act.progress();
+                    act.step(ctx);
+                }
+                Ok(Ok(None)) => {
+                    tracing::info!(campaign = %id, session = %session, message_id = %message_id, recipient = r.idx, "resolved: not sent; sending again");
+                    if r.attempts >= act.config.campaigns.send_attempts {
+                        let mut r = r;
+                        r.state = RecipientState::Failed;
+                        r.reason = Some("send_failed: no attempt reached WhatsApp".into());
+                        act.put(&r, true);
+                        act.progress();
+                    } else {
+                        let delay = act.config.campaigns.retry_base.saturating_mul(1 << r.attempts.saturating_sub(1).min(10));
+                        let retry_at = (r.reason.as_deref().is_some_and(|x| x.starts_with("unknown"))).then(|| now_ms() + delay.as_millis() as u64);
+                        act.back_to_pending(r, retry_at);
+                    }
+                    act.step(ctx);
+                }
+                Ok(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => {
+                    act.wait_for_session(ctx);
+                }
+                _ => {
+                    // The page could not answer now; try again shortly.
+                    act.schedule(Duration::from_secs(2), ctx);
+                }
+            }
+        }));
+    }
+
+    fn progress(&self) {
+        let recipients = self.recipients();
+        let count = |s| recipients.iter().filter(|r| r.state == s).count();
+        tracing::info!(
+            campaign = %self.record.id,
+            session = %self.record.session,
+            event = "campaign.progress",
+            sent = count(RecipientState::Sent),
+            failed = count(RecipientState::Failed),
+            skipped = count(RecipientState::Skipped),
+            pending = count(RecipientState::Pending),
+            total = recipients.len(),
+            "campaign progress"
+        );
+    }
+}
+
+impl Actor for Campaign {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.pending = self.recipients().into_iter().filter(|r| r.state == RecipientState::Pending).map(|r| r.idx).collect();
+        // The first gap after a restart: the one a send would have had.
+        self.gap = self.pacing.gap(&mut rand::thread_rng());
+        if let (CampaignState::Paused, Some("timelock"), Some(at)) = (self.record.state, self.record.reason.as_deref(), self.record.resume_at_ms) {
+            self.schedule_resume(at, ctx);
+        }
+        let ask = GetSession { name: self.record.session.clone() };
+        let supervisor = self.supervisor.clone();
+        ctx.spawn(async move { supervisor.send(ask).await }.into_actor(self).map(|result, act, ctx| match result {
+            Ok(Ok(view)) => {
+                act.session_state = view.state;
+                act.on_session(view.state, view.reason.unwrap_or_default(), ctx);
+            }
+            Ok(Err(SupervisorError::NotFound(_))) => act.set_state(CampaignState::Failed, Some("session_deleted"), ctx),
+            _ => act.schedule(Duration::from_secs(1), ctx),
+        }));
+    }
+}
+
+impl Campaign {
+    fn on_session(&mut self, state: SessionState, reason: String, ctx: &mut Context<Self>) {
+        self.session_state = state;
+        if self.record.state.is_final() || self.record.state == CampaignState::Draft {
+            return;
+        }
+        match state {
+            SessionState::Connected => {
+                let waiting = self.record.state == CampaignState::Paused && self.record.reason.as_deref() == Some("waiting_for_session");
+                if waiting {
+                    if let Some(t) = self.grace_timer.take() {
+                        ctx.cancel_future(t);
+                    }
+                    self.set_state(CampaignState::Running, None, ctx);
+                }
+                self.step(ctx);
+            }
+            SessionState::LoggedOut | SessionState::Blocked | SessionState::Failed => {
+                let paused_by_operator = self.record.state == CampaignState::Paused && self.record.reason.as_deref() == Some("operator");
+                if !paused_by_operator || state != SessionState::LoggedOut {
+                    let why = format!("session_{}: {reason}", state.as_str().to_ascii_lowercase());
+                    self.set_state(CampaignState::Failed, Some(&why), ctx);
+                }
+            }
+            _ => {
+                if self.record.state == CampaignState::Running {
+                    self.wait_for_session(ctx);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<SessionChanged> for Campaign {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionChanged, ctx: &mut Self::Context) {
+        self.on_session(msg.state, msg.reason, ctx);
+    }
+}
+
+impl Handler<Acked> for Campaign {
+    type Result = ();
+
+    fn handle(&mut self, msg: Acked, _ctx: &mut Self::Context) {
+        let Ok(Some(mut r)) = self.store.recipient(&self.record.id, msg.idx) else { return };
+        let name = ack_name(msg.ack).to_string();
+        if r.state == RecipientState::Sent && r.ack.as_deref() != Some(name.as_str()) && msg.ack > 0 {
+            tracing::info!(campaign = %self.record.id, event = "message.ack", recipient = r.idx, ack = %name, "ack");
+            r.ack = Some(name);
+            r.updated_ms = now_ms();
+            self.put(&r, false);
+        }
+    }
+}
+
+impl Handler<Control> for Campaign {
+    type Result = Result<CampaignRecord, String>;
+
+    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) -> Self::Result {
+        let state = self.record.state;
+        match msg.0 {
+            CampaignCommand::Pause if state == CampaignState::Running || state == CampaignState::Paused => {
+                if let Some(t) = self.timer.take() {
+                    ctx.cancel_future(t);
+                }
+                if let Some(t) = self.grace_timer.take() {
+                    ctx.cancel_future(t);
+                }
+                self.set_state(CampaignState::Paused, Some("operator"), ctx);
+            }
+            CampaignCommand::Resume | CampaignCommand::Start if state == CampaignState::Paused => {
+                self.set_state(CampaignState::Running, None, ctx);
+                self.step(ctx);
+            }
+            CampaignCommand::Cancel => {
+                self.set_state(CampaignState::Cancelled, Some("operator"), ctx);
+            }
+            command => return Err(format!("cannot {command:?} a campaign that is {state}").to_lowercase()),
+        }
+        Ok(self.record.clone())
+    }
+}
+
+impl Handler<Halt> for Campaign {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Halt, ctx: &mut Self::Context) {
+        // A send under way is abandoned here; its recipient stays SENDING
+        // and is resolved by lookup at the next start.
+        self.halted = true;
+        self.cancel_timers(ctx);
+        self.save(true);
+        ctx.stop();
+    }
+}

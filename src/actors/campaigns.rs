@@ -1,0 +1,284 @@
+//! The Campaigns actor: the registry of Campaign actors.
+//!
+//! It creates campaigns (storing them before anything runs), starts a
+//! [`Campaign`] actor for each campaign that is `RUNNING` or `PAUSED`
+//! (again at boot: a campaign that was running when the daemon stopped
+//! carries on), routes operator commands, forwards the Supervisor's session
+//! changes to the campaigns of that session, and routes acks to the campaign
+//! whose recipient the message belongs to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt};
+use crate::actors::supervisor::{GetSession, MessageAcked, Supervisor, SupervisorError};
+use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord};
+use crate::config::Config;
+use crate::session_state::{now_ms, SessionState};
+use crate::store::Store;
+
+/// A session's state changed (from the Supervisor).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SessionChanged {
+    pub name: String,
+    pub state: SessionState,
+    pub reason: String,
+}
+
+/// From a Campaign actor: it reached a final state and stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Finished {
+    pub id: String,
+}
+
+/// Why a campaign request failed; the HTTP layer maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    #[error("no campaign {0:?}")]
+    NotFound(String),
+    #[error("no session named {0:?}")]
+    NoSession(String),
+    #[error("{0}")]
+    WrongState(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Stores a new campaign and starts it if `start`.
+#[derive(Message)]
+#[rtype(result = "Result<CampaignRecord, CampaignError>")]
+pub struct CreateCampaign {
+    pub record: CampaignRecord,
+    pub recipients: Vec<RecipientRecord>,
+    pub start: bool,
+}
+
+/// An operator's command on a campaign.
+#[derive(Message)]
+#[rtype(result = "Result<CampaignRecord, CampaignError>")]
+pub struct Command {
+    pub id: String,
+    pub command: CampaignCommand,
+}
+
+/// Cancels every campaign of a session that has not ended; answers how many.
+#[derive(Message)]
+#[rtype(result = "Result<u32, CampaignError>")]
+pub struct ClearQueue {
+    pub session: String,
+}
+
+/// Stops every Campaign at a safe point, keeping their states (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HaltAll;
+
+/// The registry. See the module docs.
+pub struct Campaigns {
+    config: Arc<Config>,
+    store: Store,
+    supervisor: Addr<Supervisor>,
+    running: HashMap<String, (String, Addr<Campaign>)>,
+}
+
+impl Campaigns {
+    pub fn new(config: Arc<Config>, store: Store, supervisor: Addr<Supervisor>) -> Self {
+        Self { config, store, supervisor, running: HashMap::new() }
+    }
+
+    fn spawn(&mut self, record: CampaignRecord, ctx: &mut Context<Self>) -> Result<(), CampaignError> {
+        let pacing = pacing_for(&record, &self.config).map_err(CampaignError::Internal)?;
+        let (id, session) = (record.id.clone(), record.session.clone());
+        let actor = Campaign::new(record, self.config.clone(), pacing, self.store.clone(), self.supervisor.clone(), ctx.address());
+        self.running.insert(id, (session, actor.start()));
+        Ok(())
+    }
+
+    fn stored(&self, id: &str) -> Result<CampaignRecord, CampaignError> {
+        self.store
+            .campaign(id)
+            .map_err(|e| CampaignError::Internal(e.to_string()))?
+            .ok_or_else(|| CampaignError::NotFound(id.to_string()))
+    }
+}
+
+impl Actor for Campaigns {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let records = self.store.campaigns().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read campaigns from the store");
+            Vec::new()
+        });
+        for record in records {
+            if matches!(record.state, CampaignState::Running | CampaignState::Paused) {
+                tracing::info!(campaign = %record.id, session = %record.session, state = %record.state, "restoring campaign");
+                let id = record.id.clone();
+                if let Err(e) = self.spawn(record, ctx) {
+                    tracing::error!(campaign = %id, error = %e, "cannot restore campaign");
+                }
+            }
+        }
+    }
+}
+
+impl Handler<CreateCampaign> for Campaigns {
+    type Result = ResponseActFuture<Self, Result<CampaignRecord, CampaignError>>;
+
+    fn handle(&mut self, msg: CreateCampaign, _ctx: &mut Self::Context) -> Self::Result {
+        let supervisor = self.supervisor.clone();
+        let session = msg.record.session.clone();
+        Box::pin(async move { supervisor.send(GetSession { name: session }).await }.into_actor(self).map(move |found, act, ctx| {
+            match found {
+                Ok(Ok(_)) => {}
+                Ok(Err(SupervisorError::NotFound(name) | SupervisorError::InvalidName(name))) => return Err(CampaignError::NoSession(name)),
+                Ok(Err(e)) => return Err(CampaignError::Internal(e.to_string())),
+                Err(e) => return Err(CampaignError::Internal(e.to_string())),
+            }
+            let mut record = msg.record;
+            pacing_for(&record, &act.config).map_err(CampaignError::WrongState)?;
+            if msg.start {
+                record.state = CampaignState::Running;
+            }
+            act.store.create_campaign(&record, &msg.recipients).map_err(|e| CampaignError::Internal(e.to_string()))?;
+            tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = %record.state, recipients = record.total, duplicates = record.duplicates, "campaign created");
+            if msg.start {
+                act.spawn(record.clone(), ctx)?;
+            }
+            Ok(record)
+        }))
+    }
+}
+
+impl Handler<Command> for Campaigns {
+    type Result = ResponseFuture<Result<CampaignRecord, CampaignError>>;
+
+    fn handle(&mut self, msg: Command, ctx: &mut Self::Context) -> Self::Result {
+        if let Some((_, addr)) = self.running.get(&msg.id) {
+            let addr = addr.clone();
+            return Box::pin(async move {
+                addr.send(Control(msg.command))
+                    .await
+                    .map_err(|e| CampaignError::Internal(format!("campaign actor unavailable: {e}")))?
+                    .map_err(CampaignError::WrongState)
+            });
+        }
+        let result = (|| {
+            let mut record = self.stored(&msg.id)?;
+            let state = record.state;
+            match (msg.command, state) {
+                (CampaignCommand::Start, CampaignState::Draft) | (CampaignCommand::Resume, CampaignState::Failed | CampaignState::Paused) => {
+                    record.state = CampaignState::Running;
+                    record.reason = None;
+                    record.waiting_since_ms = None;
+                    record.resume_at_ms = None;
+                    record.updated_ms = now_ms();
+                    self.store.put_campaign(&record).map_err(|e| CampaignError::Internal(e.to_string()))?;
+                    tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = "RUNNING", "campaign RUNNING");
+                    self.spawn(record.clone(), ctx)?;
+                    Ok(record)
+                }
+                (CampaignCommand::Cancel, CampaignState::Draft | CampaignState::Failed | CampaignState::Paused) => {
+                    record.state = CampaignState::Cancelled;
+                    record.reason = Some("operator".into());
+                    record.updated_ms = now_ms();
+                    self.store.put_campaign(&record).map_err(|e| CampaignError::Internal(e.to_string()))?;
+                    tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = "CANCELLED", "campaign CANCELLED");
+                    Ok(record)
+                }
+                (command, state) => Err(CampaignError::WrongState(format!("cannot {command:?} a campaign that is {state}").to_lowercase())),
+            }
+        })();
+        Box::pin(async move { result })
+    }
+}
+
+impl Handler<ClearQueue> for Campaigns {
+    type Result = ResponseActFuture<Self, Result<u32, CampaignError>>;
+
+    fn handle(&mut self, msg: ClearQueue, ctx: &mut Self::Context) -> Self::Result {
+        let records = match self.store.campaigns() {
+            Ok(r) => r,
+            Err(e) => return Box::pin(fut::ready(Err(CampaignError::Internal(e.to_string())))),
+        };
+        let ids: Vec<String> = records
+            .into_iter()
+            .filter(|r| r.session == msg.session && !r.state.is_final())
+            .map(|r| r.id)
+            .collect();
+        let me = ctx.address();
+        Box::pin(
+            async move {
+                let mut n = 0;
+                for id in ids {
+                    if let Ok(Ok(_)) = me.send(Command { id, command: CampaignCommand::Cancel }).await {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<SessionChanged> for Campaigns {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionChanged, _ctx: &mut Self::Context) {
+        for (session, addr) in self.running.values() {
+            if *session == msg.name {
+                addr.do_send(msg.clone());
+            }
+        }
+    }
+}
+
+impl Handler<MessageAcked> for Campaigns {
+    type Result = ();
+
+    fn handle(&mut self, msg: MessageAcked, _ctx: &mut Self::Context) {
+        let Ok(Some((campaign, idx))) = self.store.message_owner(&msg.id) else { return };
+        match self.running.get(&campaign) {
+            Some((_, addr)) => addr.do_send(Acked { idx, ack: msg.ack }),
+            None => {
+                // Finished campaigns still learn their acks.
+                if let Ok(Some(mut r)) = self.store.recipient(&campaign, idx) {
+                    if msg.ack > 0 && r.state == crate::campaign::RecipientState::Sent {
+                        r.ack = Some(crate::whatsapp::ack_name(msg.ack).to_string());
+                        r.updated_ms = now_ms();
+                        let _ = self.store.put_recipient(&campaign, &r, false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Finished> for Campaigns {
+    type Result = ();
+
+    fn handle(&mut self, msg: Finished, _ctx: &mut Self::Context) {
+        self.running.remove(&msg.id);
+    }
+}
+
+impl Handler<HaltAll> for Campaigns {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: HaltAll, _ctx: &mut Self::Context) -> Self::Result {
+        let addrs: Vec<_> = self.running.drain().map(|(_, (_, a))| a).collect();
+        Box::pin(
+            async move {
+                for a in addrs {
+                    let _ = a.send(Halt).await;
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}

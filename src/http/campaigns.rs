@@ -1,0 +1,409 @@
+//! `/api/campaigns` and a session's queue: create (JSON or a CSV upload),
+//! inspect, control, list recipients, export a report.
+
+use std::collections::BTreeMap;
+
+use actix_multipart::Multipart;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::actors::campaign::CampaignCommand;
+use crate::actors::campaigns::{CampaignError, ClearQueue, Command, CreateCampaign};
+use crate::campaign::{self, CampaignRecord, CampaignState, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row};
+use crate::session_state::{now_ms, validate_name};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/campaigns", web::get().to(list))
+        .route("/campaigns", web::post().to(create))
+        .route("/campaigns/{id}", web::get().to(get))
+        .route("/campaigns/{id}/start", web::post().to(start))
+        .route("/campaigns/{id}/pause", web::post().to(pause))
+        .route("/campaigns/{id}/resume", web::post().to(resume))
+        .route("/campaigns/{id}/cancel", web::post().to(cancel))
+        .route("/campaigns/{id}/recipients", web::get().to(recipients))
+        .route("/campaigns/{id}/report.csv", web::get().to(report))
+        .route("/sessions/{name}/queue", web::get().to(queue))
+        .route("/sessions/{name}/queue", web::delete().to(clear_queue));
+}
+
+impl From<CampaignError> for ApiError {
+    fn from(e: CampaignError) -> Self {
+        let status = match &e {
+            CampaignError::NotFound(_) => StatusCode::NOT_FOUND,
+            CampaignError::NoSession(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CampaignError::WrongState(_) => StatusCode::CONFLICT,
+            CampaignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// `POST /api/campaigns` (JSON form; the multipart form has the same fields
+/// as text parts plus a `csv` file part).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    session: String,
+    template: String,
+    /// `[{"phone": "+49…", "name": "Ana"}]`.
+    #[serde(default)]
+    recipients: Option<Vec<serde_json::Value>>,
+    /// The same as CSV text (a `phone` column plus variables).
+    #[serde(default)]
+    csv: Option<String>,
+    #[serde(default)]
+    pacing: PacingSpec,
+    #[serde(default)]
+    start: bool,
+    /// Overrides `campaigns.default_country`.
+    #[serde(default)]
+    default_country: Option<String>,
+    #[serde(default)]
+    invalid_numbers: InvalidNumbers,
+}
+
+/// A campaign as the API shows it.
+#[derive(Serialize)]
+struct CampaignView {
+    id: String,
+    name: String,
+    session: String,
+    state: CampaignState,
+    reason: Option<String>,
+    template: String,
+    pacing: PacingSpec,
+    total: u32,
+    duplicates: u32,
+    counts: BTreeMap<&'static str, u32>,
+    /// Sends the session started today (in `campaigns.timezone`), all
+    /// campaigns together.
+    sent_today: u32,
+    next_send_ms: Option<u64>,
+    /// Estimated end, Unix epoch ms, from the mean gap.
+    eta_ms: Option<u64>,
+    created_ms: u64,
+    updated_ms: u64,
+}
+
+fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiError> {
+    let recipients = state.store.recipients(&record.id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut counts: BTreeMap<&'static str, u32> = RecipientState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    for r in &recipients {
+        *counts.entry(r.state.as_str()).or_default() += 1;
+    }
+    let tz = state.config.campaigns.tz().map_err(ApiError::internal)?;
+    let today = jiff::Timestamp::now().to_zoned(tz).date().to_string();
+    let sent_today = state.store.sent_on(&record.session, &today).map_err(|e| ApiError::internal(e.to_string()))?;
+    let left = counts["PENDING"] + counts["SENDING"];
+    let eta_ms = (record.state == CampaignState::Running && left > 0).then(|| {
+        let mean_gap = (record.pacing.min_delay + record.pacing.max_delay).as_millis() as u64 / 2;
+        record.next_send_ms.unwrap_or_else(now_ms).max(now_ms()) + mean_gap * u64::from(left - 1)
+    });
+    Ok(CampaignView {
+        id: record.id,
+        name: record.name,
+        session: record.session,
+        state: record.state,
+        reason: record.reason,
+        template: record.template,
+        pacing: record.pacing,
+        total: record.total,
+        duplicates: record.duplicates,
+        counts,
+        sent_today,
+        next_send_ms: record.next_send_ms,
+        eta_ms,
+        created_ms: record.created_ms,
+        updated_ms: record.updated_ms,
+    })
+}
+
+fn bad_rows(rows: Vec<campaign::RowError>) -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({
+        "error": format!("{} row(s) are invalid; nothing was created", rows.len()),
+        "rows": rows,
+    }))
+}
+
+async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let max = state.max_body;
+    let body = if content_type.starts_with("multipart/form-data") {
+        from_multipart(Multipart::new(req.headers(), payload), max).await?
+    } else if content_type.starts_with("application/json") {
+        let bytes = read_limited(payload, max).await?;
+        serde_json::from_slice::<CreateBody>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    } else {
+        return Err(ApiError::bad_request("expected Content-Type: application/json or multipart/form-data (with a csv part)"));
+    };
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::bad_request("name must be 1 to 100 characters"));
+    }
+    validate_name(&body.session).map_err(ApiError::bad_request)?;
+    if body.pacing.max_delay < body.pacing.min_delay {
+        return Err(ApiError::bad_request("pacing.max_delay must not be shorter than pacing.min_delay"));
+    }
+    if let Some(q) = body.pacing.quiet_hours.as_deref().filter(|q| !q.trim().is_empty()) {
+        q.parse::<crate::policy::pacing::QuietHours>().map_err(ApiError::bad_request)?;
+    }
+    let country = match body.default_country.as_deref() {
+        Some(c) if !c.trim().is_empty() => Some(crate::whatsapp::number::country(c).map_err(ApiError::bad_request)?),
+        Some(_) => None,
+        None => state.config.campaigns.country().map_err(ApiError::internal)?,
+    };
+    let parsed = match (&body.recipients, &body.csv) {
+        (Some(items), None) => campaign::rows_from_json(items),
+        (None, Some(csv)) => campaign::rows_from_csv(csv),
+        _ => return Err(ApiError::bad_request("give the recipients either as \"recipients\" (JSON) or as CSV")),
+    };
+    let rows: Vec<Row> = match parsed {
+        Ok(rows) => rows,
+        Err(InputError::Invalid(m)) => return Err(ApiError::bad_request(m)),
+        Err(InputError::Rows(rows)) => return Ok(bad_rows(rows)),
+    };
+    let now = now_ms();
+    let (recipients, duplicates) = match campaign::recipients(rows, &body.template, country, body.invalid_numbers, now) {
+        Ok(r) => r,
+        Err(InputError::Invalid(m)) => return Err(ApiError::bad_request(m)),
+        Err(InputError::Rows(rows)) => return Ok(bad_rows(rows)),
+    };
+    let record = CampaignRecord {
+        id: campaign::new_id(),
+        name,
+        session: body.session,
+        template: body.template,
+        pacing: body.pacing,
+        state: CampaignState::Draft,
+        reason: None,
+        created_ms: now,
+        updated_ms: now,
+        waiting_since_ms: None,
+        resume_at_ms: None,
+        last_send_ms: None,
+        next_send_ms: None,
+        total: recipients.len() as u32,
+        duplicates,
+    };
+    let record = state.campaigns.send(CreateCampaign { record, recipients, start: body.start }).await??;
+    Ok(HttpResponse::Created().json(view(&state, record)?))
+}
+
+async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, ApiError> {
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut total = 0usize;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
+        let name = field.name().unwrap_or("").to_string();
+        let mut value = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
+            total += chunk.len();
+            if total > max {
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes")));
+            }
+            value.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8(value).map_err(|_| ApiError::bad_request(format!("part {name:?} is not UTF-8")))?;
+        fields.insert(name, text);
+    }
+    let known = ["name", "session", "template", "csv", "start", "min_delay", "max_delay", "typing", "quiet_hours", "default_country", "invalid_numbers"];
+    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("unknown form part {unknown:?}; expected {known:?}")));
+    }
+    let take = |k: &str| fields.get(k).cloned();
+    let required = |k: &str| take(k).ok_or_else(|| ApiError::bad_request(format!("missing form part {k:?}")));
+    let duration = |k: &str, default: std::time::Duration| -> Result<std::time::Duration, ApiError> {
+        match take(k) {
+            Some(v) => humantime::parse_duration(v.trim()).map_err(|e| ApiError::bad_request(format!("{k}: {e}"))),
+            None => Ok(default),
+        }
+    };
+    let flag = |k: &str| -> Result<bool, ApiError> {
+        match take(k).as_deref().map(str::trim) {
+            None | Some("") | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("on") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!("{k}: expected true or false, got {other:?}"))),
+        }
+    };
+    let defaults = PacingSpec::default();
+    Ok(CreateBody {
+        name: required("name")?,
+        session: required("session")?,
+        template: required("template")?,
+        recipients: None,
+        csv: Some(required("csv")?),
+        pacing: PacingSpec {
+            min_delay: duration("min_delay", defaults.min_delay)?,
+            max_delay: duration("max_delay", defaults.max_delay)?,
+            typing: flag("typing")?,
+            quiet_hours: take("quiet_hours").filter(|q| !q.trim().is_empty()),
+        },
+        start: flag("start")?,
+        default_country: take("default_country"),
+        invalid_numbers: match take("invalid_numbers").as_deref().map(str::trim) {
+            None | Some("") | Some("reject") => InvalidNumbers::Reject,
+            Some("fail") => InvalidNumbers::Fail,
+            Some(other) => return Err(ApiError::bad_request(format!("invalid_numbers: expected reject or fail, got {other:?}"))),
+        },
+    })
+}
+
+fn checked_id(id: &str) -> Result<(), ApiError> {
+    if campaign::valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, format!("no campaign {id:?}")))
+    }
+}
+
+fn stored(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
+    checked_id(id)?;
+    state
+        .store
+        .campaign(id)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no campaign {id:?}")))
+}
+
+async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let records = state.store.campaigns().map_err(|e| ApiError::internal(e.to_string()))?;
+    let views = records.into_iter().map(|r| view(&state, r)).collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(views))
+}
+
+async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let record = stored(&state, &id)?;
+    Ok(HttpResponse::Ok().json(view(&state, record)?))
+}
+
+async fn command(state: web::Data<AppState>, id: String, command: CampaignCommand) -> Result<HttpResponse, ApiError> {
+    checked_id(&id)?;
+    let record = state.campaigns.send(Command { id, command }).await??;
+    Ok(HttpResponse::Ok().json(view(&state, record)?))
+}
+
+async fn start(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    command(state, id.into_inner(), CampaignCommand::Start).await
+}
+async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    command(state, id.into_inner(), CampaignCommand::Pause).await
+}
+async fn resume(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    command(state, id.into_inner(), CampaignCommand::Resume).await
+}
+async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    command(state, id.into_inner(), CampaignCommand::Cancel).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipientQuery {
+    state: Option<String>,
+}
+
+/// A recipient as the API shows it.
+#[derive(Serialize)]
+struct RecipientView<'a> {
+    line: u32,
+    phone: &'a str,
+    state: RecipientState,
+    reason: Option<&'a str>,
+    message_id: Option<&'a str>,
+    ack: Option<&'a str>,
+    attempts: u32,
+    sent_at_ms: Option<u64>,
+    vars: &'a BTreeMap<String, String>,
+}
+
+fn recipient_view(r: &RecipientRecord) -> RecipientView<'_> {
+    RecipientView {
+        line: r.line,
+        phone: &r.phone,
+        state: r.state,
+        reason: r.reason.as_deref(),
+        message_id: r.message_id.as_deref(),
+        ack: r.ack.as_deref(),
+        attempts: r.attempts,
+        sent_at_ms: r.sent_at_ms,
+        vars: &r.vars,
+    }
+}
+
+async fn recipients(state: web::Data<AppState>, id: web::Path<String>, query: web::Query<RecipientQuery>) -> Result<HttpResponse, ApiError> {
+    let record = stored(&state, &id)?;
+    let wanted = match query.into_inner().state {
+        Some(s) => Some(s.parse::<RecipientState>().map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    let all = state.store.recipients(&record.id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let views: Vec<_> = all.iter().filter(|r| wanted.is_none_or(|w| r.state == w)).map(recipient_view).collect();
+    Ok(HttpResponse::Ok().json(views))
+}
+
+async fn report(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let record = stored(&state, &id)?;
+    let all = state.store.recipients(&record.id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let csv_error = |e: csv::Error| ApiError::internal(format!("report: {e}"));
+    out.write_record(["line", "phone", "state", "reason", "message_id", "ack", "attempts", "sent_at_ms"]).map_err(csv_error)?;
+    for r in &all {
+        out.write_record([
+            r.line.to_string(),
+            r.phone.clone(),
+            r.state.as_str().to_string(),
+            r.reason.clone().unwrap_or_default(),
+            r.message_id.clone().unwrap_or_default(),
+            r.ack.clone().unwrap_or_default(),
+            r.attempts.to_string(),
+            r.sent_at_ms.map(|t| t.to_string()).unwrap_or_default(),
+        ])
+        .map_err(csv_error)?;
+    }
+    let bytes = out.into_inner().map_err(|e| ApiError::internal(format!("report: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"{}.csv\"", record.id)))
+        .body(bytes))
+}
+
+async fn queue(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    state.supervisor.send(crate::actors::supervisor::GetSession { name: name.clone() }).await??;
+    let records = state.store.campaigns().map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut campaigns = Vec::new();
+    let mut pending = 0;
+    for r in records.into_iter().filter(|r| r.session == name && !r.state.is_final()) {
+        let v = view(&state, r)?;
+        pending += v.counts["PENDING"] + v.counts["SENDING"];
+        campaigns.push(serde_json::json!({
+            "id": v.id, "name": v.name, "state": v.state, "reason": v.reason,
+            "pending": v.counts["PENDING"] + v.counts["SENDING"], "next_send_ms": v.next_send_ms,
+        }));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"session": name, "pending": pending, "campaigns": campaigns})))
+}
+
+async fn clear_queue(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    state.supervisor.send(crate::actors::supervisor::GetSession { name: name.clone() }).await??;
+    let cancelled = state.campaigns.send(ClearQueue { session: name.clone() }).await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"session": name, "cancelled_campaigns": cancelled})))
+}
