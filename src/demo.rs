@@ -1,24 +1,32 @@
 //! `wasup demo`: the main job for a newcomer, on one machine with nothing
 //! set up. Starts the simulator and the daemon as child processes (on free
 //! loopback ports, state in a temporary dir), creates a session, shows its QR
-//! in the terminal, lets the simulated phone scan it, sends a few paced texts
-//! through the API and prints what the simulator's WhatsApp received.
+//! in the terminal, lets the simulated phone scan it, sends one text through
+//! the API, then runs a paced campaign from a CSV (by default
+//! `examples/recipients.csv`, embedded) and prints its progress, its report
+//! and what the simulator's WhatsApp received.
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use rand::Rng as _;
 use serde_json::{json, Value};
 
-use crate::launch::{scan, start_sim, DaemonSetup, TempDir};
+use crate::launch::{scan, start_sim, wait_until, DaemonSetup, TempDir};
+
+/// The repository's example recipients, embedded so the demo needs no files.
+const EXAMPLE_CSV: &str = include_str!("../examples/recipients.csv");
 
 /// Options of `wasup demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// How many texts to send.
-    #[arg(long, default_value_t = 3)]
-    pub messages: u32,
+    /// Recipients CSV (a `phone` column plus template variables); default:
+    /// the repository's `examples/recipients.csv`.
+    #[arg(long)]
+    pub csv: Option<std::path::PathBuf>,
+    /// The campaign's message template (minijinja).
+    #[arg(long, default_value = "Hi {{ name }}, greetings from wasup to {{ city }}!")]
+    pub template: String,
     /// Shortest pause between two sends.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub min_delay: Duration,
@@ -68,23 +76,66 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let view = api.wait_state("demo", "CONNECTED", Duration::from_secs(60), show)?;
     say(format!("connected as {}", view["me"]["wid"].as_str().unwrap_or("?")));
 
-    let recipients = ["+49 151 23456789", "+44 7911 123456", "+33 6 12 34 56 78"];
-    let mut rng = rand::thread_rng();
-    for i in 0..args.messages {
-        if i > 0 {
-            let delay = rng.gen_range(args.min_delay..=args.max_delay);
-            println!("    (paced: waiting {:.1} s)", delay.as_secs_f64());
-            std::thread::sleep(delay);
-        }
-        let to = recipients[i as usize % recipients.len()];
-        let text = format!("Hello from wasup, message {} of {}", i + 1, args.messages);
-        let sent = api.call("POST", "/api/sessions/demo/messages", Some(json!({"to": to, "text": text})))?;
-        println!(
-            "    sent {} to {} (ack {})",
-            sent["id"].as_str().unwrap_or("?"),
-            sent["to"].as_str().unwrap_or("?"),
-            sent["ack"].as_str().unwrap_or("?")
+    let sent = api.call("POST", "/api/sessions/demo/messages", Some(json!({"to": "+49 151 23456789", "text": "Hello from wasup"})))?;
+    say(format!(
+        "sent one text through the API: {} to {} (ack {})",
+        sent["id"].as_str().unwrap_or("?"),
+        sent["to"].as_str().unwrap_or("?"),
+        sent["ack"].as_str().unwrap_or("?")
+    ));
+
+    let csv = match &args.csv {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => EXAMPLE_CSV.to_string(),
+    };
+    let campaign = api.call(
+        "POST",
+        "/api/campaigns",
+        Some(json!({
+            "name": "demo campaign",
+            "session": "demo",
+            "template": args.template,
+            "csv": csv,
+            "default_country": "DE",
+            "pacing": {
+                "min_delay": humantime::format_duration(args.min_delay).to_string(),
+                "max_delay": humantime::format_duration(args.max_delay).to_string(),
+            },
+            "start": true,
+        })),
+    )?;
+    let id = campaign["id"].as_str().context("no campaign id")?.to_string();
+    say(format!(
+        "campaign {id}: {} recipients ({} duplicate dropped), a random {:?} to {:?} between sends",
+        campaign["total"], campaign["duplicates"], args.min_delay, args.max_delay
+    ));
+    let mut last = String::new();
+    let view = wait_until("the campaign to finish", Duration::from_secs(300), Duration::from_millis(200), || {
+        let v = api.call("GET", &format!("/api/campaigns/{id}"), None).ok()?;
+        let c = &v["counts"];
+        let line = format!(
+            "{}: {} sent, {} sending, {} pending, {} failed, {} skipped",
+            v["state"].as_str().unwrap_or("?"),
+            c["SENT"],
+            c["SENDING"],
+            c["PENDING"],
+            c["FAILED"],
+            c["SKIPPED"]
         );
+        if line != last {
+            println!("    {line}");
+            last = line;
+        }
+        v["state"].as_str().is_some_and(|s| s != "RUNNING" && s != "DRAFT" && s != "PAUSED").then_some(v)
+    })?;
+    say(format!("campaign {}", view["state"].as_str().unwrap_or("?")));
+    let report = ureq::get(&format!("{}/api/campaigns/{id}/report.csv", api.base))
+        .set("Authorization", &format!("Bearer {}", api.token))
+        .call()?
+        .into_string()?;
+    say("its report (GET /api/campaigns/{id}/report.csv):");
+    for line in report.lines() {
+        println!("    {line}");
     }
 
     let received: Value = ureq::get(&format!("{sim_base}/_phone/devices/{device}/messages")).call()?.into_json()?;

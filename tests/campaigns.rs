@@ -143,6 +143,15 @@ fn unregistered_and_malformed_numbers_do_not_stop_the_rest() {
     let failed = daemon.api("GET", &format!("/api/campaigns/{id}/recipients?state=FAILED"), None);
     assert_eq!(failed.body.as_array().unwrap().len(), 1);
     assert_eq!(assert_exactly_once(&daemon, &sim, &device, &id), 3);
+
+    // Acks keep updating recipients after the send (and after COMPLETED).
+    let first = rs.iter().find(|r| r["state"] == "SENT").unwrap();
+    let message_id = first["message_id"].as_str().unwrap().to_string();
+    let r = sim.phone("POST", &format!("/_phone/devices/{device}/ack"), Some(json!({"id": message_id, "ack": "READ"})));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_for("ack READ on the recipient", Duration::from_secs(10), || {
+        daemon.recipients(&id).iter().any(|r| r["message_id"] == message_id.as_str() && r["ack"] == "READ").then_some(())
+    });
 }
 
 /// The gaps the sim sees lie within [min_delay, max_delay] (± 250 ms for the
