@@ -141,6 +141,14 @@ pub fn start_sim(exe: &Path, extra: &[&str], verbose: bool) -> anyhow::Result<(C
     Ok((guard, base))
 }
 
+/// Where a started daemon's log goes.
+pub enum Log {
+    Inherit,
+    Discard,
+    /// To this file, with this `RUST_LOG` filter.
+    File(PathBuf, &'static str),
+}
+
 /// A daemon configuration in `dir` (state in `dir/state`) pointing at the
 /// simulator, with a random token.
 pub struct DaemonSetup {
@@ -169,14 +177,19 @@ impl DaemonSetup {
 
     /// Starts `wasup serve` and waits until `/health` answers.
     pub fn start(&self, exe: &Path, verbose: bool) -> anyhow::Result<ChildGuard> {
-        let child = Command::new(exe)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("WASUP_TOKEN", &self.api.token)
-            .stdout(output(verbose))
-            .stderr(output(verbose))
-            .spawn()
-            .context("cannot start the daemon")?;
+        self.start_logging(exe, if verbose { Log::Inherit } else { Log::Discard })
+    }
+
+    /// Like [`DaemonSetup::start`], with the daemon's log going to `log`.
+    pub fn start_logging(&self, exe: &Path, log: Log) -> anyhow::Result<ChildGuard> {
+        let mut command = Command::new(exe);
+        command.args(["serve", "--config"]).arg(&self.config).env("WASUP_TOKEN", &self.api.token).stdout(Stdio::null());
+        match log {
+            Log::Inherit => command.stderr(Stdio::inherit()),
+            Log::Discard => command.stderr(Stdio::null()),
+            Log::File(path, filter) => command.env("RUST_LOG", filter).stderr(Stdio::from(std::fs::File::create(path)?)),
+        };
+        let child = command.spawn().context("cannot start the daemon")?;
         let guard = ChildGuard(Some(child));
         wait_until("the daemon's /health", Duration::from_secs(20), Duration::from_millis(10), || {
             ureq::get(&format!("{}/health", self.api.base)).call().ok()
