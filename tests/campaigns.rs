@@ -121,7 +121,7 @@ fn a_daemon_killed_three_times_completes_the_campaign_exactly_once() {
 fn unregistered_and_malformed_numbers_do_not_stop_the_rest() {
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
-    let daemon = Daemon::start(&sim, "");
+    let daemon = Daemon::start(&sim, "[campaigns]\ntyping_per_char = \"20ms\"\n");
     let device = daemon.pair(&sim, "acme", PHONE);
     let good = numbers(3, 50_000_000);
     let unregistered = "4915199900000";
@@ -131,6 +131,7 @@ fn unregistered_and_malformed_numbers_do_not_stop_the_rest() {
     list.insert(1, json!({"phone": format!("+{unregistered}"), "name": "Ghost"}));
     list.insert(2, json!({"phone": "12345", "name": "Typo"}));
     b["invalid_numbers"] = json!("fail");
+    b["pacing"]["typing"] = json!(true);
     let id = daemon.campaign(b);
     let v = daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(60));
     assert_eq!(v["counts"]["SENT"], 3, "{v}");
@@ -143,6 +144,18 @@ fn unregistered_and_malformed_numbers_do_not_stop_the_rest() {
     let failed = daemon.api("GET", &format!("/api/campaigns/{id}/recipients?state=FAILED"), None);
     assert_eq!(failed.body.as_array().unwrap().len(), 1);
     assert_eq!(assert_exactly_once(&daemon, &sim, &device, &id), 3);
+
+    // With typing on, each message was preceded by "typing…" in its chat,
+    // for about 20 ms per character.
+    let typing = sim.phone("GET", &format!("/_phone/devices/{device}/chat-states"), None).body;
+    for m in sim.messages(&device) {
+        let to = m["to"].as_str().unwrap();
+        let sent_at = m["at_ms"].as_u64().unwrap();
+        let shown = typing.as_array().unwrap().iter().filter(|t| t["to"] == to && t["state"] == "composing").map(|t| t["at_ms"].as_u64().unwrap()).max();
+        let shown = shown.unwrap_or_else(|| panic!("no typing shown to {to}: {typing}"));
+        let expected = 20 * m["body"].as_str().unwrap().chars().count() as u64;
+        assert!(shown <= sent_at && sent_at - shown + 50 >= expected, "typing at {shown}, sent at {sent_at}, expected ≥ {expected} ms");
+    }
 
     // Acks keep updating recipients after the send (and after COMPLETED).
     let first = rs.iter().find(|r| r["state"] == "SENT").unwrap();

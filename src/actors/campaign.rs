@@ -309,14 +309,12 @@ impl Campaign {
             to: ChatId::from_trusted(r.chat_id.clone()),
             text: r.text.clone(),
             id: Some(id),
+            typing,
         };
         let supervisor = self.supervisor.clone();
-        let limit = self.config.whatsapp.send_timeout + Duration::from_secs(10);
+        let limit = self.config.whatsapp.send_timeout + typing + Duration::from_secs(10);
         ctx.spawn(
             async move {
-                if !typing.is_zero() {
-                    tokio::time::sleep(typing).await;
-                }
                 match tokio::time::timeout(limit, supervisor.send(send)).await {
                     Ok(Ok(result)) => Some(result),
                     _ => None,

@@ -39,6 +39,9 @@ pub struct SendText {
     pub body: String,
     /// Key id chosen by the caller ([`crate::whatsapp::new_message_id`]).
     pub id: String,
+    /// Show "typing…" this long before sending (zero: don't). The wait is
+    /// outside WebDriver, so polls go on meanwhile.
+    pub typing: Duration,
 }
 
 /// A send the page took.
@@ -451,9 +454,13 @@ impl Handler<SendText> for Session {
             _ => return Box::pin(fut::ready(Err(SendError::NotConnected(self.state)))),
         };
         let ack_wait = self.config.whatsapp.ack_wait;
-        let SendText { to, body, id } = msg;
+        let SendText { to, body, id, typing } = msg;
         Box::pin(
             async move {
+                if !typing.is_zero() {
+                    page.composing(to.as_str()).await?;
+                    tokio::time::sleep(typing).await;
+                }
                 let started = Instant::now();
                 let result = page.send(to.as_str(), &body, &id).await.map(|r| (r, id));
                 tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, "send in page");

@@ -137,6 +137,8 @@ pub struct SendMessage {
     /// The key id to use; a fresh one when `None`. Campaigns choose it
     /// themselves and store it before the send.
     pub id: Option<String>,
+    /// "typing…" time before the send.
+    pub typing: Duration,
 }
 
 /// Looks a sent message up in a session's page (see [`session::Lookup`]).
@@ -737,7 +739,7 @@ impl Handler<SendMessage> for Supervisor {
         };
         let id = msg.id.unwrap_or_else(crate::whatsapp::new_message_id);
         Box::pin(async move {
-            addr.send(SendText { to: msg.to, body: msg.text, id })
+            addr.send(SendText { to: msg.to, body: msg.text, id, typing: msg.typing })
                 .await
                 .map_err(|e| SupervisorError::Internal(format!("session actor unavailable: {e}")))?
                 .map_err(SupervisorError::from)

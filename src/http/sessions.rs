@@ -141,7 +141,7 @@ async fn send(
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("text is longer than {MAX_TEXT_CHARS} characters")));
     }
     let to = number::parse_recipient(&body.to).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let sent = state.supervisor.send(SendMessage { name, to, text: body.text, id: None }).await??;
+    let sent = state.supervisor.send(SendMessage { name, to, text: body.text, id: None, typing: std::time::Duration::ZERO }).await??;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": sent.id,
         "to": sent.to,

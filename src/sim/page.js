@@ -633,6 +633,15 @@
     return exists ? { wid: w } : null;
   }
 
+  /** `WAWebChatStateBridge`: show "typing…" (or stop) in a chat. */
+  function chatState(state) {
+    return async function (chatId) {
+      const w = createWid(chatId);
+      requireLogin();
+      sendFrame({ type: 'chat_state', jid: w._serialized, state });
+    };
+  }
+
   async function findOrCreateLatestChat(wid) {
     const w = createWid(wid);
     const existing = Chat.get(w);
@@ -726,6 +735,10 @@
     WAWebFindChatAction: { findOrCreateLatestChat },
     WAWebMsgKey: MsgKey,
     WAWebSendMsgChatAction: { addAndSendMsgToChat },
+    WAWebChatStateBridge: {
+      sendChatStateComposing: chatState('composing'),
+      sendChatStatePaused: chatState('paused'),
+    },
     WAWebUserPrefsMeUser: {
       getMaybeMePnUser: () => page.me,
     },

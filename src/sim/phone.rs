@@ -28,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/unregistered", web::post().to(unregistered))
             .route("/devices", web::get().to(devices))
             .route("/devices/{device}/messages", web::get().to(messages))
+            .route("/devices/{device}/chat-states", web::get().to(chat_states))
             .route("/devices/{device}/logout", web::post().to(logout))
             .route(
                 "/devices/{device}/device-removed",
@@ -150,6 +151,15 @@ async fn unregistered(hub: web::Data<Hub>, bytes: web::Bytes) -> HttpResponse {
 
 async fn devices(hub: web::Data<Hub>) -> HttpResponse {
     HttpResponse::Ok().json(hub.act(|w, now| w.devices(now)))
+}
+
+/// `GET /_phone/devices/{device}/chat-states` → `[{"to", "state", "at_ms"}]`:
+/// "typing…" (`composing`) and `paused`, as the account showed them.
+async fn chat_states(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    match hub.act(|w, _| w.chat_states(&device)) {
+        Ok(states) => HttpResponse::Ok().json(states),
+        Err(e) => refused(&e),
+    }
 }
 
 async fn messages(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {

@@ -32,6 +32,14 @@ pub enum ClientFrame {
         /// Serialized chat id.
         jid: String,
     },
+    /// `WAWebChatStateBridge`: the account shows "typing…" (`composing`)
+    /// or stops (`paused`) in a chat.
+    ChatState {
+        /// Serialized chat id.
+        jid: String,
+        /// `composing` or `paused`.
+        state: String,
+    },
 }
 
 /// The page's hello.

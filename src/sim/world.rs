@@ -107,7 +107,22 @@ struct Device {
     slow_send_ms: u64,
     linked_at_ms: u64,
     log: Vec<SentMessage>,
+    chat_states: Vec<ChatStateEvent>,
 }
+
+/// A chat state the account showed (`composing` = "typing…").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatStateEvent {
+    /// Chat id.
+    pub to: String,
+    /// `composing` or `paused`.
+    pub state: String,
+    /// Unix epoch ms.
+    pub at_ms: u64,
+}
+
+/// Chat states kept per device (the oldest are dropped).
+const CHAT_STATES_KEPT: usize = 10_000;
 
 /// A device as the phone's control API lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -298,6 +313,16 @@ impl World {
             (ClientFrame::Send(f), Phase::Linked { device, .. }) => {
                 self.on_send(conn, &device, f, now_ms)
             }
+            (ClientFrame::ChatState { jid, state }, Phase::Linked { device, .. }) => {
+                if matches!(state.as_str(), "composing" | "paused") {
+                    if let Some(d) = self.devices.get_mut(&device) {
+                        d.chat_states.push(ChatStateEvent { to: jid, state, at_ms: now_ms });
+                        if d.chat_states.len() > CHAT_STATES_KEPT {
+                            d.chat_states.remove(0);
+                        }
+                    }
+                }
+            }
             (ClientFrame::Exists { req, jid }, Phase::Linked { .. }) => {
                 let exists = self.on_whatsapp(&jid);
                 self.effects
@@ -471,6 +496,7 @@ impl World {
                 slow_send_ms: 0,
                 linked_at_ms: now_ms,
                 log: Vec::new(),
+                chat_states: Vec::new(),
             },
         );
         self.end_batch_of(conn, now_ms);
@@ -595,6 +621,11 @@ impl World {
     }
 
     /// What the device sent, in the order the server accepted it.
+    /// The chat states the account showed, oldest first.
+    pub fn chat_states(&self, device: &str) -> Result<Vec<ChatStateEvent>, PhoneError> {
+        self.devices.get(device).map(|d| d.chat_states.clone()).ok_or_else(|| no_device(device))
+    }
+
     pub fn messages(&self, device: &str) -> Result<Vec<SentMessage>, PhoneError> {
         self.devices
             .get(device)

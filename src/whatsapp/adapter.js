@@ -6,6 +6,7 @@
 // It installs `window.__wasup`:
 //   drain()                -> {events: [...], snap: {...}} and empties the queue
 //   send(to, body, id)     -> Promise<{id, to, ack} | {error, message}>
+//   composing(to)          -> Promise<bool>: "typing…" shown in the chat
 //   logout(), takeover(), refreshQR()
 //
 // Events are queued in the page and mirrored to sessionStorage, so that an
@@ -176,6 +177,17 @@
     return { id, to: String(chat.id._serialized || chat.id), ack: Number(model && model.ack) || 0 };
   }
 
+  // Show "typing…" in a chat (whatsapp-web.js Chat.sendStateTyping uses the
+  // same module). Best effort: a page without it just does not show it.
+  async function composing(to) {
+    try {
+      await R("WAWebChatStateBridge").sendChatStateComposing(R("WAWebWidFactory").createWid(to));
+      return true;
+    } catch (e) {
+      return false;
+    }
+  }
+
   // Look a message up by its key id, as it is after a crash (history sync
   // brings earlier messages back into Msg).
   function lookup(to, id) {
@@ -197,6 +209,7 @@
     },
     send,
     lookup,
+    composing,
     logout: () => Socket.logout(),
     takeover: () => Socket.takeover(),
     refreshQR: () => Cmd.refreshQR(),

@@ -20,7 +20,7 @@ use crate::policy::EndReason;
 /// The adapter's source; `ADAPTER_VERSION` changes whenever it does, so a
 /// page holding an older adapter gets the new one.
 const ADAPTER: &str = include_str!("adapter.js");
-const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-1");
+const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-2");
 
 /// One poll's script: drain if the adapter is there, else say why not.
 /// While a new page loads, the previous adapter's queue is already in
@@ -310,6 +310,14 @@ window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", 
             return Err(PageError::Transient(format!("lookup: {error}")));
         }
         Ok(value.get("found").and_then(|f| f.get("ack")).and_then(Value::as_i64).map(|a| a as i8))
+    }
+
+    /// Shows "typing…" in the chat `to` (best effort: false if the page
+    /// could not).
+    pub async fn composing(&self, to: &str) -> Result<bool, PageError> {
+        const SCRIPT: &str = "const [to, done] = arguments; if (!window.__wasup) { done(false); return; } window.__wasup.composing(to).then(done, () => done(false));";
+        let value = self.client.execute_async(SCRIPT, vec![json!(to)]).await.map_err(classify)?;
+        Ok(value == json!(true))
     }
 
     /// Runs one of the adapter's no-argument actions (`logout`, `takeover`,
