@@ -13,7 +13,9 @@ use crate::actors::driver::Driver;
 use crate::actors::notifier::Notifier;
 use crate::actors::supervisor::{SetCampaigns, ShutdownAll, Supervisor};
 use crate::config::Config;
+use crate::events::Events;
 use crate::http::{self, auth::Token, AppState};
+use crate::notify;
 use crate::store::Store;
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -33,9 +35,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let listener = std::net::TcpListener::bind(config.http.listen)
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let driver = Driver::new(config.clone()).start();
+        let events = Events::new();
         let notifier = Notifier::new(config.alerts.clone()).start();
-        let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier).start();
-        let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone()).start();
+        let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier, events.clone()).start();
+        let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone()).start();
         supervisor.do_send(SetCampaigns(campaigns.clone()));
         let max_body = config.http.max_body_bytes;
         let state = AppState {
@@ -43,10 +46,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             campaigns: campaigns.clone(),
             store: store.clone(),
             config: config.clone(),
+            events: events.clone(),
             max_body,
         };
+        let requests = http::metrics::RequestCounts::default();
         let server = HttpServer::new(move || {
-            App::new().configure(|cfg| http::configure(cfg, state.clone(), token.clone(), max_body))
+            App::new()
+                .wrap(actix_web::middleware::from_fn(http::metrics::count_requests))
+                .configure(|cfg| http::configure(cfg, state.clone(), token.clone(), requests.clone(), max_body))
         })
         .workers(1)
         .on_connect(crate::http::no_delay)
@@ -57,8 +64,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(listen = %config.http.listen, state_dir = %config.state.dir.display(), "wasup is serving");
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
+        notify::ready(&supervisor).await;
+        // On its own thread, so a wedged System arbiter cannot fake pings:
+        // the ping needs the Supervisor's answer.
+        let watchdog = {
+            let supervisor = supervisor.clone();
+            std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                    rt.block_on(notify::watchdog(supervisor));
+                }
+            })
+        };
+        drop(watchdog);
 
         wait_for_signal().await;
+        notify::stopping();
         tracing::info!(event = "daemon.stopping", "stopping: halting campaigns, closing browsers, flushing the store");
         let _ = tokio::time::timeout(Duration::from_secs(10), campaigns.send(HaltAll)).await;
         let _ = tokio::time::timeout(Duration::from_secs(60), supervisor.send(ShutdownAll)).await;

@@ -15,6 +15,8 @@ pub mod campaign;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod events;
+pub mod notify;
 pub mod http;
 pub mod launch;
 pub mod policy;

@@ -27,6 +27,7 @@ use crate::actors::session::SendError;
 use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, RecipientState};
 use crate::config::Config;
+use crate::events::{Event, Events};
 use crate::policy::pacing::{Pacing, QuietHours};
 use crate::session_state::{now_ms, SessionState};
 use crate::store::Store;
@@ -109,6 +110,7 @@ pub struct Campaign {
     timer: Option<SpawnHandle>,
     grace_timer: Option<SpawnHandle>,
     halted: bool,
+    events: Events,
 }
 
 impl Campaign {
@@ -119,6 +121,7 @@ impl Campaign {
         store: Store,
         supervisor: Addr<Supervisor>,
         registry: Addr<Campaigns>,
+        events: Events,
     ) -> Self {
         Self {
             record,
@@ -137,6 +140,7 @@ impl Campaign {
             timer: None,
             grace_timer: None,
             halted: false,
+            events,
         }
     }
 
@@ -189,6 +193,7 @@ impl Campaign {
         }
         self.save(true);
         let (id, session) = (&self.record.id, &self.record.session);
+        self.events.publish(Event::campaign("campaign.status", id, session).state(state, reason));
         let reason = reason.unwrap_or("");
         match state {
             CampaignState::Failed => tracing::error!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
@@ -343,6 +348,7 @@ impl Campaign {
                 r.reason = None;
                 self.put(RecipientState::Sending, &r, true);
                 tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "message sent");
+                self.message_event("message.sent", &r);
                 self.progress();
             }
             Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => {
@@ -364,6 +370,7 @@ impl Campaign {
                 r.reason = Some(reason.clone());
                 self.put(RecipientState::Sending, &r, true);
                 tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, reason = %reason, "recipient {}", state.as_str());
+                self.message_event("message.failed", &r);
                 self.progress();
             }
             Some(Err(SupervisorError::Send(SendError::Rejected { code: Some(463) }))) => {
@@ -379,6 +386,7 @@ impl Campaign {
                 r.reason = Some(format!("rejected by WhatsApp{}", code.map(|c| format!(" (error {c})")).unwrap_or_default()));
                 self.put(RecipientState::Sending, &r, true);
                 tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, "recipient FAILED");
+                self.message_event("message.failed", &r);
                 self.progress();
             }
             other => {
@@ -483,8 +491,18 @@ impl Campaign {
         }));
     }
 
+    fn message_event(&self, event: &'static str, r: &RecipientRecord) {
+        let e = Event::campaign(event, &self.record.id, &self.record.session)
+            .state(r.state.as_str(), r.reason.as_deref())
+            .detail(serde_json::json!({"recipient": r.idx, "phone": r.phone, "message_id": r.message_id, "ack": r.ack}));
+        self.events.publish(e);
+    }
+
     fn progress(&self) {
         let count = |s| self.counts.get(&s).copied().unwrap_or(0);
+        let detail: serde_json::Map<String, serde_json::Value> =
+            RecipientState::ALL.iter().map(|s| (s.as_str().to_string(), count(*s).into())).collect();
+        self.events.publish(Event::campaign("campaign.progress", &self.record.id, &self.record.session).detail(detail.into()));
         tracing::info!(
             campaign = %self.record.id,
             session = %self.record.session,
@@ -581,6 +599,9 @@ impl Handler<Acked> for Campaign {
         let name = ack_name(msg.ack).to_string();
         if r.state == RecipientState::Sent && r.ack.as_deref() != Some(name.as_str()) && msg.ack > 0 {
             tracing::info!(campaign = %self.record.id, event = "message.ack", recipient = r.idx, ack = %name, "ack");
+            let e = Event::campaign("message.ack", &self.record.id, &self.record.session)
+                .detail(serde_json::json!({"recipient": r.idx, "message_id": r.message_id, "ack": name}));
+            self.events.publish(e);
             r.ack = Some(name);
             r.updated_ms = now_ms();
             self.put(was, &r, false);

@@ -16,6 +16,7 @@ use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Cont
 use crate::actors::supervisor::{GetSession, MessageAcked, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord};
 use crate::config::Config;
+use crate::events::Events;
 use crate::session_state::{now_ms, SessionState};
 use crate::store::Store;
 
@@ -82,18 +83,19 @@ pub struct Campaigns {
     config: Arc<Config>,
     store: Store,
     supervisor: Addr<Supervisor>,
+    events: Events,
     running: HashMap<String, (String, Addr<Campaign>)>,
 }
 
 impl Campaigns {
-    pub fn new(config: Arc<Config>, store: Store, supervisor: Addr<Supervisor>) -> Self {
-        Self { config, store, supervisor, running: HashMap::new() }
+    pub fn new(config: Arc<Config>, store: Store, supervisor: Addr<Supervisor>, events: Events) -> Self {
+        Self { config, store, supervisor, events, running: HashMap::new() }
     }
 
     fn spawn(&mut self, record: CampaignRecord, ctx: &mut Context<Self>) -> Result<(), CampaignError> {
         let pacing = pacing_for(&record, &self.config).map_err(CampaignError::Internal)?;
         let (id, session) = (record.id.clone(), record.session.clone());
-        let actor = Campaign::new(record, self.config.clone(), pacing, self.store.clone(), self.supervisor.clone(), ctx.address());
+        let actor = Campaign::new(record, self.config.clone(), pacing, self.store.clone(), self.supervisor.clone(), ctx.address(), self.events.clone());
         self.running.insert(id, (session, actor.start()));
         Ok(())
     }

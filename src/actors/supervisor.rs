@@ -24,6 +24,7 @@ use crate::actors::driver::Driver;
 use crate::actors::notifier::{Alert, Notifier};
 use crate::actors::session::{self, LogoutPage, SendOutcome, SendText, Session};
 use crate::config::{Config, KeyFilesAction};
+use crate::events::{Event, Events};
 use crate::policy::health::{self, KeyFiles};
 use crate::policy::{Decision, EndReason, Policy, Restarts};
 use crate::profile;
@@ -185,6 +186,25 @@ impl Handler<InjectPanic> for Supervisor {
     }
 }
 
+/// Fault injection for tests (debug builds only): the Supervisor blocks
+/// its thread for `seconds`, as a deadlock would.
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wedge {
+    pub seconds: u64,
+}
+
+#[cfg(debug_assertions)]
+impl Handler<Wedge> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Wedge, _ctx: &mut Self::Context) {
+        tracing::warn!(seconds = msg.seconds, "fault injection: the supervisor is wedged");
+        std::thread::sleep(std::time::Duration::from_secs(msg.seconds.min(60)));
+    }
+}
+
 /// From a Session: what it shows now.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -296,16 +316,17 @@ pub struct Supervisor {
     driver: Addr<Driver>,
     notifier: Addr<Notifier>,
     campaigns: Option<Addr<Campaigns>>,
+    events: Events,
     slots: BTreeMap<String, Slot>,
 }
 
 impl Supervisor {
-    pub fn new(config: Arc<Config>, store: Store, driver: Addr<Driver>, notifier: Addr<Notifier>) -> Self {
-        Self { policy: config.restart.policy(), config, store, driver, notifier, campaigns: None, slots: BTreeMap::new() }
+    pub fn new(config: Arc<Config>, store: Store, driver: Addr<Driver>, notifier: Addr<Notifier>, events: Events) -> Self {
+        Self { policy: config.restart.policy(), config, store, driver, notifier, campaigns: None, events, slots: BTreeMap::new() }
     }
 
     /// Appends a decision event to the session's history.
-    fn record_event(&self, name: &str, event: &str, reason: Option<String>, detail: serde_json::Value) {
+    fn record_event(&self, name: &str, event: &'static str, reason: Option<String>, detail: serde_json::Value) {
         let Some(slot) = self.slots.get(name) else { return };
         let entry = HistoryEntry {
             state: slot.record.state,
@@ -317,6 +338,7 @@ impl Supervisor {
         if let Err(e) = self.store.append_history(name, &entry) {
             tracing::error!(session = %name, error = %e, "cannot store session history");
         }
+        self.events.publish(Event::session(event, name).state(entry.state, entry.reason.as_deref()).detail(entry.detail.unwrap_or_default()));
     }
 
     fn alert(&self, name: &str, event: &'static str, message: String, detail: serde_json::Value) {
@@ -369,6 +391,7 @@ impl Supervisor {
             }
             _ => tracing::info!(session = %name, event = "session.status", state = %state, reason, "session {state}"),
         }
+        self.events.publish(Event::session("session.status", name).state(state, Some(reason).filter(|r| !r.is_empty())));
         if let Some(campaigns) = &self.campaigns {
             campaigns.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
         }
@@ -792,6 +815,11 @@ impl Handler<SessionStatus> for Supervisor {
         if slot.generation != msg.generation {
             return;
         }
+        if msg.qr.is_some() && msg.qr != slot.qr {
+            // A new QR to scan; the event never carries the QR itself.
+            self.events.publish(Event::session("session.qr", &msg.name));
+        }
+        let Some(slot) = self.slots.get_mut(&msg.name) else { return };
         slot.qr = msg.qr;
         if msg.me.is_some() && slot.record.me != msg.me {
             slot.record.me = msg.me;

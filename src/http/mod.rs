@@ -4,6 +4,8 @@
 pub mod auth;
 mod campaigns;
 pub mod error;
+mod events;
+pub mod metrics;
 mod sessions;
 
 use actix::Addr;
@@ -25,24 +27,28 @@ pub struct AppState {
     pub campaigns: Addr<Campaigns>,
     pub store: Store,
     pub config: std::sync::Arc<Config>,
+    pub events: crate::events::Events,
     /// `http.max_body_bytes`.
     pub max_body: usize,
 }
 
 /// Registers every route on an actix-web `App`.
-pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, token: Token, max_body: usize) {
+pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, token: Token, requests: metrics::RequestCounts, max_body: usize) {
     cfg.app_data(web::Data::new(state))
+        .app_data(web::Data::new(requests))
         .app_data(web::Data::new(token))
         .app_data(web::JsonConfig::default().limit(max_body).error_handler(json_error))
         .app_data(web::PayloadConfig::default().limit(max_body))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .route("/health", web::get().to(health))
+        .route("/metrics", web::get().to(metrics::metrics))
         .service(
             web::scope("/api")
                 .wrap(from_fn(auth::require_token))
                 .configure(sessions::routes)
-                .configure(campaigns::routes),
+                .configure(campaigns::routes)
+                .configure(events::routes),
         )
         .default_service(web::to(not_found));
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::AppState;
 use crate::actors::supervisor::{Command, CreateSession, GetQr, GetSession, ListSessions, SendMessage, SessionCommand};
+use crate::events::Event;
 use crate::session_state::validate_name;
 use crate::whatsapp::{ack_name, number};
 
@@ -28,7 +29,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     #[cfg(debug_assertions)]
     if std::env::var("WASUP_FAULT_INJECTION").as_deref() == Ok("1") {
         cfg.route("/sessions/{name}/_fault/panic", web::post().to(inject_panic));
+        cfg.route("/_fault/wedge/{seconds}", web::post().to(wedge));
     }
+}
+
+#[cfg(debug_assertions)]
+async fn wedge(state: web::Data<AppState>, seconds: web::Path<u64>) -> HttpResponse {
+    state.supervisor.do_send(crate::actors::supervisor::Wedge { seconds: seconds.into_inner() });
+    HttpResponse::Accepted().json(serde_json::json!({"injected": "wedge"}))
 }
 
 #[cfg(debug_assertions)]
@@ -141,7 +149,20 @@ async fn send(
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("text is longer than {MAX_TEXT_CHARS} characters")));
     }
     let to = number::parse_recipient(&body.to).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let sent = state.supervisor.send(SendMessage { name, to, text: body.text, id: None, typing: std::time::Duration::ZERO }).await??;
+    let result = state
+        .supervisor
+        .send(SendMessage { name: name.clone(), to: to.clone(), text: body.text, id: None, typing: std::time::Duration::ZERO })
+        .await?;
+    let sent = match result {
+        Ok(sent) => sent,
+        Err(e) => {
+            let event = Event::session("message.failed", &name).detail(serde_json::json!({"to": to.as_str(), "error": e.to_string()}));
+            state.events.publish(event);
+            return Err(e.into());
+        }
+    };
+    let event = Event::session("message.sent", &name).detail(serde_json::json!({"id": sent.id, "to": sent.to, "ack": ack_name(sent.ack)}));
+    state.events.publish(event);
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": sent.id,
         "to": sent.to,

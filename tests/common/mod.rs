@@ -173,12 +173,18 @@ pub struct Daemon {
     config: PathBuf,
     child: Option<Child>,
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// `extra_config` is appended to a config with `[http]`, `[state]` and
     /// `[whatsapp]` set; it may add keys of other sections.
     pub fn start(sim: &Sim, extra_config: &str) -> Daemon {
+        Self::start_with_env(sim, extra_config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(sim: &Sim, extra_config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("config.toml");
@@ -198,6 +204,7 @@ impl Daemon {
             config,
             child: None,
             starts: 0,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         d.spawn();
         d
@@ -215,6 +222,7 @@ impl Daemon {
             .env("WASUP_TOKEN", &self.token)
             .env("WASUP_FAULT_INJECTION", "1")
             .env("RUST_LOG", "info,wasup=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log_file(self.dir.path(), &format!("daemon-{}.log", self.starts)))
             .spawn()
@@ -223,6 +231,13 @@ impl Daemon {
         wait_for("the daemon to listen", Duration::from_secs(20), || {
             ureq::get(&format!("{}/health", self.base)).call().ok()
         });
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
     }
 
     /// SIGTERM, wait for exit; returns whether it exited by itself in time.

@@ -1,0 +1,142 @@
+//! The event bus: every decision and state change, with a stable dotted
+//! name, for the live streams (`GET /api/events`, `GET /api/ws`) and the
+//! metrics. Publishing never blocks: it is a tokio broadcast channel, and a
+//! subscriber that falls behind loses the oldest events (and is told).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::session_state::now_ms;
+
+/// One event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// `session.status`, `session.qr`, `session.restart_scheduled`,
+    /// `session.health`, `campaign.status`, `campaign.progress`,
+    /// `message.sent`, `message.failed`, `message.ack`.
+    pub event: &'static str,
+    /// Unix epoch ms.
+    pub at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Event-specific fields.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+impl Event {
+    /// An event about a session.
+    pub fn session(event: &'static str, session: &str) -> Self {
+        Self {
+            event,
+            at_ms: now_ms(),
+            session: Some(session.to_string()),
+            campaign: None,
+            state: None,
+            reason: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    /// An event about a campaign (on `session`).
+    pub fn campaign(event: &'static str, campaign: &str, session: &str) -> Self {
+        Self { campaign: Some(campaign.to_string()), ..Self::session(event, session) }
+    }
+
+    pub fn state(mut self, state: impl ToString, reason: Option<&str>) -> Self {
+        self.state = Some(state.to_string());
+        self.reason = reason.map(str::to_string);
+        self
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// Events kept for a subscriber that falls behind.
+const BACKLOG: usize = 1024;
+
+/// The bus; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+    /// How many of each event were published, by name and (for messages)
+    /// result, for the metrics.
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Events {
+    pub fn new() -> Self {
+        Self { tx: broadcast::channel(BACKLOG).0, counts: Arc::default() }
+    }
+
+    /// Publishes an event (to nobody, if nobody listens).
+    pub fn publish(&self, event: Event) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(event.event.to_string()).or_default() += 1;
+        }
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    /// Events published so far, by name.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+/// A stream filter: `?session=` and/or `?campaign=`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub session: Option<String>,
+    pub campaign: Option<String>,
+}
+
+impl Filter {
+    pub fn accepts(&self, e: &Event) -> bool {
+        self.session.as_ref().is_none_or(|s| e.session.as_ref() == Some(s))
+            && self.campaign.as_ref().is_none_or(|c| e.campaign.as_ref() == Some(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_get_events_and_counts_add_up() {
+        let bus = Events::new();
+        let mut rx = bus.subscribe();
+        bus.publish(Event::session("session.status", "acme").state("CONNECTED", None));
+        bus.publish(Event::campaign("message.sent", "cmp_1", "acme"));
+        let e = rx.recv().await.unwrap();
+        assert_eq!((e.event, e.state.as_deref()), ("session.status", Some("CONNECTED")));
+        assert_eq!(bus.counts().get("message.sent"), Some(&1));
+        let f = Filter { session: Some("acme".into()), campaign: Some("cmp_1".into()) };
+        assert!(!f.accepts(&e));
+        assert!(f.accepts(&rx.recv().await.unwrap()));
+        let json = serde_json::to_value(Event::session("session.qr", "a")).unwrap();
+        assert_eq!(json, serde_json::json!({"event": "session.qr", "at_ms": json["at_ms"], "session": "a"}));
+    }
+}

@@ -1,0 +1,115 @@
+//! Live events: `GET /api/events` (Server-Sent Events) and `GET /api/ws`
+//! (WebSocket), both under the bearer token, both filtered by `?session=`
+//! and `?campaign=`. Each carries the dotted events as JSON. The WebSocket
+//! also carries the shapes the seeds' dashboards expect when WhatsApp drops
+//! out from under a campaign:
+//! `{"type": "status_update", "status": "failed", "message": "WhatsApp disconnected during operation"}`
+//! and `{"type": "error", "message": "WhatsApp disconnected during message sending"}`.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::events::{Event, Filter};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events", web::get().to(sse)).route("/ws", web::get().to(ws));
+}
+
+/// A comment line every this often keeps proxies from closing an idle stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+async fn sse(state: web::Data<AppState>, filter: web::Query<Filter>) -> HttpResponse {
+    let rx = state.events.subscribe();
+    let filter = filter.into_inner();
+    let tick = tokio::time::interval(KEEPALIVE);
+    let stream = futures_util::stream::unfold((rx, tick, filter), |(mut rx, mut tick, filter)| async move {
+        loop {
+            tokio::select! {
+                received = rx.recv() => match received {
+                    Ok(e) if filter.accepts(&e) => {
+                        let data = serde_json::to_string(&e).unwrap_or_default();
+                        let chunk = format!("event: {}\ndata: {data}\n\n", e.event);
+                        return Some((Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), (rx, tick, filter)));
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        let chunk = format!("event: lagged\ndata: {{\"missed\": {n}}}\n\n");
+                        return Some((Ok(web::Bytes::from(chunk)), (rx, tick, filter)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = tick.tick() => return Some((Ok(web::Bytes::from_static(b": keepalive\n\n")), (rx, tick, filter))),
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
+}
+
+/// The seeds' message shapes for an event, if it has one.
+fn seed_shape(e: &Event) -> Option<serde_json::Value> {
+    let reason = e.reason.as_deref().unwrap_or("");
+    match (e.event, e.state.as_deref()) {
+        ("campaign.status", Some("FAILED")) if reason.starts_with("session_") => Some(serde_json::json!({
+            "type": "status_update", "status": "failed", "message": "WhatsApp disconnected during operation",
+            "campaign": e.campaign, "session": e.session,
+        })),
+        ("campaign.status", Some("PAUSED")) if reason == "waiting_for_session" => Some(serde_json::json!({
+            "type": "error", "message": "WhatsApp disconnected during message sending",
+            "campaign": e.campaign, "session": e.session,
+        })),
+        _ => None,
+    }
+}
+
+async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, filter: web::Query<Filter>) -> Result<HttpResponse, ApiError> {
+    let (response, mut session, mut incoming) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(format!("not a WebSocket request: {e}")))?;
+    let mut rx = state.events.subscribe();
+    let filter = filter.into_inner();
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::select! {
+                received = rx.recv() => match received {
+                    Ok(e) if filter.accepts(&e) => {
+                        let text = serde_json::to_string(&e).unwrap_or_default();
+                        if session.text(text).await.is_err() {
+                            break;
+                        }
+                        if let Some(shape) = seed_shape(&e) {
+                            if session.text(shape.to_string()).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => {
+                        if session.text(serde_json::json!({"event": "lagged", "missed": n}).to_string()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                msg = incoming.next() => match msg {
+                    Some(Ok(actix_ws::Message::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        let _ = session.close(None).await;
+    });
+    Ok(response)
+}

@@ -1,0 +1,130 @@
+//! `GET /metrics`: Prometheus text format (version 0.0.4), no auth, like
+//! `/health`.
+//! - `wasup_sessions{state}`: sessions by state, every state listed.
+//! - Per session: `wasup_session_state{session,state}` (1 for the current
+//!   state), `wasup_session_restarts{session,window}` and
+//!   `wasup_session_reconnects{session,window}` (`window` is `total` or
+//!   `24h`; `total` counts the kept history), `wasup_session_key_files`,
+//!   `wasup_session_browser_pss_bytes`.
+//! - `wasup_messages_total{result}`: API and campaign sends.
+//! - `wasup_events_total{event}`.
+//! - `wasup_campaign_recipients{campaign,session,state}`: progress.
+//! - `wasup_http_requests_total{route,status}`: `route` is the matched
+//!   pattern (`/api/sessions/{name}`), so names do not blow up the label set.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpResponse};
+
+use super::AppState;
+use crate::actors::supervisor::ListSessions;
+use crate::campaign::RecipientState;
+use crate::session_state::{now_ms, SessionState};
+
+/// Requests served, by route pattern and status.
+#[derive(Clone, Default)]
+pub struct RequestCounts(Arc<Mutex<BTreeMap<(String, u16), u64>>>);
+
+/// Middleware for the whole app: counts every request.
+pub async fn count_requests(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let counts = req.app_data::<web::Data<RequestCounts>>().cloned();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let res = next.call(req).await?;
+    if let Some(counts) = counts {
+        if let Ok(mut c) = counts.0.lock() {
+            *c.entry((route, res.status().as_u16())).or_default() += 1;
+        }
+    }
+    Ok(res)
+}
+
+const STATES: [SessionState; 9] = [
+    SessionState::Stopped,
+    SessionState::Starting,
+    SessionState::ScanQr,
+    SessionState::Connected,
+    SessionState::Reconnecting,
+    SessionState::LoggedOut,
+    SessionState::Conflict,
+    SessionState::Blocked,
+    SessionState::Failed,
+];
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub async fn metrics(state: web::Data<AppState>, requests: web::Data<RequestCounts>) -> HttpResponse {
+    let sessions = state.supervisor.send(ListSessions).await.unwrap_or_default();
+    let mut out = String::new();
+
+    header(&mut out, "wasup_sessions", "gauge", "Sessions by state.");
+    for s in STATES {
+        let n = sessions.iter().filter(|v| v.state == s).count();
+        let _ = writeln!(out, "wasup_sessions{{state=\"{s}\"}} {n}");
+    }
+    header(&mut out, "wasup_session_state", "gauge", "1 for each session's current state.");
+    for v in &sessions {
+        let _ = writeln!(out, "wasup_session_state{{session=\"{}\",state=\"{}\"}} 1", v.name, v.state);
+    }
+    let day_ago = now_ms().saturating_sub(24 * 3600 * 1000);
+    header(&mut out, "wasup_session_restarts", "gauge", "Restarts scheduled, in the kept history (total) and the last 24 h.");
+    let mut reconnects = String::new();
+    for v in &sessions {
+        let history = state.store.history(&v.name).unwrap_or_default();
+        let restarts: Vec<u64> = history.iter().filter(|h| h.event == "session.restart_scheduled").map(|h| h.at_ms).collect();
+        let recon: Vec<u64> = history
+            .iter()
+            .filter(|h| h.event == "session.status" && h.state == SessionState::Reconnecting)
+            .map(|h| h.at_ms)
+            .collect();
+        let _ = writeln!(out, "wasup_session_restarts{{session=\"{}\",window=\"total\"}} {}", v.name, restarts.len());
+        let _ = writeln!(out, "wasup_session_restarts{{session=\"{}\",window=\"24h\"}} {}", v.name, restarts.iter().filter(|&&t| t >= day_ago).count());
+        let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"total\"}} {}", v.name, recon.len());
+        let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"24h\"}} {}", v.name, recon.iter().filter(|&&t| t >= day_ago).count());
+    }
+    header(&mut out, "wasup_session_reconnects", "gauge", "Times the session went RECONNECTING, in the kept history (total) and the last 24 h.");
+    out.push_str(&reconnects);
+    header(&mut out, "wasup_session_key_files", "gauge", "Files under the session's key store at the last count.");
+    for v in &sessions {
+        if let Some(n) = v.key_files {
+            let _ = writeln!(out, "wasup_session_key_files{{session=\"{}\"}} {n}", v.name);
+        }
+    }
+    header(&mut out, "wasup_session_browser_pss_bytes", "gauge", "PSS of the session's browser process tree at the last reading.");
+    for v in &sessions {
+        if let Some(n) = v.browser_pss_bytes {
+            let _ = writeln!(out, "wasup_session_browser_pss_bytes{{session=\"{}\"}} {n}", v.name);
+        }
+    }
+    let events = state.events.counts();
+    header(&mut out, "wasup_messages_total", "counter", "Messages by result (API and campaign sends) since the daemon started.");
+    for (result, event) in [("sent", "message.sent"), ("failed", "message.failed")] {
+        let _ = writeln!(out, "wasup_messages_total{{result=\"{result}\"}} {}", events.get(event).copied().unwrap_or(0));
+    }
+    header(&mut out, "wasup_events_total", "counter", "Events published since the daemon started.");
+    for (event, n) in &events {
+        let _ = writeln!(out, "wasup_events_total{{event=\"{event}\"}} {n}");
+    }
+    header(&mut out, "wasup_campaign_recipients", "gauge", "Recipients of each campaign that has not ended, by state.");
+    for c in state.store.campaigns().unwrap_or_default().into_iter().filter(|c| !c.state.is_final()) {
+        let recipients = state.store.recipients(&c.id).unwrap_or_default();
+        for s in RecipientState::ALL {
+            let n = recipients.iter().filter(|r| r.state == s).count();
+            let _ = writeln!(out, "wasup_campaign_recipients{{campaign=\"{}\",session=\"{}\",state=\"{}\"}} {n}", c.id, c.session, s.as_str());
+        }
+    }
+    header(&mut out, "wasup_http_requests_total", "counter", "HTTP requests by route pattern and status.");
+    if let Ok(counts) = requests.0.lock() {
+        for ((route, status), n) in counts.iter() {
+            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "wasup_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(out)
+}
