@@ -32,15 +32,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in files or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let result = match cli.command {
         Command::Serve { config } => config::Config::load(&config).map_err(anyhow::Error::from).and_then(daemon::run),
         Command::Sim(args) => sim::run(args),
@@ -54,4 +46,35 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to journald under systemd (`JOURNAL_STREAM` set) or when
+/// `WASUP_LOG=journald`, with the fields as journal fields (`SESSION=`,
+/// `CAMPAIGN=`, `EVENT=`, `STATE=`, `REASON=`) and the levels as priorities
+/// (error 3, warning 4, info 5); otherwise readable lines on stderr
+/// (`WASUP_LOG=text` forces them). `RUST_LOG` filters either (default `info`).
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let wanted = std::env::var("WASUP_LOG").unwrap_or_default();
+    let journald = wanted == "journald" || (wanted != "text" && std::env::var_os("JOURNAL_STREAM").is_some());
+    if journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer.with_field_prefix(None).with_syslog_identifier("wasup".into());
+                tracing_subscriber::registry().with(filter()).with(layer).init();
+                return;
+            }
+            Err(e) => eprintln!("wasup: journald is not reachable ({e}); logging to stderr"),
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

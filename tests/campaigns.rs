@@ -218,3 +218,21 @@ fn two_sessions_campaigns_are_independent() {
     assert_eq!(assert_exactly_once(&daemon, &sim, &dev_b, &b), 4);
     assert_exactly_once(&daemon, &sim, &dev_a, &a);
 }
+
+/// SIGTERM during a campaign: the daemon stops cleanly (campaign stored as
+/// running), and the next start completes it with every recipient exactly
+/// once.
+#[test]
+fn sigterm_during_a_campaign_then_start_again_completes_it_exactly_once() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let id = daemon.campaign(body("acme", &numbers(6, 80_000_000), 400, 700));
+    daemon.wait_sent(&id, 2, Duration::from_secs(60));
+    assert!(daemon.stop(), "the daemon did not exit on SIGTERM");
+    assert!(daemon.log().contains("halting campaigns"), "no orderly shutdown in the log");
+    daemon.start_again();
+    daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(90));
+    assert_eq!(assert_exactly_once(&daemon, &sim, &device, &id), 6);
+}

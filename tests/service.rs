@@ -171,3 +171,84 @@ fn metrics_and_live_events_follow_a_phone_logout() {
     assert!(sse_events.lock().unwrap().iter().all(|(_, e)| e["session"] == "acme"));
     assert!(ws_events.lock().unwrap().iter().all(|(_, e)| !e.to_string().contains(",WEB")));
 }
+
+/// Under systemd the log goes to journald with `SESSION=`, `EVENT=`,
+/// `REASON=` and fitting priorities. The daemon runs in a private mount
+/// namespace where the journal's socket is one this test owns.
+#[test]
+fn journald_entries_carry_session_event_reason_and_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    std::fs::create_dir(&journal).unwrap();
+    let sock = UnixDatagram::bind(journal.join("socket")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n[whatsapp]\nurl = \"http://127.0.0.1:9/\"\n[browser]\nchromium = \"/bin/false\"\n[restart]\nmax_restarts = 1\nbackoff_base = \"100ms\"\nbackoff_cap = \"200ms\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let script = "mkdir -p /run/systemd/journal && mount --bind \"$1\" /run/systemd/journal && shift && exec \"$@\"";
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&journal)
+        .arg(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("WASUP_LOG", "journald")
+        .env("WASUP_TOKEN", "journal-test-token")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the daemon", Duration::from_secs(20), || ureq::get(&format!("{base}/health")).call().ok());
+    let r = request("POST", &format!("{base}/api/sessions"), Some("journal-test-token"), Some(br#"{"name": "acme"}"#), "application/json");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    // Collect entries until the session FAILED (its browser cannot start).
+    let mut entries: Vec<std::collections::BTreeMap<String, String>> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = |e: &std::collections::BTreeMap<String, String>| e.get("STATE").map(String::as_str) == Some("FAILED");
+    while Instant::now() < deadline && !entries.iter().any(failed) {
+        let mut buf = vec![0u8; 65536];
+        if let Ok(n) = sock.recv(&mut buf) {
+            entries.push(parse_journal_entry(&buf[..n]));
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let find = |pred: &dyn Fn(&std::collections::BTreeMap<String, String>) -> bool| entries.iter().find(|e| pred(e)).cloned();
+    let status = find(&|e| failed(e) && e.get("EVENT").map(String::as_str) == Some("session.status"))
+        .unwrap_or_else(|| panic!("no FAILED session.status entry among {entries:#?}"));
+    assert_eq!(status.get("SESSION").map(String::as_str), Some("acme"));
+    assert_eq!(status.get("REASON").map(String::as_str), Some("restart_budget_spent"));
+    assert_eq!(status.get("PRIORITY").map(String::as_str), Some("3"), "FAILED is an error");
+    assert_eq!(status.get("SYSLOG_IDENTIFIER").map(String::as_str), Some("wasup"));
+    let ended = find(&|e| e.get("EVENT").map(String::as_str) == Some("session.ended")).expect("a session.ended entry");
+    assert_eq!(ended.get("PRIORITY").map(String::as_str), Some("4"), "an end is a warning");
+    assert_eq!(ended.get("REASON").map(String::as_str), Some("start_failed"));
+    assert!(entries.iter().all(|e| !e.values().any(|v| v.contains("journal-test-token"))), "the token was logged");
+}
+
+/// journald's native protocol: `KEY=value\n`, or `KEY\n` + a 64-bit
+/// little-endian length + the value + `\n` for values that may hold newlines.
+fn parse_journal_entry(mut data: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut entry = std::collections::BTreeMap::new();
+    while let Some(nl) = data.iter().position(|b| *b == b'\n') {
+        let line = &data[..nl];
+        data = &data[nl + 1..];
+        if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            entry.insert(String::from_utf8_lossy(&line[..eq]).into_owned(), String::from_utf8_lossy(&line[eq + 1..]).into_owned());
+        } else if data.len() >= 8 {
+            let len = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+            let value = &data[8..(8 + len).min(data.len())];
+            entry.insert(String::from_utf8_lossy(line).into_owned(), String::from_utf8_lossy(value).into_owned());
+            data = data.get(8 + len + 1..).unwrap_or(&[]);
+        }
+    }
+    entry
+}
