@@ -12,6 +12,7 @@
 pub mod actors;
 pub mod bench;
 pub mod campaign;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;

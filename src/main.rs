@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use wasup::{bench, config, daemon, demo, sim};
+use wasup::{bench, cli, config, daemon, demo, sim};
 
 #[derive(Parser)]
 #[command(name = "wasup", version, about = "Keeps WhatsApp Web sessions alive and sends paced campaigns")]
@@ -24,8 +24,33 @@ enum Command {
     },
     /// Run the WhatsApp Web simulator (page, servers and the phone's control API).
     Sim(sim::SimArgs),
-    /// Start the simulator and the daemon, pair a session and send a few texts.
+    /// Start the simulator and the daemon, pair a session, run a paced campaign.
     Demo(demo::DemoArgs),
+    /// Show a running daemon's sessions and active campaigns.
+    Status {
+        #[command(flatten)]
+        conn: cli::Connection,
+    },
+    /// Manage a running daemon's sessions.
+    Session {
+        #[command(flatten)]
+        conn: cli::Connection,
+        #[command(subcommand)]
+        command: cli::SessionCommand,
+    },
+    /// Draw a session's QR in the terminal, to scan over ssh.
+    Qr {
+        #[command(flatten)]
+        conn: cli::Connection,
+        name: String,
+    },
+    /// Manage a running daemon's campaigns.
+    Campaign {
+        #[command(flatten)]
+        conn: cli::Connection,
+        #[command(subcommand)]
+        command: cli::CampaignCommand,
+    },
     /// Measure reconnect time, send latency and memory; print a table.
     Bench(bench::BenchArgs),
 }
@@ -38,6 +63,10 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Status { conn } => cli::status(&conn),
+        Command::Session { conn, command } => cli::session(&conn, command),
+        Command::Qr { conn, name } => cli::qr(&conn, &name),
+        Command::Campaign { conn, command } => cli::campaign(&conn, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
