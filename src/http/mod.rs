@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod campaigns;
+mod dashboard;
 pub mod error;
 mod events;
 pub mod metrics;
@@ -43,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, token: Token, re
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .route("/health", web::get().to(health))
         .route("/metrics", web::get().to(metrics::metrics))
+        .route("/dashboard", web::get().to(dashboard::page))
         .service(
             web::scope("/api")
                 .wrap(from_fn(auth::require_token))
