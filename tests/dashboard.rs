@@ -12,75 +12,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 
 const PHONE: &str = "4915112345678";
 
-/// A child process killed (and reaped) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// chromedriver on a free port, killed on drop.
-struct Driver {
-    url: String,
-    _proc: Proc,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        let port = free_port();
-        let bin = std::env::var("WASUP_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let child = Command::new(bin)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let proc = Proc(child);
-        wait_for("chromedriver to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Driver { url: format!("http://127.0.0.1:{port}"), _proc: proc }
-    }
-
-    /// A headless Chromium on a fresh profile.
-    async fn browser(&self, profile: &std::path::Path) -> Client {
-        let binary = std::env::var("WASUP_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let caps = json!({
-            "goog:chromeOptions": {
-                "binary": binary,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--window-size=1280,900", format!("--user-data-dir={}", profile.display()),
-                ],
-            }
-        });
-        let caps = caps.as_object().cloned().unwrap_or_default();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&self.url).await {
-                Ok(c) => return c,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "no browser session: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
 
 /// Polls `script` in the page until it returns something other than
 /// null/false; panics after `within` with the last answer of `diagnose`.
@@ -150,7 +89,7 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
         assert!(csp.contains(part), "CSP lacks {part}: {csp}");
     }
 
-    let driver = Driver::start();
+    let driver = Chromedriver::start();
     let profile = tempfile::tempdir().unwrap();
     let c = driver.browser(profile.path()).await;
     c.goto(&format!("{}/dashboard", daemon.base)).await.expect("open the dashboard");

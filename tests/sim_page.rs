@@ -10,11 +10,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+mod common;
+
+use common::Chromedriver;
+use fantoccini::Client;
 use serde_json::{json, Value};
 
 const PHONE: &str = "4915112345678";
@@ -40,16 +42,6 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn wait_listening(addr: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not start listening on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// `wasup sim` on a free port.
 struct Sim {
@@ -144,64 +136,6 @@ impl Sim {
             .and_then(|l| l.iter().find(|d| d["device"] == device))
             .map(|d| d["state"].clone())
             .unwrap_or(Value::Null)
-    }
-}
-
-/// chromedriver on a free port.
-struct Driver {
-    url: String,
-    _proc: Proc,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        let port = free_port();
-        let bin =
-            std::env::var("WASUP_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let child = Command::new(bin)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let proc = Proc(child);
-        wait_listening(&format!("127.0.0.1:{port}"), "chromedriver");
-        Driver {
-            url: format!("http://127.0.0.1:{port}"),
-            _proc: proc,
-        }
-    }
-
-    /// A headless Chromium on `profile`. Retries while a browser that just
-    /// quit still holds the profile.
-    async fn browser(&self, profile: &Path) -> Client {
-        let binary = std::env::var("WASUP_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let caps = json!({
-            "goog:chromeOptions": {
-                "binary": binary,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", format!("--user-data-dir={}", profile.display()),
-                ],
-            }
-        });
-        let caps = caps.as_object().cloned().unwrap_or_default();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(caps.clone())
-                .connect(&self.url)
-                .await
-            {
-                Ok(c) => return c,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "no browser session: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
     }
 }
 
@@ -375,7 +309,7 @@ fn unique(list: &[Value], id: &str) -> usize {
 #[tokio::test]
 async fn pair_send_restart_and_phone_logout() {
     let sim = Sim::start(&["--qr-first=60s", "--sync-delay=300ms", "--boot-delay=200ms"]);
-    let driver = Driver::start();
+    let driver = Chromedriver::start();
     let profile = tempfile::tempdir().expect("profile dir");
     let started = Instant::now();
 
@@ -578,7 +512,7 @@ async fn qr_refs_rotate_expire_and_go_idle() {
         "--boot-delay=100ms",
         "--sync-delay=200ms",
     ]);
-    let driver = Driver::start();
+    let driver = Chromedriver::start();
     let profile = tempfile::tempdir().expect("profile dir");
     let started = Instant::now();
     let c = driver.browser(profile.path()).await;
@@ -703,7 +637,7 @@ async fn qr_refs_rotate_expire_and_go_idle() {
 #[tokio::test]
 async fn network_drop_conflict_timelock_and_device_removed() {
     let mut sim = Sim::start(&["--boot-delay=100ms", "--sync-delay=200ms"]);
-    let driver = Driver::start();
+    let driver = Chromedriver::start();
     let profile = tempfile::tempdir().expect("profile dir");
     let started = Instant::now();
     let c = driver.browser(profile.path()).await;

@@ -539,3 +539,61 @@ pub fn deliveries(sim: &Sim, device: &str) -> std::collections::BTreeMap<String,
     }
     m
 }
+
+/// chromedriver on a free port, for tests that drive a page themselves
+/// (the simulator's page, the dashboard); killed when dropped.
+pub struct Chromedriver {
+    pub url: String,
+    child: Child,
+}
+
+impl Chromedriver {
+    pub fn start() -> Chromedriver {
+        let port = free_port();
+        let bin = std::env::var("WASUP_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let child = Command::new(bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = Chromedriver { url: format!("http://127.0.0.1:{port}"), child };
+        wait_for("chromedriver to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        driver
+    }
+
+    /// A headless Chromium on `profile`. Retries while a browser that just
+    /// quit still holds the profile.
+    pub async fn browser(&self, profile: &Path) -> fantoccini::Client {
+        let binary = std::env::var("WASUP_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": binary,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--window-size=1280,900", format!("--user-data-dir={}", profile.display()),
+                ],
+            }
+        });
+        let caps = caps.as_object().cloned().unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector).capabilities(caps.clone()).connect(&self.url).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no browser session: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
