@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::whatsapp::number;
 
 /// A campaign's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CampaignState {
     /// Created, not started.
@@ -54,7 +54,7 @@ impl std::fmt::Display for CampaignState {
 }
 
 /// A recipient's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RecipientState {
     Pending,
@@ -91,18 +91,21 @@ impl std::str::FromStr for RecipientState {
 }
 
 /// A campaign's pacing as given by its creator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PacingSpec {
     /// Shortest gap between two sends. Default 20 s.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, default = "20s", example = "20s")]
     pub min_delay: Duration,
     /// Longest gap. Default 45 s.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, default = "45s", example = "45s")]
     pub max_delay: Duration,
     /// Show "typing…" for a time scaled to the text before each send.
     pub typing: bool,
     /// `"22:00-08:00"`: no sends start inside, in `campaigns.timezone`.
+    #[schema(example = "22:00-08:00")]
     pub quiet_hours: Option<String>,
 }
 
@@ -171,7 +174,7 @@ pub struct Row {
 }
 
 /// A bad row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RowError {
     pub line: u32,
     pub error: String,
@@ -187,7 +190,7 @@ pub enum InputError {
 }
 
 /// What to do with rows whose number is not valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InvalidNumbers {
     /// Refuse the whole campaign (400 listing the rows). The default.

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use crate::session_state::now_ms;
 
 /// One event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     /// `session.status`, `session.qr`, `session.restart_scheduled`,
     /// `session.health`, `campaign.status`, `campaign.progress`,
@@ -30,6 +30,7 @@ pub struct Event {
     pub reason: Option<String>,
     /// Event-specific fields.
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    #[schema(value_type = Object, required = false)]
     pub detail: serde_json::Value,
 }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The state of a session, as the API and the store name it
 /// (`architecture.md`, "Session states").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SessionState {
     /// Desired off; no browser.
@@ -53,7 +53,7 @@ impl std::fmt::Display for SessionState {
 }
 
 /// The WhatsApp account a session is linked to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Me {
     /// Own chat id, `<digits>@c.us`.
     pub wid: String,

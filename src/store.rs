@@ -26,7 +26,7 @@ use crate::campaign::{CampaignRecord, RecipientRecord};
 use crate::session_state::{Me, SessionState};
 
 /// Whether an operator wants the session to run; survives restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Desired {
     Running,
@@ -52,7 +52,7 @@ pub struct SessionRecord {
 
 /// One event of a session: a status change (`session.status`) or a
 /// decision about it (`session.restart_scheduled`, `session.health`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// The session's state when the event happened.
     pub state: SessionState,
@@ -64,6 +64,7 @@ pub struct HistoryEntry {
     pub event: String,
     /// Event-specific fields (`{"attempt", "delay_ms"}`, `{"key_files", "max"}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<serde_json::Value>,
 }
 

@@ -53,7 +53,7 @@ pub enum SupervisorError {
 }
 
 /// A session as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub name: String,
     /// Upper-case state name (`CONNECTED`, `SCAN_QR`, …).

@@ -8,26 +8,38 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::sessions::SessionName;
 use super::AppState;
 use crate::actors::campaign::CampaignCommand;
 use crate::actors::campaigns::{CampaignError, ClearQueue, Command, CreateCampaign};
-use crate::campaign::{self, CampaignRecord, CampaignState, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row};
+use crate::campaign::{self, CampaignRecord, CampaignState, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row, RowError};
 use crate::session_state::{now_ms, validate_name};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/campaigns", web::get().to(list))
-        .route("/campaigns", web::post().to(create))
-        .route("/campaigns/{id}", web::get().to(get))
-        .route("/campaigns/{id}/start", web::post().to(start))
-        .route("/campaigns/{id}/pause", web::post().to(pause))
-        .route("/campaigns/{id}/resume", web::post().to(resume))
-        .route("/campaigns/{id}/cancel", web::post().to(cancel))
-        .route("/campaigns/{id}/recipients", web::get().to(recipients))
-        .route("/campaigns/{id}/report.csv", web::get().to(report))
-        .route("/sessions/{name}/queue", web::get().to(queue))
-        .route("/sessions/{name}/queue", web::delete().to(clear_queue));
+declare_routes! {
+    pub fn routes;
+    get "/campaigns" => list,
+    post "/campaigns" => create,
+    get "/campaigns/{id}" => get,
+    post "/campaigns/{id}/start" => start,
+    post "/campaigns/{id}/pause" => pause,
+    post "/campaigns/{id}/resume" => resume,
+    post "/campaigns/{id}/cancel" => cancel,
+    get "/campaigns/{id}/recipients" => recipients,
+    get "/campaigns/{id}/report.csv" => report,
+    get "/sessions/{name}/queue" => queue,
+    delete "/sessions/{name}/queue" => clear_queue,
+}
+
+/// The `{id}` in a campaign's path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct CampaignId {
+    /// The campaign's id, `cmp_` and 16 hex digits.
+    #[param(example = "cmp_0123456789abcdef")]
+    id: String,
 }
 
 impl From<CampaignError> for ApiError {
@@ -44,32 +56,98 @@ impl From<CampaignError> for ApiError {
 
 /// `POST /api/campaigns` (JSON form; the multipart form has the same fields
 /// as text parts plus a `csv` file part).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewCampaign, example = json!({
+    "name": "spring",
+    "session": "acme",
+    "template": "Hi {{ name }}!",
+    "recipients": [{"phone": "+49 151 12345678", "name": "Ana"}, {"phone": "0151 23456789", "name": "Ben"}],
+    "pacing": {"min_delay": "20s", "max_delay": "45s", "typing": false, "quiet_hours": "22:00-08:00"},
+    "start": false,
+    "default_country": "DE",
+    "invalid_numbers": "reject"
+}))]
 struct CreateBody {
+    /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// The session that sends.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     session: String,
+    /// A minijinja template; each recipient's variables fill it.
     template: String,
-    /// `[{"phone": "+49…", "name": "Ana"}]`.
+    /// `[{"phone": "+49…", "name": "Ana"}]`. Give either this or `csv`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     recipients: Option<Vec<serde_json::Value>>,
     /// The same as CSV text (a `phone` column plus variables).
     #[serde(default)]
     csv: Option<String>,
     #[serde(default)]
     pacing: PacingSpec,
+    /// Start now; otherwise the campaign is a `DRAFT`.
     #[serde(default)]
     start: bool,
     /// Overrides `campaigns.default_country`.
     #[serde(default)]
+    #[schema(example = "DE")]
     default_country: Option<String>,
     #[serde(default)]
     invalid_numbers: InvalidNumbers,
 }
 
+/// The parts `POST /api/campaigns` takes as `multipart/form-data`.
+pub(super) const FORM_PARTS: [&str; 11] =
+    ["name", "session", "template", "csv", "start", "min_delay", "max_delay", "typing", "quiet_hours", "default_country", "invalid_numbers"];
+
+/// `POST /api/campaigns` as `multipart/form-data`: text parts plus the
+/// `csv` file part.
+// Only documents the form: `from_multipart` reads it, and a unit test
+// checks that these fields are `FORM_PARTS`.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(as = NewCampaignForm)]
+struct CreateForm {
+    /// 1 to 100 characters.
+    #[schema(example = "spring")]
+    name: String,
+    #[schema(example = "acme")]
+    session: String,
+    #[schema(example = "Hi {{ name }}!")]
+    template: String,
+    /// A CSV file: a `phone` column plus the template's variables.
+    #[schema(value_type = String, format = Binary, content_media_type = "text/csv")]
+    csv: Vec<u8>,
+    /// `true`, `1` or `on` to start now.
+    #[schema(example = "false")]
+    start: Option<String>,
+    #[schema(example = "20s")]
+    min_delay: Option<String>,
+    #[schema(example = "45s")]
+    max_delay: Option<String>,
+    /// `true`, `1` or `on` to show "typing…" first.
+    #[schema(example = "false")]
+    typing: Option<String>,
+    #[schema(example = "22:00-08:00")]
+    quiet_hours: Option<String>,
+    #[schema(example = "DE")]
+    default_country: Option<String>,
+    invalid_numbers: Option<InvalidNumbers>,
+}
+
+/// A 400 for campaign input: `rows` lists every bad row when rows are bad.
+#[derive(Serialize, ToSchema)]
+struct InputErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<Vec<RowError>>,
+}
+
 /// A campaign as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CampaignView {
+    #[schema(example = "cmp_0123456789abcdef")]
     id: String,
     name: String,
     session: String,
@@ -79,6 +157,8 @@ struct CampaignView {
     pacing: PacingSpec,
     total: u32,
     duplicates: u32,
+    /// Recipients by state: `PENDING`, `SENDING`, `SENT`, `FAILED`, `SKIPPED`.
+    #[schema(value_type = BTreeMap<String, u32>)]
     counts: BTreeMap<&'static str, u32>,
     /// Sends the session started today (in `campaigns.timezone`), all
     /// campaigns together.
@@ -123,13 +203,35 @@ fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiErr
     })
 }
 
-fn bad_rows(rows: Vec<campaign::RowError>) -> HttpResponse {
-    HttpResponse::BadRequest().json(serde_json::json!({
-        "error": format!("{} row(s) are invalid; nothing was created", rows.len()),
-        "rows": rows,
-    }))
+fn bad_rows(rows: Vec<RowError>) -> HttpResponse {
+    HttpResponse::BadRequest().json(InputErrorBody {
+        error: format!("{} row(s) are invalid; nothing was created", rows.len()),
+        rows: Some(rows),
+    })
 }
 
+/// Create a campaign
+///
+/// From JSON (recipients as `recipients` or `csv` text) or from a
+/// `multipart/form-data` upload with a `csv` file part. Every row is checked
+/// before anything is stored. A `DRAFT` unless `start`.
+#[utoipa::path(
+    post,
+    operation_id = "create_campaign",
+    path = "/api/campaigns",
+    tag = "campaigns",
+    request_body(content(
+        (CreateBody = "application/json"),
+        (CreateForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 201, description = "Created", body = CampaignView),
+        (status = 400, description = "Invalid input; `rows` lists every bad row. Nothing was stored", body = InputErrorBody),
+        (status = 409, description = "The pacing cannot be applied", body = ErrorBody),
+        (status = 413, description = "Body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 422, description = "No such session", body = ErrorBody),
+    ),
+)]
 async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let max = state.max_body;
@@ -224,9 +326,8 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
         let text = String::from_utf8(value).map_err(|_| ApiError::bad_request(format!("part {name:?} is not UTF-8")))?;
         fields.insert(name, text);
     }
-    let known = ["name", "session", "template", "csv", "start", "min_delay", "max_delay", "typing", "quiet_hours", "default_country", "invalid_numbers"];
-    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown form part {unknown:?}; expected {known:?}")));
+    if let Some(unknown) = fields.keys().find(|k| !FORM_PARTS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("unknown form part {unknown:?}; expected {FORM_PARTS:?}")));
     }
     let take = |k: &str| fields.get(k).cloned();
     let required = |k: &str| take(k).ok_or_else(|| ApiError::bad_request(format!("missing form part {k:?}")));
@@ -283,14 +384,34 @@ fn stored(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no campaign {id:?}")))
 }
 
+/// List campaigns
+#[utoipa::path(
+    get,
+    operation_id = "list_campaigns",
+    path = "/api/campaigns",
+    tag = "campaigns",
+    responses((status = 200, description = "Every campaign", body = [CampaignView])),
+)]
 async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let records = state.store.campaigns().map_err(|e| ApiError::internal(e.to_string()))?;
     let views = records.into_iter().map(|r| view(&state, r)).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(views))
 }
 
-async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let record = stored(&state, &id)?;
+/// One campaign
+#[utoipa::path(
+    get,
+    operation_id = "get_campaign",
+    path = "/api/campaigns/{id}",
+    tag = "campaigns",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+    ),
+)]
+async fn get(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
+    let record = stored(&state, &path.id)?;
     Ok(HttpResponse::Ok().json(view(&state, record)?))
 }
 
@@ -300,36 +421,104 @@ async fn command(state: web::Data<AppState>, id: String, command: CampaignComman
     Ok(HttpResponse::Ok().json(view(&state, record)?))
 }
 
-async fn start(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    command(state, id.into_inner(), CampaignCommand::Start).await
+/// Start a campaign
+///
+/// A `DRAFT` starts sending.
+#[utoipa::path(
+    post,
+    operation_id = "start_campaign",
+    path = "/api/campaigns/{id}/start",
+    tag = "campaigns",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+        (status = 409, description = "The campaign's state does not allow it", body = ErrorBody),
+    ),
+)]
+async fn start(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
+    command(state, path.into_inner().id, CampaignCommand::Start).await
 }
-async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    command(state, id.into_inner(), CampaignCommand::Pause).await
+/// Pause a campaign
+///
+/// A `RUNNING` campaign stops at a safe point.
+#[utoipa::path(
+    post,
+    operation_id = "pause_campaign",
+    path = "/api/campaigns/{id}/pause",
+    tag = "campaigns",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+        (status = 409, description = "The campaign's state does not allow it", body = ErrorBody),
+    ),
+)]
+async fn pause(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
+    command(state, path.into_inner().id, CampaignCommand::Pause).await
 }
-async fn resume(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    command(state, id.into_inner(), CampaignCommand::Resume).await
+/// Resume a campaign
+///
+/// A `PAUSED` or `FAILED` campaign runs again.
+#[utoipa::path(
+    post,
+    operation_id = "resume_campaign",
+    path = "/api/campaigns/{id}/resume",
+    tag = "campaigns",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+        (status = 409, description = "The campaign's state does not allow it", body = ErrorBody),
+    ),
+)]
+async fn resume(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
+    command(state, path.into_inner().id, CampaignCommand::Resume).await
 }
-async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    command(state, id.into_inner(), CampaignCommand::Cancel).await
+/// Cancel a campaign
+///
+/// A campaign that has not ended is `CANCELLED`; its remaining recipients are not sent.
+#[utoipa::path(
+    post,
+    operation_id = "cancel_campaign",
+    path = "/api/campaigns/{id}/cancel",
+    tag = "campaigns",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+        (status = 409, description = "The campaign's state does not allow it", body = ErrorBody),
+    ),
+)]
+async fn cancel(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
+    command(state, path.into_inner().id, CampaignCommand::Cancel).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RecipientQuery {
+    /// Only the recipients in this state (any case).
+    #[param(value_type = Option<RecipientState>, example = "FAILED")]
     state: Option<String>,
 }
 
 /// A recipient as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RecipientView<'a> {
+    /// Line in the input (the CSV's header is line 1).
     line: u32,
+    /// E.164 without `+`.
     phone: &'a str,
     state: RecipientState,
     reason: Option<&'a str>,
     message_id: Option<&'a str>,
+    /// `SERVER`, `DEVICE`, `READ` once sent.
     ack: Option<&'a str>,
     attempts: u32,
     sent_at_ms: Option<u64>,
+    /// The row's template variables.
+    #[schema(value_type = BTreeMap<String, String>)]
     vars: &'a BTreeMap<String, String>,
 }
 
@@ -347,8 +536,21 @@ fn recipient_view(r: &RecipientRecord) -> RecipientView<'_> {
     }
 }
 
-async fn recipients(state: web::Data<AppState>, id: web::Path<String>, query: web::Query<RecipientQuery>) -> Result<HttpResponse, ApiError> {
-    let record = stored(&state, &id)?;
+/// A campaign's recipients
+#[utoipa::path(
+    get,
+    operation_id = "list_recipients",
+    path = "/api/campaigns/{id}/recipients",
+    tag = "campaigns",
+    params(CampaignId, RecipientQuery),
+    responses(
+        (status = 200, description = "The recipients, in input order", body = [RecipientView]),
+        (status = 400, description = "Unknown state or query parameter", body = ErrorBody),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+    ),
+)]
+async fn recipients(state: web::Data<AppState>, path: web::Path<CampaignId>, query: web::Query<RecipientQuery>) -> Result<HttpResponse, ApiError> {
+    let record = stored(&state, &path.id)?;
     let wanted = match query.into_inner().state {
         Some(s) => Some(s.parse::<RecipientState>().map_err(ApiError::bad_request)?),
         None => None,
@@ -358,8 +560,22 @@ async fn recipients(state: web::Data<AppState>, id: web::Path<String>, query: we
     Ok(HttpResponse::Ok().json(views))
 }
 
-async fn report(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let record = stored(&state, &id)?;
+/// A campaign's report
+///
+/// Every recipient as CSV: `line,phone,state,reason,message_id,ack,attempts,sent_at_ms`.
+#[utoipa::path(
+    get,
+    operation_id = "get_report",
+    path = "/api/campaigns/{id}/report.csv",
+    tag = "campaigns",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "The report", body = String, content_type = "text/csv"),
+        (status = 404, description = "No such campaign", body = ErrorBody),
+    ),
+)]
+async fn report(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
+    let record = stored(&state, &path.id)?;
     let all = state.store.recipients(&record.id).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| ApiError::internal(format!("report: {e}"));
@@ -384,26 +600,84 @@ async fn report(state: web::Data<AppState>, id: web::Path<String>) -> Result<Htt
         .body(bytes))
 }
 
-async fn queue(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
+/// What a session's campaigns still have to send.
+#[derive(Serialize, ToSchema)]
+struct QueueView {
+    session: String,
+    /// Recipients `PENDING` or `SENDING`, all campaigns together.
+    pending: u32,
+    /// The session's campaigns that have not ended.
+    campaigns: Vec<QueuedCampaign>,
+}
+
+/// A campaign in a session's queue.
+#[derive(Serialize, ToSchema)]
+struct QueuedCampaign {
+    id: String,
+    name: String,
+    state: CampaignState,
+    reason: Option<String>,
+    /// Its recipients `PENDING` or `SENDING`.
+    pending: u32,
+    next_send_ms: Option<u64>,
+}
+
+/// What `DELETE /api/sessions/{name}/queue` did.
+#[derive(Serialize, ToSchema)]
+struct ClearedQueue {
+    session: String,
+    /// How many campaigns were cancelled.
+    cancelled_campaigns: u32,
+}
+
+/// A session's queue
+///
+/// What the session's campaigns that have not ended still have to send.
+#[utoipa::path(
+    get,
+    operation_id = "get_queue",
+    path = "/api/sessions/{name}/queue",
+    tag = "campaigns",
+    params(SessionName),
+    responses(
+        (status = 200, description = "The queue", body = QueueView),
+        (status = 400, description = "Invalid session name", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+    ),
+)]
+async fn queue(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
+    let name = path.into_inner().name;
     state.supervisor.send(crate::actors::supervisor::GetSession { name: name.clone() }).await??;
     let records = state.store.campaigns().map_err(|e| ApiError::internal(e.to_string()))?;
     let mut campaigns = Vec::new();
     let mut pending = 0;
     for r in records.into_iter().filter(|r| r.session == name && !r.state.is_final()) {
         let v = view(&state, r)?;
-        pending += v.counts["PENDING"] + v.counts["SENDING"];
-        campaigns.push(serde_json::json!({
-            "id": v.id, "name": v.name, "state": v.state, "reason": v.reason,
-            "pending": v.counts["PENDING"] + v.counts["SENDING"], "next_send_ms": v.next_send_ms,
-        }));
+        let left = v.counts["PENDING"] + v.counts["SENDING"];
+        pending += left;
+        campaigns.push(QueuedCampaign { id: v.id, name: v.name, state: v.state, reason: v.reason, pending: left, next_send_ms: v.next_send_ms });
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({"session": name, "pending": pending, "campaigns": campaigns})))
+    Ok(HttpResponse::Ok().json(QueueView { session: name, pending, campaigns }))
 }
 
-async fn clear_queue(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
+/// Clear a session's queue
+///
+/// Cancels every campaign of the session that has not ended.
+#[utoipa::path(
+    delete,
+    operation_id = "clear_queue",
+    path = "/api/sessions/{name}/queue",
+    tag = "campaigns",
+    params(SessionName),
+    responses(
+        (status = 200, description = "What was cancelled", body = ClearedQueue),
+        (status = 400, description = "Invalid session name", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+    ),
+)]
+async fn clear_queue(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
+    let name = path.into_inner().name;
     state.supervisor.send(crate::actors::supervisor::GetSession { name: name.clone() }).await??;
     let cancelled = state.campaigns.send(ClearQueue { session: name.clone() }).await??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"session": name, "cancelled_campaigns": cancelled})))
+    Ok(HttpResponse::Ok().json(ClearedQueue { session: name, cancelled_campaigns: cancelled }))
 }

@@ -31,7 +31,17 @@ fn csp(nonce: &str) -> String {
     )
 }
 
-/// `GET /dashboard`.
+/// The dashboard
+///
+/// One HTML page; it asks for the API token once and keeps it only in its
+/// memory. Needs no token itself.
+#[utoipa::path(
+    get,
+    operation_id = "dashboard",
+    path = "/dashboard",
+    tag = "daemon",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html")),
+)]
 pub async fn page() -> HttpResponse {
     let mut bytes = [0u8; 18];
     rand::thread_rng().fill_bytes(&mut bytes);

@@ -8,6 +8,14 @@ use crate::actors::session::SendError;
 use crate::actors::supervisor::SupervisorError;
 use crate::whatsapp::page::SendRefused;
 
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "no session named \"acme\""}))]
+pub struct ErrorBody {
+    /// What was wrong.
+    pub error: String,
+}
+
 /// An error answer of the API.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -36,7 +44,7 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(serde_json::json!({ "error": self.message }))
+        HttpResponse::build(self.status).json(ErrorBody { error: self.message.clone() })
     }
 }
 

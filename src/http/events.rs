@@ -12,17 +12,39 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::events::{Event, Filter};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::get().to(sse)).route("/ws", web::get().to(ws));
+declare_routes! {
+    pub fn routes;
+    get "/events" => sse,
+    get "/ws" => ws,
 }
 
 /// A comment line every this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// Live events (Server-Sent Events)
+///
+/// Every event as `event: <name>` and `data: <Event as JSON>` (the `Event`
+/// schema), a `: keepalive` comment every 15 s, and `event: lagged` with
+/// `{"missed": n}` when this reader fell behind. Never carries QR strings or
+/// tokens.
+#[utoipa::path(
+    get,
+    operation_id = "events",
+    path = "/api/events",
+    tag = "events",
+    params(
+        ("session" = Option<String>, Query, description = "Only events of this session", example = "acme"),
+        ("campaign" = Option<String>, Query, description = "Only events of this campaign", example = "cmp_0123456789abcdef"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "Unknown query parameter", body = ErrorBody),
+    ),
+)]
 async fn sse(state: web::Data<AppState>, filter: web::Query<Filter>) -> HttpResponse {
     let rx = state.events.subscribe();
     let filter = filter.into_inner();
@@ -70,6 +92,26 @@ fn seed_shape(e: &Event) -> Option<serde_json::Value> {
     }
 }
 
+/// Live events (WebSocket)
+///
+/// Upgrade to a WebSocket that carries every event as a JSON text frame (the
+/// `Event` schema), plus `{"type": "status_update", "status": "failed", …}`
+/// when a campaign fails with its session and `{"type": "error", …}` when
+/// one pauses for it.
+#[utoipa::path(
+    get,
+    operation_id = "websocket",
+    path = "/api/ws",
+    tag = "events",
+    params(
+        ("session" = Option<String>, Query, description = "Only events of this session", example = "acme"),
+        ("campaign" = Option<String>, Query, description = "Only events of this campaign", example = "cmp_0123456789abcdef"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket"),
+        (status = 400, description = "Not a WebSocket upgrade request, or an unknown query parameter", body = ErrorBody),
+    ),
+)]
 async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, filter: web::Query<Filter>) -> Result<HttpResponse, ApiError> {
     let (response, mut session, mut incoming) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(format!("not a WebSocket request: {e}")))?;

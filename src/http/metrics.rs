@@ -59,6 +59,16 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Prometheus metrics
+///
+/// Prometheus text format, version 0.0.4. Needs no token.
+#[utoipa::path(
+    get,
+    operation_id = "metrics",
+    path = "/metrics",
+    tag = "daemon",
+    responses((status = 200, description = "The metrics", body = String, content_type = "text/plain; version=0.0.4")),
+)]
 pub async fn metrics(state: web::Data<AppState>, requests: web::Data<RequestCounts>) -> HttpResponse {
     let sessions = state.supervisor.send(ListSessions).await.unwrap_or_default();
     let mut out = String::new();

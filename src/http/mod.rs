@@ -1,5 +1,30 @@
 //! The control API (actix-web). The HTTP layer never touches a browser: it
 //! asks the Supervisor, and reads history from the store.
+//!
+//! Every module declares its routes once, with [`declare_routes!`]: that
+//! gives both the function that registers them and the `(method, path)` list
+//! the OpenAPI document (`GET /api/openapi.json`, [`openapi`]) is checked
+//! against.
+
+/// Declares a module's routes once:
+/// `declare_routes! { pub fn routes; get "/sessions" => list, … }`
+/// expands to that function, which registers each route with actix-web, and
+/// to `ROUTES`, the same `(method, path)` pairs (relative to the scope the
+/// function is configured in). A unit test of [`openapi`] fails unless the
+/// OpenAPI document has exactly these operations.
+macro_rules! declare_routes {
+    ($vis:vis fn $register:ident; $($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// `(method, path)` of every route the module's route function
+        /// registers, relative to its scope; compared with the OpenAPI
+        /// document by a unit test.
+        pub(super) const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// Registers the routes listed in `ROUTES`.
+        $vis fn $register(cfg: &mut actix_web::web::ServiceConfig) {
+            $(cfg.route($path, actix_web::web::$method().to($handler));)*
+        }
+    };
+}
 
 pub mod auth;
 mod campaigns;
@@ -7,6 +32,7 @@ mod dashboard;
 pub mod error;
 mod events;
 pub mod metrics;
+mod openapi;
 mod sessions;
 
 use actix::Addr;
@@ -20,6 +46,37 @@ use crate::config::Config;
 use crate::store::Store;
 use auth::Token;
 use error::ApiError;
+
+/// The scope every route that needs the bearer token lives under.
+pub const API_PREFIX: &str = "/api";
+
+/// The modules under [`API_PREFIX`]: the function that registers each one's
+/// routes, and those routes (see [`declare_routes!`]).
+type RouteTable = (fn(&mut web::ServiceConfig), &'static [(&'static str, &'static str)]);
+const API_MODULES: &[RouteTable] = &[
+    (sessions::routes, sessions::ROUTES),
+    (campaigns::routes, campaigns::ROUTES),
+    (events::routes, events::ROUTES),
+    (openapi::routes, openapi::ROUTES),
+];
+
+/// The routes outside [`API_PREFIX`], which need no token.
+const ROOT_MODULE: RouteTable = (root_routes, ROUTES);
+
+declare_routes! {
+    fn root_routes;
+    get "/health" => health,
+    get "/metrics" => metrics::metrics,
+    get "/dashboard" => dashboard::page,
+}
+
+/// Every documented route as `(method, full path)`, for the OpenAPI sync test.
+#[cfg(test)]
+fn registered_routes() -> Vec<(String, String)> {
+    let root = ROOT_MODULE.1.iter().map(|(m, p)| (m.to_string(), p.to_string()));
+    let api = API_MODULES.iter().flat_map(|(_, routes)| routes.iter()).map(|(m, p)| (m.to_string(), format!("{API_PREFIX}{p}")));
+    root.chain(api).collect()
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -42,17 +99,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, token: Token, re
         .app_data(web::PayloadConfig::default().limit(max_body))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
-        .route("/health", web::get().to(health))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/dashboard", web::get().to(dashboard::page))
-        .service(
-            web::scope("/api")
-                .wrap(from_fn(auth::require_token))
-                .configure(sessions::routes)
-                .configure(campaigns::routes)
-                .configure(events::routes),
-        )
-        .default_service(web::to(not_found));
+        .configure(ROOT_MODULE.0);
+    let mut api = web::scope(API_PREFIX).wrap(from_fn(auth::require_token));
+    for (register, _) in API_MODULES {
+        api = api.configure(*register);
+    }
+    cfg.service(api).default_service(web::to(not_found));
 }
 
 fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
@@ -80,8 +132,25 @@ fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::bad_request(format!("invalid query: {err}")).into()
 }
 
+/// `GET /health` answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness
+///
+/// Answers while the daemon serves HTTP. Needs no token.
+#[utoipa::path(
+    get,
+    operation_id = "health",
+    path = "/health",
+    tag = "daemon",
+    responses((status = 200, description = "The daemon is up", body = Health)),
+)]
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
