@@ -126,9 +126,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Pair one session.
     api.call("POST", "/api/sessions", Some(json!({"name": "bench"})))?;
-    api.wait_state("bench", "SCAN_QR", Duration::from_secs(90), quiet)?;
-    let qr = api.call("GET", "/api/sessions/bench/qr?format=raw", None)?;
-    let mut device = scan(&sim_base, qr["qr"].as_str().unwrap_or_default(), "4915112345678", "bench")?;
+    let mut device = scan(&sim_base, &api.qr("bench", Duration::from_secs(90), quiet)?, "4915112345678", "bench")?;
     api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
 
     // Reconnect with a saved profile: daemon start → CONNECTED.
@@ -237,9 +235,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         phone(&sim_base, &format!("/devices/{device}/logout"), json!({}))?;
         let (at, _) = wait_entry(api, "bench", t0, "LOGGED_OUT after a phone logout", |e| is_status(e, "LOGGED_OUT"))?;
         logouts.push(Duration::from_millis(at - t0));
-        api.wait_state("bench", "SCAN_QR", Duration::from_secs(60), quiet)?;
-        let qr = api.call("GET", "/api/sessions/bench/qr?format=raw", None)?;
-        device = scan(&sim_base, qr["qr"].as_str().unwrap_or_default(), "4915112345678", "bench")?;
+        device = scan(&sim_base, &api.qr("bench", Duration::from_secs(60), quiet)?, "4915112345678", "bench")?;
         api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
     }
     drops.sort();
@@ -283,9 +279,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     for i in 1..args.sessions {
         let name = format!("bench-{i}");
-        api.wait_state(&name, "SCAN_QR", Duration::from_secs(180), quiet)?;
-        let qr = api.call("GET", &format!("/api/sessions/{name}/qr?format=raw"), None)?;
-        scan(&sim_base, qr["qr"].as_str().unwrap_or_default(), &format!("49151{:08}", 10_000_000 + i), &name)?;
+        let qr = api.qr(&name, Duration::from_secs(180), quiet)?;
+        scan(&sim_base, &qr, &format!("49151{:08}", 10_000_000 + i), &name)?;
     }
     for i in 1..args.sessions {
         api.wait_state(&format!("bench-{i}"), "CONNECTED", Duration::from_secs(180), quiet)?;

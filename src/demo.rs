@@ -65,9 +65,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     say("creating session \"demo\" (Chromium starts and opens WhatsApp Web)");
     api.call("POST", "/api/sessions", Some(json!({"name": "demo", "start": true})))?;
     let show = |state: &str| println!("    session demo: {state}");
-    api.wait_state("demo", "SCAN_QR", Duration::from_secs(90), show)?;
-    let qr = api.call("GET", "/api/sessions/demo/qr?format=raw", None)?;
-    let qr = qr["qr"].as_str().context("no QR in the answer")?.to_string();
+    let qr = api.qr("demo", Duration::from_secs(90), show)?;
     say("scan this with WhatsApp > Linked devices (here the simulated phone does it):");
     println!("{}", crate::qr::terminal(&qr)?);
 

@@ -107,10 +107,15 @@ impl Events {
 }
 
 /// A stream filter: `?session=` and/or `?campaign=`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
+    /// Only events of this session.
+    #[param(example = "acme")]
     pub session: Option<String>,
+    /// Only events of this campaign.
+    #[param(example = "cmp_0123456789abcdef")]
     pub campaign: Option<String>,
 }
 

@@ -93,6 +93,14 @@ impl Api {
             (now == state).then_some(view)
         })
     }
+
+    /// Waits until session `name` offers a QR (`SCAN_QR`) and returns the
+    /// QR string; `seen` as for [`Api::wait_state`].
+    pub fn qr(&self, name: &str, within: Duration, seen: impl FnMut(&str)) -> anyhow::Result<String> {
+        self.wait_state(name, "SCAN_QR", within, seen)?;
+        let qr = self.call("GET", &format!("/api/sessions/{name}/qr?format=raw"), None)?;
+        Ok(qr["qr"].as_str().context("the daemon sent no QR")?.to_string())
+    }
 }
 
 /// A loopback port that was free a moment ago.

@@ -65,21 +65,33 @@ pub fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
-/// The browser's main process on `profile`: the process whose command line
-/// has `--user-data-dir=<profile>` and no `--type=` (children have one).
-pub fn browser_pid(profile: &Path) -> Option<u32> {
+/// A process whose command line names a browser profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileProcess {
+    pub pid: u32,
+    /// The browser's main process (its children have a `--type=` flag).
+    pub main: bool,
+}
+
+/// Every process whose command line has `--user-data-dir=<profile>`.
+pub fn profile_processes(profile: &Path) -> Vec<ProfileProcess> {
     let needle = format!("--user-data-dir={}", profile.display());
-    let entries = std::fs::read_dir("/proc").ok()?;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let mut args = cmdline.split(|b| *b == 0);
-        let uses = args.clone().any(|a| a == needle.as_bytes());
-        if uses && !args.any(|a| a.starts_with(b"--type=")) {
-            return Some(pid);
+        if args.clone().any(|a| a == needle.as_bytes()) {
+            found.push(ProfileProcess { pid, main: !args.any(|a| a.starts_with(b"--type=")) });
         }
     }
-    None
+    found
+}
+
+/// The browser's main process on `profile`.
+pub fn browser_pid(profile: &Path) -> Option<u32> {
+    profile_processes(profile).into_iter().find(|p| p.main).map(|p| p.pid)
 }
 
 /// PSS of the browser's whole process tree on `profile`, in bytes.

@@ -36,17 +36,11 @@ pub fn wipe(profile: &Path) -> io::Result<()> {
 /// second browser on a profile in use fails with "user data directory is
 /// already in use". Returns how many were killed.
 pub fn kill_browsers(profile: &Path) -> usize {
-    let needle = format!("--user-data-dir={}", profile.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
     let mut killed = 0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        if cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()) {
-            // SAFETY: plain kill(2) on a pid read from /proc.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                killed += 1;
-            }
+    for process in crate::procfs::profile_processes(profile) {
+        // SAFETY: plain kill(2) on a pid read from /proc.
+        if unsafe { libc::kill(process.pid as libc::pid_t, libc::SIGKILL) } == 0 {
+            killed += 1;
         }
     }
     if killed > 0 {

@@ -163,7 +163,7 @@ impl Store {
     /// Removes a session and its history.
     pub fn delete_session(&self, name: &str) -> Result<(), StoreError> {
         self.sessions.remove(name.as_bytes())?;
-        for key in self.history.scan_prefix(history_prefix(name)).keys() {
+        for key in self.history.scan_prefix(prefix(name)).keys() {
             self.history.remove(key?)?;
         }
         self.flush()
@@ -173,13 +173,13 @@ impl Store {
     /// history is a record, no decision depends on it; sled syncs it within
     /// 500 ms) and trims it to [`HISTORY_KEEP`] entries.
     pub fn append_history(&self, name: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
-        let mut key = history_prefix(name);
+        let mut key = prefix(name);
         key.extend_from_slice(&entry.at_ms.to_be_bytes());
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.history.insert(key, serde_json::to_vec(entry)?)?;
-        let len = self.history.scan_prefix(history_prefix(name)).count();
+        let len = self.history.scan_prefix(prefix(name)).count();
         if len > HISTORY_KEEP {
-            for key in self.history.scan_prefix(history_prefix(name)).keys().take(len - HISTORY_KEEP) {
+            for key in self.history.scan_prefix(prefix(name)).keys().take(len - HISTORY_KEEP) {
                 self.history.remove(key?)?;
             }
         }
@@ -189,7 +189,7 @@ impl Store {
     /// The session's history, oldest first.
     pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         self.history
-            .scan_prefix(history_prefix(name))
+            .scan_prefix(prefix(name))
             .values()
             .map(|v| Ok(serde_json::from_slice(&v?)?))
             .collect()
@@ -250,7 +250,7 @@ impl Store {
     /// A campaign's recipients, in order.
     pub fn recipients(&self, campaign: &str) -> Result<Vec<RecipientRecord>, StoreError> {
         self.recipients
-            .scan_prefix(history_prefix(campaign))
+            .scan_prefix(prefix(campaign))
             .values()
             .map(|v| Ok(serde_json::from_slice(&v?)?))
             .collect()
@@ -293,18 +293,20 @@ impl Store {
 }
 
 fn recipient_key(campaign: &str, idx: u32) -> Vec<u8> {
-    let mut key = history_prefix(campaign);
+    let mut key = prefix(campaign);
     key.extend_from_slice(&idx.to_be_bytes());
     key
 }
 
 fn daily_key(session: &str, day: &str) -> Vec<u8> {
-    let mut key = history_prefix(session);
+    let mut key = prefix(session);
     key.extend_from_slice(day.as_bytes());
     key
 }
 
-fn history_prefix(name: &str) -> Vec<u8> {
+/// `name` and a `0x00`: the key prefix of everything stored under a
+/// session or a campaign.
+fn prefix(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(name.len() + 1 + 16);
     key.extend_from_slice(name.as_bytes());
     key.push(0);

@@ -36,10 +36,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
     operation_id = "events",
     path = "/api/events",
     tag = "events",
-    params(
-        ("session" = Option<String>, Query, description = "Only events of this session", example = "acme"),
-        ("campaign" = Option<String>, Query, description = "Only events of this campaign", example = "cmp_0123456789abcdef"),
-    ),
+    params(Filter),
     responses(
         (status = 200, description = "The event stream", body = String, content_type = "text/event-stream"),
         (status = 400, description = "Unknown query parameter", body = ErrorBody),
@@ -103,10 +100,7 @@ fn seed_shape(e: &Event) -> Option<serde_json::Value> {
     operation_id = "websocket",
     path = "/api/ws",
     tag = "events",
-    params(
-        ("session" = Option<String>, Query, description = "Only events of this session", example = "acme"),
-        ("campaign" = Option<String>, Query, description = "Only events of this campaign", example = "cmp_0123456789abcdef"),
-    ),
+    params(Filter),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket"),
         (status = 400, description = "Not a WebSocket upgrade request, or an unknown query parameter", body = ErrorBody),
