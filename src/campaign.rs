@@ -69,6 +69,11 @@ pub enum RecipientState {
 impl RecipientState {
     pub const ALL: [RecipientState; 5] = [Self::Pending, Self::Sending, Self::Sent, Self::Failed, Self::Skipped];
 
+    /// The state's position in [`Self::ALL`] (and in [`Counts`]).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
@@ -112,6 +117,49 @@ pub struct PacingSpec {
 impl Default for PacingSpec {
     fn default() -> Self {
         Self { min_delay: Duration::from_secs(20), max_delay: Duration::from_secs(45), typing: false, quiet_hours: None }
+    }
+}
+
+/// Recipients per state of one campaign, indexed like [`RecipientState::ALL`].
+pub type Counts = [u32; 5];
+
+/// The recipient counts of every campaign, kept in memory so views and
+/// metrics cost O(campaigns), never a scan of recipients. Running
+/// campaigns publish theirs after every write; others are counted from the
+/// store once, on first use. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Tally(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Counts>>>);
+
+impl Tally {
+    /// Counts of a list of recipients.
+    pub fn count(recipients: &[RecipientRecord]) -> Counts {
+        let mut c = Counts::default();
+        for r in recipients {
+            c[r.state.index()] += 1;
+        }
+        c
+    }
+
+    /// Sets a campaign's counts.
+    pub fn set(&self, id: &str, counts: Counts) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id.to_string(), counts);
+        }
+    }
+
+    /// A campaign's counts; counted from the store the first time.
+    ///
+    /// Errors: the store cannot be read.
+    pub fn get(&self, store: &crate::store::Store, id: &str) -> Result<Counts, crate::store::StoreError> {
+        if let Some(c) = self.0.lock().ok().and_then(|m| m.get(id).copied()) {
+            return Ok(c);
+        }
+        let counts = Self::count(&store.recipients(id)?);
+        if let Ok(mut map) = self.0.lock() {
+            // A running campaign may have published in the meantime: keep it.
+            return Ok(*map.entry(id.to_string()).or_insert(counts));
+        }
+        Ok(counts)
     }
 }
 
@@ -200,8 +248,24 @@ pub enum InvalidNumbers {
     Fail,
 }
 
+/// How much input one campaign may have: `[limits]` of the config.
+pub use crate::config::LimitsConfig as InputLimits;
+
+/// At most this many bad rows are listed in a 400; the message gives the
+/// total.
+pub const MAX_LISTED_ROW_ERRORS: usize = 100;
+
+fn too_many_rows(limits: &InputLimits) -> InputError {
+    InputError::Invalid(format!("more than {} recipients (limits.recipients)", limits.recipients))
+}
+
 /// Parses CSV with a header row; a `phone` column is required.
-pub fn rows_from_csv(text: &str) -> Result<Vec<Row>, InputError> {
+///
+/// Errors: no header or no `phone` column, more than `limits.columns`
+/// columns or `limits.recipients` rows ([`InputError::Invalid`]); rows that
+/// cannot be read or have a cell over `limits.cell_bytes`
+/// ([`InputError::Rows`]).
+pub fn rows_from_csv(text: &str, limits: &InputLimits) -> Result<Vec<Row>, InputError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
@@ -209,15 +273,28 @@ pub fn rows_from_csv(text: &str) -> Result<Vec<Row>, InputError> {
         .iter()
         .map(|h| h.trim_start_matches('\u{feff}').to_ascii_lowercase())
         .collect();
+    if headers.len() > limits.columns {
+        return Err(InputError::Invalid(format!("CSV has {} columns; at most {} (limits.columns)", headers.len(), limits.columns)));
+    }
+    if let Some(h) = headers.iter().find(|h| h.len() > limits.cell_bytes) {
+        return Err(InputError::Invalid(format!("CSV header {:?}… is over {} bytes (limits.cell_bytes)", truncate(h, 40), limits.cell_bytes)));
+    }
     if !headers.iter().any(|h| h == "phone") {
         return Err(InputError::Invalid(format!("CSV needs a \"phone\" column; found {headers:?}")));
     }
     let mut rows = Vec::new();
     let mut errors = Vec::new();
     for record in reader.records() {
+        if rows.len() + errors.len() >= limits.recipients {
+            return Err(too_many_rows(limits));
+        }
         match record {
             Ok(record) => {
                 let line = record.position().map_or(0, |p| p.line() as u32);
+                if let Some((h, _)) = headers.iter().zip(record.iter()).find(|(_, v)| v.len() > limits.cell_bytes) {
+                    errors.push(RowError { line, error: format!("{h} is over {} bytes (limits.cell_bytes)", limits.cell_bytes) });
+                    continue;
+                }
                 let fields = headers.iter().cloned().zip(record.iter().map(str::to_string)).collect();
                 rows.push(Row { line, fields });
             }
@@ -231,6 +308,11 @@ pub fn rows_from_csv(text: &str) -> Result<Vec<Row>, InputError> {
         return Err(InputError::Rows(errors));
     }
     Ok(rows)
+}
+
+/// The first `n` characters of `s`.
+fn truncate(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
 trait KindMessage {
@@ -250,8 +332,15 @@ impl KindMessage for csv::Error {
 }
 
 /// Turns JSON recipients (`[{"phone": "+49…", "name": "Ana"}]`) into rows;
-/// strings and numbers are accepted as values.
-pub fn rows_from_json(items: &[serde_json::Value]) -> Result<Vec<Row>, InputError> {
+/// strings, numbers and booleans are accepted as values.
+///
+/// Errors: more than `limits.recipients` items ([`InputError::Invalid`]);
+/// items that are not objects, have more than `limits.columns` fields,
+/// nested values or values over `limits.cell_bytes` ([`InputError::Rows`]).
+pub fn rows_from_json(items: &[serde_json::Value], limits: &InputLimits) -> Result<Vec<Row>, InputError> {
+    if items.len() > limits.recipients {
+        return Err(too_many_rows(limits));
+    }
     let mut rows = Vec::new();
     let mut errors = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -260,8 +349,16 @@ pub fn rows_from_json(items: &[serde_json::Value]) -> Result<Vec<Row>, InputErro
             errors.push(RowError { line, error: "a recipient must be an object like {\"phone\": \"+49…\"}".into() });
             continue;
         };
+        if object.len() > limits.columns {
+            errors.push(RowError { line, error: format!("{} fields; at most {} (limits.columns)", object.len(), limits.columns) });
+            continue;
+        }
         let mut fields = BTreeMap::new();
         for (k, v) in object {
+            if k.len() > limits.cell_bytes {
+                errors.push(RowError { line, error: format!("a field name is over {} bytes (limits.cell_bytes)", limits.cell_bytes) });
+                continue;
+            }
             let value = match v {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) => n.to_string(),
@@ -272,6 +369,10 @@ pub fn rows_from_json(items: &[serde_json::Value]) -> Result<Vec<Row>, InputErro
                     continue;
                 }
             };
+            if value.len() > limits.cell_bytes {
+                errors.push(RowError { line, error: format!("{k} is over {} bytes (limits.cell_bytes)", limits.cell_bytes) });
+                continue;
+            }
             fields.insert(k.to_ascii_lowercase(), value);
         }
         rows.push(Row { line, fields });
@@ -282,34 +383,88 @@ pub fn rows_from_json(items: &[serde_json::Value]) -> Result<Vec<Row>, InputErro
     Ok(rows)
 }
 
-/// Checks a template's syntax.
-pub fn check_template(template: &str) -> Result<(), String> {
+/// Checks a template's size and syntax.
+///
+/// Errors: empty, over `limits.template_bytes`, or not valid minijinja.
+pub fn check_template(template: &str, limits: &InputLimits) -> Result<(), String> {
     if template.trim().is_empty() {
         return Err("template is empty".into());
     }
-    environment().template_from_str(template).map(|_| ()).map_err(|e| format!("template: {e:#}"))
+    if template.len() > limits.template_bytes {
+        return Err(format!("template is {} bytes; at most {} (limits.template_bytes)", template.len(), limits.template_bytes));
+    }
+    environment(limits).template_from_str(template).map(|_| ()).map_err(|e| format!("template: {e:#}"))
 }
 
-fn environment() -> minijinja::Environment<'static> {
+fn environment(limits: &InputLimits) -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_fuel(Some(limits.template_fuel));
     env
 }
 
+/// An `io::Write` that takes at most `left` bytes, then fails: rendering
+/// stops as soon as a message outgrows the limit.
+struct Bounded {
+    out: Vec<u8>,
+    left: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.left {
+            return Err(std::io::Error::other("message too long"));
+        }
+        self.left -= buf.len();
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders one row's message within the fuel and length limits.
+fn render(tmpl: &minijinja::Template<'_, '_>, fields: &BTreeMap<String, String>, limits: &InputLimits) -> Result<String, String> {
+    let too_long = || format!("the message is longer than {} characters (limits.text_chars)", limits.text_chars);
+    // A char is at most 4 bytes in UTF-8.
+    let mut out = Bounded { out: Vec::new(), left: limits.text_chars.saturating_mul(4) };
+    if let Err(e) = tmpl.render_captured_to(fields, &mut out) {
+        return Err(match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => format!("template: ran out of fuel ({} units, limits.template_fuel)", limits.template_fuel),
+            minijinja::ErrorKind::WriteFailure => too_long(),
+            _ => format!("template: {}", e.detail().unwrap_or(&e.to_string())),
+        });
+    }
+    let text = String::from_utf8(out.out).map_err(|_| "template: the message is not UTF-8".to_string())?;
+    if text.chars().count() > limits.text_chars {
+        return Err(too_long());
+    }
+    Ok(text)
+}
+
 /// Checks every row and builds the recipients. Returns them and how many
-/// duplicates were dropped.
+/// duplicates were dropped. CPU-bound (one render and one number parse a
+/// row): call it off the HTTP workers.
+///
+/// Errors: a bad template or no rows ([`InputError::Invalid`]); bad rows
+/// ([`InputError::Rows`], every one, sorted by line).
 pub fn recipients(
     rows: Vec<Row>,
     template: &str,
     default_country: Option<phonenumber::country::Id>,
     invalid: InvalidNumbers,
     now_ms: u64,
+    limits: &InputLimits,
 ) -> Result<(Vec<RecipientRecord>, u32), InputError> {
-    check_template(template).map_err(InputError::Invalid)?;
-    let env = environment();
+    check_template(template, limits).map_err(InputError::Invalid)?;
+    let env = environment(limits);
     let tmpl = env.template_from_str(template).map_err(|e| InputError::Invalid(format!("template: {e:#}")))?;
     if rows.is_empty() {
         return Err(InputError::Invalid("no recipients".into()));
+    }
+    if rows.len() > limits.recipients {
+        return Err(too_many_rows(limits));
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -321,14 +476,14 @@ pub fn recipients(
             errors.push(RowError { line: row.line, error: "phone is missing".into() });
             continue;
         }
-        let text = match tmpl.render(&row.fields) {
+        let text = match render(&tmpl, &row.fields, limits) {
             Ok(text) if !text.trim().is_empty() => text,
             Ok(_) => {
                 errors.push(RowError { line: row.line, error: "the message is empty for this row".into() });
                 continue;
             }
-            Err(e) => {
-                errors.push(RowError { line: row.line, error: format!("template: {}", e.detail().unwrap_or(&e.to_string())) });
+            Err(error) => {
+                errors.push(RowError { line: row.line, error });
                 continue;
             }
         };
@@ -371,6 +526,24 @@ pub fn recipients(
     Ok((out, duplicates))
 }
 
+/// Checks a campaign's pacing: `min_delay <= max_delay <= limits.max_gap`,
+/// and quiet hours that parse.
+pub fn check_pacing(pacing: &PacingSpec, limits: &InputLimits) -> Result<(), String> {
+    if pacing.max_delay < pacing.min_delay {
+        return Err("pacing.max_delay must not be shorter than pacing.min_delay".into());
+    }
+    if pacing.max_delay > limits.max_gap {
+        return Err(format!(
+            "pacing.max_delay is over {} (limits.max_gap)",
+            humantime::format_duration(limits.max_gap)
+        ));
+    }
+    if let Some(q) = pacing.quiet_hours.as_deref().filter(|q| !q.trim().is_empty()) {
+        q.parse::<crate::policy::pacing::QuietHours>()?;
+    }
+    Ok(())
+}
+
 /// A fresh campaign id: `cmp_` and 16 hex digits.
 pub fn new_id() -> String {
     use rand::Rng as _;
@@ -386,13 +559,15 @@ pub fn valid_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
+    static L: std::sync::LazyLock<InputLimits> = std::sync::LazyLock::new(InputLimits::default);
+
     const CSV: &str = "phone,name\n+49 151 12345678,Ana\n0151 23456789,Ben\n+4915112345678,Ana again\nnot a number,Cid\n,Dee\n";
 
     #[test]
     fn csv_rows_are_checked_with_their_line_numbers() {
-        let rows = rows_from_csv(CSV).unwrap();
+        let rows = rows_from_csv(CSV, &L).unwrap();
         let de = Some(number::country("DE").unwrap());
-        let err = recipients(rows, "Hi {{ name }}!", de, InvalidNumbers::Reject, 0).unwrap_err();
+        let err = recipients(rows, "Hi {{ name }}!", de, InvalidNumbers::Reject, 0, &L).unwrap_err();
         let InputError::Rows(errors) = err else { panic!("{err:?}") };
         let lines: Vec<u32> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [5, 6]);
@@ -402,10 +577,10 @@ mod tests {
 
     #[test]
     fn duplicates_are_dropped_and_counted_and_invalid_numbers_can_fail() {
-        let rows = rows_from_csv(CSV).unwrap();
+        let rows = rows_from_csv(CSV, &L).unwrap();
         let de = Some(number::country("DE").unwrap());
         let rows: Vec<Row> = rows.into_iter().filter(|r| r.line != 6).collect();
-        let (rs, dups) = recipients(rows, "Hi {{ name }}!", de, InvalidNumbers::Fail, 0).unwrap();
+        let (rs, dups) = recipients(rows, "Hi {{ name }}!", de, InvalidNumbers::Fail, 0, &L).unwrap();
         assert_eq!(dups, 1);
         assert_eq!(rs.len(), 3);
         assert_eq!((rs[0].phone.as_str(), rs[0].chat_id.as_str(), rs[0].text.as_str()), ("+4915112345678", "4915112345678@c.us", "Hi Ana!"));
@@ -416,18 +591,18 @@ mod tests {
 
     #[test]
     fn undefined_template_variables_are_row_errors() {
-        let rows = rows_from_json(&[serde_json::json!({"phone": "+4915112345678"})]).unwrap();
-        let err = recipients(rows, "Hi {{ name }}!", None, InvalidNumbers::Reject, 0).unwrap_err();
+        let rows = rows_from_json(&[serde_json::json!({"phone": "+4915112345678"})], &L).unwrap();
+        let err = recipients(rows, "Hi {{ name }}!", None, InvalidNumbers::Reject, 0, &L).unwrap_err();
         let InputError::Rows(errors) = err else { panic!("{err:?}") };
         assert_eq!(errors[0].line, 1);
         assert!(errors[0].error.contains("template"), "{errors:?}");
-        assert!(check_template("Hi {{ name").is_err());
+        assert!(check_template("Hi {{ name", &L).is_err());
     }
 
     #[test]
     fn csv_structure_errors() {
-        assert!(matches!(rows_from_csv("name\nAna\n"), Err(InputError::Invalid(_))));
-        let Err(InputError::Rows(e)) = rows_from_csv("phone,name\n+4915112345678,Ana,extra\n") else { panic!() };
+        assert!(matches!(rows_from_csv("name\nAna\n", &L), Err(InputError::Invalid(_))));
+        let Err(InputError::Rows(e)) = rows_from_csv("phone,name\n+4915112345678,Ana,extra\n", &L) else { panic!() };
         assert_eq!(e[0].line, 2);
         assert!(e[0].error.contains("3 fields"), "{e:?}");
     }
@@ -437,5 +612,73 @@ mod tests {
         let id = new_id();
         assert!(valid_id(&id), "{id}");
         assert!(!valid_id("cmp_../../x") && !valid_id("x"));
+    }
+
+    fn limits() -> InputLimits {
+        InputLimits { recipients: 3, columns: 3, cell_bytes: 8, template_bytes: 40, text_chars: 10, ..InputLimits::default() }
+    }
+
+    fn invalid(r: Result<Vec<Row>, InputError>) -> String {
+        match r {
+            Err(InputError::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_input_limit_holds_at_the_limit_and_refuses_one_past() {
+        let l = limits();
+        // Rows.
+        assert_eq!(rows_from_csv("phone\n1\n2\n3\n", &l).unwrap().len(), 3);
+        assert!(invalid(rows_from_csv("phone\n1\n2\n3\n4\n", &l)).contains("limits.recipients"));
+        let items = |n: usize| (0..n).map(|i| serde_json::json!({"phone": i.to_string()})).collect::<Vec<_>>();
+        assert_eq!(rows_from_json(&items(3), &l).unwrap().len(), 3);
+        assert!(invalid(rows_from_json(&items(4), &l)).contains("limits.recipients"));
+        // Columns.
+        assert!(rows_from_csv("phone,a,b\n1,2,3\n", &l).is_ok());
+        assert!(invalid(rows_from_csv("phone,a,b,c\n1,2,3,4\n", &l)).contains("limits.columns"));
+        let Err(InputError::Rows(e)) = rows_from_json(&[serde_json::json!({"phone": "1", "a": "", "b": "", "c": ""})], &l) else { panic!() };
+        assert!(e[0].error.contains("limits.columns"), "{e:?}");
+        // Cells.
+        assert!(rows_from_csv("phone\n12345678\n", &l).is_ok());
+        let Err(InputError::Rows(e)) = rows_from_csv("phone\n123456789\n", &l) else { panic!() };
+        assert_eq!(e[0].line, 2);
+        assert!(e[0].error.contains("limits.cell_bytes"), "{e:?}");
+        let Err(InputError::Rows(e)) = rows_from_json(&[serde_json::json!({"phone": "123456789"})], &l) else { panic!() };
+        assert!(e[0].error.contains("limits.cell_bytes"), "{e:?}");
+        // Template size.
+        assert!(check_template(&"x".repeat(40), &l).is_ok());
+        assert!(check_template(&"x".repeat(41), &l).unwrap_err().contains("limits.template_bytes"));
+        // Rendered length.
+        let l = InputLimits { cell_bytes: 32, ..l };
+        let row = || rows_from_json(&[serde_json::json!({"phone": "+4915112345678"})], &l).unwrap();
+        assert!(recipients(row(), &"x".repeat(10), None, InvalidNumbers::Reject, 0, &l).is_ok());
+        let Err(InputError::Rows(e)) = recipients(row(), "{{ 'x' * 11 }}", None, InvalidNumbers::Reject, 0, &l) else { panic!() };
+        assert!(e[0].error.contains("limits.text_chars"), "{e:?}");
+    }
+
+    #[test]
+    fn hostile_templates_run_out_of_fuel_or_length_quickly() {
+        let l = InputLimits::default();
+        let row = || rows_from_json(&[serde_json::json!({"phone": "+4915112345678"})], &l).unwrap();
+        let started = std::time::Instant::now();
+        let loops = "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}";
+        let Err(InputError::Rows(e)) = recipients(row(), loops, None, InvalidNumbers::Reject, 0, &l) else { panic!() };
+        assert!(e[0].error.contains("fuel") || e[0].error.contains("limits.text_chars"), "{e:?}");
+        let Err(InputError::Rows(e)) = recipients(row(), "{{ 'x' * 100000000 }}", None, InvalidNumbers::Reject, 0, &l) else { panic!() };
+        assert!(e[0].error.contains("limits.text_chars"), "{e:?}");
+        // Not a timing assertion: a runaway render would take minutes.
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn pacing_is_bounded() {
+        let l = InputLimits::default();
+        let mut p = PacingSpec { min_delay: Duration::from_secs(1), max_delay: l.max_gap, ..PacingSpec::default() };
+        assert!(check_pacing(&p, &l).is_ok());
+        p.max_delay += Duration::from_secs(1);
+        assert!(check_pacing(&p, &l).unwrap_err().contains("limits.max_gap"));
+        p.min_delay = Duration::from_secs(u64::MAX / 2);
+        assert!(check_pacing(&p, &l).is_err());
     }
 }

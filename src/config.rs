@@ -23,6 +23,64 @@ pub struct Config {
     pub health: HealthConfig,
     pub alerts: AlertsConfig,
     pub campaigns: CampaignsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: bounds on everything a request can make the daemon hold or
+/// do. Over a limit, a request gets 400 or 413 with a JSON body that names
+/// the limit, and nothing is stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Recipients per campaign (rows after dropping duplicates count as
+    /// given: every row). Default 100,000.
+    pub recipients: usize,
+    /// Columns of a campaign's CSV, or fields of a JSON recipient.
+    /// Default 64.
+    pub columns: usize,
+    /// Bytes of one CSV cell or JSON recipient value. Default 4,096.
+    pub cell_bytes: usize,
+    /// Bytes of a campaign's template source. Default 16,384.
+    pub template_bytes: usize,
+    /// Characters of one rendered message, the same bound as the send API
+    /// (WhatsApp's own limit). Default 65,536.
+    pub text_chars: usize,
+    /// minijinja fuel for rendering one recipient's message (about one
+    /// unit per instruction). Default 100,000: a loop of more than about
+    /// 20,000 steps runs out.
+    pub template_fuel: u64,
+    /// Sessions in total. Default 100.
+    pub sessions: usize,
+    /// Live event streams (SSE and WebSocket together) open at once; one
+    /// more gets 429. Default 64.
+    pub streams: usize,
+    /// Time a client has to send a whole request body. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest pacing gap (`max_delay`) a campaign may ask for. Default 24 h.
+    #[serde(with = "humantime_serde")]
+    pub max_gap: Duration,
+    /// Campaign creations checked at once (template rendering and row
+    /// checks run on the blocking pool); more wait their turn. Default 2.
+    pub concurrent_creates: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            recipients: 100_000,
+            columns: 64,
+            cell_bytes: 4096,
+            template_bytes: 16 * 1024,
+            text_chars: 65_536,
+            template_fuel: 100_000,
+            sessions: 100,
+            streams: 64,
+            body_timeout: Duration::from_secs(30),
+            max_gap: Duration::from_secs(24 * 3600),
+            concurrent_creates: 2,
+        }
+    }
 }
 
 /// `[campaigns]`: settings every campaign runs under.
@@ -102,9 +160,22 @@ pub struct HttpConfig {
     /// File holding the API token. Default: `<state.dir>/token`, created
     /// (mode 0600) with a random token on first start. `WASUP_TOKEN` wins.
     pub token_file: Option<PathBuf>,
-    /// Largest request body accepted, in bytes; larger ones get 413.
-    /// Default 1 MiB.
+    /// Largest request body accepted, in bytes, multipart part headers and
+    /// preamble included; larger ones get 413. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// HTTP worker threads. Default: the number of cores, at least 2.
+    pub workers: Option<usize>,
+    /// Serve `/metrics` without the bearer token. Default false.
+    pub metrics_public: bool,
+}
+
+impl HttpConfig {
+    /// The worker count: `workers`, or the core count; at least 2.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(2)
+    }
 }
 
 impl Default for HttpConfig {
@@ -113,6 +184,8 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             token_file: None,
             max_body_bytes: 1024 * 1024,
+            workers: None,
+            metrics_public: false,
         }
     }
 }
@@ -124,11 +197,22 @@ pub struct StateConfig {
     /// State directory (sled store, `profiles/<session>`, token).
     /// Default `/var/lib/wasup` (systemd's `StateDirectory=wasup`).
     pub dir: PathBuf,
+    /// sled's page cache, bytes. Default 32 MiB (sled's own default is
+    /// 1 GiB).
+    pub cache_capacity: bytesize::ByteSize,
+    /// A store whose writes keep failing this long makes the daemon stop
+    /// its systemd watchdog pings, so systemd restarts it. Default 2 min.
+    #[serde(with = "humantime_serde")]
+    pub failing_limit: Duration,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("/var/lib/wasup") }
+        Self {
+            dir: PathBuf::from("/var/lib/wasup"),
+            cache_capacity: bytesize::ByteSize::mib(32),
+            failing_limit: Duration::from_secs(120),
+        }
     }
 }
 
@@ -478,6 +562,30 @@ impl Config {
         }
         if self.http.max_body_bytes < 1024 {
             return Err("http.max_body_bytes must be at least 1024".into());
+        }
+        if self.http.workers == Some(0) {
+            return Err("http.workers must be at least 1 (2 are used at least)".into());
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("recipients", l.recipients),
+            ("columns", l.columns),
+            ("cell_bytes", l.cell_bytes),
+            ("template_bytes", l.template_bytes),
+            ("text_chars", l.text_chars),
+            ("sessions", l.sessions),
+            ("streams", l.streams),
+            ("concurrent_creates", l.concurrent_creates),
+        ] {
+            if v == 0 {
+                return Err(format!("limits.{name} must be at least 1"));
+            }
+        }
+        if l.template_fuel == 0 || l.body_timeout.is_zero() || l.max_gap.is_zero() {
+            return Err("limits.template_fuel, limits.body_timeout and limits.max_gap must be > 0".into());
+        }
+        if self.state.cache_capacity.as_u64() < 1024 * 1024 {
+            return Err("state.cache_capacity must be at least 1MiB".into());
         }
         Ok(())
     }

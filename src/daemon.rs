@@ -24,21 +24,38 @@ use crate::store::Store;
 /// address cannot be bound. A session's failure is never an error here.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Everything the daemon creates (store, profiles, token) is private,
+    // whatever umask it was started with.
+    // SAFETY: umask(2) only sets this process's file mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     std::fs::create_dir_all(&config.state.dir)
         .with_context(|| format!("cannot create state dir {}", config.state.dir.display()))?;
-    let store = Store::open(&config.state.dir.join("db"))
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config.state.dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make the state dir {} private (0700)", config.state.dir.display()))?;
+    }
+    let store = Store::open_with(&config.state.dir.join("db"), config.state.cache_capacity.as_u64())
         .with_context(|| format!("cannot open the store in {}", config.state.dir.display()))?;
     let token = Token::load_or_create(std::env::var("WASUP_TOKEN").ok(), &config.token_path())
-        .with_context(|| format!("cannot read or create the token file {}", config.token_path().display()))?;
+        .with_context(|| format!("cannot use the token file {}", config.token_path().display()))?;
+    if !config.http.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.http.listen, "the API listens on a non-loopback address: put it behind a TLS reverse proxy or a firewall; the bearer token travels in clear text");
+    }
+    let events = Events::new();
+    for record in store.sessions().unwrap_or_default() {
+        events.seed(&record.name, &store.history(&record.name).unwrap_or_default());
+    }
+    let store_watch = spawn_store_watch(store.clone());
 
     actix_web::rt::System::new().block_on(async move {
         let listener = std::net::TcpListener::bind(config.http.listen)
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let driver = Driver::new(config.clone()).start();
-        let events = Events::new();
         let notifier = Notifier::new(config.alerts.clone()).start();
         let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier, events.clone()).start();
-        let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone()).start();
+        let tally = crate::campaign::Tally::default();
+        let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone(), tally.clone()).start();
         supervisor.do_send(SetCampaigns(campaigns.clone()));
         let max_body = config.http.max_body_bytes;
         let state = AppState {
@@ -48,14 +65,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config: config.clone(),
             events: events.clone(),
             max_body,
+            tally,
+            creates: Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_creates)),
+            streams: Arc::new(tokio::sync::Semaphore::new(config.limits.streams)),
         };
+        let body_limits = http::conventions::BodyLimits { max_bytes: max_body, timeout: config.limits.body_timeout };
         let requests = http::metrics::RequestCounts::default();
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(actix_web::web::Data::new(body_limits))
+                .wrap(actix_web::middleware::from_fn(http::conventions::guard_body))
                 .wrap(actix_web::middleware::from_fn(http::metrics::count_requests))
+                .wrap(actix_web::middleware::from_fn(http::conventions::headers_and_json_errors))
                 .configure(|cfg| http::configure(cfg, state.clone(), token.clone(), requests.clone(), max_body))
         })
-        .workers(1)
+        .workers(config.http.worker_count())
         .on_connect(crate::http::no_delay)
         .disable_signals()
         .shutdown_timeout(5)
@@ -68,10 +92,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // On its own thread, so a wedged System arbiter cannot fake pings:
         // the ping needs the Supervisor's answer.
         let watchdog = {
-            let supervisor = supervisor.clone();
+            let probe = notify::Probe {
+                supervisor: supervisor.clone(),
+                listen: config.http.listen,
+                store: store.clone(),
+                failing_limit: config.state.failing_limit,
+            };
             std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() {
-                    rt.block_on(notify::watchdog(supervisor));
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(notify::watchdog(probe));
                 }
             })
         };
@@ -85,6 +114,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         handle.stop(true).await;
         let _ = server_task.await;
         drop(driver);
+        store_watch.stop();
         store.flush().context("cannot flush the store")?;
         tracing::info!(event = "daemon.stopped", "stopped");
         Ok(())
@@ -105,4 +135,37 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The store watcher's handle; [`StoreWatch::stop`] ends it.
+struct StoreWatch(Arc<std::sync::atomic::AtomicBool>);
+
+impl StoreWatch {
+    fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// On its own thread (a reopen blocks): while the store fails, tries
+/// [`Store::recover`] every second, which probes and reopens it. Campaigns
+/// paused by the failure watch [`Store::failure`] and resume when it clears.
+fn spawn_store_watch(store: Store) -> StoreWatch {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let spawned = std::thread::Builder::new().name("store-watch".into()).spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            if store.failure().is_some() {
+                if let Err(e) = store.recover() {
+                    tracing::debug!(error = %e, "the store still fails");
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Without the watcher a failing store only recovers on its own
+        // (a flush that succeeds); /health still reports it.
+        tracing::error!(error = %e, "cannot start the store watcher");
+    }
+    StoreWatch(stop)
 }

@@ -75,6 +75,56 @@ pub struct Events {
     /// How many of each event were published, by name and (for messages)
     /// result, for the metrics.
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Restarts and reconnects per session, for the metrics.
+    sessions: Arc<Mutex<BTreeMap<String, SessionTally>>>,
+}
+
+/// One day, ms.
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// A session's restarts (`session.restart_scheduled`) and reconnects
+/// (`session.status` → `RECONNECTING`): totals, and the times of those in
+/// the last 24 h. Kept as events are published, seeded from the stored
+/// history at boot, so the metrics never scan the history.
+#[derive(Debug, Clone, Default)]
+pub struct SessionTally {
+    pub restarts_total: u64,
+    pub reconnects_total: u64,
+    restarts: std::collections::VecDeque<u64>,
+    reconnects: std::collections::VecDeque<u64>,
+}
+
+impl SessionTally {
+    fn note(&mut self, event: &str, state: Option<&str>, at_ms: u64) {
+        let list = match (event, state) {
+            ("session.restart_scheduled", _) => {
+                self.restarts_total += 1;
+                &mut self.restarts
+            }
+            ("session.status", Some("RECONNECTING")) => {
+                self.reconnects_total += 1;
+                &mut self.reconnects
+            }
+            _ => return,
+        };
+        list.push_back(at_ms);
+        let cutoff = now_ms().saturating_sub(DAY_MS);
+        while list.front().is_some_and(|&t| t < cutoff) || list.len() > 100_000 {
+            list.pop_front();
+        }
+    }
+
+    /// Restarts in the last 24 h.
+    pub fn restarts_24h(&self) -> usize {
+        let cutoff = now_ms().saturating_sub(DAY_MS);
+        self.restarts.iter().filter(|&&t| t >= cutoff).count()
+    }
+
+    /// Reconnects in the last 24 h.
+    pub fn reconnects_24h(&self) -> usize {
+        let cutoff = now_ms().saturating_sub(DAY_MS);
+        self.reconnects.iter().filter(|&&t| t >= cutoff).count()
+    }
 }
 
 impl Default for Events {
@@ -85,13 +135,33 @@ impl Default for Events {
 
 impl Events {
     pub fn new() -> Self {
-        Self { tx: broadcast::channel(BACKLOG).0, counts: Arc::default() }
+        Self { tx: broadcast::channel(BACKLOG).0, counts: Arc::default(), sessions: Arc::default() }
+    }
+
+    /// Seeds a session's tally from its stored history (at boot).
+    pub fn seed(&self, session: &str, history: &[crate::store::HistoryEntry]) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            let tally = sessions.entry(session.to_string()).or_default();
+            for h in history {
+                tally.note(&h.event, Some(h.state.as_str()), h.at_ms);
+            }
+        }
+    }
+
+    /// A session's restart and reconnect tally.
+    pub fn session_tally(&self, session: &str) -> SessionTally {
+        self.sessions.lock().ok().and_then(|s| s.get(session).cloned()).unwrap_or_default()
     }
 
     /// Publishes an event (to nobody, if nobody listens).
     pub fn publish(&self, event: Event) {
         if let Ok(mut counts) = self.counts.lock() {
             *counts.entry(event.event.to_string()).or_default() += 1;
+        }
+        if let (Some(session), true) = (&event.session, event.event.starts_with("session.")) {
+            if let Ok(mut sessions) = self.sessions.lock() {
+                sessions.entry(session.clone()).or_default().note(event.event, event.state.as_deref(), event.at_ms);
+            }
         }
         let _ = self.tx.send(event);
     }

@@ -42,19 +42,73 @@ pub async fn ready(supervisor: &Addr<Supervisor>) {
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 }
 
+/// What a watchdog ping must prove: the Supervisor answers, the API's own
+/// listener answers `/health`, and the store has not been failing for
+/// longer than `failing_limit`.
+pub struct Probe {
+    pub supervisor: Addr<Supervisor>,
+    /// The API's address (`http.listen`).
+    pub listen: std::net::SocketAddr,
+    pub store: crate::store::Store,
+    /// `state.failing_limit`.
+    pub failing_limit: Duration,
+}
+
+impl Probe {
+    /// `Ok(status line)` when all three hold; else what failed.
+    pub async fn check(&self, within: Duration) -> Result<String, String> {
+        let sessions = match tokio::time::timeout(within, self.supervisor.send(ListSessions)).await {
+            Ok(Ok(s)) => s,
+            _ => return Err("the supervisor did not answer".into()),
+        };
+        match tokio::time::timeout(within, http_health(self.listen)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("the API did not answer /health: {e}")),
+            Err(_) => return Err(format!("the API did not answer /health within {within:?}")),
+        }
+        if let Some(f) = self.store.failure() {
+            let failing_for = Duration::from_millis(crate::session_state::now_ms().saturating_sub(f.since_ms));
+            if failing_for > self.failing_limit {
+                return Err(format!("store writes have failed for {}s: {}", failing_for.as_secs(), f.error));
+            }
+        }
+        Ok(status_line(&sessions))
+    }
+}
+
+/// One `GET /health` on the API's own listener: any complete HTTP answer
+/// (200, or 503 while degraded) proves a worker serves requests.
+async fn http_health(listen: std::net::SocketAddr) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = match listen.ip() {
+        ip if ip.is_unspecified() && listen.is_ipv4() => std::net::SocketAddr::from(([127, 0, 0, 1], listen.port())),
+        ip if ip.is_unspecified() => std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port())),
+        _ => listen,
+    };
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: wasup\r\nConnection: close\r\n\r\n").await?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.1 503") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("unexpected answer {:?}", String::from_utf8_lossy(&head))))
+    }
+}
+
 /// Pings the watchdog at half of `WATCHDOG_USEC`, each ping only after the
-/// Supervisor answered within that half; updates `STATUS=` on the way.
+/// [`Probe`] passed within that half; updates `STATUS=` on the way.
 /// Returns at once when no watchdog is configured.
-pub async fn watchdog(supervisor: Addr<Supervisor>) {
+pub async fn watchdog(probe: Probe) {
     let Some(usec) = watchdog_usec() else { return };
     let every = Duration::from_micros(usec / 2).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match tokio::time::timeout(every, supervisor.send(ListSessions)).await {
-            Ok(Ok(sessions)) => send(&[NotifyState::Watchdog, NotifyState::Status(&status_line(&sessions))]),
-            _ => tracing::error!(event = "daemon.watchdog", "the supervisor did not answer; no watchdog ping"),
+        match probe.check(every).await {
+            Ok(status) => send(&[NotifyState::Watchdog, NotifyState::Status(&status)]),
+            Err(why) => tracing::error!(event = "daemon.watchdog", reason = %why, "no watchdog ping: {why}"),
         }
     }
 }

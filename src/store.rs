@@ -18,7 +18,8 @@
 //! going `SENDING` before its send, `SENT` after it) are flushed before the
 //! call returns.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,11 +87,24 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store: corrupt record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// The database is closed while it is being reopened after a failure.
+    #[error("store: closed while it is reopened after a write failure")]
+    Closed,
 }
 
-/// Handle to the database; cheap to clone (sled's handles are shared).
-#[derive(Clone)]
-pub struct Store {
+/// The store's write health: since when writes fail, and the last error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreFailure {
+    /// When the first failing write of this episode happened, Unix epoch ms.
+    pub since_ms: u64,
+    /// The latest write error.
+    pub error: String,
+    /// Write failures in this episode.
+    pub failures: u64,
+}
+
+/// The sled handles of one open database.
+struct Trees {
     db: sled::Db,
     sessions: sled::Tree,
     history: sled::Tree,
@@ -100,13 +114,10 @@ pub struct Store {
     daily: sled::Tree,
 }
 
-/// How many history entries are kept per session; older ones are dropped.
-pub const HISTORY_KEEP: usize = 1000;
-
-impl Store {
-    /// Opens (or creates) the database at `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+impl Trees {
+    fn open(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_capacity).open()?;
+        private_files(dir);
         Ok(Self {
             sessions: db.open_tree("sessions")?,
             history: db.open_tree("history")?,
@@ -117,24 +128,189 @@ impl Store {
             db,
         })
     }
+}
 
-    /// Writes everything buffered to disk.
+/// Makes the database's files 0600 and its directories 0700 (stores made
+/// before the daemon set its umask, or copied in, may be wider). Harmless
+/// when it fails: the umask (0077) already covers every file the daemon
+/// creates; this only narrows older ones.
+fn private_files(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            private_files(&entry.path());
+        } else {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone (every clone shares the same
+/// database and the same health).
+///
+/// Every write records its outcome: a failing write (or flush) marks the
+/// store failing ([`Store::failure`]); only a successful flush clears it, so
+/// "healthy" always means "a write reached the disk since the last failure".
+/// sled keeps an I/O error (a full disk, say) and fails every later write
+/// with it until the database is reopened; [`Store::recover`] probes and
+/// reopens.
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    cache_capacity: u64,
+    trees: Arc<RwLock<Option<Arc<Trees>>>>,
+    failure: Arc<Mutex<Option<StoreFailure>>>,
+    reopening: Arc<Mutex<()>>,
+}
+
+/// How many history entries are kept per session; older ones are dropped.
+pub const HISTORY_KEEP: usize = 1000;
+
+/// sled's page cache when none is configured, bytes (sled's own default is
+/// 1 GiB, far more than this daemon's records need).
+pub const DEFAULT_CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
+
+impl Store {
+    /// Opens (or creates) the database at `dir` with a
+    /// [`DEFAULT_CACHE_CAPACITY`] page cache.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// Opens (or creates) the database at `dir` with a page cache of
+    /// `cache_capacity` bytes (`state.cache_capacity`).
+    pub fn open_with(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+        let trees = Trees::open(dir, cache_capacity)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cache_capacity,
+            trees: Arc::new(RwLock::new(Some(Arc::new(trees)))),
+            failure: Arc::new(Mutex::new(None)),
+            reopening: Arc::new(Mutex::new(())),
+        })
+    }
+
+    fn t(&self) -> Result<Arc<Trees>, StoreError> {
+        self.trees.read().map_err(|_| StoreError::Closed)?.clone().ok_or(StoreError::Closed)
+    }
+
+    /// Runs a write and records its outcome: an error marks the store
+    /// failing; success changes nothing (only a flush proves the disk).
+    fn write<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = self.t().and_then(|t| f(&t));
+        if let Err(e) = &result {
+            if !matches!(e, StoreError::Corrupt(_)) {
+                self.mark_failed(e);
+            }
+        }
+        result
+    }
+
+    fn mark_failed(&self, e: &StoreError) {
+        let Ok(mut failure) = self.failure.lock() else { return };
+        match failure.as_mut() {
+            Some(f) => {
+                f.failures += 1;
+                f.error = e.to_string();
+            }
+            None => {
+                tracing::error!(event = "store.failing", error = %e, "store write failed; sends wait until writes succeed again");
+                *failure = Some(StoreFailure { since_ms: crate::session_state::now_ms(), error: e.to_string(), failures: 1 });
+            }
+        }
+    }
+
+    fn mark_ok(&self) {
+        if let Ok(mut failure) = self.failure.lock() {
+            if let Some(f) = failure.take() {
+                tracing::info!(event = "store.recovered", failures = f.failures, since_ms = f.since_ms, "store writes succeed again");
+            }
+        }
+    }
+
+    /// Why writes fail, or `None` when the last flush succeeded.
+    pub fn failure(&self) -> Option<StoreFailure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Writes everything buffered to disk. Success marks the store healthy.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.write(|t| Ok(t.db.flush().map(|_| ())?))?;
+        self.mark_ok();
         Ok(())
+    }
+
+    /// Brings a failing store back: a probe write and flush; if that fails
+    /// too, the database is closed and reopened (sled keeps an I/O error
+    /// until then), then probed again. Blocks (a reopen replays sled's log):
+    /// call it off the actor threads. `Ok` means a write reached the disk.
+    ///
+    /// Errors: the probe still fails (the disk is still full, say), or the
+    /// database cannot be reopened yet (a handle is still in use; the next
+    /// call tries again).
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let Ok(_one_at_a_time) = self.reopening.lock() else { return Err(StoreError::Closed) };
+        if self.failure().is_none() {
+            return Ok(());
+        }
+        if self.probe().is_ok() {
+            return Ok(());
+        }
+        tracing::warn!(event = "store.reopen", "reopening the store to clear its write error");
+        let old = self.trees.write().map_err(|_| StoreError::Closed)?.take();
+        if let Some(mut old) = old {
+            // Wait for writes under way on the old handles to end; sled's
+            // file lock is only released once every handle is dropped.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(trees) => {
+                        drop(trees);
+                        break;
+                    }
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        // Put it back: reopening now would fail on the lock.
+                        *self.trees.write().map_err(|_| StoreError::Closed)? = Some(shared);
+                        return Err(StoreError::Closed);
+                    }
+                }
+            }
+        }
+        let trees = Trees::open(&self.dir, self.cache_capacity);
+        let trees = match trees {
+            Ok(t) => t,
+            Err(e) => {
+                self.mark_failed(&e);
+                return Err(e);
+            }
+        };
+        *self.trees.write().map_err(|_| StoreError::Closed)? = Some(Arc::new(trees));
+        self.probe()
+    }
+
+    /// A small write and a flush: proves the disk takes writes.
+    fn probe(&self) -> Result<(), StoreError> {
+        self.write(|t| {
+            t.db.insert(b"probe", &crate::session_state::now_ms().to_be_bytes())?;
+            Ok(())
+        })?;
+        self.flush()
     }
 
     /// All sessions, ordered by name.
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.sessions
-            .iter()
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
-            .collect()
+        self.t()?.sessions.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
     }
 
     pub fn session(&self, name: &str) -> Result<Option<SessionRecord>, StoreError> {
-        match self.sessions.get(name.as_bytes())? {
+        match self.t()?.sessions.get(name.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -142,7 +318,8 @@ impl Store {
 
     /// Inserts or replaces a session record and flushes.
     pub fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions.insert(record.name.as_bytes(), serde_json::to_vec(record)?)?;
+        let value = serde_json::to_vec(record)?;
+        self.write(|t| Ok(t.sessions.insert(record.name.as_bytes(), value).map(|_| ())?))?;
         self.flush()
     }
 
@@ -150,10 +327,9 @@ impl Store {
     /// Returns false (and writes nothing) if it does.
     pub fn create_session(&self, record: &SessionRecord) -> Result<bool, StoreError> {
         let value = serde_json::to_vec(record)?;
-        let created = self
-            .sessions
-            .compare_and_swap(record.name.as_bytes(), None as Option<&[u8]>, Some(value))?
-            .is_ok();
+        let created = self.write(|t| {
+            Ok(t.sessions.compare_and_swap(record.name.as_bytes(), None as Option<&[u8]>, Some(value))?.is_ok())
+        })?;
         if created {
             self.flush()?;
         }
@@ -162,10 +338,13 @@ impl Store {
 
     /// Removes a session and its history.
     pub fn delete_session(&self, name: &str) -> Result<(), StoreError> {
-        self.sessions.remove(name.as_bytes())?;
-        for key in self.history.scan_prefix(prefix(name)).keys() {
-            self.history.remove(key?)?;
-        }
+        self.write(|t| {
+            t.sessions.remove(name.as_bytes())?;
+            for key in t.history.scan_prefix(prefix(name)).keys() {
+                t.history.remove(key?)?;
+            }
+            Ok(())
+        })?;
         self.flush()
     }
 
@@ -173,26 +352,25 @@ impl Store {
     /// history is a record, no decision depends on it; sled syncs it within
     /// 500 ms) and trims it to [`HISTORY_KEEP`] entries.
     pub fn append_history(&self, name: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
-        let mut key = prefix(name);
-        key.extend_from_slice(&entry.at_ms.to_be_bytes());
-        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        self.history.insert(key, serde_json::to_vec(entry)?)?;
-        let len = self.history.scan_prefix(prefix(name)).count();
-        if len > HISTORY_KEEP {
-            for key in self.history.scan_prefix(prefix(name)).keys().take(len - HISTORY_KEEP) {
-                self.history.remove(key?)?;
+        let value = serde_json::to_vec(entry)?;
+        self.write(|t| {
+            let mut key = prefix(name);
+            key.extend_from_slice(&entry.at_ms.to_be_bytes());
+            key.extend_from_slice(&t.db.generate_id()?.to_be_bytes());
+            t.history.insert(key, value)?;
+            let len = t.history.scan_prefix(prefix(name)).count();
+            if len > HISTORY_KEEP {
+                for key in t.history.scan_prefix(prefix(name)).keys().take(len - HISTORY_KEEP) {
+                    t.history.remove(key?)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The session's history, oldest first.
     pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.history
-            .scan_prefix(prefix(name))
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
-            .collect()
+        self.t()?.history.scan_prefix(prefix(name)).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
     }
 }
 
@@ -205,8 +383,12 @@ impl Store {
         for r in recipients {
             batch.insert(recipient_key(&record.id, r.idx), serde_json::to_vec(r)?);
         }
-        self.recipients.apply_batch(batch)?;
-        self.campaigns.insert(record.id.as_bytes(), serde_json::to_vec(record)?)?;
+        let value = serde_json::to_vec(record)?;
+        self.write(|t| {
+            t.recipients.apply_batch(batch)?;
+            t.campaigns.insert(record.id.as_bytes(), value)?;
+            Ok(())
+        })?;
         self.flush()
     }
 
@@ -218,12 +400,12 @@ impl Store {
     /// Writes a campaign record without a flush (bookkeeping such as the
     /// next send time, which no decision after a crash depends on).
     pub fn put_campaign_unflushed(&self, record: &CampaignRecord) -> Result<(), StoreError> {
-        self.campaigns.insert(record.id.as_bytes(), serde_json::to_vec(record)?)?;
-        Ok(())
+        let value = serde_json::to_vec(record)?;
+        self.write(|t| Ok(t.campaigns.insert(record.id.as_bytes(), value).map(|_| ())?))
     }
 
     pub fn campaign(&self, id: &str) -> Result<Option<CampaignRecord>, StoreError> {
-        match self.campaigns.get(id.as_bytes())? {
+        match self.t()?.campaigns.get(id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -231,16 +413,20 @@ impl Store {
 
     /// All campaigns, ordered by id.
     pub fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
-        self.campaigns.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        self.t()?.campaigns.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
     }
 
     /// Writes a recipient; `flush` when a decision depends on it (SENDING
     /// before a send, SENT after).
     pub fn put_recipient(&self, campaign: &str, r: &RecipientRecord, flush: bool) -> Result<(), StoreError> {
-        self.recipients.insert(recipient_key(campaign, r.idx), serde_json::to_vec(r)?)?;
-        if let Some(id) = &r.message_id {
-            self.messages.insert(id.as_bytes(), recipient_key(campaign, r.idx))?;
-        }
+        let value = serde_json::to_vec(r)?;
+        self.write(|t| {
+            t.recipients.insert(recipient_key(campaign, r.idx), value)?;
+            if let Some(id) = &r.message_id {
+                t.messages.insert(id.as_bytes(), recipient_key(campaign, r.idx))?;
+            }
+            Ok(())
+        })?;
         if flush {
             self.flush()?;
         }
@@ -249,15 +435,11 @@ impl Store {
 
     /// A campaign's recipients, in order.
     pub fn recipients(&self, campaign: &str) -> Result<Vec<RecipientRecord>, StoreError> {
-        self.recipients
-            .scan_prefix(prefix(campaign))
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
-            .collect()
+        self.t()?.recipients.scan_prefix(prefix(campaign)).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
     }
 
     pub fn recipient(&self, campaign: &str, idx: u32) -> Result<Option<RecipientRecord>, StoreError> {
-        match self.recipients.get(recipient_key(campaign, idx))? {
+        match self.t()?.recipients.get(recipient_key(campaign, idx))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -265,7 +447,7 @@ impl Store {
 
     /// Which campaign and recipient a message id belongs to.
     pub fn message_owner(&self, message_id: &str) -> Result<Option<(String, u32)>, StoreError> {
-        let Some(v) = self.messages.get(message_id.as_bytes())? else { return Ok(None) };
+        let Some(v) = self.t()?.messages.get(message_id.as_bytes())? else { return Ok(None) };
         let Some(split) = v.iter().position(|b| *b == 0) else { return Ok(None) };
         let campaign = String::from_utf8_lossy(&v[..split]).into_owned();
         let idx = v.get(split + 1..split + 5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
@@ -274,21 +456,29 @@ impl Store {
 
     /// Sends a session started on `day` (`YYYY-MM-DD` in the pacing zone).
     pub fn sent_on(&self, session: &str, day: &str) -> Result<u32, StoreError> {
-        Ok(self.daily.get(daily_key(session, day))?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+        Ok(self
+            .t()?
+            .daily
+            .get(daily_key(session, day))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map_or(0, u32::from_be_bytes))
     }
 
-    /// Counts one more send on `day`; returns the new count.
+    /// Counts one more send on `day`; returns the new count. Not flushed:
+    /// the campaign's flushed `SENDING` write that must follow carries it.
     pub fn count_send(&self, session: &str, day: &str) -> Result<u32, StoreError> {
-        let v = self.daily.update_and_fetch(daily_key(session, day), |old| {
-            let n = old.and_then(|v| <[u8; 4]>::try_from(v).ok()).map_or(0, u32::from_be_bytes);
-            Some(n.saturating_add(1).to_be_bytes().to_vec())
+        let v = self.write(|t| {
+            Ok(t.daily.update_and_fetch(daily_key(session, day), |old| {
+                let n = old.and_then(|v| <[u8; 4]>::try_from(v).ok()).map_or(0, u32::from_be_bytes);
+                Some(n.saturating_add(1).to_be_bytes().to_vec())
+            })?)
         })?;
         Ok(v.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
     }
 
     /// The database's size on disk, bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.t()?.db.size_on_disk()?)
     }
 }
 
@@ -359,8 +549,8 @@ mod tests {
         use crate::campaign::*;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let rows = rows_from_json(&[serde_json::json!({"phone": "+4915112345678"}), serde_json::json!({"phone": "+4915123456789"})]).unwrap();
-        let (mut rs, _) = recipients(rows, "hi", None, InvalidNumbers::Reject, 0).unwrap();
+        let rows = rows_from_json(&[serde_json::json!({"phone": "+4915112345678"}), serde_json::json!({"phone": "+4915123456789"})], &Default::default()).unwrap();
+        let (mut rs, _) = recipients(rows, "hi", None, InvalidNumbers::Reject, 0, &Default::default()).unwrap();
         let record = CampaignRecord {
             id: new_id(),
             name: "spring".into(),
@@ -402,5 +592,75 @@ mod tests {
         let h = store.history("a").unwrap();
         assert_eq!(h.len(), HISTORY_KEEP);
         assert_eq!(h[0].at_ms, 5);
+    }
+
+    /// A small tmpfs of `size` at a fresh dir, or `None` where mounting is
+    /// not allowed (not root, no CAP_SYS_ADMIN).
+    pub(crate) struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        pub(crate) fn mount(size: &str) -> Option<Self> {
+            let dir = tempfile::tempdir().ok()?;
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(Self(dir))
+        }
+        pub(crate) fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    /// Fills the filesystem at `dir` with one file; returns its path.
+    fn fill(dir: &Path) -> PathBuf {
+        use std::io::Write as _;
+        let path = dir.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+
+    #[test]
+    fn a_full_disk_marks_the_store_failing_and_recover_reopens_it() {
+        let Some(fs) = Tmpfs::mount("8m") else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the full-disk store test did not run");
+            return;
+        };
+        let store = Store::open(&fs.path().join("db")).unwrap();
+        store.put_session(&record("before")).unwrap();
+        assert!(store.failure().is_none());
+        let filler = fill(fs.path());
+        // Write until sled reports the full disk: every write is recorded.
+        let mut failed = false;
+        for i in 0..10_000 {
+            let mut r = record(&format!("s{i}"));
+            r.reason = Some("x".repeat(4096));
+            if store.put_session(&r).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a full disk must fail a flushed write");
+        let failure = store.failure().expect("the store is failing");
+        assert!(failure.failures >= 1);
+        assert!(store.recover().is_err(), "still full: recover cannot succeed");
+        assert!(store.failure().is_some());
+        std::fs::remove_file(filler).unwrap();
+        store.recover().expect("space freed: the store comes back");
+        assert!(store.failure().is_none());
+        store.put_session(&record("after")).unwrap();
+        let names: Vec<_> = store.sessions().unwrap().into_iter().map(|r| r.name).collect();
+        assert!(names.contains(&"before".to_string()) && names.contains(&"after".to_string()), "{names:?}");
     }
 }

@@ -25,7 +25,7 @@ use actix::prelude::*;
 use crate::actors::campaigns::{Campaigns, Finished, SessionChanged};
 use crate::actors::session::SendError;
 use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor, SupervisorError};
-use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, RecipientState};
+use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, RecipientState, Tally};
 use crate::config::Config;
 use crate::events::{Event, Events};
 use crate::policy::pacing::{Pacing, QuietHours};
@@ -82,9 +82,21 @@ pub fn pacing_for(record: &CampaignRecord, config: &Config) -> Result<Pacing, St
     })
 }
 
+/// `ms` as a timestamp, clamped to the latest one jiff can hold (so a far
+/// future stays in the future).
 fn ts(ms: u64) -> jiff::Timestamp {
-    jiff::Timestamp::from_millisecond(ms as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    let max = jiff::Timestamp::MAX.as_millisecond();
+    jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(max).min(max)).unwrap_or(jiff::Timestamp::MAX)
 }
+
+/// `d` in ms, saturating.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How often a campaign paused by a store failure checks whether the store
+/// takes writes again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// The Campaign actor. See the module docs.
 pub struct Campaign {
@@ -111,6 +123,13 @@ pub struct Campaign {
     grace_timer: Option<SpawnHandle>,
     halted: bool,
     events: Events,
+    /// Shared recipient counts, for views and metrics.
+    tally: Tally,
+    /// A write failed: the next step pauses with `store_error`.
+    store_fault: Option<String>,
+    store_timer: Option<SpawnHandle>,
+    /// The recipients were read (see [`Self::load`]).
+    loaded: bool,
 }
 
 impl Campaign {
@@ -122,6 +141,7 @@ impl Campaign {
         supervisor: Addr<Supervisor>,
         registry: Addr<Campaigns>,
         events: Events,
+        tally: Tally,
     ) -> Self {
         Self {
             record,
@@ -141,32 +161,84 @@ impl Campaign {
             grace_timer: None,
             halted: false,
             events,
+            tally,
+            store_fault: None,
+            store_timer: None,
+            loaded: false,
         }
     }
 
-    fn recipients(&self) -> Vec<RecipientRecord> {
-        self.store.recipients(&self.record.id).unwrap_or_else(|e| {
-            tracing::error!(campaign = %self.record.id, error = %e, "cannot read recipients");
-            Vec::new()
-        })
+    /// Reads the recipients into the pending queue, the SENDING set and
+    /// the counts. On a read error nothing is loaded and the campaign
+    /// pauses with `store_error` (an empty list would read as "completed").
+    fn load(&mut self) -> bool {
+        let recipients = match self.store.recipients(&self.record.id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(campaign = %self.record.id, error = %e, "cannot read recipients; pausing");
+                self.store_fault = Some(e.to_string());
+                return false;
+            }
+        };
+        self.pending.clear();
+        self.sending.clear();
+        self.counts.clear();
+        for r in recipients {
+            *self.counts.entry(r.state).or_default() += 1;
+            match r.state {
+                RecipientState::Pending => self.pending.push_back(r.idx),
+                RecipientState::Sending => {
+                    self.sending.insert(r.idx);
+                }
+                _ => {}
+            }
+        }
+        self.loaded = true;
+        self.publish_counts();
+        true
     }
 
-    /// Writes a recipient whose state may have changed from `was`.
-    fn put(&mut self, was: RecipientState, r: &RecipientRecord, flush: bool) {
+    /// Writes a recipient whose state may have changed from `was`; true
+    /// when the write (and the flush, if asked) succeeded.
+    ///
+    /// The in-memory sets and counts mirror what was stored: on a failure
+    /// they keep `was`, and the next [`Self::step`] pauses the campaign with
+    /// `store_error`. That is safe in both directions: a failed SENDING
+    /// write means no send; a failed SENT write leaves the recipient
+    /// SENDING, which a lookup resolves once the store takes writes again.
+    fn put(&mut self, was: RecipientState, r: &RecipientRecord, flush: bool) -> bool {
         if let Err(e) = self.store.put_recipient(&self.record.id, r, flush) {
-            tracing::error!(campaign = %self.record.id, error = %e, "cannot store a recipient");
+            tracing::error!(campaign = %self.record.id, recipient = r.idx, error = %e, "cannot store a recipient; pausing");
+            self.store_fault = Some(e.to_string());
+            return false;
         }
-        if was != r.state {
+        self.moved(r.idx, was, r.state);
+        true
+    }
+
+    /// Keeps the counts and the SENDING set in step with a recipient that
+    /// went from `was` to `now` in the store.
+    fn moved(&mut self, idx: u32, was: RecipientState, now: RecipientState) {
+        if was != now {
             if let Some(n) = self.counts.get_mut(&was) {
                 *n = n.saturating_sub(1);
             }
-            *self.counts.entry(r.state).or_default() += 1;
+            *self.counts.entry(now).or_default() += 1;
+            self.publish_counts();
         }
-        if r.state == RecipientState::Sending {
-            self.sending.insert(r.idx);
+        if now == RecipientState::Sending {
+            self.sending.insert(idx);
         } else {
-            self.sending.remove(&r.idx);
+            self.sending.remove(&idx);
         }
+    }
+
+    fn publish_counts(&self) {
+        let mut c = crate::campaign::Counts::default();
+        for (state, n) in &self.counts {
+            c[state.index()] = *n;
+        }
+        self.tally.set(&self.record.id, c);
     }
 
     fn save(&mut self, flush: bool) {
@@ -177,7 +249,11 @@ impl Campaign {
             self.store.put_campaign_unflushed(&self.record)
         };
         if let Err(e) = result {
-            tracing::error!(campaign = %self.record.id, error = %e, "cannot store the campaign");
+            // The record's state is bookkeeping (after a crash the campaign
+            // restarts from RUNNING/PAUSED and resolves SENDING recipients),
+            // but a failing store must stop sends: pause at the next step.
+            tracing::error!(campaign = %self.record.id, error = %e, "cannot store the campaign; pausing");
+            self.store_fault = Some(e.to_string());
         }
     }
 
@@ -214,6 +290,44 @@ impl Campaign {
         if let Some(t) = self.grace_timer.take() {
             ctx.cancel_future(t);
         }
+        if let Some(t) = self.store_timer.take() {
+            ctx.cancel_future(t);
+        }
+    }
+
+    /// A write failed: pause with `store_error` and resume once the store
+    /// takes writes again (the daemon's store watcher probes and reopens
+    /// it; this only watches its health).
+    fn pause_for_store(&mut self, ctx: &mut Context<Self>) {
+        let error = self.store_fault.take().unwrap_or_default();
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        tracing::warn!(campaign = %self.record.id, session = %self.record.session, error = %error, "store writes fail: no sends until they succeed again");
+        self.set_state(CampaignState::Paused, Some("store_error"), ctx);
+        // The pause itself may not have been stored; that is fine: the
+        // state in memory is what stops the sends.
+        self.store_fault = None;
+        self.watch_store(ctx);
+    }
+
+    fn watch_store(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.store_timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.store_timer = Some(ctx.run_later(STORE_RETRY, |act, ctx| {
+            act.store_timer = None;
+            let paused_for_store = act.record.state == CampaignState::Paused && act.record.reason.as_deref() == Some("store_error");
+            if !paused_for_store {
+                return;
+            }
+            if act.store.failure().is_some() {
+                return act.watch_store(ctx);
+            }
+            tracing::info!(campaign = %act.record.id, session = %act.record.session, "store writes succeed again: resuming");
+            act.set_state(CampaignState::Running, None, ctx);
+            act.step(ctx);
+        }));
     }
 
     fn schedule(&mut self, after: Duration, ctx: &mut Context<Self>) {
@@ -250,6 +364,13 @@ impl Campaign {
         if self.busy || self.halted || self.record.state != CampaignState::Running {
             return;
         }
+        if self.store_fault.is_some() || self.store.failure().is_some() {
+            self.store_fault.get_or_insert_with(|| "the store is failing".into());
+            return self.pause_for_store(ctx);
+        }
+        if !self.loaded && !self.load() {
+            return self.pause_for_store(ctx);
+        }
         if self.session_state != SessionState::Connected {
             return self.wait_for_session(ctx);
         }
@@ -266,9 +387,11 @@ impl Campaign {
                 return self.schedule(Duration::from_millis(t - now), ctx);
             }
         }
-        let earliest = self.record.last_send_ms.map_or(now, |last| last + self.gap.as_millis() as u64);
+        let earliest = self.record.last_send_ms.map_or(now, |last| last.saturating_add(ms(self.gap)));
         let (store, session) = (self.store.clone(), self.record.session.clone());
-        let slot = self.pacing.next(ts(now), ts(earliest), |day| store.sent_on(&session, &day.to_string()).unwrap_or(0));
+        // An unreadable count reads as "cap reached" (u32::MAX): a failing
+        // store must never let the cap be exceeded.
+        let slot = self.pacing.next(ts(now), ts(earliest), |day| store.sent_on(&session, &day.to_string()).unwrap_or(u32::MAX));
         let at = slot.at.as_millisecond().max(0) as u64;
         if at > now {
             if self.record.next_send_ms != Some(at) {
@@ -281,12 +404,19 @@ impl Campaign {
     }
 
     fn send(&mut self, idx: u32, ctx: &mut Context<Self>) {
-        let Ok(Some(mut r)) = self.store.recipient(&self.record.id, idx) else {
-            self.pending.pop_front();
-            return self.step(ctx);
+        let mut r = match self.store.recipient(&self.record.id, idx) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                // No such recipient (cannot happen with a sound store): skip.
+                self.pending.pop_front();
+                return self.step(ctx);
+            }
+            Err(e) => {
+                // Unreadable: it stays pending; pause until the store is sound.
+                self.store_fault = Some(e.to_string());
+                return self.step(ctx);
+            }
         };
-        self.pending.pop_front();
-        self.not_before.remove(&idx);
         let now = now_ms();
         if let Some(scheduled) = self.record.next_send_ms {
             // How late the pacing clock fired (the bench reads this).
@@ -298,11 +428,22 @@ impl Campaign {
         r.attempts += 1;
         r.updated_ms = now;
         let day = self.pacing.day(ts(now)).to_string();
+        // Both writes must reach the disk before the send, or there is no
+        // send: the recipient stays PENDING and the campaign pauses. A day
+        // counted without its send only makes the cap stricter; a SENDING
+        // record that reached sled without its flush is resolved by a
+        // lookup as "not sent". Neither can cause a second send.
         if let Err(e) = self.store.count_send(&self.record.session, &day) {
-            tracing::error!(campaign = %self.record.id, error = %e, "cannot count the send");
+            tracing::error!(campaign = %self.record.id, error = %e, "cannot count the send; not sending");
+            self.store_fault = Some(e.to_string());
+            return self.step(ctx);
         }
         // Flushed before the send: after a crash this id is looked up.
-        self.put(RecipientState::Pending, &r, true);
+        if !self.put(RecipientState::Pending, &r, true) {
+            return self.step(ctx);
+        }
+        self.pending.pop_front();
+        self.not_before.remove(&idx);
         self.record.last_send_ms = Some(now);
         self.record.next_send_ms = None;
         self.gap = self.pacing.gap(&mut rand::thread_rng());
@@ -346,10 +487,13 @@ impl Campaign {
                 r.ack = Some(ack_name(outcome.ack).to_string());
                 r.sent_at_ms = Some(now);
                 r.reason = None;
-                self.put(RecipientState::Sending, &r, true);
-                tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "message sent");
-                self.message_event("message.sent", &r);
-                self.progress();
+                // If this write fails the recipient stays SENDING (in memory
+                // as on disk) and a lookup settles it after the pause.
+                if self.put(RecipientState::Sending, &r, true) {
+                    tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "message sent");
+                    self.message_event("message.sent", &r);
+                    self.progress();
+                }
             }
             Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => {
                 // Refused before it reached the page: not sent.
@@ -368,7 +512,9 @@ impl Campaign {
                 };
                 r.state = state;
                 r.reason = Some(reason.clone());
-                self.put(RecipientState::Sending, &r, true);
+                if !self.put(RecipientState::Sending, &r, true) {
+                    return;
+                }
                 tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, reason = %reason, "recipient {}", state.as_str());
                 self.message_event("message.failed", &r);
                 self.progress();
@@ -376,7 +522,7 @@ impl Campaign {
             Some(Err(SupervisorError::Send(SendError::Rejected { code: Some(463) }))) => {
                 // Reach-out timelock: not delivered; cool down, no retry storm.
                 self.back_to_pending(r, None);
-                let until = now + self.config.campaigns.timelock_cooldown.as_millis() as u64;
+                let until = now.saturating_add(ms(self.config.campaigns.timelock_cooldown));
                 self.record.resume_at_ms = Some(until);
                 self.set_state(CampaignState::Paused, Some("timelock"), ctx);
                 self.schedule_resume(until, ctx);
@@ -384,7 +530,9 @@ impl Campaign {
             Some(Err(SupervisorError::Send(SendError::Rejected { code }))) => {
                 r.state = RecipientState::Failed;
                 r.reason = Some(format!("rejected by WhatsApp{}", code.map(|c| format!(" (error {c})")).unwrap_or_default()));
-                self.put(RecipientState::Sending, &r, true);
+                if !self.put(RecipientState::Sending, &r, true) {
+                    return;
+                }
                 tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, "recipient FAILED");
                 self.message_event("message.failed", &r);
                 self.progress();
@@ -398,16 +546,22 @@ impl Campaign {
                 };
                 tracing::warn!(campaign = %id, session = %session, message_id = %message_id, recipient = r.idx, error = %why, "send outcome unknown; resolving by lookup");
                 r.reason = Some(format!("unknown: {why}"));
+                // Failing or not, it stays SENDING: harmless either way.
                 self.put(RecipientState::Sending, &r, true);
             }
         }
     }
 
+    /// Puts a recipient whose send did not happen back in line. If the
+    /// write fails it stays SENDING (memory mirrors the store) and a lookup
+    /// sends it again after the pause.
     fn back_to_pending(&mut self, mut r: RecipientRecord, retry_at: Option<u64>) {
         let was = r.state;
         r.state = RecipientState::Pending;
         r.message_id = None;
-        self.put(was, &r, true);
+        if !self.put(was, &r, true) {
+            return;
+        }
         if let Some(t) = retry_at {
             self.not_before.insert(r.idx, t);
         }
@@ -434,8 +588,18 @@ impl Campaign {
     fn resolve(&mut self, idx: u32, ctx: &mut Context<Self>) {
         let r = match self.store.recipient(&self.record.id, idx) {
             Ok(Some(r)) if r.state == RecipientState::Sending => r,
-            _ => {
-                self.sending.remove(&idx);
+            Ok(Some(r)) => {
+                // The store settled it already (a write whose flush failed
+                // still reached sled): follow it.
+                self.moved(idx, RecipientState::Sending, r.state);
+                return self.step(ctx);
+            }
+            Ok(None) => {
+                self.moved(idx, RecipientState::Sending, RecipientState::Failed);
+                return self.step(ctx);
+            }
+            Err(e) => {
+                self.store_fault = Some(e.to_string());
                 return self.step(ctx);
             }
         };
@@ -460,9 +624,10 @@ impl Campaign {
                     r.ack = Some(ack_name(ack).to_string());
                     r.sent_at_ms.get_or_insert(now_ms());
                     r.reason = None;
-                    act.put(RecipientState::Sending, &r, true);
-                    tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "resolved: the page holds the message");
-                    act.progress();
+                    if act.put(RecipientState::Sending, &r, true) {
+                        tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "resolved: the page holds the message");
+                        act.progress();
+                    }
                     act.step(ctx);
                 }
                 Ok(Ok(None)) => {
@@ -471,11 +636,12 @@ impl Campaign {
                         let mut r = r;
                         r.state = RecipientState::Failed;
                         r.reason = Some("send_failed: no attempt reached WhatsApp".into());
-                        act.put(RecipientState::Sending, &r, true);
-                        act.progress();
+                        if act.put(RecipientState::Sending, &r, true) {
+                            act.progress();
+                        }
                     } else {
                         let delay = act.config.campaigns.retry_base.saturating_mul(1 << r.attempts.saturating_sub(1).min(10));
-                        let retry_at = (r.reason.as_deref().is_some_and(|x| x.starts_with("unknown"))).then(|| now_ms() + delay.as_millis() as u64);
+                        let retry_at = (r.reason.as_deref().is_some_and(|x| x.starts_with("unknown"))).then(|| now_ms().saturating_add(ms(delay)));
                         act.back_to_pending(r, retry_at);
                     }
                     act.step(ctx);
@@ -521,16 +687,8 @@ impl Actor for Campaign {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        for r in self.recipients() {
-            *self.counts.entry(r.state).or_default() += 1;
-            match r.state {
-                RecipientState::Pending => self.pending.push_back(r.idx),
-                RecipientState::Sending => {
-                    self.sending.insert(r.idx);
-                }
-                _ => {}
-            }
-        }
+        // A failure here pauses the campaign at its first step.
+        self.load();
         // The first gap after a restart: the one a send would have had.
         self.gap = self.pacing.gap(&mut rand::thread_rng());
         if let (CampaignState::Paused, Some("timelock"), Some(at)) = (self.record.state, self.record.reason.as_deref(), self.record.resume_at_ms) {
@@ -604,7 +762,10 @@ impl Handler<Acked> for Campaign {
             self.events.publish(e);
             r.ack = Some(name);
             r.updated_ms = now_ms();
-            self.put(was, &r, false);
+            // Harmless if it fails: the ack is a record (no send depends on
+            // it) and the store's own health already reports the failure.
+            let _ = self.store.put_recipient(&self.record.id, &r, false);
+            debug_assert_eq!(was, r.state);
         }
     }
 }

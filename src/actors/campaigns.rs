@@ -14,7 +14,7 @@ use actix::prelude::*;
 
 use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt};
 use crate::actors::supervisor::{GetSession, MessageAcked, Supervisor, SupervisorError};
-use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord};
+use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
 use crate::config::Config;
 use crate::events::Events;
 use crate::session_state::{now_ms, SessionState};
@@ -45,6 +45,9 @@ pub enum CampaignError {
     NoSession(String),
     #[error("{0}")]
     WrongState(String),
+    /// The store failed (nothing was changed that a retry would repeat).
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Internal(String),
 }
@@ -84,18 +87,19 @@ pub struct Campaigns {
     store: Store,
     supervisor: Addr<Supervisor>,
     events: Events,
+    tally: Tally,
     running: HashMap<String, (String, Addr<Campaign>)>,
 }
 
 impl Campaigns {
-    pub fn new(config: Arc<Config>, store: Store, supervisor: Addr<Supervisor>, events: Events) -> Self {
-        Self { config, store, supervisor, events, running: HashMap::new() }
+    pub fn new(config: Arc<Config>, store: Store, supervisor: Addr<Supervisor>, events: Events, tally: Tally) -> Self {
+        Self { config, store, supervisor, events, tally, running: HashMap::new() }
     }
 
     fn spawn(&mut self, record: CampaignRecord, ctx: &mut Context<Self>) -> Result<(), CampaignError> {
         let pacing = pacing_for(&record, &self.config).map_err(CampaignError::Internal)?;
         let (id, session) = (record.id.clone(), record.session.clone());
-        let actor = Campaign::new(record, self.config.clone(), pacing, self.store.clone(), self.supervisor.clone(), ctx.address(), self.events.clone());
+        let actor = Campaign::new(record, self.config.clone(), pacing, self.store.clone(), self.supervisor.clone(), ctx.address(), self.events.clone(), self.tally.clone());
         self.running.insert(id, (session, actor.start()));
         Ok(())
     }
@@ -103,7 +107,7 @@ impl Campaigns {
     fn stored(&self, id: &str) -> Result<CampaignRecord, CampaignError> {
         self.store
             .campaign(id)
-            .map_err(|e| CampaignError::Internal(e.to_string()))?
+            ?
             .ok_or_else(|| CampaignError::NotFound(id.to_string()))
     }
 }
@@ -146,7 +150,8 @@ impl Handler<CreateCampaign> for Campaigns {
             if msg.start {
                 record.state = CampaignState::Running;
             }
-            act.store.create_campaign(&record, &msg.recipients).map_err(|e| CampaignError::Internal(e.to_string()))?;
+            act.store.create_campaign(&record, &msg.recipients).map_err(CampaignError::Store)?;
+            act.tally.set(&record.id, Tally::count(&msg.recipients));
             tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = %record.state, recipients = record.total, duplicates = record.duplicates, "campaign created");
             if msg.start {
                 act.spawn(record.clone(), ctx)?;
@@ -179,7 +184,7 @@ impl Handler<Command> for Campaigns {
                     record.waiting_since_ms = None;
                     record.resume_at_ms = None;
                     record.updated_ms = now_ms();
-                    self.store.put_campaign(&record).map_err(|e| CampaignError::Internal(e.to_string()))?;
+                    self.store.put_campaign(&record)?;
                     tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = "RUNNING", "campaign RUNNING");
                     self.spawn(record.clone(), ctx)?;
                     Ok(record)
@@ -188,7 +193,7 @@ impl Handler<Command> for Campaigns {
                     record.state = CampaignState::Cancelled;
                     record.reason = Some("operator".into());
                     record.updated_ms = now_ms();
-                    self.store.put_campaign(&record).map_err(|e| CampaignError::Internal(e.to_string()))?;
+                    self.store.put_campaign(&record)?;
                     tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = "CANCELLED", "campaign CANCELLED");
                     Ok(record)
                 }
@@ -205,7 +210,7 @@ impl Handler<ClearQueue> for Campaigns {
     fn handle(&mut self, msg: ClearQueue, ctx: &mut Self::Context) -> Self::Result {
         let records = match self.store.campaigns() {
             Ok(r) => r,
-            Err(e) => return Box::pin(fut::ready(Err(CampaignError::Internal(e.to_string())))),
+            Err(e) => return Box::pin(fut::ready(Err(CampaignError::Store(e)))),
         };
         let ids: Vec<String> = records
             .into_iter()

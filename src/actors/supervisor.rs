@@ -42,6 +42,9 @@ pub enum SupervisorError {
     NotFound(String),
     #[error("a session named {0:?} already exists")]
     Exists(String),
+    /// A bound of `[limits]` was reached; the message names it.
+    #[error("{0}")]
+    TooMany(String),
     #[error("session {name:?} is {state}, {needed}")]
     WrongState { name: String, state: SessionState, needed: &'static str },
     #[error(transparent)]
@@ -335,6 +338,8 @@ impl Supervisor {
             event: event.to_string(),
             detail: Some(detail),
         };
+        // Harmless if it fails: history is a record no decision reads, and
+        // the store's health (503 /health, paused campaigns) reports it.
         if let Err(e) = self.store.append_history(name, &entry) {
             tracing::error!(session = %name, error = %e, "cannot store session history");
         }
@@ -378,6 +383,9 @@ impl Supervisor {
             slot.qr = None;
         }
         let entry = HistoryEntry::status(state, reason.clone(), at_ms);
+        // Harmless if it fails: the record in memory is what supervision
+        // acts on, and at boot every session starts from STARTING(queued)
+        // whatever state was stored. The store's health reports the failure.
         if let Err(e) = self.store.put_session(&slot.record).and_then(|_| self.store.append_history(name, &entry)) {
             tracing::error!(session = %name, error = %e, "cannot store session status");
         }
@@ -403,6 +411,7 @@ impl Supervisor {
 
     fn save(&self, name: &str) {
         if let Some(slot) = self.slots.get(name) {
+            // As in set_state: memory is authoritative while running.
             if let Err(e) = self.store.put_session(&slot.record) {
                 tracing::error!(session = %name, error = %e, "cannot store session");
             }
@@ -579,10 +588,19 @@ impl Handler<CreateSession> for Supervisor {
             me: None,
             created_ms: now,
         };
-        if self.slots.contains_key(&msg.name) || !self.store.create_session(&record)? {
+        if self.slots.contains_key(&msg.name) {
             return Err(SupervisorError::Exists(msg.name));
         }
-        self.store.append_history(&msg.name, &HistoryEntry::status(SessionState::Stopped, Some("created".into()), now))?;
+        let max = self.config.limits.sessions;
+        if self.slots.len() >= max {
+            return Err(SupervisorError::TooMany(format!("there are {max} sessions already; at most {max} (limits.sessions)")));
+        }
+        if !self.store.create_session(&record)? {
+            return Err(SupervisorError::Exists(msg.name));
+        }
+        // Harmless if it fails: history is a record, and the store's health
+        // already reports the failure; the session itself was stored.
+        let _ = self.store.append_history(&msg.name, &HistoryEntry::status(SessionState::Stopped, Some("created".into()), now));
         tracing::info!(session = %msg.name, event = "session.created", "session created");
         self.slots.insert(msg.name.clone(), Slot::new(record));
         if msg.start {

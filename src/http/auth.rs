@@ -37,7 +37,21 @@ impl Token {
             return Ok(Self(value.trim().to_string()));
         }
         match std::fs::read_to_string(file) {
-            Ok(text) if !text.trim().is_empty() => return Ok(Self(text.trim().to_string())),
+            Ok(text) if !text.trim().is_empty() => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(file)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!(
+                            "the token file {} has mode {mode:04o}: others can read the API token; run `chmod 600 {}` (and consider a new token)",
+                            file.display(),
+                            file.display()
+                        ),
+                    ));
+                }
+                return Ok(Self(text.trim().to_string()));
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -49,6 +63,8 @@ impl Token {
             std::fs::create_dir_all(parent)?;
         }
         let mut out = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file)?;
+        // mode() applies only when the file is created, and under the umask.
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         out.write_all(value.as_bytes())?;
         out.write_all(b"\n")?;
         tracing::info!(path = %file.display(), "generated an API token (read it from this file)");
@@ -60,11 +76,8 @@ impl Token {
     }
 }
 
-/// Middleware for the `/api` scope: 401 unless `Authorization: Bearer <token>`.
-pub async fn require_token(
-    req: ServiceRequest,
-    next: Next<impl actix_web::body::MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, Error> {
+/// Checks `Authorization: Bearer <token>`; the 401 answer when it fails.
+pub fn check(req: &actix_web::HttpRequest) -> Result<(), actix_web::HttpResponse> {
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -72,14 +85,23 @@ pub async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let token = req.app_data::<web::Data<Token>>().cloned();
-    let ok = matches!((presented, token), (Some(p), Some(t)) if t.matches(p));
-    if !ok {
-        let message = if presented.is_none() {
-            "missing bearer token: send Authorization: Bearer <token>"
-        } else {
-            "invalid bearer token"
-        };
-        let response = ApiError::new(StatusCode::UNAUTHORIZED, message).error_response();
+    if matches!((presented, token), (Some(p), Some(t)) if t.matches(p)) {
+        return Ok(());
+    }
+    let message = if presented.is_none() {
+        "missing bearer token: send Authorization: Bearer <token>"
+    } else {
+        "invalid bearer token"
+    };
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, message).error_response())
+}
+
+/// Middleware for the `/api` scope: 401 unless `Authorization: Bearer <token>`.
+pub async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, Error> {
+    if let Err(response) = check(req.request()) {
         return Ok(req.into_response(response).map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
@@ -99,6 +121,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         let again = Token::load_or_create(Some("  ".into()), &file).unwrap();
         assert_eq!(again.0, first.0, "an existing file is reused; a blank env var is ignored");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Token::load_or_create(None, &file).unwrap_err().to_string();
+        assert!(err.contains("chmod 600") && err.contains("0644"), "{err}");
         let env = Token::load_or_create(Some("from-env".into()), &file).unwrap();
         assert!(env.matches("from-env") && !env.matches("from-env2") && !env.matches(""));
         assert_eq!(format!("{env:?}"), "Token(..)", "never printed");

@@ -48,6 +48,7 @@ impl From<CampaignError> for ApiError {
             CampaignError::NotFound(_) => StatusCode::NOT_FOUND,
             CampaignError::NoSession(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CampaignError::WrongState(_) => StatusCode::CONFLICT,
+            CampaignError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             CampaignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -170,19 +171,19 @@ struct CampaignView {
     updated_ms: u64,
 }
 
+/// A campaign's view: O(1) reads (the counts come from the [`Tally`]).
+///
+/// [`Tally`]: crate::campaign::Tally
 fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiError> {
-    let recipients = state.store.recipients(&record.id).map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut counts: BTreeMap<&'static str, u32> = RecipientState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    for r in &recipients {
-        *counts.entry(r.state.as_str()).or_default() += 1;
-    }
+    let tally = state.tally.get(&state.store, &record.id)?;
+    let counts: BTreeMap<&'static str, u32> = RecipientState::ALL.iter().map(|s| (s.as_str(), tally[s.index()])).collect();
     let tz = state.config.campaigns.tz().map_err(ApiError::internal)?;
     let today = jiff::Timestamp::now().to_zoned(tz).date().to_string();
-    let sent_today = state.store.sent_on(&record.session, &today).map_err(|e| ApiError::internal(e.to_string()))?;
+    let sent_today = state.store.sent_on(&record.session, &today)?;
     let left = counts["PENDING"] + counts["SENDING"];
     let eta_ms = (record.state == CampaignState::Running && left > 0).then(|| {
-        let mean_gap = (record.pacing.min_delay + record.pacing.max_delay).as_millis() as u64 / 2;
-        record.next_send_ms.unwrap_or_else(now_ms).max(now_ms()) + mean_gap * u64::from(left - 1)
+        let mean_gap = u64::try_from(record.pacing.min_delay.saturating_add(record.pacing.max_delay).as_millis() / 2).unwrap_or(u64::MAX);
+        record.next_send_ms.unwrap_or_else(now_ms).max(now_ms()).saturating_add(mean_gap.saturating_mul(u64::from(left - 1)))
     });
     Ok(CampaignView {
         id: record.id,
@@ -203,11 +204,43 @@ fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiErr
     })
 }
 
-fn bad_rows(rows: Vec<RowError>) -> HttpResponse {
-    HttpResponse::BadRequest().json(InputErrorBody {
-        error: format!("{} row(s) are invalid; nothing was created", rows.len()),
-        rows: Some(rows),
-    })
+fn bad_rows(mut rows: Vec<RowError>) -> HttpResponse {
+    let total = rows.len();
+    let error = if total > campaign::MAX_LISTED_ROW_ERRORS {
+        rows.truncate(campaign::MAX_LISTED_ROW_ERRORS);
+        format!("{total} rows are invalid (the first {} are listed); nothing was created", campaign::MAX_LISTED_ROW_ERRORS)
+    } else {
+        format!("{total} row(s) are invalid; nothing was created")
+    };
+    HttpResponse::BadRequest().json(InputErrorBody { error, rows: Some(rows) })
+}
+
+/// What checking a campaign's input gives: its recipients and duplicates,
+/// or the answer to send.
+enum Checked {
+    Ok(Vec<RecipientRecord>, u32),
+    Invalid(String),
+    Rows(Vec<RowError>),
+}
+
+/// Parses and checks every row and renders every message: CPU-bound,
+/// bounded by `[limits]`; runs on the blocking pool.
+fn check_input(body: &CreateBody, country: Option<phonenumber::country::Id>, limits: &campaign::InputLimits, now: u64) -> Checked {
+    let parsed = match (&body.recipients, &body.csv) {
+        (Some(items), None) => campaign::rows_from_json(items, limits),
+        (None, Some(csv)) => campaign::rows_from_csv(csv, limits),
+        _ => return Checked::Invalid("give the recipients either as \"recipients\" (JSON) or as CSV".into()),
+    };
+    let rows: Vec<Row> = match parsed {
+        Ok(rows) => rows,
+        Err(InputError::Invalid(m)) => return Checked::Invalid(m),
+        Err(InputError::Rows(rows)) => return Checked::Rows(rows),
+    };
+    match campaign::recipients(rows, &body.template, country, body.invalid_numbers, now, limits) {
+        Ok((r, d)) => Checked::Ok(r, d),
+        Err(InputError::Invalid(m)) => Checked::Invalid(m),
+        Err(InputError::Rows(rows)) => Checked::Rows(rows),
+    }
 }
 
 /// Create a campaign
@@ -226,10 +259,12 @@ fn bad_rows(rows: Vec<RowError>) -> HttpResponse {
     )),
     responses(
         (status = 201, description = "Created", body = CampaignView),
-        (status = 400, description = "Invalid input; `rows` lists every bad row. Nothing was stored", body = InputErrorBody),
+        (status = 400, description = "Invalid input or over a `[limits]` bound (named in the message); `rows` lists the bad rows (the first 100). Nothing was stored", body = InputErrorBody),
+        (status = 408, description = "The body took longer than `limits.body_timeout`", body = ErrorBody),
         (status = 409, description = "The pacing cannot be applied", body = ErrorBody),
-        (status = 413, description = "Body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 413, description = "Body over `http.max_body_bytes`, or template over `limits.template_bytes`", body = ErrorBody),
         (status = 422, description = "No such session", body = ErrorBody),
+        (status = 503, description = "The store does not take writes now. Nothing was stored", body = ErrorBody),
     ),
 )]
 async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -248,32 +283,30 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
         return Err(ApiError::bad_request("name must be 1 to 100 characters"));
     }
     validate_name(&body.session).map_err(ApiError::bad_request)?;
-    if body.pacing.max_delay < body.pacing.min_delay {
-        return Err(ApiError::bad_request("pacing.max_delay must not be shorter than pacing.min_delay"));
-    }
-    if let Some(q) = body.pacing.quiet_hours.as_deref().filter(|q| !q.trim().is_empty()) {
-        q.parse::<crate::policy::pacing::QuietHours>().map_err(ApiError::bad_request)?;
+    let limits = state.config.limits.clone();
+    campaign::check_pacing(&body.pacing, &limits).map_err(ApiError::bad_request)?;
+    if body.template.len() > limits.template_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("template is {} bytes; at most {} (limits.template_bytes)", body.template.len(), limits.template_bytes),
+        ));
     }
     let country = match body.default_country.as_deref() {
         Some(c) if !c.trim().is_empty() => Some(crate::whatsapp::number::country(c).map_err(ApiError::bad_request)?),
         Some(_) => None,
         None => state.config.campaigns.country().map_err(ApiError::internal)?,
     };
-    let parsed = match (&body.recipients, &body.csv) {
-        (Some(items), None) => campaign::rows_from_json(items),
-        (None, Some(csv)) => campaign::rows_from_csv(csv),
-        _ => return Err(ApiError::bad_request("give the recipients either as \"recipients\" (JSON) or as CSV")),
-    };
-    let rows: Vec<Row> = match parsed {
-        Ok(rows) => rows,
-        Err(InputError::Invalid(m)) => return Err(ApiError::bad_request(m)),
-        Err(InputError::Rows(rows)) => return Ok(bad_rows(rows)),
-    };
     let now = now_ms();
-    let (recipients, duplicates) = match campaign::recipients(rows, &body.template, country, body.invalid_numbers, now) {
-        Ok(r) => r,
-        Err(InputError::Invalid(m)) => return Err(ApiError::bad_request(m)),
-        Err(InputError::Rows(rows)) => return Ok(bad_rows(rows)),
+    // One creation per permit; the rest wait here (async: no worker is
+    // held) so hostile uploads cannot take every blocking thread.
+    let _permit = state.creates.clone().acquire_owned().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let (checked, body) = web::block(move || (check_input(&body, country, &limits, now), body))
+        .await
+        .map_err(|e| ApiError::internal(format!("checking the input: {e}")))?;
+    let (recipients, duplicates) = match checked {
+        Checked::Ok(r, d) => (r, d),
+        Checked::Invalid(m) => return Err(ApiError::bad_request(m)),
+        Checked::Rows(rows) => return Ok(bad_rows(rows)),
     };
     let record = CampaignRecord {
         id: campaign::new_id(),
@@ -299,7 +332,7 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
 async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        let chunk = chunk.map_err(|e| super::conventions::payload_error(&e))?;
         if body.len() + chunk.len() > max {
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes")));
         }
@@ -311,12 +344,19 @@ async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, 
 async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, ApiError> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     let mut total = 0usize;
+    let multipart_error = |e: actix_multipart::MultipartError| match e {
+        actix_multipart::MultipartError::Payload(p) => super::conventions::payload_error(&p),
+        other => ApiError::bad_request(format!("multipart: {other}")),
+    };
     while let Some(field) = form.next().await {
-        let mut field = field.map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
+        let mut field = field.map_err(multipart_error)?;
         let name = field.name().unwrap_or("").to_string();
+        if fields.len() >= FORM_PARTS.len() || fields.contains_key(&name) {
+            return Err(ApiError::bad_request(format!("form part {name:?} is repeated or one part too many; expected {FORM_PARTS:?}")));
+        }
         let mut value = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
+            let chunk = chunk.map_err(multipart_error)?;
             total += chunk.len();
             if total > max {
                 return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes")));
@@ -334,6 +374,8 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
     let duration = |k: &str, default: std::time::Duration| -> Result<std::time::Duration, ApiError> {
         match take(k) {
             Some(v) => humantime::parse_duration(v.trim()).map_err(|e| ApiError::bad_request(format!("{k}: {e}"))),
+            // (humantime's parser checks its own arithmetic; the bound on
+            // gaps is `check_pacing`'s.)
             None => Ok(default),
         }
     };
@@ -380,7 +422,7 @@ fn stored(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
     state
         .store
         .campaign(id)
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        ?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no campaign {id:?}")))
 }
 
@@ -393,7 +435,7 @@ fn stored(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
     responses((status = 200, description = "Every campaign", body = [CampaignView])),
 )]
 async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let records = state.store.campaigns().map_err(|e| ApiError::internal(e.to_string()))?;
+    let records = state.store.campaigns()?;
     let views = records.into_iter().map(|r| view(&state, r)).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(views))
 }
@@ -555,7 +597,7 @@ async fn recipients(state: web::Data<AppState>, path: web::Path<CampaignId>, que
         Some(s) => Some(s.parse::<RecipientState>().map_err(ApiError::bad_request)?),
         None => None,
     };
-    let all = state.store.recipients(&record.id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let all = state.store.recipients(&record.id)?;
     let views: Vec<_> = all.iter().filter(|r| wanted.is_none_or(|w| r.state == w)).map(recipient_view).collect();
     Ok(HttpResponse::Ok().json(views))
 }
@@ -576,18 +618,18 @@ async fn recipients(state: web::Data<AppState>, path: web::Path<CampaignId>, que
 )]
 async fn report(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
     let record = stored(&state, &path.id)?;
-    let all = state.store.recipients(&record.id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let all = state.store.recipients(&record.id)?;
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| ApiError::internal(format!("report: {e}"));
     out.write_record(["line", "phone", "state", "reason", "message_id", "ack", "attempts", "sent_at_ms"]).map_err(csv_error)?;
     for r in &all {
         out.write_record([
             r.line.to_string(),
-            r.phone.clone(),
+            neutralise(&r.phone),
             r.state.as_str().to_string(),
-            r.reason.clone().unwrap_or_default(),
-            r.message_id.clone().unwrap_or_default(),
-            r.ack.clone().unwrap_or_default(),
+            neutralise(r.reason.as_deref().unwrap_or_default()),
+            neutralise(r.message_id.as_deref().unwrap_or_default()),
+            neutralise(r.ack.as_deref().unwrap_or_default()),
             r.attempts.to_string(),
             r.sent_at_ms.map(|t| t.to_string()).unwrap_or_default(),
         ])
@@ -598,6 +640,18 @@ async fn report(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Resu
         .content_type("text/csv; charset=utf-8")
         .insert_header(("Content-Disposition", format!("attachment; filename=\"{}.csv\"", record.id)))
         .body(bytes))
+}
+
+/// A CSV cell that a spreadsheet will not run as a formula (OWASP, "CSV
+/// Injection"): a cell starting with `=`, `+`, `-`, `@`, tab or CR gets a
+/// leading `'`. An E.164 number (`+` and 7 to 15 digits) is left as it
+/// is: it cannot call anything, and the report stays usable.
+fn neutralise(cell: &str) -> String {
+    let e164 = cell.len() >= 8 && cell.len() <= 16 && cell.starts_with('+') && cell[1..].bytes().all(|b| b.is_ascii_digit());
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') if !e164 => format!("'{cell}"),
+        _ => cell.to_string(),
+    }
 }
 
 /// What a session's campaigns still have to send.
@@ -648,7 +702,7 @@ struct ClearedQueue {
 async fn queue(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner().name;
     state.supervisor.send(crate::actors::supervisor::GetSession { name: name.clone() }).await??;
-    let records = state.store.campaigns().map_err(|e| ApiError::internal(e.to_string()))?;
+    let records = state.store.campaigns()?;
     let mut campaigns = Vec::new();
     let mut pending = 0;
     for r in records.into_iter().filter(|r| r.session == name && !r.state.is_final()) {
@@ -680,4 +734,20 @@ async fn clear_queue(state: web::Data<AppState>, path: web::Path<SessionName>) -
     state.supervisor.send(crate::actors::supervisor::GetSession { name: name.clone() }).await??;
     let cancelled = state.campaigns.send(ClearQueue { session: name.clone() }).await??;
     Ok(HttpResponse::Ok().json(ClearedQueue { session: name, cancelled_campaigns: cancelled }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neutralise;
+
+    #[test]
+    fn report_cells_never_start_a_formula() {
+        assert_eq!(neutralise("=HYPERLINK(\"http://x\")"), "'=HYPERLINK(\"http://x\")");
+        for bad in ["+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx", "+"] {
+            assert!(neutralise(bad).starts_with('\''), "{bad:?}");
+        }
+        assert_eq!(neutralise("+4915112345678"), "+4915112345678");
+        assert_eq!(neutralise("not_on_whatsapp"), "not_on_whatsapp");
+        assert_eq!(neutralise(""), "");
+    }
 }

@@ -62,9 +62,19 @@ impl From<SupervisorError> for ApiError {
                 SendError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 SendError::Refused(SendRefused::Other(_)) | SendError::Page(_) => StatusCode::BAD_GATEWAY,
             },
-            SupervisorError::Store(_) | SupervisorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SupervisorError::TooMany(_) => StatusCode::BAD_REQUEST,
+            SupervisorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SupervisorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())
+    }
+}
+
+/// A store that fails is a passing condition of the server: 503, and the
+/// client may retry (`/health` says when writes succeed again).
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
     }
 }
 

@@ -40,37 +40,51 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
     responses(
         (status = 200, description = "The event stream", body = String, content_type = "text/event-stream"),
         (status = 400, description = "Unknown query parameter", body = ErrorBody),
+        (status = 429, description = "`limits.streams` streams are open already", body = ErrorBody),
     ),
 )]
-async fn sse(state: web::Data<AppState>, filter: web::Query<Filter>) -> HttpResponse {
+async fn sse(state: web::Data<AppState>, filter: web::Query<Filter>) -> Result<HttpResponse, ApiError> {
+    let permit = stream_permit(&state)?;
     let rx = state.events.subscribe();
     let filter = filter.into_inner();
     let tick = tokio::time::interval(KEEPALIVE);
-    let stream = futures_util::stream::unfold((rx, tick, filter), |(mut rx, mut tick, filter)| async move {
+    // The permit lives as long as the stream: dropped when the client goes.
+    let stream = futures_util::stream::unfold((rx, tick, filter, permit), |(mut rx, mut tick, filter, permit)| async move {
         loop {
             tokio::select! {
                 received = rx.recv() => match received {
                     Ok(e) if filter.accepts(&e) => {
                         let data = serde_json::to_string(&e).unwrap_or_default();
                         let chunk = format!("event: {}\ndata: {data}\n\n", e.event);
-                        return Some((Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), (rx, tick, filter)));
+                        return Some((Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), (rx, tick, filter, permit)));
                     }
                     Ok(_) => continue,
                     Err(RecvError::Lagged(n)) => {
                         let chunk = format!("event: lagged\ndata: {{\"missed\": {n}}}\n\n");
-                        return Some((Ok(web::Bytes::from(chunk)), (rx, tick, filter)));
+                        return Some((Ok(web::Bytes::from(chunk)), (rx, tick, filter, permit)));
                     }
                     Err(RecvError::Closed) => return None,
                 },
-                _ = tick.tick() => return Some((Ok(web::Bytes::from_static(b": keepalive\n\n")), (rx, tick, filter))),
+                _ = tick.tick() => return Some((Ok(web::Bytes::from_static(b": keepalive\n\n")), (rx, tick, filter, permit))),
             }
         }
     });
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("Cache-Control", "no-store"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream)
+        .streaming(stream))
+}
+
+/// A place among the `limits.streams` live streams, or 429.
+fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        let max = state.config.limits.streams;
+        ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            format!("{max} live event streams are open; at most {max} (limits.streams)"),
+        )
+    })
 }
 
 /// The seeds' message shapes for an event, if it has one.
@@ -104,9 +118,11 @@ fn seed_shape(e: &Event) -> Option<serde_json::Value> {
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket"),
         (status = 400, description = "Not a WebSocket upgrade request, or an unknown query parameter", body = ErrorBody),
+        (status = 429, description = "`limits.streams` streams are open already", body = ErrorBody),
     ),
 )]
 async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, filter: web::Query<Filter>) -> Result<HttpResponse, ApiError> {
+    let permit = stream_permit(&state)?;
     let (response, mut session, mut incoming) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(format!("not a WebSocket request: {e}")))?;
     let mut rx = state.events.subscribe();
@@ -146,6 +162,7 @@ async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, fi
             }
         }
         let _ = session.close(None).await;
+        drop(permit);
     });
     Ok(response)
 }

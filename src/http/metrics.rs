@@ -1,5 +1,7 @@
-//! `GET /metrics`: Prometheus text format (version 0.0.4), no auth, like
-//! `/health`.
+//! `GET /metrics`: Prometheus text format (version 0.0.4), behind the
+//! bearer token unless `http.metrics_public`. Every figure comes from
+//! counters kept up to date (O(sessions + campaigns) a scrape; never a scan
+//! of history or recipients).
 //! - `wasup_sessions{state}`: sessions by state, every state listed.
 //! - Per session: `wasup_session_state{session,state}` (1 for the current
 //!   state), `wasup_session_restarts{session,window}` and
@@ -24,7 +26,7 @@ use actix_web::{web, Error, HttpResponse};
 use super::AppState;
 use crate::actors::supervisor::ListSessions;
 use crate::campaign::RecipientState;
-use crate::session_state::{now_ms, SessionState};
+use crate::session_state::SessionState;
 
 /// Requests served, by route pattern and status.
 #[derive(Clone, Default)]
@@ -61,7 +63,8 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Prometheus metrics
 ///
-/// Prometheus text format, version 0.0.4. Needs no token.
+/// Prometheus text format, version 0.0.4. Needs the bearer token unless
+/// `http.metrics_public = true`.
 #[utoipa::path(
     get,
     operation_id = "metrics",
@@ -69,7 +72,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     tag = "daemon",
     responses((status = 200, description = "The metrics", body = String, content_type = "text/plain; version=0.0.4")),
 )]
-pub async fn metrics(state: web::Data<AppState>, requests: web::Data<RequestCounts>) -> HttpResponse {
+pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, requests: web::Data<RequestCounts>) -> HttpResponse {
+    if !state.config.http.metrics_public {
+        if let Err(denied) = super::auth::check(&req) {
+            return denied;
+        }
+    }
     let sessions = state.supervisor.send(ListSessions).await.unwrap_or_default();
     let mut out = String::new();
 
@@ -82,21 +90,14 @@ pub async fn metrics(state: web::Data<AppState>, requests: web::Data<RequestCoun
     for v in &sessions {
         let _ = writeln!(out, "wasup_session_state{{session=\"{}\",state=\"{}\"}} 1", v.name, v.state);
     }
-    let day_ago = now_ms().saturating_sub(24 * 3600 * 1000);
-    header(&mut out, "wasup_session_restarts", "gauge", "Restarts scheduled, in the kept history (total) and the last 24 h.");
+    header(&mut out, "wasup_session_restarts", "gauge", "Restarts scheduled, in the kept history plus since the daemon started (total) and the last 24 h.");
     let mut reconnects = String::new();
     for v in &sessions {
-        let history = state.store.history(&v.name).unwrap_or_default();
-        let restarts: Vec<u64> = history.iter().filter(|h| h.event == "session.restart_scheduled").map(|h| h.at_ms).collect();
-        let recon: Vec<u64> = history
-            .iter()
-            .filter(|h| h.event == "session.status" && h.state == SessionState::Reconnecting)
-            .map(|h| h.at_ms)
-            .collect();
-        let _ = writeln!(out, "wasup_session_restarts{{session=\"{}\",window=\"total\"}} {}", v.name, restarts.len());
-        let _ = writeln!(out, "wasup_session_restarts{{session=\"{}\",window=\"24h\"}} {}", v.name, restarts.iter().filter(|&&t| t >= day_ago).count());
-        let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"total\"}} {}", v.name, recon.len());
-        let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"24h\"}} {}", v.name, recon.iter().filter(|&&t| t >= day_ago).count());
+        let t = state.events.session_tally(&v.name);
+        let _ = writeln!(out, "wasup_session_restarts{{session=\"{}\",window=\"total\"}} {}", v.name, t.restarts_total);
+        let _ = writeln!(out, "wasup_session_restarts{{session=\"{}\",window=\"24h\"}} {}", v.name, t.restarts_24h());
+        let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"total\"}} {}", v.name, t.reconnects_total);
+        let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"24h\"}} {}", v.name, t.reconnects_24h());
     }
     header(&mut out, "wasup_session_reconnects", "gauge", "Times the session went RECONNECTING, in the kept history (total) and the last 24 h.");
     out.push_str(&reconnects);
@@ -123,9 +124,9 @@ pub async fn metrics(state: web::Data<AppState>, requests: web::Data<RequestCoun
     }
     header(&mut out, "wasup_campaign_recipients", "gauge", "Recipients of each campaign that has not ended, by state.");
     for c in state.store.campaigns().unwrap_or_default().into_iter().filter(|c| !c.state.is_final()) {
-        let recipients = state.store.recipients(&c.id).unwrap_or_default();
+        let Ok(counts) = state.tally.get(&state.store, &c.id) else { continue };
         for s in RecipientState::ALL {
-            let n = recipients.iter().filter(|r| r.state == s).count();
+            let n = counts[s.index()];
             let _ = writeln!(out, "wasup_campaign_recipients{{campaign=\"{}\",session=\"{}\",state=\"{}\"}} {n}", c.id, c.session, s.as_str());
         }
     }

@@ -19,15 +19,22 @@ macro_rules! declare_routes {
         /// document by a unit test.
         pub(super) const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
 
-        /// Registers the routes listed in `ROUTES`.
+        /// Registers the routes listed in `ROUTES` (and `HEAD` beside every
+        /// `GET`: the same handler, the body dropped by actix-http).
         $vis fn $register(cfg: &mut actix_web::web::ServiceConfig) {
-            $(cfg.route($path, actix_web::web::$method().to($handler));)*
+            $(
+                cfg.route($path, actix_web::web::$method().to($handler));
+                if stringify!($method) == "get" {
+                    cfg.route($path, actix_web::web::head().to($handler));
+                }
+            )*
         }
     };
 }
 
 pub mod auth;
 mod campaigns;
+pub mod conventions;
 mod dashboard;
 pub mod error;
 mod events;
@@ -78,6 +85,13 @@ fn registered_routes() -> Vec<(String, String)> {
     root.chain(api).collect()
 }
 
+/// Every route as `(method, full path)`, for 405 answers.
+fn all_routes() -> Vec<(&'static str, String)> {
+    let root = ROOT_MODULE.1.iter().map(|(m, p)| (*m, p.to_string()));
+    let api = API_MODULES.iter().flat_map(|(_, routes)| routes.iter()).map(|(m, p)| (*m, format!("{API_PREFIX}{p}")));
+    root.chain(api).collect()
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -88,6 +102,12 @@ pub struct AppState {
     pub events: crate::events::Events,
     /// `http.max_body_bytes`.
     pub max_body: usize,
+    /// Recipient counts of every campaign.
+    pub tally: crate::campaign::Tally,
+    /// Campaign creations being checked (`limits.concurrent_creates`).
+    pub creates: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Live event streams open (`limits.streams`).
+    pub streams: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Registers every route on an actix-web `App`.
@@ -99,16 +119,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, token: Token, re
         .app_data(web::PayloadConfig::default().limit(max_body))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::Data::new(conventions::RouteTable::new(all_routes())))
         .configure(ROOT_MODULE.0);
     let mut api = web::scope(API_PREFIX).wrap(from_fn(auth::require_token));
     for (register, _) in API_MODULES {
         api = api.configure(*register);
     }
-    cfg.service(api).default_service(web::to(not_found));
+    cfg.service(api).default_service(web::to(conventions::no_route));
 }
 
 fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
+        JsonPayloadError::Payload(p) => conventions::payload_error(p),
         JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body of {length} bytes is larger than the limit of {limit} bytes"),
@@ -135,31 +157,49 @@ fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
 /// `GET /health` answer.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct Health {
+    /// `ok`, or `degraded` while something the daemon needs fails.
     #[schema(example = "ok")]
     status: &'static str,
+    /// What is failing, one line each (only when `degraded`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
 }
 
-/// Liveness
+/// Why the daemon is degraded: one line per failing part; empty when all is
+/// well. Today the only part checked here is the store (sessions report
+/// their own states).
+pub fn degraded_reasons(store: &Store) -> Vec<String> {
+    match store.failure() {
+        Some(f) => vec![format!(
+            "store: writes fail since {} ms ({} failures): {}; campaigns are paused until a write succeeds",
+            f.since_ms, f.failures, f.error
+        )],
+        None => Vec::new(),
+    }
+}
+
+/// Liveness and health
 ///
-/// Answers while the daemon serves HTTP. Needs no token.
+/// 200 `{"status": "ok"}` while the daemon serves HTTP and its store takes
+/// writes; 503 `{"status": "degraded", "reasons": [...]}` while store
+/// writes fail (campaign sends wait meanwhile). Needs no token.
 #[utoipa::path(
     get,
     operation_id = "health",
     path = "/health",
     tag = "daemon",
-    responses((status = 200, description = "The daemon is up", body = Health)),
+    responses(
+        (status = 200, description = "The daemon is up", body = Health),
+        (status = 503, description = "Degraded: the store does not take writes", body = Health),
+    ),
 )]
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(Health { status: "ok" })
-}
-
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError as _;
-    ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        format!("no route for {} {}", req.method(), req.path()),
-    )
-    .error_response()
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let reasons = degraded_reasons(&state.store);
+    if reasons.is_empty() {
+        HttpResponse::Ok().json(Health { status: "ok", reasons })
+    } else {
+        HttpResponse::ServiceUnavailable().json(Health { status: "degraded", reasons })
+    }
 }
 
 /// For `HttpServer::on_connect`: turns Nagle's algorithm off on every
