@@ -85,7 +85,7 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
 }
 
 fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
-    let r = request("GET", &format!("{}/metrics", daemon.base), None, None, "");
+    let r = request("GET", &format!("{}/metrics", daemon.base), Some(&daemon.token), None, "");
     assert_eq!(r.status, 200);
     assert!(r.content_type.starts_with("text/plain"));
     parse_metrics(&String::from_utf8_lossy(&r.bytes)).into_iter().find(|(s, _)| s == series).map(|(_, v)| v)

@@ -174,6 +174,7 @@ pub struct Daemon {
     child: Option<Child>,
     starts: u32,
     env: Vec<(String, String)>,
+    state: PathBuf,
 }
 
 impl Daemon {
@@ -185,7 +186,14 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(sim: &Sim, extra_config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(sim, extra_config, env, |_| {})
+    }
+
+    /// Like [`Daemon::start_with_env`]; `prepare` gets the state dir (not
+    /// yet created) before the first start, to mount something there.
+    pub fn start_full(sim: &Sim, extra_config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        prepare(&dir.path().join("state"));
         let port = free_port();
         let config = dir.path().join("config.toml");
         std::fs::write(
@@ -205,13 +213,15 @@ impl Daemon {
             child: None,
             starts: 0,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            state: PathBuf::new(),
         };
+        d.state = d.dir.path().join("state");
         d.spawn();
         d
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone()
     }
 
     fn spawn(&mut self) {

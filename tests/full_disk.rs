@@ -1,0 +1,112 @@
+//! A full disk mid-campaign, with real Chromium and the simulator: the
+//! store's filesystem (a small tmpfs mounted for the test) fills up, the
+//! campaign pauses with `store_error`, `/health` says `degraded`, nothing
+//! is sent meanwhile; space is freed, the store is reopened, the campaign
+//! resumes and completes, and every recipient is in the simulator's log
+//! exactly once.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A tmpfs mounted at a path for the test's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed (not root).
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    /// Fills it with one file; returns the file's path.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let mut small = [0u8; 512];
+        while f.write_all(&small).is_ok() {
+            small[0] = small[0].wrapping_add(1);
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn health(daemon: &Daemon) -> (u16, Value) {
+    let r = request("GET", &format!("{}/health", daemon.base), None, None, "");
+    (r.status, r.body)
+}
+
+#[test]
+fn a_full_disk_pauses_the_campaign_and_no_recipient_is_sent_twice() {
+    let probe = tempfile::tempdir().unwrap();
+    if Tmpfs::mount(&probe.path().join("m"), "1m").is_none() {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the full-disk scenario did not run");
+        return;
+    }
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut mounted = None;
+    // Only the store's directory is on the small filesystem: what is under
+    // test is the store; Chromium's profile stays on the big disk.
+    let daemon = Daemon::start_full(&sim, "", &[], |state| {
+        mounted = Tmpfs::mount(&state.join("db"), "24m");
+    });
+    let fs = mounted.expect("mounted the store's tmpfs");
+    let device = daemon.pair(&sim, "acme", "4915112345678");
+    let to = numbers(8, 70_000_000);
+    let recipients: Vec<Value> = to.iter().map(|p| json!({"phone": format!("+{p}")})).collect();
+    let id = daemon.campaign(json!({
+        "name": "disk", "session": "acme", "template": "Hello!", "recipients": recipients,
+        "pacing": {"min_delay": "300ms", "max_delay": "500ms"}, "start": true,
+    }));
+    daemon.wait_sent(&id, 2, Duration::from_secs(60));
+
+    let filler = fs.fill();
+    wait_for("/health degraded", Duration::from_secs(30), || {
+        let (status, body) = health(&daemon);
+        (status == 503 && body["status"] == "degraded").then_some(body)
+    });
+    // No send while the store fails (one already under way may finish).
+    let at_failure = deliveries(&sim, &device).values().sum::<usize>();
+    let window = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < window {
+        assert!(deliveries(&sim, &device).values().sum::<usize>() <= at_failure + 1, "sends went on with a failing store");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during = deliveries(&sim, &device).values().sum::<usize>();
+    let paused = daemon.log().contains("store_error");
+    assert!(paused, "the campaign did not pause with store_error:\n{}", daemon.log());
+
+    std::fs::remove_file(filler).unwrap();
+    wait_for("/health ok again", Duration::from_secs(30), || (health(&daemon).0 == 200).then_some(()));
+    let v = daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(90));
+    assert_eq!(v["counts"]["SENT"], 8, "{v}");
+    let log = deliveries(&sim, &device);
+    for p in &to {
+        assert_eq!(log.get(&format!("{p}@c.us")), Some(&1), "{p} not delivered exactly once: {log:?}");
+    }
+    assert_eq!(log.values().sum::<usize>(), 8, "{log:?}");
+    assert!(during < 8, "the disk filled too late to test anything ({during} sent)");
+    let history = daemon.api("GET", "/api/sessions/acme", None);
+    assert_eq!(history.body["state"], "CONNECTED", "{:?}", history.body);
+}
