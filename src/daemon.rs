@@ -46,13 +46,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for record in store.sessions().unwrap_or_default() {
         events.seed(&record.name, &store.history(&record.name).unwrap_or_default());
     }
-    let store_watch = spawn_store_watch(store.clone());
 
     actix_web::rt::System::new().block_on(async move {
         let listener = std::net::TcpListener::bind(config.http.listen)
             .with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let driver = Driver::new(config.clone()).start();
         let notifier = Notifier::new(config.alerts.clone()).start();
+        let store_watch = spawn_store_watch(store.clone(), notifier.clone(), events.clone());
         let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier, events.clone()).start();
         let tally = crate::campaign::Tally::default();
         let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone(), tally.clone()).start();
@@ -149,12 +149,41 @@ impl StoreWatch {
 /// On its own thread (a reopen blocks): while the store fails, tries
 /// [`Store::recover`] every second, which probes and reopens it. Campaigns
 /// paused by the failure watch [`Store::failure`] and resume when it clears.
-fn spawn_store_watch(store: Store) -> StoreWatch {
+/// One alert (`store.failing`) when a failure is first seen, one
+/// (`store.recovered`) when writes succeed again; both also go on the
+/// event bus.
+fn spawn_store_watch(store: Store, notifier: actix::Addr<Notifier>, events: Events) -> StoreWatch {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let spawned = std::thread::Builder::new().name("store-watch".into()).spawn(move || {
+        let mut alerted: Option<crate::store::StoreFailure> = None;
+        let alert = |event: &'static str, message: String, detail: serde_json::Value| {
+            notifier.do_send(crate::actors::notifier::Alert {
+                event,
+                session: String::new(),
+                state: None,
+                reason: None,
+                message,
+                at_ms: crate::session_state::now_ms(),
+                detail: detail.clone(),
+            });
+            let mut e = crate::events::Event::session(event, "");
+            e.session = None;
+            events.publish(e.detail(detail));
+        };
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(1));
+            match (store.failure(), &alerted) {
+                (Some(f), None) => {
+                    alert("store.failing", format!("wasup's store does not take writes; campaigns are paused: {}", f.error), serde_json::json!({"error": f.error, "since_ms": f.since_ms}));
+                    alerted = Some(f);
+                }
+                (None, Some(f)) => {
+                    alert("store.recovered", "wasup's store takes writes again; campaigns resume".into(), serde_json::json!({"since_ms": f.since_ms}));
+                    alerted = None;
+                }
+                _ => {}
+            }
             if store.failure().is_some() {
                 if let Err(e) = store.recover() {
                     tracing::debug!(error = %e, "the store still fails");

@@ -259,7 +259,7 @@ impl Store {
         if self.probe().is_ok() {
             return Ok(());
         }
-        tracing::warn!(event = "store.reopen", "reopening the store to clear its write error");
+        tracing::debug!(event = "store.reopen", "reopening the store to clear its write error");
         let old = self.trees.write().map_err(|_| StoreError::Closed)?.take();
         if let Some(mut old) = old {
             // Wait for writes under way on the old handles to end; sled's

@@ -68,7 +68,9 @@ fn a_full_disk_pauses_the_campaign_and_no_recipient_is_sent_twice() {
     let mut mounted = None;
     // Only the store's directory is on the small filesystem: what is under
     // test is the store; Chromium's profile stays on the big disk.
-    let daemon = Daemon::start_full(&sim, "", &[], |state| {
+    let hooks = Receiver::start();
+    let alerts = format!("[[alerts.webhooks]]\nurl = \"{}/hook\"\nsecret = \"hook-secret\"\n[alerts]\nretry_base = \"100ms\"\n", hooks.base);
+    let daemon = Daemon::start_full(&sim, &alerts, &[], |state| {
         mounted = Tmpfs::mount(&state.join("db"), "24m");
     });
     let fs = mounted.expect("mounted the store's tmpfs");
@@ -97,6 +99,9 @@ fn a_full_disk_pauses_the_campaign_and_no_recipient_is_sent_twice() {
     let paused = daemon.log().contains("store_error");
     assert!(paused, "the campaign did not pause with store_error:\n{}", daemon.log());
 
+    let alert = hooks.wait_for("a store.failing alert", Duration::from_secs(30), |r| r.json()["event"] == "store.failing");
+    assert!(alert.json()["message"].as_str().unwrap().contains("No space left"), "{:?}", alert.json());
+
     std::fs::remove_file(filler).unwrap();
     wait_for("/health ok again", Duration::from_secs(30), || (health(&daemon).0 == 200).then_some(()));
     let v = daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(90));
@@ -109,4 +114,5 @@ fn a_full_disk_pauses_the_campaign_and_no_recipient_is_sent_twice() {
     assert!(during < 8, "the disk filled too late to test anything ({during} sent)");
     let history = daemon.api("GET", "/api/sessions/acme", None);
     assert_eq!(history.body["state"], "CONNECTED", "{:?}", history.body);
+    hooks.wait_for("a store.recovered alert", Duration::from_secs(30), |r| r.json()["event"] == "store.recovered");
 }
