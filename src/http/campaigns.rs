@@ -334,7 +334,7 @@ async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, 
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| super::conventions::payload_error(&e))?;
         if body.len() + chunk.len() > max {
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes")));
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)")));
         }
         body.extend_from_slice(&chunk);
     }
@@ -359,7 +359,7 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
             let chunk = chunk.map_err(multipart_error)?;
             total += chunk.len();
             if total > max {
-                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes")));
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)")));
             }
             value.extend_from_slice(&chunk);
         }

@@ -133,11 +133,11 @@ fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
         JsonPayloadError::Payload(p) => conventions::payload_error(p),
         JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body of {length} bytes is larger than the limit of {limit} bytes"),
+            format!("request body of {length} bytes is larger than the limit of {limit} bytes (http.max_body_bytes)"),
         ),
         JsonPayloadError::Overflow { limit } => ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than the limit of {limit} bytes"),
+            format!("request body is larger than the limit of {limit} bytes (http.max_body_bytes)"),
         ),
         JsonPayloadError::ContentType => ApiError::bad_request("expected Content-Type: application/json"),
         JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("invalid JSON body: {e}")),
