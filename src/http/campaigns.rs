@@ -351,8 +351,11 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
     while let Some(field) = form.next().await {
         let mut field = field.map_err(multipart_error)?;
         let name = field.name().unwrap_or("").to_string();
-        if fields.len() >= FORM_PARTS.len() || fields.contains_key(&name) {
-            return Err(ApiError::bad_request(format!("form part {name:?} is repeated or one part too many; expected {FORM_PARTS:?}")));
+        if !FORM_PARTS.contains(&name.as_str()) {
+            return Err(ApiError::bad_request(format!("unknown form part {name:?}; expected {FORM_PARTS:?}")));
+        }
+        if fields.contains_key(&name) {
+            return Err(ApiError::bad_request(format!("form part {name:?} is repeated")));
         }
         let mut value = Vec::new();
         while let Some(chunk) = field.next().await {
