@@ -141,7 +141,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     reconnects.sort();
     rows.push((
         "reconnect, saved profile (daemon start → CONNECTED)".into(),
-        format!("median {} (min {}, max {}, n={})", ms(percentile(&reconnects, 50.0)), ms(reconnects[0]), ms(*reconnects.last().unwrap_or(&Duration::ZERO)), reconnects.len()),
+        format!(
+            "median {} (min {}, max {}, n={})",
+            ms(percentile(&reconnects, 50.0)),
+            ms(reconnects[0]),
+            ms(*reconnects.last().unwrap_or(&Duration::ZERO)),
+            reconnects.len()
+        ),
         "≤ 3 s".into(),
     ));
 
@@ -165,14 +171,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Campaign throughput with zero delay, and the daemon's own time per send.
     let size_before = dir_size(&setup.state_dir.join("db"));
-    let recipients: Vec<Value> = (0..args.campaign_size).map(|i| json!({"phone": format!("+49151{:08}", 10_000_000 + i), "n": i})).collect();
+    let recipients: Vec<Value> =
+        (0..args.campaign_size).map(|i| json!({"phone": format!("+49151{:08}", 10_000_000 + i), "n": i})).collect();
     let pid = daemon.pid().context("daemon is gone")?;
     let cpu0 = procfs::cpu_time(pid).unwrap_or_default();
     let started = Instant::now();
-    let c = api.call("POST", "/api/campaigns", Some(json!({
-        "name": "bench", "session": "bench", "template": "bench {{ n }}", "recipients": recipients,
-        "pacing": {"min_delay": "0s", "max_delay": "0s"}, "start": true,
-    })))?;
+    let c = api.call(
+        "POST",
+        "/api/campaigns",
+        Some(json!({
+            "name": "bench", "session": "bench", "template": "bench {{ n }}", "recipients": recipients,
+            "pacing": {"min_delay": "0s", "max_delay": "0s"}, "start": true,
+        })),
+    )?;
     let id = c["id"].as_str().context("no campaign id")?.to_string();
     // Polled once a second: each poll costs the daemon a scan of the recipients.
     wait_until("the zero-delay campaign", Duration::from_secs(1800), Duration::from_secs(1), || {
@@ -187,21 +198,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         format!("{:.1} messages/s ({:.1} s)", n / took.as_secs_f64(), took.as_secs_f64()),
         "—".into(),
     ));
-    rows.push((
-        "daemon's own CPU time per campaign send".into(),
-        format!("{:.2} ms", cpu.as_secs_f64() * 1000.0 / n),
-        "≤ 5 ms".into(),
-    ));
+    rows.push(("daemon's own CPU time per campaign send".into(), format!("{:.2} ms", cpu.as_secs_f64() * 1000.0 / n), "≤ 5 ms".into()));
     std::thread::sleep(Duration::from_secs(1));
     let grown = dir_size(&setup.state_dir.join("db")).saturating_sub(size_before);
     rows.push(("store growth per 1,000 recipients".into(), mib(grown * 1000 / u64::from(args.campaign_size.max(1))), "—".into()));
 
     // Pacing error: scheduled vs actual start of each send.
     let recipients: Vec<Value> = (0..50).map(|i| json!({"phone": format!("+49152{:08}", 10_000_000 + i)})).collect();
-    let c = api.call("POST", "/api/campaigns", Some(json!({
-        "name": "pacing", "session": "bench", "template": "paced", "recipients": recipients,
-        "pacing": {"min_delay": "100ms", "max_delay": "200ms"}, "start": true,
-    })))?;
+    let c = api.call(
+        "POST",
+        "/api/campaigns",
+        Some(json!({
+            "name": "pacing", "session": "bench", "template": "paced", "recipients": recipients,
+            "pacing": {"min_delay": "100ms", "max_delay": "200ms"}, "start": true,
+        })),
+    )?;
     let paced = c["id"].as_str().context("no campaign id")?.to_string();
     wait_until("the paced campaign", Duration::from_secs(300), Duration::from_millis(100), || {
         let v = api.call("GET", &format!("/api/campaigns/{paced}"), None).ok()?;

@@ -277,7 +277,11 @@ pub fn rows_from_csv(text: &str, limits: &InputLimits) -> Result<Vec<Row>, Input
         return Err(InputError::Invalid(format!("CSV has {} columns; at most {} (limits.columns)", headers.len(), limits.columns)));
     }
     if let Some(h) = headers.iter().find(|h| h.len() > limits.cell_bytes) {
-        return Err(InputError::Invalid(format!("CSV header {:?}… is over {} bytes (limits.cell_bytes)", truncate(h, 40), limits.cell_bytes)));
+        return Err(InputError::Invalid(format!(
+            "CSV header {:?}… is over {} bytes (limits.cell_bytes)",
+            truncate(h, 40),
+            limits.cell_bytes
+        )));
     }
     if !headers.iter().any(|h| h == "phone") {
         return Err(InputError::Invalid(format!("CSV needs a \"phone\" column; found {headers:?}")));
@@ -533,10 +537,7 @@ pub fn check_pacing(pacing: &PacingSpec, limits: &InputLimits) -> Result<(), Str
         return Err("pacing.max_delay must not be shorter than pacing.min_delay".into());
     }
     if pacing.max_delay > limits.max_gap {
-        return Err(format!(
-            "pacing.max_delay is over {} (limits.max_gap)",
-            humantime::format_duration(limits.max_gap)
-        ));
+        return Err(format!("pacing.max_delay is over {} (limits.max_gap)", humantime::format_duration(limits.max_gap)));
     }
     if let Some(q) = pacing.quiet_hours.as_deref().filter(|q| !q.trim().is_empty()) {
         q.parse::<crate::policy::pacing::QuietHours>()?;
@@ -583,7 +584,10 @@ mod tests {
         let (rs, dups) = recipients(rows, "Hi {{ name }}!", de, InvalidNumbers::Fail, 0, &L).unwrap();
         assert_eq!(dups, 1);
         assert_eq!(rs.len(), 3);
-        assert_eq!((rs[0].phone.as_str(), rs[0].chat_id.as_str(), rs[0].text.as_str()), ("+4915112345678", "4915112345678@c.us", "Hi Ana!"));
+        assert_eq!(
+            (rs[0].phone.as_str(), rs[0].chat_id.as_str(), rs[0].text.as_str()),
+            ("+4915112345678", "4915112345678@c.us", "Hi Ana!")
+        );
         assert_eq!(rs[1].phone, "+4915123456789");
         assert_eq!(rs[2].state, RecipientState::Failed);
         assert!(rs[2].reason.as_deref().unwrap().starts_with("invalid_number"));
@@ -637,7 +641,9 @@ mod tests {
         // Columns.
         assert!(rows_from_csv("phone,a,b\n1,2,3\n", &l).is_ok());
         assert!(invalid(rows_from_csv("phone,a,b,c\n1,2,3,4\n", &l)).contains("limits.columns"));
-        let Err(InputError::Rows(e)) = rows_from_json(&[serde_json::json!({"phone": "1", "a": "", "b": "", "c": ""})], &l) else { panic!() };
+        let Err(InputError::Rows(e)) = rows_from_json(&[serde_json::json!({"phone": "1", "a": "", "b": "", "c": ""})], &l) else {
+            panic!()
+        };
         assert!(e[0].error.contains("limits.columns"), "{e:?}");
         // Cells.
         assert!(rows_from_csv("phone\n12345678\n", &l).is_ok());

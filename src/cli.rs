@@ -82,11 +82,21 @@ pub enum CampaignCommand {
         draft: bool,
     },
     /// Follow a campaign with a progress bar until it ends.
-    Watch { id: String },
-    Start { id: String },
-    Pause { id: String },
-    Resume { id: String },
-    Cancel { id: String },
+    Watch {
+        id: String,
+    },
+    Start {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
 }
 
 /// A client of the daemon's API.
@@ -102,7 +112,9 @@ impl Client {
         let config = if c.config.exists() { Some(Config::load(&c.config)?) } else { None };
         let base = match &c.api {
             Some(api) => api.trim_end_matches('/').to_string(),
-            None => format!("http://{}", config.as_ref().map_or_else(|| "127.0.0.1:8787".parse().expect("valid address"), |c| c.http.listen)),
+            None => {
+                format!("http://{}", config.as_ref().map_or_else(|| "127.0.0.1:8787".parse().expect("valid address"), |c| c.http.listen))
+            }
         };
         let token = match &c.token {
             Some(t) if !t.trim().is_empty() => t.trim().to_string(),

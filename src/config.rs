@@ -172,9 +172,7 @@ pub struct HttpConfig {
 impl HttpConfig {
     /// The worker count: `workers`, or the core count; at least 2.
     pub fn worker_count(&self) -> usize {
-        self.workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(2)
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(2)
     }
 }
 
@@ -208,11 +206,7 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self {
-            dir: PathBuf::from("/var/lib/wasup"),
-            cache_capacity: bytesize::ByteSize::mib(32),
-            failing_limit: Duration::from_secs(120),
-        }
+        Self { dir: PathBuf::from("/var/lib/wasup"), cache_capacity: bytesize::ByteSize::mib(32), failing_limit: Duration::from_secs(120) }
     }
 }
 
@@ -403,12 +397,7 @@ pub enum KeyFilesAction {
 
 impl Default for KeyFilesConfig {
     fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(300),
-            path: PathBuf::from("Default/IndexedDB"),
-            max: 100,
-            action: KeyFilesAction::Alert,
-        }
+        Self { interval: Duration::from_secs(300), path: PathBuf::from("Default/IndexedDB"), max: 100, action: KeyFilesAction::Alert }
     }
 }
 
@@ -504,8 +493,7 @@ impl Config {
     /// Errors: the file is unreadable, is not TOML, names an unknown key,
     /// has a value of the wrong type, or fails [`Config::validate`].
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text, path)
     }
 
@@ -516,9 +504,7 @@ impl Config {
             // toml's message names the key and the line; keep it on one line.
             message: e.to_string().replace('\n', " ").trim().to_string(),
         })?;
-        config
-            .validate()
-            .map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
         Ok(config)
     }
 
@@ -552,10 +538,7 @@ impl Config {
         self.campaigns.tz()?;
         self.campaigns.country()?;
         if !self.campaigns.quiet_hours.trim().is_empty() {
-            self.campaigns
-                .quiet_hours
-                .parse::<crate::policy::pacing::QuietHours>()
-                .map_err(|e| format!("campaigns.quiet_hours: {e}"))?;
+            self.campaigns.quiet_hours.parse::<crate::policy::pacing::QuietHours>().map_err(|e| format!("campaigns.quiet_hours: {e}"))?;
         }
         if self.campaigns.send_attempts == 0 {
             return Err("campaigns.send_attempts must be at least 1".into());
@@ -614,9 +597,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
-        let err = Config::parse("[http]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[http]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("listn"), "{err}");
         let err = Config::parse("[htp]\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("htp"), "{err}");
@@ -624,8 +605,7 @@ mod tests {
 
     #[test]
     fn durations_are_humantime() {
-        let c = Config::parse("[restart]\nbackoff_base = \"250ms\"\nbackoff_cap = \"1m\"\n", Path::new("t"))
-            .unwrap();
+        let c = Config::parse("[restart]\nbackoff_base = \"250ms\"\nbackoff_cap = \"1m\"\n", Path::new("t")).unwrap();
         assert_eq!(c.restart.backoff_base, Duration::from_millis(250));
         assert!(Config::parse("[restart]\nbackoff_base = \"soon\"\n", Path::new("t")).is_err());
     }

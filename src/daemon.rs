@@ -28,8 +28,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // whatever umask it was started with.
     // SAFETY: umask(2) only sets this process's file mode mask; it cannot fail.
     unsafe { libc::umask(0o077) };
-    std::fs::create_dir_all(&config.state.dir)
-        .with_context(|| format!("cannot create state dir {}", config.state.dir.display()))?;
+    std::fs::create_dir_all(&config.state.dir).with_context(|| format!("cannot create state dir {}", config.state.dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&config.state.dir, std::fs::Permissions::from_mode(0o700))
@@ -48,8 +47,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
 
     actix_web::rt::System::new().block_on(async move {
-        let listener = std::net::TcpListener::bind(config.http.listen)
-            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+        let listener =
+            std::net::TcpListener::bind(config.http.listen).with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let driver = Driver::new(config.clone()).start();
         let notifier = Notifier::new(config.alerts.clone()).start();
         let store_watch = spawn_store_watch(store.clone(), notifier.clone(), events.clone());
@@ -175,11 +174,19 @@ fn spawn_store_watch(store: Store, notifier: actix::Addr<Notifier>, events: Even
             std::thread::sleep(Duration::from_secs(1));
             match (store.failure(), &alerted) {
                 (Some(f), None) => {
-                    alert("store.failing", format!("wasup's store does not take writes; campaigns are paused: {}", f.error), serde_json::json!({"error": f.error, "since_ms": f.since_ms}));
+                    alert(
+                        "store.failing",
+                        format!("wasup's store does not take writes; campaigns are paused: {}", f.error),
+                        serde_json::json!({"error": f.error, "since_ms": f.since_ms}),
+                    );
                     alerted = Some(f);
                 }
                 (None, Some(f)) => {
-                    alert("store.recovered", "wasup's store takes writes again; campaigns resume".into(), serde_json::json!({"since_ms": f.since_ms}));
+                    alert(
+                        "store.recovered",
+                        "wasup's store takes writes again; campaigns resume".into(),
+                        serde_json::json!({"since_ms": f.since_ms}),
+                    );
                     alerted = None;
                 }
                 _ => {}

@@ -139,12 +139,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let received: Value = ureq::get(&format!("{sim_base}/_phone/devices/{device}/messages")).call()?.into_json()?;
     say("what WhatsApp (the simulator) received from this account:");
     for m in received.as_array().into_iter().flatten() {
-        println!(
-            "    {}  {:<22} {}",
-            m["id"].as_str().unwrap_or("?"),
-            m["to"].as_str().unwrap_or("?"),
-            m["body"].as_str().unwrap_or("")
-        );
+        println!("    {}  {:<22} {}", m["id"].as_str().unwrap_or("?"), m["to"].as_str().unwrap_or("?"), m["body"].as_str().unwrap_or(""));
     }
     let history = api.call("GET", "/api/sessions/demo/history", None)?;
     say("the session's status history:");

@@ -61,10 +61,7 @@ impl Api {
 
     /// Calls the API; a non-2xx answer is an error carrying its body.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let req = self
-            .agent
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token));
+        let req = self.agent.request(method, &format!("{}{path}", self.base)).set("Authorization", &format!("Bearer {}", self.token));
         let resp = match body {
             Some(body) => req.send_json(body),
             None => req.call(),

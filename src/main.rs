@@ -1,7 +1,6 @@
 //! `wasup`: one binary for the daemon (`serve`), the WhatsApp Web simulator
 //! (`sim`), the newcomer's demo (`demo`) and the benchmark (`bench`).
 
-
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -85,9 +84,7 @@ fn main() -> std::process::ExitCode {
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let wanted = std::env::var("WASUP_LOG").unwrap_or_default();
     let journald = wanted == "journald" || (wanted != "text" && std::env::var_os("JOURNAL_STREAM").is_some());
     if journald {

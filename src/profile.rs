@@ -112,9 +112,7 @@ mod tests {
         // The child's command line shows in /proc once its exec is done.
         let needle = format!("--user-data-dir={}", p.display());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == needle.as_bytes()))
-        {
+        while !std::fs::read(format!("/proc/{}/cmdline", child.id())).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == needle.as_bytes())) {
             assert!(std::time::Instant::now() < deadline, "child never showed its command line");
             std::thread::yield_now();
         }

@@ -52,11 +52,7 @@ pub fn svg(data: &str) -> Result<String, QrError> {
 
 /// Text for a terminal: two modules per character cell, dark on light.
 pub fn terminal(data: &str) -> Result<String, QrError> {
-    Ok(code(data)?
-        .render::<unicode::Dense1x2>()
-        .dark_color(unicode::Dense1x2::Light)
-        .light_color(unicode::Dense1x2::Dark)
-        .build())
+    Ok(code(data)?.render::<unicode::Dense1x2>().dark_color(unicode::Dense1x2::Light).light_color(unicode::Dense1x2::Dark).build())
 }
 
 #[cfg(test)]

@@ -64,23 +64,17 @@ pub struct Me {
 /// Checks a session name: 1 to 64 of `A-Z a-z 0-9 _ -`. The name becomes a
 /// directory under the state dir, so anything else (`../x`) is refused.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid session name {name:?}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
-        ))
+        Err(format!("invalid session name {name:?}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"))
     }
 }
 
 /// Now as Unix epoch milliseconds.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

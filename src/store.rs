@@ -327,9 +327,8 @@ impl Store {
     /// Returns false (and writes nothing) if it does.
     pub fn create_session(&self, record: &SessionRecord) -> Result<bool, StoreError> {
         let value = serde_json::to_vec(record)?;
-        let created = self.write(|t| {
-            Ok(t.sessions.compare_and_swap(record.name.as_bytes(), None as Option<&[u8]>, Some(value))?.is_ok())
-        })?;
+        let created =
+            self.write(|t| Ok(t.sessions.compare_and_swap(record.name.as_bytes(), None as Option<&[u8]>, Some(value))?.is_ok()))?;
         if created {
             self.flush()?;
         }
@@ -456,12 +455,7 @@ impl Store {
 
     /// Sends a session started on `day` (`YYYY-MM-DD` in the pacing zone).
     pub fn sent_on(&self, session: &str, day: &str) -> Result<u32, StoreError> {
-        Ok(self
-            .t()?
-            .daily
-            .get(daily_key(session, day))?
-            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
-            .map_or(0, u32::from_be_bytes))
+        Ok(self.t()?.daily.get(daily_key(session, day))?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
     }
 
     /// Counts one more send on `day`; returns the new count. Not flushed:
@@ -549,7 +543,11 @@ mod tests {
         use crate::campaign::*;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let rows = rows_from_json(&[serde_json::json!({"phone": "+4915112345678"}), serde_json::json!({"phone": "+4915123456789"})], &Default::default()).unwrap();
+        let rows = rows_from_json(
+            &[serde_json::json!({"phone": "+4915112345678"}), serde_json::json!({"phone": "+4915123456789"})],
+            &Default::default(),
+        )
+        .unwrap();
         let (mut rs, _) = recipients(rows, "hi", None, InvalidNumbers::Reject, 0, &Default::default()).unwrap();
         let record = CampaignRecord {
             id: new_id(),

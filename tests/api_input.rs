@@ -133,16 +133,32 @@ fn campaigns_with_bad_input_are_refused_whole() {
     assert!(rows[0]["error"].as_str().unwrap().contains("not a number"));
     assert!(rows[1]["error"].as_str().unwrap().contains("phone is missing"));
     // Template variables that a row lacks, a broken template, an unknown session.
-    let r = daemon.api("POST", "/api/campaigns", Some(json!({"name": "x", "session": "acme", "template": "Hi {{ name }}", "recipients": [{"phone": "+4915112345678"}]})));
+    let r = daemon.api(
+        "POST",
+        "/api/campaigns",
+        Some(json!({"name": "x", "session": "acme", "template": "Hi {{ name }}", "recipients": [{"phone": "+4915112345678"}]})),
+    );
     assert_eq!(r.status, 400, "{:?}", r.body);
     assert!(r.body["rows"][0]["error"].as_str().unwrap().contains("template"), "{:?}", r.body);
-    let r = daemon.api("POST", "/api/campaigns", Some(json!({"name": "x", "session": "acme", "template": "Hi {{ name", "recipients": [{"phone": "+4915112345678"}]})));
+    let r = daemon.api(
+        "POST",
+        "/api/campaigns",
+        Some(json!({"name": "x", "session": "acme", "template": "Hi {{ name", "recipients": [{"phone": "+4915112345678"}]})),
+    );
     assert_error(&r, 400, "template");
-    let r = daemon.api("POST", "/api/campaigns", Some(json!({"name": "x", "session": "nope", "template": "Hi", "recipients": [{"phone": "+4915112345678"}]})));
+    let r = daemon.api(
+        "POST",
+        "/api/campaigns",
+        Some(json!({"name": "x", "session": "nope", "template": "Hi", "recipients": [{"phone": "+4915112345678"}]})),
+    );
     assert_error(&r, 422, "no session");
     let r = daemon.api("POST", "/api/campaigns", Some(json!({"name": "x", "session": "acme", "template": "Hi", "recipients": [{"phone": "+4915112345678"}], "pacing": {"min_delay": "5s", "max_delay": "1s"}})));
     assert_error(&r, 400, "max_delay");
-    let r = daemon.api("POST", "/api/campaigns", Some(json!({"name": "x", "session": "acme", "template": "Hi", "recipients": [], "csv": "phone\n"})));
+    let r = daemon.api(
+        "POST",
+        "/api/campaigns",
+        Some(json!({"name": "x", "session": "acme", "template": "Hi", "recipients": [], "csv": "phone\n"})),
+    );
     assert_error(&r, 400, "either");
     assert_eq!(daemon.api("GET", "/api/campaigns", None).body, json!([]), "nothing was stored");
     assert_error(&daemon.api("GET", "/api/campaigns/cmp_0000000000000000", None), 404, "no campaign");
@@ -150,7 +166,15 @@ fn campaigns_with_bad_input_are_refused_whole() {
 
     // A good upload: duplicates dropped and counted; a draft until started.
     let csv = "phone,name\n+4915112345678,Ana\n0151 12345678,Ana again\n+4915123456789,Ben\n";
-    let (ct, bytes) = multipart(&[("name", "spring"), ("session", "acme"), ("template", "Hi {{ name }}!"), ("csv", csv), ("default_country", "DE"), ("min_delay", "1s"), ("max_delay", "2s")]);
+    let (ct, bytes) = multipart(&[
+        ("name", "spring"),
+        ("session", "acme"),
+        ("template", "Hi {{ name }}!"),
+        ("csv", csv),
+        ("default_country", "DE"),
+        ("min_delay", "1s"),
+        ("max_delay", "2s"),
+    ]);
     let r = request("POST", &url, tok, Some(&bytes), &ct);
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!((r.body["state"].as_str(), r.body["total"].as_u64(), r.body["duplicates"].as_u64()), (Some("DRAFT"), Some(2), Some(1)));

@@ -151,7 +151,13 @@ fn unregistered_and_malformed_numbers_do_not_stop_the_rest() {
     for m in sim.messages(&device) {
         let to = m["to"].as_str().unwrap();
         let sent_at = m["at_ms"].as_u64().unwrap();
-        let shown = typing.as_array().unwrap().iter().filter(|t| t["to"] == to && t["state"] == "composing").map(|t| t["at_ms"].as_u64().unwrap()).max();
+        let shown = typing
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["to"] == to && t["state"] == "composing")
+            .map(|t| t["at_ms"].as_u64().unwrap())
+            .max();
         let shown = shown.unwrap_or_else(|| panic!("no typing shown to {to}: {typing}"));
         let expected = 20 * m["body"].as_str().unwrap().chars().count() as u64;
         assert!(shown <= sent_at && sent_at - shown + 50 >= expected, "typing at {shown}, sent at {sent_at}, expected ≥ {expected} ms");

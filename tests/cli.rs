@@ -49,7 +49,8 @@ fn session_commands_print_tables_and_fail_with_one_clear_line() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    let out = Command::new(BIN).args(["status", "--api", "http://127.0.0.1:9", "--token", "x", "--config", "/nonexistent"]).output().unwrap();
+    let out =
+        Command::new(BIN).args(["status", "--api", "http://127.0.0.1:9", "--token", "x", "--config", "/nonexistent"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot reach the daemon"), "{}", text(&out.stderr));
 }
@@ -78,7 +79,22 @@ fn qr_draws_a_code_and_a_campaign_is_watched_to_completion() {
     let out = wasup(
         &daemon,
         &tok,
-        &["campaign", "create", "--session", "acme", "--template", "Hi {{ name }}", "--csv", csv.to_str().unwrap(), "--min-delay", "100ms", "--max-delay", "200ms", "--default-country", "DE"],
+        &[
+            "campaign",
+            "create",
+            "--session",
+            "acme",
+            "--template",
+            "Hi {{ name }}",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--min-delay",
+            "100ms",
+            "--max-delay",
+            "200ms",
+            "--default-country",
+            "DE",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let created = text(&out.stdout);

@@ -20,7 +20,6 @@ use serde_json::{json, Value};
 
 const PHONE: &str = "4915112345678";
 
-
 /// Polls `script` in the page until it returns something other than
 /// null/false; panics after `within` with the last answer of `diagnose`.
 async fn wait_js(c: &Client, what: &str, within: Duration, script: &str, args: Vec<Value>) -> Value {
@@ -109,9 +108,26 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
     c.find(Locator::Css("#token")).await.unwrap().send_keys(&daemon.token).await.expect("type the token");
     c.find(Locator::Css("#login-form button[type=submit]")).await.unwrap().click().await.unwrap();
 
-    wait_js(&c, "acme CONNECTED and green", Duration::from_secs(10), CARD_IS, vec![json!("acme"), json!("CONNECTED"), json!("state-green")]).await;
-    wait_js(&c, "the event stream to be live", Duration::from_secs(10), "return document.getElementById('live').getAttribute('data-live') === 'on';", vec![]).await;
-    let login_gone = c.execute("return document.getElementById('login').hidden && document.getElementById('token').value === '';", vec![]).await.unwrap();
+    wait_js(
+        &c,
+        "acme CONNECTED and green",
+        Duration::from_secs(10),
+        CARD_IS,
+        vec![json!("acme"), json!("CONNECTED"), json!("state-green")],
+    )
+    .await;
+    wait_js(
+        &c,
+        "the event stream to be live",
+        Duration::from_secs(10),
+        "return document.getElementById('live').getAttribute('data-live') === 'on';",
+        vec![],
+    )
+    .await;
+    let login_gone = c
+        .execute("return document.getElementById('login').hidden && document.getElementById('token').value === '';", vec![])
+        .await
+        .unwrap();
     assert_eq!(login_gone, json!(true), "the form is hidden and holds no token");
     // Anything the Content-Security-Policy blocks from here on is recorded.
     c.execute(
@@ -152,7 +168,8 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
     // The phone logs the device out: yellow, with a QR that really loaded.
     let r = sim.phone("POST", &format!("/_phone/devices/{device}/logout"), None);
     assert_eq!(r.status, 200, "{:?}", r.body);
-    wait_js(&c, "acme SCAN_QR and yellow", Duration::from_secs(30), CARD_IS, vec![json!("acme"), json!("SCAN_QR"), json!("state-yellow")]).await;
+    wait_js(&c, "acme SCAN_QR and yellow", Duration::from_secs(30), CARD_IS, vec![json!("acme"), json!("SCAN_QR"), json!("state-yellow")])
+        .await;
     let qr = wait_js(&c, "the QR image loaded", Duration::from_secs(10), QR_SHOWN, vec![json!("acme")]).await;
     assert!(qr["src"].as_str().unwrap_or("").starts_with("blob:"), "{qr}");
     assert!(qr["width"].as_u64().unwrap_or(0) >= 21, "{qr}");
@@ -182,7 +199,8 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
 
     // Scanning the new QR: green again, and the QR is gone.
     sim.scan(&daemon.qr("acme"), PHONE);
-    wait_js(&c, "acme CONNECTED again", Duration::from_secs(30), CARD_IS, vec![json!("acme"), json!("CONNECTED"), json!("state-green")]).await;
+    wait_js(&c, "acme CONNECTED again", Duration::from_secs(30), CARD_IS, vec![json!("acme"), json!("CONNECTED"), json!("state-green")])
+        .await;
     let qr_left = c.execute("return document.querySelectorAll('img[data-qr]').length;", vec![]).await.unwrap();
     assert_eq!(qr_left, json!(0), "the QR is removed once the session left SCAN_QR");
 

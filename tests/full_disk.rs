@@ -69,7 +69,8 @@ fn a_full_disk_pauses_the_campaign_and_no_recipient_is_sent_twice() {
     // Only the store's directory is on the small filesystem: what is under
     // test is the store; Chromium's profile stays on the big disk.
     let hooks = Receiver::start();
-    let alerts = format!("[[alerts.webhooks]]\nurl = \"{}/hook\"\nsecret = \"hook-secret\"\n[alerts]\nretry_base = \"100ms\"\n", hooks.base);
+    let alerts =
+        format!("[[alerts.webhooks]]\nurl = \"{}/hook\"\nsecret = \"hook-secret\"\n[alerts]\nretry_base = \"100ms\"\n", hooks.base);
     let daemon = Daemon::start_full(&sim, &alerts, &[], |state| {
         mounted = Tmpfs::mount(&state.join("db"), "24m");
     });

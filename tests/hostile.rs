@@ -13,7 +13,10 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 fn error_of(r: &Resp) -> String {
-    r.body["error"].as_str().unwrap_or_else(|| panic!("no JSON error body: {} {:?}", r.status, String::from_utf8_lossy(&r.bytes))).to_string()
+    r.body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error body: {} {:?}", r.status, String::from_utf8_lossy(&r.bytes)))
+        .to_string()
 }
 
 fn campaigns(daemon: &Daemon) -> usize {
@@ -119,14 +122,21 @@ fn bodies_are_bounded_with_multipart_headers_and_preamble_counted() {
     };
     let at = request("POST", &format!("{}/api/sessions", daemon.base), Some(&daemon.token), Some(pad(max).as_bytes()), "application/json");
     assert_eq!(at.status, 400, "at the limit the body is read: {:?}", at.body);
-    let past = request("POST", &format!("{}/api/sessions", daemon.base), Some(&daemon.token), Some(pad(max + 1).as_bytes()), "application/json");
+    let past =
+        request("POST", &format!("{}/api/sessions", daemon.base), Some(&daemon.token), Some(pad(max + 1).as_bytes()), "application/json");
     assert_eq!(past.status, 413);
     assert!(error_of(&past).contains("max_body_bytes"));
     // Multipart: one part whose headers alone are over the limit.
     let boundary = "XyZ";
     let pad: String = (0..30).map(|i| format!("X-Pad-{i}: {}\r\n", "h".repeat(70_000))).collect();
     let form = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n{pad}\r\nx\r\n--{boundary}--\r\n");
-    let r = request("POST", &format!("{}/api/campaigns", daemon.base), Some(&daemon.token), Some(form.as_bytes()), &format!("multipart/form-data; boundary={boundary}"));
+    let r = request(
+        "POST",
+        &format!("{}/api/campaigns", daemon.base),
+        Some(&daemon.token),
+        Some(form.as_bytes()),
+        &format!("multipart/form-data; boundary={boundary}"),
+    );
     assert!([413, 400].contains(&r.status), "{:?}", r.body);
     error_of(&r);
     // Many empty parts: refused at the first repeated one.
@@ -135,11 +145,23 @@ fn bodies_are_bounded_with_multipart_headers_and_preamble_counted() {
         form.push_str(&format!("--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n\r\n"));
     }
     form.push_str(&format!("--{boundary}--\r\n"));
-    let r = request("POST", &format!("{}/api/campaigns", daemon.base), Some(&daemon.token), Some(form.as_bytes()), &format!("multipart/form-data; boundary={boundary}"));
+    let r = request(
+        "POST",
+        &format!("{}/api/campaigns", daemon.base),
+        Some(&daemon.token),
+        Some(form.as_bytes()),
+        &format!("multipart/form-data; boundary={boundary}"),
+    );
     assert!([413, 400].contains(&r.status), "{:?}", r.body);
     // A preamble alone over the limit, too.
     let form = format!("{}\r\n--{boundary}--\r\n", "p".repeat(2 * max));
-    let r = request("POST", &format!("{}/api/campaigns", daemon.base), Some(&daemon.token), Some(form.as_bytes()), &format!("multipart/form-data; boundary={boundary}"));
+    let r = request(
+        "POST",
+        &format!("{}/api/campaigns", daemon.base),
+        Some(&daemon.token),
+        Some(form.as_bytes()),
+        &format!("multipart/form-data; boundary={boundary}"),
+    );
     assert_eq!(r.status, 413, "{:?}", r.body);
     assert_eq!(campaigns(&daemon), 0);
 }
@@ -156,7 +178,8 @@ fn http_conventions_405_head_json_errors_headers_and_csv_injection() {
     let ureq::Error::Status(405, resp) = resp else { panic!("{resp:?}") };
     assert_eq!(resp.header("Allow"), Some("GET, HEAD"));
     // HEAD on GET routes.
-    let head = ureq::head(&format!("{}/api/sessions", daemon.base)).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap();
+    let head =
+        ureq::head(&format!("{}/api/sessions", daemon.base)).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(ureq::head(&format!("{}/health", daemon.base)).call().unwrap().status(), 200);
     // Headers on API answers, errors included.
@@ -218,10 +241,19 @@ fn metrics_can_be_public_and_a_readable_token_file_is_refused() {
     let port = free_port();
     std::fs::write(
         &config,
-        format!("[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\nmetrics_public = true\n[state]\ndir = \"{}\"\n", token.display(), dir.path().join("s").display()),
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\nmetrics_public = true\n[state]\ndir = \"{}\"\n",
+            token.display(),
+            dir.path().join("s").display()
+        ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasup")).args(["serve", "--config"]).arg(&config).env_remove("WASUP_TOKEN").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasup"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("WASUP_TOKEN")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 600"), "{err}");
@@ -353,13 +385,27 @@ fn json_value() -> impl Strategy<Value = Value> {
         prop::sample::select(vec!["+4915112345678", "s", "20s", "400000000000years", "{{ x }}", "fail", "DE"]).prop_map(Value::from),
     ];
     let keys = prop::sample::select(vec![
-        "name", "session", "template", "recipients", "csv", "pacing", "start", "min_delay", "max_delay", "phone", "to", "text", "invalid_numbers",
-        "default_country", "quiet_hours",
+        "name",
+        "session",
+        "template",
+        "recipients",
+        "csv",
+        "pacing",
+        "start",
+        "min_delay",
+        "max_delay",
+        "phone",
+        "to",
+        "text",
+        "invalid_numbers",
+        "default_country",
+        "quiet_hours",
     ]);
     leaf.prop_recursive(3, 24, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-            prop::collection::btree_map(keys.clone(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            prop::collection::btree_map(keys.clone(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
         ]
     })
 }

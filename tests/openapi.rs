@@ -166,7 +166,11 @@ fn check_body(doc: &Value, o: &Operation, r: &Resp) {
         return;
     }
     let schema = resolve(doc, &spec["schema"]);
-    let (items, schema) = if schema["type"] == "array" { (r.body.as_array().cloned().expect("an array"), resolve(doc, &schema["items"])) } else { (vec![r.body.clone()], schema) };
+    let (items, schema) = if schema["type"] == "array" {
+        (r.body.as_array().cloned().expect("an array"), resolve(doc, &schema["items"]))
+    } else {
+        (vec![r.body.clone()], schema)
+    };
     let required: Vec<&str> = schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     for item in items {
         for field in &required {
@@ -227,14 +231,20 @@ fn every_documented_operation_is_accepted() {
             // A WebSocket: a plain GET without the upgrade headers is refused.
             let r = request(&o.method.to_uppercase(), &url, token, None, "");
             eprintln!("{what}: {} {}", r.status, r.body);
-            assert!((400..500).contains(&r.status) && statuses.contains(&r.status), "{what}: {} {:?} (documented {statuses:?})", r.status, r.body);
+            assert!(
+                (400..500).contains(&r.status) && statuses.contains(&r.status),
+                "{what}: {} {:?} (documented {statuses:?})",
+                r.status,
+                r.body
+            );
             assert!(r.body["error"].is_string(), "{what}: {:?}", r.body);
             continue;
         }
         if success_type.as_deref() == Some("text/event-stream") {
             // A stream: the status, the content type and a first chunk, then hang up.
             let agent = ureq::AgentBuilder::new().timeout_read(Duration::from_secs(10)).build();
-            let resp = agent.get(&url).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap_or_else(|e| panic!("{what}: {e}"));
+            let resp =
+                agent.get(&url).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap_or_else(|e| panic!("{what}: {e}"));
             assert!(statuses.contains(&resp.status()), "{what}: {} (documented {statuses:?})", resp.status());
             assert_eq!(resp.status(), 200, "{what}");
             assert_eq!(essence(resp.content_type()), "text/event-stream", "{what}");
@@ -332,7 +342,9 @@ fn every_route_in_the_readme_is_documented() {
     let documented: BTreeSet<(String, String)> = operations(&r.body).into_iter().map(|o| (o.method.to_uppercase(), o.path)).collect();
     let readme = readme_routes();
     assert!(readme.len() >= 25, "the README's API tables were not found: {readme:?}");
-    for expected in [("GET", "/health"), ("POST", "/api/campaigns/{id}/cancel"), ("DELETE", "/api/sessions/{name}/queue"), ("GET", "/api/events")] {
+    for expected in
+        [("GET", "/health"), ("POST", "/api/campaigns/{id}/cancel"), ("DELETE", "/api/sessions/{name}/queue"), ("GET", "/api/events")]
+    {
         assert!(readme.contains(&(expected.0.to_string(), expected.1.to_string())), "README parsing missed {expected:?}: {readme:?}");
     }
     let missing: Vec<_> = readme.difference(&documented).collect();

@@ -65,7 +65,9 @@ fn the_notify_protocol_follows_the_actor_system() {
     );
 
     daemon.signal_term();
-    wait_for("STOPPING=1", Duration::from_secs(30), || got.lock().unwrap().iter().any(|(_, m)| m.lines().any(|l| l == "STOPPING=1")).then_some(()));
+    wait_for("STOPPING=1", Duration::from_secs(30), || {
+        got.lock().unwrap().iter().any(|(_, m)| m.lines().any(|l| l == "STOPPING=1")).then_some(())
+    });
 }
 
 /// Parses Prometheus text: every sample line is `name{labels} value`.
@@ -140,11 +142,15 @@ fn metrics_and_live_events_follow_a_phone_logout() {
         });
     }
     // A campaign that will lose its session.
-    let r = daemon.api("POST", "/api/campaigns", Some(json!({
-        "name": "c", "session": "acme", "template": "hi", "start": true,
-        "recipients": [{"phone": "+4915123456789"}, {"phone": "+4915123456780"}, {"phone": "+4915123456781"}],
-        "pacing": {"min_delay": "3s", "max_delay": "4s"},
-    })));
+    let r = daemon.api(
+        "POST",
+        "/api/campaigns",
+        Some(json!({
+            "name": "c", "session": "acme", "template": "hi", "start": true,
+            "recipients": [{"phone": "+4915123456789"}, {"phone": "+4915123456780"}, {"phone": "+4915123456781"}],
+            "pacing": {"min_delay": "3s", "max_delay": "4s"},
+        })),
+    );
     assert_eq!(r.status, 201, "{:?}", r.body);
     daemon.wait_sent(r.body["id"].as_str().unwrap(), 1, Duration::from_secs(20));
 
@@ -161,9 +167,18 @@ fn metrics_and_live_events_follow_a_phone_logout() {
         assert!(delivered_after < Duration::from_secs(1), "{name} delivered {delivered_after:?} after the change");
     }
     wait_for("the seed's status_update over the WebSocket", Duration::from_secs(10), || {
-        ws_events.lock().unwrap().iter().find(|(_, e)| e["type"] == "status_update" && e["status"] == "failed" && e["message"] == "WhatsApp disconnected during operation").cloned()
+        ws_events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, e)| {
+                e["type"] == "status_update" && e["status"] == "failed" && e["message"] == "WhatsApp disconnected during operation"
+            })
+            .cloned()
     });
-    wait_for("CONNECTED gauge at 0", Duration::from_secs(10), || (metric(&daemon, "wasup_sessions{state=\"CONNECTED\"}") == Some(0.0)).then_some(()));
+    wait_for("CONNECTED gauge at 0", Duration::from_secs(10), || {
+        (metric(&daemon, "wasup_sessions{state=\"CONNECTED\"}") == Some(0.0)).then_some(())
+    });
     assert!(metric(&daemon, "wasup_messages_total{result=\"sent\"}").unwrap() >= 1.0);
     assert!(metric(&daemon, "wasup_http_requests_total{route=\"/api/sessions/{name}\",status=\"200\"}").unwrap() >= 1.0);
     assert!(metric(&daemon, "wasup_session_reconnects{session=\"acme\",window=\"24h\"}").is_some());

@@ -90,10 +90,8 @@ fn a_restarted_daemon_reconnects_without_a_qr() {
     let view = daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
     assert_eq!(view["me"]["wid"], format!("{PHONE}@c.us"));
     let states = daemon.history_states("acme");
-    let stopped_at = states
-        .iter()
-        .rposition(|s| s == "STOPPED(daemon_shutdown)")
-        .unwrap_or_else(|| panic!("no shutdown recorded: {states:?}"));
+    let stopped_at =
+        states.iter().rposition(|s| s == "STOPPED(daemon_shutdown)").unwrap_or_else(|| panic!("no shutdown recorded: {states:?}"));
     let since_restart = &states[stopped_at..];
     assert!(
         !since_restart.iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")),

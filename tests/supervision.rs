@@ -176,9 +176,7 @@ fn key_files_over_the_threshold_raise_an_alert() {
     assert_eq!(events(&daemon, "acme", "session.health").len(), 1, "one event per crossing");
     // Action "alert": the session stays up and is alerted once, not every count.
     assert_eq!(view["state"], "CONNECTED");
-    stays("one alert", Duration::from_secs(2), || {
-        hooks.received().iter().filter(|r| r.json()["event"] == "session.health").count() == 1
-    });
+    stays("one alert", Duration::from_secs(2), || hooks.received().iter().filter(|r| r.json()["event"] == "session.health").count() == 1);
     drop(daemon);
 
     // Action "cleanup": the linked session's profile is purged and re-paired

@@ -243,11 +243,7 @@ impl Campaign {
 
     fn save(&mut self, flush: bool) {
         self.record.updated_ms = now_ms();
-        let result = if flush {
-            self.store.put_campaign(&self.record)
-        } else {
-            self.store.put_campaign_unflushed(&self.record)
-        };
+        let result = if flush { self.store.put_campaign(&self.record) } else { self.store.put_campaign_unflushed(&self.record) };
         if let Err(e) = result {
             // The record's state is bookkeeping (after a crash the campaign
             // restarts from RUNNING/PAUSED and resolves SENDING recipients),
@@ -272,8 +268,12 @@ impl Campaign {
         self.events.publish(Event::campaign("campaign.status", id, session).state(state, reason));
         let reason = reason.unwrap_or("");
         match state {
-            CampaignState::Failed => tracing::error!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
-            CampaignState::Paused => tracing::warn!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
+            CampaignState::Failed => {
+                tracing::error!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
+            }
+            CampaignState::Paused => {
+                tracing::warn!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
+            }
             _ => tracing::info!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
         }
         if state.is_final() {
@@ -476,7 +476,12 @@ impl Campaign {
     }
 
     /// Applies a send's outcome. `None`: unknown (timed out, actor gone).
-    fn sent(&mut self, mut r: RecipientRecord, result: Option<Result<crate::actors::session::SendOutcome, SupervisorError>>, ctx: &mut Context<Self>) {
+    fn sent(
+        &mut self,
+        mut r: RecipientRecord,
+        result: Option<Result<crate::actors::session::SendOutcome, SupervisorError>>,
+        ctx: &mut Context<Self>,
+    ) {
         let (id, session) = (self.record.id.clone(), self.record.session.clone());
         let now = now_ms();
         r.updated_ms = now;
@@ -608,11 +613,8 @@ impl Campaign {
             return self.step(ctx);
         };
         self.busy = true;
-        let lookup = LookupMessage {
-            name: self.record.session.clone(),
-            to: ChatId::from_trusted(r.chat_id.clone()),
-            id: message_id.clone(),
-        };
+        let lookup =
+            LookupMessage { name: self.record.session.clone(), to: ChatId::from_trusted(r.chat_id.clone()), id: message_id.clone() };
         let supervisor = self.supervisor.clone();
         ctx.spawn(async move { supervisor.send(lookup).await }.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
@@ -691,7 +693,9 @@ impl Actor for Campaign {
         self.load();
         // The first gap after a restart: the one a send would have had.
         self.gap = self.pacing.gap(&mut rand::thread_rng());
-        if let (CampaignState::Paused, Some("timelock"), Some(at)) = (self.record.state, self.record.reason.as_deref(), self.record.resume_at_ms) {
+        if let (CampaignState::Paused, Some("timelock"), Some(at)) =
+            (self.record.state, self.record.reason.as_deref(), self.record.resume_at_ms)
+        {
             self.schedule_resume(at, ctx);
         }
         let ask = GetSession { name: self.record.session.clone() };

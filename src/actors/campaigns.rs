@@ -99,16 +99,22 @@ impl Campaigns {
     fn spawn(&mut self, record: CampaignRecord, ctx: &mut Context<Self>) -> Result<(), CampaignError> {
         let pacing = pacing_for(&record, &self.config).map_err(CampaignError::Internal)?;
         let (id, session) = (record.id.clone(), record.session.clone());
-        let actor = Campaign::new(record, self.config.clone(), pacing, self.store.clone(), self.supervisor.clone(), ctx.address(), self.events.clone(), self.tally.clone());
+        let actor = Campaign::new(
+            record,
+            self.config.clone(),
+            pacing,
+            self.store.clone(),
+            self.supervisor.clone(),
+            ctx.address(),
+            self.events.clone(),
+            self.tally.clone(),
+        );
         self.running.insert(id, (session, actor.start()));
         Ok(())
     }
 
     fn stored(&self, id: &str) -> Result<CampaignRecord, CampaignError> {
-        self.store
-            .campaign(id)
-            ?
-            .ok_or_else(|| CampaignError::NotFound(id.to_string()))
+        self.store.campaign(id)?.ok_or_else(|| CampaignError::NotFound(id.to_string()))
     }
 }
 
@@ -178,7 +184,8 @@ impl Handler<Command> for Campaigns {
             let mut record = self.stored(&msg.id)?;
             let state = record.state;
             match (msg.command, state) {
-                (CampaignCommand::Start, CampaignState::Draft) | (CampaignCommand::Resume, CampaignState::Failed | CampaignState::Paused) => {
+                (CampaignCommand::Start, CampaignState::Draft)
+                | (CampaignCommand::Resume, CampaignState::Failed | CampaignState::Paused) => {
                     record.state = CampaignState::Running;
                     record.reason = None;
                     record.waiting_since_ms = None;
@@ -212,11 +219,7 @@ impl Handler<ClearQueue> for Campaigns {
             Ok(r) => r,
             Err(e) => return Box::pin(fut::ready(Err(CampaignError::Store(e)))),
         };
-        let ids: Vec<String> = records
-            .into_iter()
-            .filter(|r| r.session == msg.session && !r.state.is_final())
-            .map(|r| r.id)
-            .collect();
+        let ids: Vec<String> = records.into_iter().filter(|r| r.session == msg.session && !r.state.is_final()).map(|r| r.id).collect();
         let me = ctx.address();
         Box::pin(
             async move {

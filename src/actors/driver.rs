@@ -56,16 +56,7 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(config: Arc<Config>) -> Self {
-        Self {
-            config,
-            generation: 0,
-            url: None,
-            pid: None,
-            waiters: Vec::new(),
-            started_at: Instant::now(),
-            failures: 0,
-            last_error: None,
-        }
+        Self { config, generation: 0, url: None, pid: None, waiters: Vec::new(), started_at: Instant::now(), failures: 0, last_error: None }
     }
 
     fn spawn_chromedriver(&mut self, ctx: &mut Context<Self>) {
@@ -178,9 +169,7 @@ impl Handler<GetDriverUrl> for Driver {
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(DriverError::Unavailable("driver actor stopped".into())))
-        })
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(DriverError::Unavailable("driver actor stopped".into()))) })
     }
 }
 

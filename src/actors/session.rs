@@ -270,9 +270,7 @@ impl Session {
                             self.ack(id, Ok(*ack));
                             self.supervisor.do_send(MessageAcked { id: id.clone(), ack: *ack });
                         }
-                        PageEvent::SendError { id, code, .. } => {
-                            self.ack(id, Err(SendError::Rejected { code: *code }))
-                        }
+                        PageEvent::SendError { id, code, .. } => self.ack(id, Err(SendError::Rejected { code: *code })),
                         _ => {}
                     }
                 }
@@ -419,9 +417,7 @@ impl Actor for Session {
                     tracing::warn!(profile = %profile.display(), killed, "killed stale browser processes on the profile");
                 }
                 profile::prepare(&profile).map_err(|e| (EndReason::StartFailed, format!("profile dir: {e}")))?;
-                Page::open(&url, &profile, &config).await.map_err(|e| {
-                    (e.end_reason().unwrap_or(EndReason::StartFailed), e.to_string())
-                })
+                Page::open(&url, &profile, &config).await.map_err(|e| (e.end_reason().unwrap_or(EndReason::StartFailed), e.to_string()))
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
@@ -466,57 +462,57 @@ impl Handler<SendText> for Session {
                 tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, "send in page");
                 result
             }
-                .into_actor(self)
-                .then(move |result, act, ctx| {
-                    let (sent, waiter) = match result {
-                        Err(e) => (Err(SendError::Page(e.to_string())), None),
-                        Ok((Err(refused), _)) => (Err(SendError::Refused(refused)), None),
-                        Ok((Ok(sent), id)) if sent.ack != 0 => {
-                            let ack = sent.ack;
-                            (Ok(sent), (ack < 0).then(|| (id, None)))
-                        }
-                        Ok((Ok(sent), id)) => {
-                            // Its ack may have been drained already.
-                            let seen = act.recent_acks.iter().rev().find(|(i, _)| *i == id).map(|(_, a)| a.clone());
-                            match seen {
-                                Some(ack) => {
-                                    let (tx, rx) = oneshot::channel();
-                                    let _ = tx.send(ack);
-                                    (Ok(sent), Some((id, Some(rx))))
-                                }
-                                None => {
-                                    let (tx, rx) = oneshot::channel();
-                                    act.waiting.insert(id.clone(), tx);
-                                    act.fast_poll(ctx);
-                                    (Ok(sent), Some((id, Some(rx))))
-                                }
+            .into_actor(self)
+            .then(move |result, act, ctx| {
+                let (sent, waiter) = match result {
+                    Err(e) => (Err(SendError::Page(e.to_string())), None),
+                    Ok((Err(refused), _)) => (Err(SendError::Refused(refused)), None),
+                    Ok((Ok(sent), id)) if sent.ack != 0 => {
+                        let ack = sent.ack;
+                        (Ok(sent), (ack < 0).then(|| (id, None)))
+                    }
+                    Ok((Ok(sent), id)) => {
+                        // Its ack may have been drained already.
+                        let seen = act.recent_acks.iter().rev().find(|(i, _)| *i == id).map(|(_, a)| a.clone());
+                        match seen {
+                            Some(ack) => {
+                                let (tx, rx) = oneshot::channel();
+                                let _ = tx.send(ack);
+                                (Ok(sent), Some((id, Some(rx))))
+                            }
+                            None => {
+                                let (tx, rx) = oneshot::channel();
+                                act.waiting.insert(id.clone(), tx);
+                                act.fast_poll(ctx);
+                                (Ok(sent), Some((id, Some(rx))))
                             }
                         }
-                    };
-                    let session = act.name.clone();
-                    fut::wrap_future::<_, Self>(async move {
-                        let sent = sent?;
-                        let mut ack = sent.ack;
-                        if let Some((_, Some(rx))) = waiter {
-                            match tokio::time::timeout(ack_wait, rx).await {
-                                Ok(Ok(Ok(a))) => ack = a,
-                                Ok(Ok(Err(e))) => return Err(e),
-                                _ => {}
-                            }
+                    }
+                };
+                let session = act.name.clone();
+                fut::wrap_future::<_, Self>(async move {
+                    let sent = sent?;
+                    let mut ack = sent.ack;
+                    if let Some((_, Some(rx))) = waiter {
+                        match tokio::time::timeout(ack_wait, rx).await {
+                            Ok(Ok(Ok(a))) => ack = a,
+                            Ok(Ok(Err(e))) => return Err(e),
+                            _ => {}
                         }
-                        if ack < 0 {
-                            return Err(SendError::Rejected { code: None });
-                        }
-                        tracing::info!(session = %session, event = "message.sent", id = %sent.id, ack, "message sent");
-                        Ok(SendOutcome { id: sent.id, to: sent.to, ack })
-                    })
-                    .map(|result, act: &mut Self, _| {
-                        if let Err(SendError::Rejected { .. }) | Err(SendError::Page(_)) = &result {
-                            tracing::warn!(session = %act.name, event = "message.failed", "send failed");
-                        }
-                        result
-                    })
-                }),
+                    }
+                    if ack < 0 {
+                        return Err(SendError::Rejected { code: None });
+                    }
+                    tracing::info!(session = %session, event = "message.sent", id = %sent.id, ack, "message sent");
+                    Ok(SendOutcome { id: sent.id, to: sent.to, ack })
+                })
+                .map(|result, act: &mut Self, _| {
+                    if let Err(SendError::Rejected { .. }) | Err(SendError::Page(_)) = &result {
+                        tracing::warn!(session = %act.name, event = "message.failed", "send failed");
+                    }
+                    result
+                })
+            }),
         )
     }
 }

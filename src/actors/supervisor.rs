@@ -246,13 +246,7 @@ pub struct SessionHealth {
 impl SessionHealth {
     /// A heartbeat report; `healthy` heartbeats carry their time.
     pub fn heartbeat(name: &str, generation: u64, at_ms: u64, healthy: bool) -> Self {
-        Self {
-            name: name.to_string(),
-            generation,
-            last_heartbeat_ms: healthy.then_some(at_ms),
-            key_files: None,
-            browser_pss_bytes: None,
-        }
+        Self { name: name.to_string(), generation, last_heartbeat_ms: healthy.then_some(at_ms), key_files: None, browser_pss_bytes: None }
     }
 }
 
@@ -331,19 +325,14 @@ impl Supervisor {
     /// Appends a decision event to the session's history.
     fn record_event(&self, name: &str, event: &'static str, reason: Option<String>, detail: serde_json::Value) {
         let Some(slot) = self.slots.get(name) else { return };
-        let entry = HistoryEntry {
-            state: slot.record.state,
-            reason,
-            at_ms: now_ms(),
-            event: event.to_string(),
-            detail: Some(detail),
-        };
+        let entry = HistoryEntry { state: slot.record.state, reason, at_ms: now_ms(), event: event.to_string(), detail: Some(detail) };
         // Harmless if it fails: history is a record no decision reads, and
         // the store's health (503 /health, paused campaigns) reports it.
         if let Err(e) = self.store.append_history(name, &entry) {
             tracing::error!(session = %name, error = %e, "cannot store session history");
         }
-        self.events.publish(Event::session(event, name).state(entry.state, entry.reason.as_deref()).detail(entry.detail.unwrap_or_default()));
+        self.events
+            .publish(Event::session(event, name).state(entry.state, entry.reason.as_deref()).detail(entry.detail.unwrap_or_default()));
     }
 
     fn alert(&self, name: &str, event: &'static str, message: String, detail: serde_json::Value) {
@@ -429,14 +418,7 @@ impl Supervisor {
         }
         slot.generation += 1;
         let linked = slot.record.me.is_some();
-        let session = Session::new(
-            name.to_string(),
-            slot.generation,
-            self.config.clone(),
-            self.driver.clone(),
-            ctx.address(),
-            linked,
-        );
+        let session = Session::new(name.to_string(), slot.generation, self.config.clone(), self.driver.clone(), ctx.address(), linked);
         slot.addr = Some(session.start());
         self.set_state(name, SessionState::Starting, None);
     }
@@ -473,9 +455,10 @@ impl Supervisor {
                 let generation = slot.generation;
                 let owned = name.to_string();
                 slot.timer = Some(ctx.run_later(delay, move |act, ctx| {
-                    let due = act.slots.get(&owned).is_some_and(|s| {
-                        s.generation == generation && s.addr.is_none() && s.record.desired == Desired::Running
-                    });
+                    let due = act
+                        .slots
+                        .get(&owned)
+                        .is_some_and(|s| s.generation == generation && s.addr.is_none() && s.record.desired == Desired::Running);
                     if due {
                         act.start_session(&owned, ctx);
                     }
@@ -486,7 +469,8 @@ impl Supervisor {
                 self.record_event(name, "session.restart_scheduled", text, serde_json::json!({"attempt": attempt, "delay_ms": delay_ms}));
             }
             Decision::GiveUp => {
-                let detail = format!("restart budget spent: {} restarts within {:?}; last end: {reason}", policy.max_restarts, policy.window);
+                let detail =
+                    format!("restart budget spent: {} restarts within {:?}; last end: {reason}", policy.max_restarts, policy.window);
                 tracing::error!(session = %name, reason = %reason, "{detail}");
                 self.set_state(name, SessionState::Failed, Some("restart_budget_spent".into()));
             }
@@ -507,12 +491,8 @@ impl Supervisor {
 
     /// Rebuilds Sessions whose mailbox closed (the actor panicked).
     fn check_alive(&mut self, ctx: &mut Context<Self>) {
-        let dead: Vec<String> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.addr.as_ref().is_some_and(|a| !a.connected()))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let dead: Vec<String> =
+            self.slots.iter().filter(|(_, s)| s.addr.as_ref().is_some_and(|a| !a.connected())).map(|(n, _)| n.clone()).collect();
         for name in dead {
             tracing::error!(session = %name, "session actor died; rebuilding it");
             profile::kill_browsers(&profile::path(&self.config.state.dir, &name));
@@ -658,31 +638,29 @@ impl Handler<SessionCommand> for Supervisor {
                     self.save(&name);
                 }
                 let stopping = self.stop_actor(&name, ctx);
-                Box::pin(stopping.into_actor(self).map(move |_, act, ctx| {
-                    match command {
-                        Command::Restart => {
-                            if let Some(slot) = act.slots.get_mut(&name) {
-                                slot.record.desired = Desired::Running;
-                            }
-                            act.set_state(&name, SessionState::Stopped, Some("restart".into()));
-                            act.start_session(&name, ctx);
-                            act.view(&name)
+                Box::pin(stopping.into_actor(self).map(move |_, act, ctx| match command {
+                    Command::Restart => {
+                        if let Some(slot) = act.slots.get_mut(&name) {
+                            slot.record.desired = Desired::Running;
                         }
-                        Command::Delete => {
-                            let view = act.view(&name);
-                            let profile = profile::path(&act.config.state.dir, &name);
-                            if let Err(e) = profile::wipe(&profile) {
-                                tracing::error!(session = %name, error = %e, "cannot delete the profile");
-                            }
-                            act.slots.remove(&name);
-                            act.store.delete_session(&name)?;
-                            tracing::info!(session = %name, event = "session.deleted", "session deleted");
-                            view
+                        act.set_state(&name, SessionState::Stopped, Some("restart".into()));
+                        act.start_session(&name, ctx);
+                        act.view(&name)
+                    }
+                    Command::Delete => {
+                        let view = act.view(&name);
+                        let profile = profile::path(&act.config.state.dir, &name);
+                        if let Err(e) = profile::wipe(&profile) {
+                            tracing::error!(session = %name, error = %e, "cannot delete the profile");
                         }
-                        _ => {
-                            act.set_state(&name, SessionState::Stopped, Some("operator".into()));
-                            act.view(&name)
-                        }
+                        act.slots.remove(&name);
+                        act.store.delete_session(&name)?;
+                        tracing::info!(session = %name, event = "session.deleted", "session deleted");
+                        view
+                    }
+                    _ => {
+                        act.set_state(&name, SessionState::Stopped, Some("operator".into()));
+                        act.view(&name)
                     }
                 }))
             }
@@ -751,11 +729,9 @@ impl Handler<GetQr> for Supervisor {
         let slot = self.slot(&msg.name)?;
         match (&slot.qr, slot.record.state) {
             (Some(qr), SessionState::ScanQr) => Ok(qr.clone()),
-            (_, state) => Err(SupervisorError::WrongState {
-                name: msg.name,
-                state,
-                needed: "no QR to scan (a QR is offered only in SCAN_QR)",
-            }),
+            (_, state) => {
+                Err(SupervisorError::WrongState { name: msg.name, state, needed: "no QR to scan (a QR is offered only in SCAN_QR)" })
+            }
         }
     }
 }
@@ -773,9 +749,7 @@ impl Handler<SendMessage> for Supervisor {
             Some(addr) if state == SessionState::Connected => addr,
             _ => {
                 let name = msg.name;
-                return Box::pin(async move {
-                    Err(SupervisorError::WrongState { name, state, needed: "not CONNECTED" })
-                });
+                return Box::pin(async move { Err(SupervisorError::WrongState { name, state, needed: "not CONNECTED" }) });
             }
         };
         let id = msg.id.unwrap_or_else(crate::whatsapp::new_message_id);
@@ -876,7 +850,12 @@ impl Handler<SessionHealth> for Supervisor {
             let max = self.config.health.memory.max.as_u64();
             if health::memory_over(pss, max) {
                 tracing::warn!(session = %msg.name, event = "session.health", browser_pss_bytes = pss, max, "browser memory over the limit; recycling it");
-                self.record_event(&msg.name, "session.health", Some("memory".into()), serde_json::json!({"browser_pss_bytes": pss, "max": max}));
+                self.record_event(
+                    &msg.name,
+                    "session.health",
+                    Some("memory".into()),
+                    serde_json::json!({"browser_pss_bytes": pss, "max": max}),
+                );
                 return self.end_session(&msg.name, EndReason::HealthCheckFailed, ctx);
             }
         }

@@ -88,11 +88,7 @@ pub fn check(req: &actix_web::HttpRequest) -> Result<(), actix_web::HttpResponse
     if matches!((presented, token), (Some(p), Some(t)) if t.matches(p)) {
         return Ok(());
     }
-    let message = if presented.is_none() {
-        "missing bearer token: send Authorization: Bearer <token>"
-    } else {
-        "invalid bearer token"
-    };
+    let message = if presented.is_none() { "missing bearer token: send Authorization: Bearer <token>" } else { "invalid bearer token" };
     Err(ApiError::new(StatusCode::UNAUTHORIZED, message).error_response())
 }
 

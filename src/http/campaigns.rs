@@ -15,7 +15,9 @@ use super::sessions::SessionName;
 use super::AppState;
 use crate::actors::campaign::CampaignCommand;
 use crate::actors::campaigns::{CampaignError, ClearQueue, Command, CreateCampaign};
-use crate::campaign::{self, CampaignRecord, CampaignState, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row, RowError};
+use crate::campaign::{
+    self, CampaignRecord, CampaignState, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row, RowError,
+};
 use crate::session_state::{now_ms, validate_name};
 
 declare_routes! {
@@ -99,8 +101,19 @@ struct CreateBody {
 }
 
 /// The parts `POST /api/campaigns` takes as `multipart/form-data`.
-pub(super) const FORM_PARTS: [&str; 11] =
-    ["name", "session", "template", "csv", "start", "min_delay", "max_delay", "typing", "quiet_hours", "default_country", "invalid_numbers"];
+pub(super) const FORM_PARTS: [&str; 11] = [
+    "name",
+    "session",
+    "template",
+    "csv",
+    "start",
+    "min_delay",
+    "max_delay",
+    "typing",
+    "quiet_hours",
+    "default_country",
+    "invalid_numbers",
+];
 
 /// `POST /api/campaigns` as `multipart/form-data`: text parts plus the
 /// `csv` file part.
@@ -334,7 +347,10 @@ async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, 
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| super::conventions::payload_error(&e))?;
         if body.len() + chunk.len() > max {
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)")));
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)"),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -362,7 +378,10 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
             let chunk = chunk.map_err(multipart_error)?;
             total += chunk.len();
             if total > max {
-                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)")));
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)"),
+                ));
             }
             value.extend_from_slice(&chunk);
         }
@@ -422,11 +441,7 @@ fn checked_id(id: &str) -> Result<(), ApiError> {
 
 fn stored(state: &AppState, id: &str) -> Result<CampaignRecord, ApiError> {
     checked_id(id)?;
-    state
-        .store
-        .campaign(id)
-        ?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no campaign {id:?}")))
+    state.store.campaign(id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no campaign {id:?}")))
 }
 
 /// List campaigns
@@ -594,7 +609,11 @@ fn recipient_view(r: &RecipientRecord) -> RecipientView<'_> {
         (status = 404, description = "No such campaign", body = ErrorBody),
     ),
 )]
-async fn recipients(state: web::Data<AppState>, path: web::Path<CampaignId>, query: web::Query<RecipientQuery>) -> Result<HttpResponse, ApiError> {
+async fn recipients(
+    state: web::Data<AppState>,
+    path: web::Path<CampaignId>,
+    query: web::Query<RecipientQuery>,
+) -> Result<HttpResponse, ApiError> {
     let record = stored(&state, &path.id)?;
     let wanted = match query.into_inner().state {
         Some(s) => Some(s.parse::<RecipientState>().map_err(ApiError::bad_request)?),
@@ -712,7 +731,14 @@ async fn queue(state: web::Data<AppState>, path: web::Path<SessionName>) -> Resu
         let v = view(&state, r)?;
         let left = v.counts["PENDING"] + v.counts["SENDING"];
         pending += left;
-        campaigns.push(QueuedCampaign { id: v.id, name: v.name, state: v.state, reason: v.reason, pending: left, next_send_ms: v.next_send_ms });
+        campaigns.push(QueuedCampaign {
+            id: v.id,
+            name: v.name,
+            state: v.state,
+            reason: v.reason,
+            pending: left,
+            next_send_ms: v.next_send_ms,
+        });
     }
     Ok(HttpResponse::Ok().json(QueueView { session: name, pending, campaigns }))
 }

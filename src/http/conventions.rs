@@ -73,11 +73,8 @@ pub async fn no_route(req: HttpRequest) -> HttpResponse {
         return ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.path())).error_response();
     }
     let allow = allowed.join(", ");
-    let mut res = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} is not allowed on {}; use {allow}", req.method(), req.path()),
-    )
-    .error_response();
+    let mut res = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {}; use {allow}", req.method(), req.path()))
+        .error_response();
     if let Ok(v) = HeaderValue::from_str(&allow) {
         res.headers_mut().insert(header::ALLOW, v);
     }
@@ -134,13 +131,7 @@ pub async fn guard_body(mut req: ServiceRequest, next: Next<impl MessageBody>) -
     let has_body = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if let (Some(limits), true) = (limits, has_body) {
         let inner = actix_web::HttpMessage::take_payload(&mut req);
-        let guarded = BodyGuard {
-            inner,
-            seen: 0,
-            limits,
-            deadline: Box::pin(tokio::time::sleep(limits.timeout)),
-            done: false,
-        };
+        let guarded = BodyGuard { inner, seen: 0, limits, deadline: Box::pin(tokio::time::sleep(limits.timeout)), done: false };
         let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(guarded);
         req.set_payload(actix_web::dev::Payload::from(boxed));
     }

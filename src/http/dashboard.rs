@@ -85,7 +85,9 @@ mod tests {
     /// The page never writes data as markup and never persists the token.
     #[test]
     fn the_page_uses_no_markup_sinks_or_storage() {
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "localStorage", "sessionStorage", "document.cookie", "eval("] {
+        for sink in
+            ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "localStorage", "sessionStorage", "document.cookie", "eval("]
+        {
             assert!(!PAGE.contains(sink), "dashboard.html uses {sink}");
         }
     }

@@ -56,9 +56,7 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::Exists(_) | SupervisorError::WrongState { .. } => StatusCode::CONFLICT,
             SupervisorError::Send(send) => match send {
                 SendError::NotConnected(_) => StatusCode::CONFLICT,
-                SendError::Refused(SendRefused::NotOnWhatsApp(_) | SendRefused::InvalidWid(_)) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                SendError::Refused(SendRefused::NotOnWhatsApp(_) | SendRefused::InvalidWid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
                 SendError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 SendError::Refused(SendRefused::Other(_)) | SendError::Page(_) => StatusCode::BAD_GATEWAY,
             },

@@ -121,7 +121,12 @@ fn seed_shape(e: &Event) -> Option<serde_json::Value> {
         (status = 429, description = "`limits.streams` streams are open already", body = ErrorBody),
     ),
 )]
-async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, filter: web::Query<Filter>) -> Result<HttpResponse, ApiError> {
+async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    filter: web::Query<Filter>,
+) -> Result<HttpResponse, ApiError> {
     let permit = stream_permit(&state)?;
     let (response, mut session, mut incoming) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(format!("not a WebSocket request: {e}")))?;

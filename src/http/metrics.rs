@@ -90,7 +90,12 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
     for v in &sessions {
         let _ = writeln!(out, "wasup_session_state{{session=\"{}\",state=\"{}\"}} 1", v.name, v.state);
     }
-    header(&mut out, "wasup_session_restarts", "gauge", "Restarts scheduled, in the kept history plus since the daemon started (total) and the last 24 h.");
+    header(
+        &mut out,
+        "wasup_session_restarts",
+        "gauge",
+        "Restarts scheduled, in the kept history plus since the daemon started (total) and the last 24 h.",
+    );
     let mut reconnects = String::new();
     for v in &sessions {
         let t = state.events.session_tally(&v.name);
@@ -99,7 +104,12 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
         let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"total\"}} {}", v.name, t.reconnects_total);
         let _ = writeln!(reconnects, "wasup_session_reconnects{{session=\"{}\",window=\"24h\"}} {}", v.name, t.reconnects_24h());
     }
-    header(&mut out, "wasup_session_reconnects", "gauge", "Times the session went RECONNECTING, in the kept history (total) and the last 24 h.");
+    header(
+        &mut out,
+        "wasup_session_reconnects",
+        "gauge",
+        "Times the session went RECONNECTING, in the kept history (total) and the last 24 h.",
+    );
     out.push_str(&reconnects);
     header(&mut out, "wasup_session_key_files", "gauge", "Files under the session's key store at the last count.");
     for v in &sessions {
@@ -127,7 +137,8 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
         let Ok(counts) = state.tally.get(&state.store, &c.id) else { continue };
         for s in RecipientState::ALL {
             let n = counts[s.index()];
-            let _ = writeln!(out, "wasup_campaign_recipients{{campaign=\"{}\",session=\"{}\",state=\"{}\"}} {n}", c.id, c.session, s.as_str());
+            let _ =
+                writeln!(out, "wasup_campaign_recipients{{campaign=\"{}\",session=\"{}\",state=\"{}\"}} {n}", c.id, c.session, s.as_str());
         }
     }
     header(&mut out, "wasup_http_requests_total", "counter", "HTTP requests by route pattern and status.");

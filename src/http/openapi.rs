@@ -102,9 +102,7 @@ impl Modify for BearerUnderApi {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "The API token: `WASUP_TOKEN`, or the content of `http.token_file` (default `<state.dir>/token`).",
-                    ))
+                    .description(Some("The API token: `WASUP_TOKEN`, or the content of `http.token_file` (default `<state.dir>/token`)."))
                     .build(),
             ),
         );

@@ -303,11 +303,7 @@ struct QrRaw {
         (status = 409, description = "The session is not `SCAN_QR`", body = ErrorBody),
     ),
 )]
-async fn qr(
-    state: web::Data<AppState>,
-    path: web::Path<SessionName>,
-    query: web::Query<QrQuery>,
-) -> Result<HttpResponse, ApiError> {
+async fn qr(state: web::Data<AppState>, path: web::Path<SessionName>, query: web::Query<QrQuery>) -> Result<HttpResponse, ApiError> {
     let format = match query.into_inner().format.as_deref() {
         None | Some("png") => QrFormat::Png,
         Some("svg") => QrFormat::Svg,
@@ -371,11 +367,7 @@ const MAX_TEXT_CHARS: usize = 65_536;
         (status = 502, description = "The page failed to send", body = ErrorBody),
     ),
 )]
-async fn send(
-    state: web::Data<AppState>,
-    path: web::Path<SessionName>,
-    body: web::Json<SendBody>,
-) -> Result<HttpResponse, ApiError> {
+async fn send(state: web::Data<AppState>, path: web::Path<SessionName>, body: web::Json<SendBody>) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner().name;
     validate_name(&name).map_err(ApiError::bad_request)?;
     let body = body.into_inner();

@@ -16,7 +16,9 @@
 pub enum Beat {
     Healthy,
     /// A miss, `in_a_row` counting this one, below the failure threshold.
-    Missed { in_a_row: u32 },
+    Missed {
+        in_a_row: u32,
+    },
     /// `failures` misses in a row: one failure. The counter starts again.
     Failed,
 }

@@ -69,30 +69,21 @@ impl SimArgs {
 /// Runs the simulator on `--listen` until SIGTERM or SIGINT.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     ensure_loopback(args.listen)?;
-    let listener = TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     actix_web::rt::System::new().block_on(serve(args, listener, stop_signal()))
 }
 
 /// Serves the simulator on `listener` (which must be bound to a loopback
 /// address) until `shutdown` completes; then closes every page socket and
 /// stops. Must run inside an actix system.
-pub async fn serve(
-    args: SimArgs,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + 'static,
-) -> anyhow::Result<()> {
+pub async fn serve(args: SimArgs, listener: TcpListener, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("listener has no address")?;
     ensure_loopback(addr)?;
     let hub = Arc::new(Hub::new(World::new(args.timings())));
     let assets = web::Data::new(PageAssets::new(args.boot_delay));
     let hub_data = web::Data::from(Arc::clone(&hub));
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(hub_data.clone())
-            .app_data(assets.clone())
-            .configure(server::routes)
-            .configure(phone::routes)
+        App::new().app_data(hub_data.clone()).app_data(assets.clone()).configure(server::routes).configure(phone::routes)
     })
     .workers(2)
     .on_connect(server::on_connect)

@@ -30,22 +30,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/devices/{device}/messages", web::get().to(messages))
             .route("/devices/{device}/chat-states", web::get().to(chat_states))
             .route("/devices/{device}/logout", web::post().to(logout))
-            .route(
-                "/devices/{device}/device-removed",
-                web::post().to(device_removed),
-            )
+            .route("/devices/{device}/device-removed", web::post().to(device_removed))
             .route("/devices/{device}/conflict", web::post().to(conflict))
             .route("/devices/{device}/ban", web::post().to(ban))
             .route("/devices/{device}/timelock", web::post().to(timelock))
-            .route(
-                "/devices/{device}/network-drop",
-                web::post().to(network_drop),
-            )
+            .route("/devices/{device}/network-drop", web::post().to(network_drop))
             .route("/devices/{device}/slow", web::post().to(slow))
             .route("/devices/{device}/ack", web::post().to(ack))
-            .default_service(web::to(|| async {
-                error(StatusCode::NOT_FOUND, "no such phone action")
-            })),
+            .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "no such phone action") })),
     );
 }
 
@@ -105,16 +97,7 @@ async fn scan(hub: web::Data<Hub>, bytes: web::Bytes) -> HttpResponse {
         Err(e) => return refused(&e),
     };
     let platform = b.platform.as_deref().unwrap_or("android");
-    let r = hub.act(|w, now| {
-        w.scan(
-            &b.qr,
-            &b.phone,
-            &b.pushname,
-            platform,
-            now,
-            &mut rand::thread_rng(),
-        )
-    });
+    let r = hub.act(|w, now| w.scan(&b.qr, &b.phone, &b.pushname, platform, now, &mut rand::thread_rng()));
     match r {
         Ok(device) => {
             tracing::info!(device = %device, phone = %b.phone, "phone: scanned the QR code, device linked");
@@ -212,18 +195,12 @@ struct SecondsBody {
 fn seconds(b: &SecondsBody, default: Option<u64>) -> Result<u64, PhoneError> {
     match b.seconds.or(default) {
         Some(s) if (1..=MAX_SECONDS).contains(&s) => Ok(s),
-        Some(_) => Err(PhoneError::BadRequest(format!(
-            "seconds must be 1 to {MAX_SECONDS}"
-        ))),
+        Some(_) => Err(PhoneError::BadRequest(format!("seconds must be 1 to {MAX_SECONDS}"))),
         None => Err(PhoneError::BadRequest("seconds is required".into())),
     }
 }
 
-async fn timelock(
-    hub: web::Data<Hub>,
-    device: web::Path<String>,
-    bytes: web::Bytes,
-) -> HttpResponse {
+async fn timelock(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes) -> HttpResponse {
     let s = match body::<SecondsBody>(&bytes, true).and_then(|b| seconds(&b, Some(3600))) {
         Ok(s) => s,
         Err(e) => return refused(&e),
@@ -235,11 +212,7 @@ async fn timelock(
     ok_or_refused(r)
 }
 
-async fn network_drop(
-    hub: web::Data<Hub>,
-    device: web::Path<String>,
-    bytes: web::Bytes,
-) -> HttpResponse {
+async fn network_drop(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes) -> HttpResponse {
     let s = match body::<SecondsBody>(&bytes, false).and_then(|b| seconds(&b, None)) {
         Ok(s) => s,
         Err(e) => return refused(&e),
@@ -265,10 +238,7 @@ async fn slow(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes)
         Err(e) => return refused(&e),
     };
     if b.ms > MAX_SLOW_MS {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("ms must be at most {MAX_SLOW_MS}"),
-        );
+        return error(StatusCode::BAD_REQUEST, &format!("ms must be at most {MAX_SLOW_MS}"));
     }
     let r = hub.act(|w, _| w.slow(&device, b.ms));
     if r.is_ok() {
@@ -296,12 +266,7 @@ async fn ack(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes) 
         "DEVICE" => 2,
         "READ" => 3,
         "PLAYED" => 4,
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "ack must be DEVICE, READ or PLAYED",
-            )
-        }
+        _ => return error(StatusCode::BAD_REQUEST, "ack must be DEVICE, READ or PLAYED"),
     };
     let r = hub.act(|w, _| w.ack(&device, &b.id, level));
     if r.is_ok() {

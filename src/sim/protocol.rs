@@ -210,10 +210,7 @@ pub enum ServerFrame {
 impl ServerFrame {
     /// A stream error of this kind.
     pub fn stream_error(kind: StreamErrorKind) -> Self {
-        Self::StreamError {
-            code: kind.code(),
-            kind,
-        }
+        Self::StreamError { code: kind.code(), kind }
     }
 }
 
@@ -223,26 +220,13 @@ mod tests {
 
     #[test]
     fn frames_are_tagged_json() {
-        let f = ServerFrame::Qr {
-            qr_ref: "2@x".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&f).ok().as_deref(),
-            Some(r#"{"type":"qr","ref":"2@x"}"#)
-        );
+        let f = ServerFrame::Qr { qr_ref: "2@x".into() };
+        assert_eq!(serde_json::to_string(&f).ok().as_deref(), Some(r#"{"type":"qr","ref":"2@x"}"#));
         let f = ServerFrame::stream_error(StreamErrorKind::DeviceRemoved);
-        assert_eq!(
-            serde_json::to_string(&f).ok().as_deref(),
-            Some(r#"{"type":"stream_error","code":401,"kind":"device_removed"}"#)
-        );
+        assert_eq!(serde_json::to_string(&f).ok().as_deref(), Some(r#"{"type":"stream_error","code":401,"kind":"device_removed"}"#));
         let c: Result<ClientFrame, _> = serde_json::from_str(r#"{"type":"refresh_qr"}"#);
         assert!(matches!(c, Ok(ClientFrame::RefreshQr)));
-        let c: Result<ClientFrame, _> = serde_json::from_str(
-            r#"{"type":"send","n":"a","id":"3EB0","to":"12345@c.us","body":"hi"}"#,
-        );
-        assert!(matches!(
-            c,
-            Ok(ClientFrame::Send(SendFrame { attempt: 0, .. }))
-        ));
+        let c: Result<ClientFrame, _> = serde_json::from_str(r#"{"type":"send","n":"a","id":"3EB0","to":"12345@c.us","body":"hi"}"#);
+        assert!(matches!(c, Ok(ClientFrame::Send(SendFrame { attempt: 0, .. }))));
     }
 }

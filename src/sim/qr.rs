@@ -41,16 +41,8 @@ impl RefSchedule {
         if index >= self.count {
             return None;
         }
-        let from = if index == 0 {
-            self.start_ms
-        } else {
-            self.start_ms + self.first_ms + (index as u64 - 1) * self.next_ms
-        };
-        let len = if index == 0 {
-            self.first_ms
-        } else {
-            self.next_ms
-        };
+        let from = if index == 0 { self.start_ms } else { self.start_ms + self.first_ms + (index as u64 - 1) * self.next_ms };
+        let len = if index == 0 { self.first_ms } else { self.next_ms };
         Some((from, from + len))
     }
 
@@ -81,9 +73,7 @@ impl RefSchedule {
     /// When the ref shown at `now_ms` gives way to the next (or to
     /// `UNPAIRED_IDLE`); `None` once the batch is used up.
     pub fn next_change_ms(&self, now_ms: u64) -> Option<u64> {
-        self.index_at(now_ms)
-            .and_then(|i| self.window(i))
-            .map(|(_, until)| until)
+        self.index_at(now_ms).and_then(|i| self.window(i)).map(|(_, until)| until)
     }
 
     /// Validity of ref `index` at `now_ms`, for a page that stopped showing
@@ -129,18 +119,13 @@ impl PageKeys {
     /// Checks that each key is base64 of 32 bytes and the platform is a
     /// short word; returns what is wrong otherwise.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, key) in [
-            ("noise", &self.noise),
-            ("identity", &self.identity),
-            ("adv", &self.adv),
-        ] {
+        for (name, key) in [("noise", &self.noise), ("identity", &self.identity), ("adv", &self.adv)] {
             match B64.decode(key) {
                 Ok(bytes) if bytes.len() == 32 => {}
                 _ => return Err(format!("{name} key is not base64 of 32 bytes")),
             }
         }
-        let platform_ok = (1..=16).contains(&self.platform.len())
-            && self.platform.bytes().all(|b| b.is_ascii_alphanumeric());
+        let platform_ok = (1..=16).contains(&self.platform.len()) && self.platform.bytes().all(|b| b.is_ascii_alphanumeric());
         if !platform_ok {
             return Err("platform is not a short word".into());
         }
@@ -170,21 +155,12 @@ impl<'a> QrString<'a> {
             return None;
         }
         let [qr_ref, noise, identity, adv, platform] = fields;
-        Some(Self {
-            qr_ref,
-            keys: [noise, identity, adv, platform],
-        })
+        Some(Self { qr_ref, keys: [noise, identity, adv, platform] })
     }
 
     /// True if the four key fields are the ones `keys` reported.
     pub fn matches(&self, keys: &PageKeys) -> bool {
-        self.keys
-            == [
-                keys.noise.as_str(),
-                keys.identity.as_str(),
-                keys.adv.as_str(),
-                keys.platform.as_str(),
-            ]
+        self.keys == [keys.noise.as_str(), keys.identity.as_str(), keys.adv.as_str(), keys.platform.as_str()]
     }
 }
 
@@ -193,12 +169,7 @@ mod tests {
     use super::*;
 
     fn sched() -> RefSchedule {
-        RefSchedule {
-            start_ms: 1_000,
-            first_ms: 60_000,
-            next_ms: 20_000,
-            count: 6,
-        }
+        RefSchedule { start_ms: 1_000, first_ms: 60_000, next_ms: 20_000, count: 6 }
     }
 
     #[test]
@@ -222,10 +193,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_one_ref_ends_with_it() {
-        let s = RefSchedule {
-            count: 1,
-            ..sched()
-        };
+        let s = RefSchedule { count: 1, ..sched() };
         assert_eq!(s.end_ms(), 61_000);
         assert_eq!(s.index_at(61_000), None);
         assert_eq!(s.window(1), None);
@@ -262,13 +230,7 @@ mod tests {
     #[test]
     fn qr_strings_have_exactly_five_fields() {
         let q = QrString::parse("2@abc,Tk9JU0U=,SUQ=,QURW,WEB");
-        assert_eq!(
-            q,
-            Some(QrString {
-                qr_ref: "2@abc",
-                keys: ["Tk9JU0U=", "SUQ=", "QURW", "WEB"]
-            })
-        );
+        assert_eq!(q, Some(QrString { qr_ref: "2@abc", keys: ["Tk9JU0U=", "SUQ=", "QURW", "WEB"] }));
         assert_eq!(QrString::parse("2@abc,a,b,c"), None);
         assert_eq!(QrString::parse("2@abc,a,b,c,WEB,extra"), None);
         assert_eq!(QrString::parse("2@abc,a,,c,WEB"), None);
@@ -278,17 +240,9 @@ mod tests {
     #[test]
     fn keys_must_be_32_bytes_of_base64() {
         let k32 = B64.encode([7u8; 32]);
-        let good = PageKeys {
-            noise: k32.clone(),
-            identity: k32.clone(),
-            adv: k32.clone(),
-            platform: "WEB".into(),
-        };
+        let good = PageKeys { noise: k32.clone(), identity: k32.clone(), adv: k32.clone(), platform: "WEB".into() };
         assert_eq!(good.validate(), Ok(()));
-        let short = PageKeys {
-            adv: B64.encode([1u8; 16]),
-            ..good.clone()
-        };
+        let short = PageKeys { adv: B64.encode([1u8; 16]), ..good.clone() };
         assert!(short.validate().is_err());
         let q = format!("2@r,{k32},{k32},{k32},WEB");
         assert!(QrString::parse(&q).is_some_and(|q| q.matches(&good)));

@@ -51,21 +51,13 @@ pub struct Hub {
 impl Hub {
     /// A hub around `world`, with no sockets.
     pub fn new(world: World) -> Self {
-        Self {
-            inner: Mutex::new(HubInner {
-                world,
-                sockets: HashMap::new(),
-            }),
-            wake: Notify::new(),
-        }
+        Self { inner: Mutex::new(HubInner { world, sockets: HashMap::new() }), wake: Notify::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, HubInner> {
         // A panic while holding the lock leaves the world as it was at that
         // point; keep serving rather than poisoning every later request.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` on the world at the current time, performs the effects it
@@ -115,10 +107,7 @@ impl Hub {
 
 /// Unix epoch milliseconds now.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Fires the world's timers (ref rotation, history sync, delayed sends and
@@ -127,8 +116,7 @@ pub async fn ticker(hub: Arc<Hub>) {
     loop {
         let wait = hub.act_quietly(|w, now| {
             w.tick(now);
-            w.next_deadline(now)
-                .map(|at| Duration::from_millis(at.saturating_sub(now)))
+            w.next_deadline(now).map(|at| Duration::from_millis(at.saturating_sub(now)))
         });
         let wait = wait.unwrap_or(MAX_IDLE).min(MAX_IDLE);
         tokio::select! {
@@ -148,24 +136,17 @@ impl PageAssets {
     /// The assets for a page that boots in `boot_delay`.
     pub fn new(boot_delay: Duration) -> Self {
         let ms = u64::try_from(boot_delay.as_millis()).unwrap_or(u64::MAX);
-        Self {
-            js: PAGE_JS.replace("__BOOT_DELAY_MS__", &ms.to_string()),
-        }
+        Self { js: PAGE_JS.replace("__BOOT_DELAY_MS__", &ms.to_string()) }
     }
 }
 
 /// Routes of the page: `/`, `/page.js`, `/ws`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(page_html))
-        .route("/page.js", web::get().to(page_js))
-        .route("/ws", web::get().to(page_socket));
+    cfg.route("/", web::get().to(page_html)).route("/page.js", web::get().to(page_js)).route("/ws", web::get().to(page_socket));
 }
 
 async fn page_html() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(PAGE_HTML)
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").insert_header((header::CACHE_CONTROL, "no-store")).body(PAGE_HTML)
 }
 
 async fn page_js(assets: web::Data<PageAssets>) -> HttpResponse {
@@ -175,24 +156,13 @@ async fn page_js(assets: web::Data<PageAssets>) -> HttpResponse {
         .body(assets.js.clone())
 }
 
-async fn page_socket(
-    req: HttpRequest,
-    body: web::Payload,
-    hub: web::Data<Hub>,
-) -> actix_web::Result<HttpResponse> {
+async fn page_socket(req: HttpRequest, body: web::Payload, hub: web::Data<Hub>) -> actix_web::Result<HttpResponse> {
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let socket = req.conn_data::<ConnSocket>().copied();
     let (tx, rx) = unbounded_channel();
     let conn = hub.open(tx);
     tracing::debug!(conn, "sim: page socket opened");
-    actix_web::rt::spawn(run_socket(
-        hub.into_inner(),
-        conn,
-        session,
-        stream.max_frame_size(MAX_FRAME_BYTES),
-        rx,
-        socket,
-    ));
+    actix_web::rt::spawn(run_socket(hub.into_inner(), conn, session, stream.max_frame_size(MAX_FRAME_BYTES), rx, socket));
     Ok(response)
 }
 

@@ -64,10 +64,7 @@ mod tests {
 
     #[test]
     fn users_are_five_to_twenty_digits_at_c_us() {
-        assert_eq!(
-            ChatId::parse("4915112345678@c.us"),
-            Some(ChatId::User("4915112345678".into()))
-        );
+        assert_eq!(ChatId::parse("4915112345678@c.us"), Some(ChatId::User("4915112345678".into())));
         assert!(ChatId::parse("12345@c.us").is_some());
         assert!(ChatId::parse("1234@c.us").is_none());
         assert!(ChatId::parse("123456789012345678901@c.us").is_none());
@@ -80,10 +77,7 @@ mod tests {
 
     #[test]
     fn groups_are_digits_or_digits_dash_digits_at_g_us() {
-        assert_eq!(
-            ChatId::parse("120363025246125486@g.us"),
-            Some(ChatId::Group("120363025246125486".into()))
-        );
+        assert_eq!(ChatId::parse("120363025246125486@g.us"), Some(ChatId::Group("120363025246125486".into())));
         assert!(ChatId::parse("4915112345678-1600000000@g.us").is_some());
         assert!(ChatId::parse("4915-@g.us").is_none());
         assert!(ChatId::parse("-1@g.us").is_none());
@@ -100,14 +94,8 @@ mod tests {
 
     #[test]
     fn phone_numbers_may_carry_a_plus() {
-        assert_eq!(
-            normalize_phone("+4915112345678").as_deref(),
-            Some("4915112345678")
-        );
-        assert_eq!(
-            normalize_phone("4915112345678").as_deref(),
-            Some("4915112345678")
-        );
+        assert_eq!(normalize_phone("+4915112345678").as_deref(), Some("4915112345678"));
+        assert_eq!(normalize_phone("4915112345678").as_deref(), Some("4915112345678"));
         assert_eq!(normalize_phone("++4915112345678"), None);
         assert_eq!(normalize_phone("+49 151"), None);
         assert_eq!(normalize_phone("1234"), None);

@@ -298,10 +298,7 @@ impl World {
                 }
             }
             (ClientFrame::RefreshQr, Phase::Unpaired { keys, batch, .. }) => {
-                let used_up = self
-                    .batches
-                    .get(&batch)
-                    .is_none_or(|b| b.schedule.index_at(now_ms).is_none());
+                let used_up = self.batches.get(&batch).is_none_or(|b| b.schedule.index_at(now_ms).is_none());
                 if used_up {
                     self.end_batch_of(conn, now_ms);
                     self.start_batch(conn, keys, now_ms, rng);
@@ -310,9 +307,7 @@ impl World {
             (ClientFrame::Logout, Phase::Linked { device, .. }) => {
                 self.log_out(&device, Some(conn), now_ms);
             }
-            (ClientFrame::Send(f), Phase::Linked { device, .. }) => {
-                self.on_send(conn, &device, f, now_ms)
-            }
+            (ClientFrame::Send(f), Phase::Linked { device, .. }) => self.on_send(conn, &device, f, now_ms),
             (ClientFrame::ChatState { jid, state }, Phase::Linked { device, .. }) => {
                 if matches!(state.as_str(), "composing" | "paused") {
                     if let Some(d) = self.devices.get_mut(&device) {
@@ -325,8 +320,7 @@ impl World {
             }
             (ClientFrame::Exists { req, jid }, Phase::Linked { .. }) => {
                 let exists = self.on_whatsapp(&jid);
-                self.effects
-                    .push(Effect::Send(conn, ServerFrame::Exists { req, exists }));
+                self.effects.push(Effect::Send(conn, ServerFrame::Exists { req, exists }));
             }
             // Anything else is out of turn for this socket: ignore it.
             _ => {}
@@ -336,16 +330,12 @@ impl World {
     /// Fires everything due at `now_ms`.
     pub fn tick(&mut self, now_ms: u64) {
         // Sends and acks first, so a history sync due now carries them.
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_sends)
-            .into_iter()
-            .partition(|p| p.due_ms <= now_ms);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_sends).into_iter().partition(|p| p.due_ms <= now_ms);
         self.pending_sends = later;
         for p in due {
             self.accept(&p.device, p.conn, p.frame, now_ms);
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_acks)
-            .into_iter()
-            .partition(|p| p.due_ms <= now_ms);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_acks).into_iter().partition(|p| p.due_ms <= now_ms);
         self.pending_acks = later;
         for p in due {
             self.advance_ack(&p.device, &p.id, Some(&p.to), 2);
@@ -354,20 +344,10 @@ impl World {
         for conn in conns {
             match self.conns.get(&conn).cloned() {
                 Some(Phase::Unpaired { .. }) => self.show_current_ref(conn, now_ms),
-                Some(Phase::Linked {
-                    device,
-                    sync_at_ms: Some(at),
-                }) if at <= now_ms => {
-                    self.conns.insert(
-                        conn,
-                        Phase::Linked {
-                            device: device.clone(),
-                            sync_at_ms: None,
-                        },
-                    );
+                Some(Phase::Linked { device, sync_at_ms: Some(at) }) if at <= now_ms => {
+                    self.conns.insert(conn, Phase::Linked { device: device.clone(), sync_at_ms: None });
                     let msgs = self.history(&device);
-                    self.effects
-                        .push(Effect::Send(conn, ServerFrame::History { msgs }));
+                    self.effects.push(Effect::Send(conn, ServerFrame::History { msgs }));
                 }
                 _ => {}
             }
@@ -391,10 +371,7 @@ impl World {
                         }
                     }
                 }
-                Phase::Linked {
-                    sync_at_ms: Some(t),
-                    ..
-                } => consider(*t),
+                Phase::Linked { sync_at_ms: Some(t), .. } => consider(*t),
                 _ => {}
             }
         }
@@ -426,18 +403,14 @@ impl World {
         now_ms: u64,
         rng: &mut impl RngCore,
     ) -> Result<String, PhoneError> {
-        let phone = normalize_phone(phone)
-            .ok_or_else(|| bad("phone must be 5 to 20 digits, optionally after a +"))?;
+        let phone = normalize_phone(phone).ok_or_else(|| bad("phone must be 5 to 20 digits, optionally after a +"))?;
         if pushname.chars().count() > 25 || pushname.chars().any(char::is_control) {
-            return Err(bad(
-                "pushname must be at most 25 characters, no control characters",
-            ));
+            return Err(bad("pushname must be at most 25 characters, no control characters"));
         }
         if !PHONE_PLATFORMS.contains(&platform) {
             return Err(bad("platform must be one of android, iphone, smba, smbi"));
         }
-        let qr = QrString::parse(qr)
-            .ok_or_else(|| bad("qr must be ref,staticKey,identityKey,advSecret,platform"))?;
+        let qr = QrString::parse(qr).ok_or_else(|| bad("qr must be ref,staticKey,identityKey,advSecret,platform"))?;
         let not_shown = || PhoneError::NotFound("no page shows this QR ref".into());
         let &(batch_id, index) = self.refs.get(qr.qr_ref).ok_or_else(not_shown)?;
         let batch = self.batches.get(&batch_id).ok_or_else(not_shown)?;
@@ -451,22 +424,14 @@ impl World {
             return Err(not_shown());
         };
         if !qr.matches(keys) {
-            return Err(bad(
-                "the QR's keys are not the ones the page showing this ref has",
-            ));
+            return Err(bad("the QR's keys are not the ones the page showing this ref has"));
         }
         let same_phone = || self.devices.values().filter(|d| d.phone == phone);
         if same_phone().any(|d| d.state == DeviceState::Banned) {
             return Err(PhoneError::Forbidden("this account is banned".into()));
         }
-        if same_phone()
-            .filter(|d| d.state == DeviceState::Active)
-            .count()
-            >= MAX_DEVICES_PER_PHONE
-        {
-            return Err(PhoneError::Conflict(format!(
-                "this account already has {MAX_DEVICES_PER_PHONE} linked devices"
-            )));
+        if same_phone().filter(|d| d.state == DeviceState::Active).count() >= MAX_DEVICES_PER_PHONE {
+            return Err(PhoneError::Conflict(format!("this account already has {MAX_DEVICES_PER_PHONE} linked devices")));
         }
         let device = loop {
             let id = format!("{:012x}", rng.next_u64() & 0xffff_ffff_ffff);
@@ -477,11 +442,7 @@ impl World {
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
         let secret = B64.encode(secret);
-        let pushname = if pushname.is_empty() {
-            phone.clone()
-        } else {
-            pushname.to_owned()
-        };
+        let pushname = if pushname.is_empty() { phone.clone() } else { pushname.to_owned() };
         self.devices.insert(
             device.clone(),
             Device {
@@ -501,15 +462,7 @@ impl World {
         );
         self.end_batch_of(conn, now_ms);
         self.conns.insert(conn, Phase::Pairing);
-        self.effects.push(Effect::Send(
-            conn,
-            ServerFrame::Paired {
-                device: device.clone(),
-                secret,
-                phone,
-                pushname,
-            },
-        ));
+        self.effects.push(Effect::Send(conn, ServerFrame::Paired { device: device.clone(), secret, phone, pushname }));
         Ok(device)
     }
 
@@ -551,12 +504,7 @@ impl World {
 
     /// The device's network is down for `seconds`: its sockets drop now and
     /// its reconnects are dropped until then.
-    pub fn network_drop(
-        &mut self,
-        device: &str,
-        seconds: u64,
-        now_ms: u64,
-    ) -> Result<(), PhoneError> {
+    pub fn network_drop(&mut self, device: &str, seconds: u64, now_ms: u64) -> Result<(), PhoneError> {
         self.device_mut(device)?.offline_until_ms = Some(now_ms + seconds * 1000);
         for conn in self.linked_conns(device) {
             self.conns.insert(conn, Phase::Closing);
@@ -578,9 +526,7 @@ impl World {
         if self.advance_ack(device, id, None, ack) {
             Ok(())
         } else {
-            Err(PhoneError::NotFound(format!(
-                "device {device} sent no message with id {id}"
-            )))
+            Err(PhoneError::NotFound(format!("device {device} sent no message with id {id}")))
         }
     }
 
@@ -612,11 +558,7 @@ impl World {
                 timelocked_until_ms: d.timelocked_until_ms.filter(|&u| u > now_ms),
             })
             .collect();
-        list.sort_by(|a, b| {
-            a.linked_at_ms
-                .cmp(&b.linked_at_ms)
-                .then_with(|| a.device.cmp(&b.device))
-        });
+        list.sort_by(|a, b| a.linked_at_ms.cmp(&b.linked_at_ms).then_with(|| a.device.cmp(&b.device)));
         list
     }
 
@@ -627,44 +569,31 @@ impl World {
     }
 
     pub fn messages(&self, device: &str) -> Result<Vec<SentMessage>, PhoneError> {
-        self.devices
-            .get(device)
-            .map(|d| d.log.clone())
-            .ok_or_else(|| no_device(device))
+        self.devices.get(device).map(|d| d.log.clone()).ok_or_else(|| no_device(device))
     }
 
     // ----- internals ----------------------------------------------------
 
     fn device_mut(&mut self, device: &str) -> Result<&mut Device, PhoneError> {
-        self.devices
-            .get_mut(device)
-            .ok_or_else(|| no_device(device))
+        self.devices.get_mut(device).ok_or_else(|| no_device(device))
     }
 
     fn active_device(&mut self, device: &str) -> Result<&mut Device, PhoneError> {
         let d = self.device_mut(device)?;
         match d.state {
             DeviceState::Active => Ok(d),
-            other => Err(PhoneError::Conflict(format!(
-                "device {device} is {}",
-                other.as_str()
-            ))),
+            other => Err(PhoneError::Conflict(format!("device {device} is {}", other.as_str()))),
         }
     }
 
     fn linked_conns(&self, device: &str) -> Vec<ConnId> {
-        self.conns
-            .iter()
-            .filter(|(_, p)| matches!(p, Phase::Linked { device: d, .. } if d == device))
-            .map(|(c, _)| *c)
-            .collect()
+        self.conns.iter().filter(|(_, p)| matches!(p, Phase::Linked { device: d, .. } if d == device)).map(|(c, _)| *c).collect()
     }
 
     fn end_stream(&mut self, conn: ConnId, kind: StreamErrorKind, now_ms: u64) {
         self.end_batch_of(conn, now_ms);
         self.conns.insert(conn, Phase::Closing);
-        self.effects
-            .push(Effect::Send(conn, ServerFrame::stream_error(kind)));
+        self.effects.push(Effect::Send(conn, ServerFrame::stream_error(kind)));
         self.effects.push(Effect::Close(conn));
     }
 
@@ -680,11 +609,7 @@ impl World {
             d.state = DeviceState::LoggedOut;
         }
         for conn in self.linked_conns(device) {
-            let frame = if Some(conn) == from_page {
-                ServerFrame::LoggedOut
-            } else {
-                ServerFrame::Logout
-            };
+            let frame = if Some(conn) == from_page { ServerFrame::LoggedOut } else { ServerFrame::Logout };
             self.end_batch_of(conn, now_ms);
             self.conns.insert(conn, Phase::Closing);
             self.effects.push(Effect::Send(conn, frame));
@@ -693,11 +618,7 @@ impl World {
     }
 
     fn login(&mut self, conn: ConnId, device: &str, secret: &str, takeover: bool, now_ms: u64) {
-        let Some(d) = self
-            .devices
-            .get_mut(device)
-            .filter(|d| secrets_equal(&d.secret, secret))
-        else {
+        let Some(d) = self.devices.get_mut(device).filter(|d| secrets_equal(&d.secret, secret)) else {
             self.end_stream(conn, StreamErrorKind::LoggedOut, now_ms);
             return;
         };
@@ -723,19 +644,9 @@ impl World {
             }
             d.conflict = false;
         }
-        let frame = ServerFrame::Connected {
-            me: format!("{}@c.us", d.phone),
-            pushname: d.pushname.clone(),
-            platform: d.platform.clone(),
-        };
+        let frame = ServerFrame::Connected { me: format!("{}@c.us", d.phone), pushname: d.pushname.clone(), platform: d.platform.clone() };
         let sync_at_ms = Some(now_ms + self.timings.sync_delay_ms);
-        self.conns.insert(
-            conn,
-            Phase::Linked {
-                device: device.to_owned(),
-                sync_at_ms,
-            },
-        );
+        self.conns.insert(conn, Phase::Linked { device: device.to_owned(), sync_at_ms });
         self.effects.push(Effect::Send(conn, frame));
     }
 
@@ -747,29 +658,9 @@ impl World {
         for (i, r) in refs.iter().enumerate() {
             self.refs.insert(r.clone(), (id, i));
         }
-        let schedule = RefSchedule {
-            start_ms: now_ms,
-            first_ms: self.timings.qr_first_ms,
-            next_ms: self.timings.qr_next_ms,
-            count,
-        };
-        self.batches.insert(
-            id,
-            Batch {
-                conn,
-                schedule,
-                refs,
-                ended_ms: None,
-            },
-        );
-        self.conns.insert(
-            conn,
-            Phase::Unpaired {
-                keys,
-                batch: id,
-                shown: Shown::Nothing,
-            },
-        );
+        let schedule = RefSchedule { start_ms: now_ms, first_ms: self.timings.qr_first_ms, next_ms: self.timings.qr_next_ms, count };
+        self.batches.insert(id, Batch { conn, schedule, refs, ended_ms: None });
+        self.conns.insert(conn, Phase::Unpaired { keys, batch: id, shown: Shown::Nothing });
         self.show_current_ref(conn, now_ms);
     }
 
@@ -792,14 +683,7 @@ impl World {
             },
             _ => ServerFrame::QrIdle,
         };
-        self.conns.insert(
-            conn,
-            Phase::Unpaired {
-                keys,
-                batch,
-                shown: want,
-            },
-        );
+        self.conns.insert(conn, Phase::Unpaired { keys, batch, shown: want });
         self.effects.push(Effect::Send(conn, frame));
     }
 
@@ -816,10 +700,7 @@ impl World {
             .batches
             .iter()
             .filter(|(_, b)| {
-                let over = b
-                    .ended_ms
-                    .unwrap_or(b.schedule.end_ms())
-                    .min(b.schedule.end_ms());
+                let over = b.ended_ms.unwrap_or(b.schedule.end_ms()).min(b.schedule.end_ms());
                 over + REF_MEMORY_MS < now_ms
             })
             .map(|(id, _)| *id)
@@ -852,28 +733,16 @@ impl World {
         if f.attempt > 0 {
             // A retransmission after the socket came back: the servers
             // already have it if it arrived before the loss.
-            if let Some(p) = self
-                .pending_sends
-                .iter_mut()
-                .find(|p| p.device == device && p.frame.id == f.id && p.frame.to == f.to)
-            {
+            if let Some(p) = self.pending_sends.iter_mut().find(|p| p.device == device && p.frame.id == f.id && p.frame.to == f.to) {
                 p.conn = conn;
                 p.frame.n = f.n;
                 return;
             }
-            let known = self
-                .devices
-                .get(device)
-                .and_then(|d| d.log.iter().find(|m| m.id == f.id && m.to == f.to))
-                .map(|m| m.ack);
+            let known = self.devices.get(device).and_then(|d| d.log.iter().find(|m| m.id == f.id && m.to == f.to)).map(|m| m.ack);
             if let Some(ack) = known {
                 self.reply_sent(conn, device, &f, true, None);
                 if ack > 1 {
-                    let frame = ServerFrame::Ack {
-                        id: f.id.clone(),
-                        to: f.to.clone(),
-                        ack,
-                    };
+                    let frame = ServerFrame::Ack { id: f.id.clone(), to: f.to.clone(), ack };
                     self.effects.push(Effect::Send(conn, frame));
                 }
                 return;
@@ -881,12 +750,7 @@ impl World {
         }
         let slow = self.devices.get(device).map_or(0, |d| d.slow_send_ms);
         if slow > 0 {
-            self.pending_sends.push(PendingSend {
-                due_ms: now_ms + slow,
-                device: device.to_owned(),
-                conn,
-                frame: f,
-            });
+            self.pending_sends.push(PendingSend { due_ms: now_ms + slow, device: device.to_owned(), conn, frame: f });
         } else {
             self.accept(device, conn, f, now_ms);
         }
@@ -906,14 +770,7 @@ impl World {
         }
         let deliverable = self.on_whatsapp(&f.to);
         if let Some(d) = self.devices.get_mut(device) {
-            d.log.push(SentMessage {
-                id: f.id.clone(),
-                to: f.to.clone(),
-                body: f.body.clone(),
-                at_ms: now_ms,
-                ack: 1,
-                t: f.t,
-            });
+            d.log.push(SentMessage { id: f.id.clone(), to: f.to.clone(), body: f.body.clone(), at_ms: now_ms, ack: 1, t: f.t });
         }
         self.reply_sent(conn, device, &f, true, None);
         if deliverable {
@@ -927,33 +784,16 @@ impl World {
     }
 
     /// Answers a send on the socket that sent it, if it is still there.
-    fn reply_sent(
-        &mut self,
-        conn: ConnId,
-        device: &str,
-        f: &SendFrame,
-        ok: bool,
-        error: Option<u16>,
-    ) {
-        let live =
-            matches!(self.conns.get(&conn), Some(Phase::Linked { device: d, .. }) if d == device);
+    fn reply_sent(&mut self, conn: ConnId, device: &str, f: &SendFrame, ok: bool, error: Option<u16>) {
+        let live = matches!(self.conns.get(&conn), Some(Phase::Linked { device: d, .. }) if d == device);
         if live {
-            let frame = ServerFrame::Sent {
-                n: f.n.clone(),
-                id: f.id.clone(),
-                to: f.to.clone(),
-                ok,
-                error,
-            };
+            let frame = ServerFrame::Sent { n: f.n.clone(), id: f.id.clone(), to: f.to.clone(), ok, error };
             self.effects.push(Effect::Send(conn, frame));
         }
     }
 
     fn account_messaged(&self, phone: &str, to: &str) -> bool {
-        self.devices
-            .values()
-            .filter(|d| d.phone == phone)
-            .any(|d| d.log.iter().any(|m| m.to == to))
+        self.devices.values().filter(|d| d.phone == phone).any(|d| d.log.iter().any(|m| m.to == to))
     }
 
     /// Raises matching messages to `ack`; tells the device's pages. Returns
@@ -964,11 +804,7 @@ impl World {
         };
         let mut found = false;
         let mut changed: Vec<String> = Vec::new();
-        for m in d
-            .log
-            .iter_mut()
-            .filter(|m| m.id == id && to.is_none_or(|t| m.to == t))
-        {
+        for m in d.log.iter_mut().filter(|m| m.id == id && to.is_none_or(|t| m.to == t)) {
             found = true;
             if m.ack < ack {
                 m.ack = ack;
@@ -979,11 +815,7 @@ impl World {
         }
         for conn in self.linked_conns(device) {
             for to in &changed {
-                let frame = ServerFrame::Ack {
-                    id: id.to_owned(),
-                    to: to.clone(),
-                    ack,
-                };
+                let frame = ServerFrame::Ack { id: id.to_owned(), to: to.clone(), ack };
                 self.effects.push(Effect::Send(conn, frame));
             }
         }
@@ -999,13 +831,7 @@ impl World {
         for m in &d.log {
             match out.iter_mut().find(|h| h.id == m.id && h.to == m.to) {
                 Some(h) => h.ack = h.ack.max(m.ack),
-                None => out.push(HistoryMsg {
-                    id: m.id.clone(),
-                    to: m.to.clone(),
-                    body: m.body.clone(),
-                    t: m.t,
-                    ack: m.ack,
-                }),
+                None => out.push(HistoryMsg { id: m.id.clone(), to: m.to.clone(), body: m.body.clone(), t: m.t, ack: m.ack }),
             }
         }
         out
@@ -1022,11 +848,7 @@ fn no_device(device: &str) -> PhoneError {
 
 /// Compares secrets without an early exit on the first differing byte.
 fn secrets_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -1037,23 +859,12 @@ mod tests {
     const T0: u64 = 1_700_000_000_000;
 
     fn timings() -> Timings {
-        Timings {
-            qr_first_ms: 60_000,
-            qr_next_ms: 20_000,
-            qr_refs: 3,
-            sync_delay_ms: 500,
-            ack_device_after_ms: 200,
-        }
+        Timings { qr_first_ms: 60_000, qr_next_ms: 20_000, qr_refs: 3, sync_delay_ms: 500, ack_device_after_ms: 200 }
     }
 
     fn keys(seed: u8) -> PageKeys {
         let k = B64.encode([seed; 32]);
-        PageKeys {
-            noise: k.clone(),
-            identity: k.clone(),
-            adv: k,
-            platform: "WEB".into(),
-        }
+        PageKeys { noise: k.clone(), identity: k.clone(), adv: k, platform: "WEB".into() }
     }
 
     fn qr_for(r: &str, k: &PageKeys) -> String {
@@ -1061,14 +872,7 @@ mod tests {
     }
 
     fn hello(cred: Option<(&str, &str)>, k: PageKeys, takeover: bool) -> ClientFrame {
-        ClientFrame::Hello(Hello {
-            cred: cred.map(|(d, s)| Credential {
-                device: d.into(),
-                secret: s.into(),
-            }),
-            keys: k,
-            takeover,
-        })
+        ClientFrame::Hello(Hello { cred: cred.map(|(d, s)| Credential { device: d.into(), secret: s.into() }), keys: k, takeover })
     }
 
     fn frames_to(effects: &[Effect], conn: ConnId) -> Vec<ServerFrame> {
@@ -1082,24 +886,16 @@ mod tests {
     }
 
     fn last_ref(effects: &[Effect], conn: ConnId) -> Option<String> {
-        frames_to(effects, conn)
-            .into_iter()
-            .rev()
-            .find_map(|f| match f {
-                ServerFrame::Qr { qr_ref } => Some(qr_ref),
-                _ => None,
-            })
+        frames_to(effects, conn).into_iter().rev().find_map(|f| match f {
+            ServerFrame::Qr { qr_ref } => Some(qr_ref),
+            _ => None,
+        })
     }
 
     /// An unpaired page: its conn and first ref.
     fn unpaired(w: &mut World, k: &PageKeys, now: u64) -> (ConnId, String) {
         let c = w.open();
-        w.frame(
-            c,
-            hello(None, k.clone(), false),
-            now,
-            &mut rand::thread_rng(),
-        );
+        w.frame(c, hello(None, k.clone(), false), now, &mut rand::thread_rng());
         let fx = w.take_effects();
         let r = last_ref(&fx, c).unwrap_or_default();
         (c, r)
@@ -1109,14 +905,7 @@ mod tests {
     fn linked(w: &mut World, now: u64) -> (String, String, ConnId) {
         let k = keys(1);
         let (c, r) = unpaired(w, &k, now);
-        let dev = w.scan(
-            &qr_for(&r, &k),
-            "4915112345678",
-            "Acme",
-            "android",
-            now,
-            &mut rand::thread_rng(),
-        );
+        let dev = w.scan(&qr_for(&r, &k), "4915112345678", "Acme", "android", now, &mut rand::thread_rng());
         let dev = dev.unwrap_or_default();
         let secret = frames_to(&w.take_effects(), c)
             .into_iter()
@@ -1127,25 +916,13 @@ mod tests {
             .unwrap_or_default();
         w.closed(c, now);
         let c2 = w.open();
-        w.frame(
-            c2,
-            hello(Some((&dev, &secret)), keys(1), false),
-            now,
-            &mut rand::thread_rng(),
-        );
+        w.frame(c2, hello(Some((&dev, &secret)), keys(1), false), now, &mut rand::thread_rng());
         w.take_effects();
         (dev, secret, c2)
     }
 
     fn send(n: &str, id: &str, to: &str, attempt: u32) -> ClientFrame {
-        ClientFrame::Send(SendFrame {
-            n: n.into(),
-            id: id.into(),
-            to: to.into(),
-            body: "hello".into(),
-            t: 1,
-            attempt,
-        })
+        ClientFrame::Send(SendFrame { n: n.into(), id: id.into(), to: to.into(), body: "hello".into(), t: 1, attempt })
     }
 
     #[test]
@@ -1160,17 +937,9 @@ mod tests {
         assert!(r1.as_ref().is_some_and(|r| *r != r0));
         w.tick(T0 + 80_000);
         w.tick(T0 + 100_000);
-        assert_eq!(
-            frames_to(&w.take_effects(), c).last(),
-            Some(&ServerFrame::QrIdle)
-        );
+        assert_eq!(frames_to(&w.take_effects(), c).last(), Some(&ServerFrame::QrIdle));
         assert_eq!(w.next_deadline(T0 + 100_000), None);
-        w.frame(
-            c,
-            ClientFrame::RefreshQr,
-            T0 + 120_000,
-            &mut rand::thread_rng(),
-        );
+        w.frame(c, ClientFrame::RefreshQr, T0 + 120_000, &mut rand::thread_rng());
         assert!(last_ref(&w.take_effects(), c).is_some());
     }
 
@@ -1180,73 +949,30 @@ mod tests {
         let mut rng = rand::thread_rng();
         let k = keys(1);
         let (c, r0) = unpaired(&mut w, &k, T0);
-        let scan = |w: &mut World, qr: &str, phone: &str, now: u64| {
-            w.scan(qr, phone, "Acme", "android", now, &mut rand::thread_rng())
-        };
-        assert!(matches!(
-            scan(&mut w, &qr_for("2@nope", &k), "4915112345678", T0),
-            Err(PhoneError::NotFound(_))
-        ));
-        assert!(matches!(
-            scan(&mut w, &qr_for(&r0, &keys(2)), "4915112345678", T0),
-            Err(PhoneError::BadRequest(_))
-        ));
-        assert!(matches!(
-            scan(&mut w, &qr_for(&r0, &k), "49", T0),
-            Err(PhoneError::BadRequest(_))
-        ));
-        assert!(matches!(
-            scan(&mut w, "garbage", "4915112345678", T0),
-            Err(PhoneError::BadRequest(_))
-        ));
+        let scan = |w: &mut World, qr: &str, phone: &str, now: u64| w.scan(qr, phone, "Acme", "android", now, &mut rand::thread_rng());
+        assert!(matches!(scan(&mut w, &qr_for("2@nope", &k), "4915112345678", T0), Err(PhoneError::NotFound(_))));
+        assert!(matches!(scan(&mut w, &qr_for(&r0, &keys(2)), "4915112345678", T0), Err(PhoneError::BadRequest(_))));
+        assert!(matches!(scan(&mut w, &qr_for(&r0, &k), "49", T0), Err(PhoneError::BadRequest(_))));
+        assert!(matches!(scan(&mut w, "garbage", "4915112345678", T0), Err(PhoneError::BadRequest(_))));
         w.tick(T0 + 60_000);
         let r1 = last_ref(&w.take_effects(), c).unwrap_or_default();
-        assert!(matches!(
-            scan(&mut w, &qr_for(&r0, &k), "4915112345678", T0 + 60_000),
-            Err(PhoneError::Gone(_))
-        ));
-        let dev = w.scan(
-            &qr_for(&r1, &k),
-            "+4915112345678",
-            "Acme",
-            "android",
-            T0 + 61_000,
-            &mut rng,
-        );
+        assert!(matches!(scan(&mut w, &qr_for(&r0, &k), "4915112345678", T0 + 60_000), Err(PhoneError::Gone(_))));
+        let dev = w.scan(&qr_for(&r1, &k), "+4915112345678", "Acme", "android", T0 + 61_000, &mut rng);
         assert!(dev.is_ok());
-        assert!(matches!(
-            frames_to(&w.take_effects(), c).as_slice(),
-            [ServerFrame::Paired { .. }]
-        ));
+        assert!(matches!(frames_to(&w.take_effects(), c).as_slice(), [ServerFrame::Paired { .. }]));
         // The page is pairing: its ref is spent.
-        assert!(matches!(
-            scan(&mut w, &qr_for(&r1, &k), "4915112345678", T0 + 62_000),
-            Err(PhoneError::Gone(_))
-        ));
+        assert!(matches!(scan(&mut w, &qr_for(&r1, &k), "4915112345678", T0 + 62_000), Err(PhoneError::Gone(_))));
     }
 
     #[test]
     fn a_linked_page_connects_then_syncs_history() {
         let mut w = World::new(timings());
         let (dev, secret, c) = linked(&mut w, T0);
-        w.frame(
-            c,
-            send("n1", "3EB0AAAA", "4917000000001@c.us", 0),
-            T0,
-            &mut rand::thread_rng(),
-        );
+        w.frame(c, send("n1", "3EB0AAAA", "4917000000001@c.us", 0), T0, &mut rand::thread_rng());
         w.take_effects();
         let c2 = w.open();
-        w.frame(
-            c2,
-            hello(Some((&dev, &secret)), keys(9), false),
-            T0 + 1_000,
-            &mut rand::thread_rng(),
-        );
-        assert!(matches!(
-            frames_to(&w.take_effects(), c2).as_slice(),
-            [ServerFrame::Connected { .. }]
-        ));
+        w.frame(c2, hello(Some((&dev, &secret)), keys(9), false), T0 + 1_000, &mut rand::thread_rng());
+        assert!(matches!(frames_to(&w.take_effects(), c2).as_slice(), [ServerFrame::Connected { .. }]));
         w.tick(T0 + 1_500);
         let fx = w.take_effects();
         assert!(frames_to(&fx, c2).iter().any(|f| matches!(
@@ -1261,23 +987,12 @@ mod tests {
         let (dev, secret, _) = linked(&mut w, T0);
         let try_login = |w: &mut World, secret: &str| {
             let c = w.open();
-            w.frame(
-                c,
-                hello(Some((&dev, secret)), keys(1), false),
-                T0,
-                &mut rand::thread_rng(),
-            );
+            w.frame(c, hello(Some((&dev, secret)), keys(1), false), T0, &mut rand::thread_rng());
             frames_to(&w.take_effects(), c)
         };
-        assert_eq!(
-            try_login(&mut w, "wrong"),
-            vec![ServerFrame::stream_error(StreamErrorKind::LoggedOut)]
-        );
+        assert_eq!(try_login(&mut w, "wrong"), vec![ServerFrame::stream_error(StreamErrorKind::LoggedOut)]);
         assert_eq!(w.remove_device(&dev, T0), Ok(()));
-        assert_eq!(
-            try_login(&mut w, &secret),
-            vec![ServerFrame::stream_error(StreamErrorKind::DeviceRemoved)]
-        );
+        assert_eq!(try_login(&mut w, &secret), vec![ServerFrame::stream_error(StreamErrorKind::DeviceRemoved)]);
         assert!(matches!(w.ban(&dev, T0), Err(PhoneError::Conflict(_))));
         let c = w.open();
         w.frame(c, hello(None, keys(1), false), T0, &mut rng);
@@ -1292,27 +1007,11 @@ mod tests {
         let fx = w.take_effects();
         assert!(fx.contains(&Effect::Close(c)));
         let c2 = w.open();
-        w.frame(
-            c2,
-            hello(Some((&dev, &secret)), keys(1), false),
-            T0,
-            &mut rand::thread_rng(),
-        );
-        assert_eq!(
-            frames_to(&w.take_effects(), c2),
-            vec![ServerFrame::stream_error(StreamErrorKind::Replaced)]
-        );
+        w.frame(c2, hello(Some((&dev, &secret)), keys(1), false), T0, &mut rand::thread_rng());
+        assert_eq!(frames_to(&w.take_effects(), c2), vec![ServerFrame::stream_error(StreamErrorKind::Replaced)]);
         let c3 = w.open();
-        w.frame(
-            c3,
-            hello(Some((&dev, &secret)), keys(1), true),
-            T0,
-            &mut rand::thread_rng(),
-        );
-        assert!(matches!(
-            frames_to(&w.take_effects(), c3).as_slice(),
-            [ServerFrame::Connected { .. }]
-        ));
+        w.frame(c3, hello(Some((&dev, &secret)), keys(1), true), T0, &mut rand::thread_rng());
+        assert!(matches!(frames_to(&w.take_effects(), c3).as_slice(), [ServerFrame::Connected { .. }]));
     }
 
     #[test]
@@ -1323,24 +1022,11 @@ mod tests {
         assert_eq!(w.take_effects(), vec![Effect::Drop(c)]);
         w.closed(c, T0);
         let c2 = w.open();
-        w.frame(
-            c2,
-            hello(Some((&dev, &secret)), keys(1), false),
-            T0 + 4_999,
-            &mut rand::thread_rng(),
-        );
+        w.frame(c2, hello(Some((&dev, &secret)), keys(1), false), T0 + 4_999, &mut rand::thread_rng());
         assert_eq!(w.take_effects(), vec![Effect::Drop(c2)]);
         let c3 = w.open();
-        w.frame(
-            c3,
-            hello(Some((&dev, &secret)), keys(1), false),
-            T0 + 5_000,
-            &mut rand::thread_rng(),
-        );
-        assert!(matches!(
-            frames_to(&w.take_effects(), c3).as_slice(),
-            [ServerFrame::Connected { .. }]
-        ));
+        w.frame(c3, hello(Some((&dev, &secret)), keys(1), false), T0 + 5_000, &mut rand::thread_rng());
+        assert!(matches!(frames_to(&w.take_effects(), c3).as_slice(), [ServerFrame::Connected { .. }]));
     }
 
     #[test]
@@ -1360,18 +1046,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            sent,
-            vec![("b".into(), true, None), ("c".into(), false, Some(463))]
-        );
+        assert_eq!(sent, vec![("b".into(), true, None), ("c".into(), false, Some(463))]);
         assert_eq!(w.messages(&dev).map(|m| m.len()), Ok(2));
         // After the lock, new chats work again.
-        w.frame(
-            c,
-            send("d", "3EB04", "4917000000002@c.us", 0),
-            T0 + 60_000,
-            &mut rng,
-        );
+        w.frame(c, send("d", "3EB04", "4917000000002@c.us", 0), T0 + 60_000, &mut rng);
         assert_eq!(w.messages(&dev).map(|m| m.len()), Ok(3));
     }
 
@@ -1402,18 +1080,10 @@ mod tests {
         w.frame(c, send("a", "3EB0Z", "4917000000001@c.us", 0), T0, &mut rng);
         assert_eq!(w.ack(&dev, "3EB0Z", 3), Ok(()));
         w.tick(T0 + 200);
-        let acks = w
-            .messages(&dev)
-            .map(|m| m.iter().map(|m| m.ack).collect::<Vec<_>>());
+        let acks = w.messages(&dev).map(|m| m.iter().map(|m| m.ack).collect::<Vec<_>>());
         assert_eq!(acks, Ok(vec![3]));
-        assert!(matches!(
-            w.ack(&dev, "nope", 3),
-            Err(PhoneError::NotFound(_))
-        ));
-        assert!(matches!(
-            w.ack("nodev", "3EB0Z", 3),
-            Err(PhoneError::NotFound(_))
-        ));
+        assert!(matches!(w.ack(&dev, "nope", 3), Err(PhoneError::NotFound(_))));
+        assert!(matches!(w.ack("nodev", "3EB0Z", 3), Err(PhoneError::NotFound(_))));
     }
 
     #[test]
@@ -1423,44 +1093,15 @@ mod tests {
         let (dev, _, c) = linked(&mut w, T0);
         assert_eq!(w.unregister(&["+4917000000009".into()]), Ok(1));
         assert!(w.unregister(&["12".into()]).is_err());
-        w.frame(
-            c,
-            ClientFrame::Exists {
-                req: 7,
-                jid: "4917000000009@c.us".into(),
-            },
-            T0,
-            &mut rng,
-        );
-        w.frame(
-            c,
-            ClientFrame::Exists {
-                req: 8,
-                jid: "4917000000001@c.us".into(),
-            },
-            T0,
-            &mut rng,
-        );
+        w.frame(c, ClientFrame::Exists { req: 7, jid: "4917000000009@c.us".into() }, T0, &mut rng);
+        w.frame(c, ClientFrame::Exists { req: 8, jid: "4917000000001@c.us".into() }, T0, &mut rng);
         assert_eq!(
             frames_to(&w.take_effects(), c),
-            vec![
-                ServerFrame::Exists {
-                    req: 7,
-                    exists: false
-                },
-                ServerFrame::Exists {
-                    req: 8,
-                    exists: true
-                }
-            ]
+            vec![ServerFrame::Exists { req: 7, exists: false }, ServerFrame::Exists { req: 8, exists: true }]
         );
         w.frame(c, send("a", "3EB0Q", "4917000000009@c.us", 0), T0, &mut rng);
         w.tick(T0 + 10_000);
-        assert_eq!(
-            w.messages(&dev)
-                .map(|m| m.iter().map(|m| m.ack).collect::<Vec<_>>()),
-            Ok(vec![1])
-        );
+        assert_eq!(w.messages(&dev).map(|m| m.iter().map(|m| m.ack).collect::<Vec<_>>()), Ok(vec![1]));
     }
 
     #[test]
@@ -1468,10 +1109,7 @@ mod tests {
         let mut w = World::new(timings());
         let (dev, _, c) = linked(&mut w, T0);
         assert_eq!(w.phone_logout(&dev, T0), Ok(()));
-        assert_eq!(
-            w.take_effects(),
-            vec![Effect::Send(c, ServerFrame::Logout), Effect::Close(c)]
-        );
+        assert_eq!(w.take_effects(), vec![Effect::Send(c, ServerFrame::Logout), Effect::Close(c)]);
         let states: Vec<DeviceState> = w.devices(T0).iter().map(|d| d.state).collect();
         assert_eq!(states, vec![DeviceState::LoggedOut]);
     }

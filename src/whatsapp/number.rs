@@ -51,9 +51,7 @@ pub fn parse_recipient(input: &str) -> Result<ChatId, NumberError> {
         return Ok(ChatId(format!("{}@c.us", &e164[1..])));
     }
     if let Some(id) = input.strip_suffix("@g.us") {
-        let ok = !id.is_empty()
-            && id.len() <= 40
-            && id.split('-').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let ok = !id.is_empty() && id.len() <= 40 && id.split('-').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
         return if ok { Ok(ChatId(input.into())) } else { Err(NumberError::BadChatId(input.into())) };
     }
     let e164 = to_e164(input)?;

@@ -55,15 +55,9 @@ impl Observer {
 
     pub fn observe(&mut self, events: &[PageEvent], snap: &Snapshot) -> Verdict {
         let verdict = |state, reason| Verdict { state, reason, end: None, refresh_qr: false };
-        let ended = |reason: EndReason, state| Verdict {
-            state,
-            reason: Some(reason.as_str()),
-            end: Some(reason),
-            refresh_qr: false,
-        };
-        let logged_out = events.iter().any(|e| {
-            matches!(e, PageEvent::Logout | PageEvent::Loaded { post_logout: true })
-        }) || snap.post_logout;
+        let ended = |reason: EndReason, state| Verdict { state, reason: Some(reason.as_str()), end: Some(reason), refresh_qr: false };
+        let logged_out =
+            events.iter().any(|e| matches!(e, PageEvent::Logout | PageEvent::Loaded { post_logout: true })) || snap.post_logout;
         if self.linked && logged_out {
             return ended(EndReason::PhoneLogout, SessionState::LoggedOut);
         }

@@ -100,9 +100,7 @@ fn classify(e: CmdError) -> PageError {
 fn classify_new(e: NewSessionError) -> PageError {
     let message = e.to_string();
     let reason = match &e {
-        NewSessionError::Failed(_) | NewSessionError::FailedC(_) | NewSessionError::Lost(_) => {
-            EndReason::DriverDied
-        }
+        NewSessionError::Failed(_) | NewSessionError::FailedC(_) | NewSessionError::Lost(_) => EndReason::DriverDied,
         _ => EndReason::StartFailed,
     };
     let detail = match &e {
@@ -220,21 +218,14 @@ impl Page {
         }
         args.extend(config.browser.args.iter().cloned());
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"binary": config.browser.chromium, "args": args}),
-        );
+        caps.insert("goog:chromeOptions".into(), json!({"binary": config.browser.chromium, "args": args}));
         caps.insert("pageLoadStrategy".into(), json!("eager"));
         caps.insert(
             "timeouts".into(),
             json!({"script": config.whatsapp.send_timeout.as_millis() as u64, "pageLoad": config.whatsapp.load_timeout.as_millis() as u64}),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(webdriver_url)
-            .await
-            .map_err(classify_new)?;
+        let client = ClientBuilder::new(connector).capabilities(caps).connect(webdriver_url).await.map_err(classify_new)?;
         let page = Page { client };
         if let Err(e) = page.client.goto(&config.whatsapp.url).await {
             let err = classify(e);
@@ -256,9 +247,7 @@ impl Page {
             return Ok(Poll::Loading { logout: value.get("logout") == Some(&json!(true)) });
         }
         let (value, injected) = if value.get("inject").is_some() {
-            let script = format!(
-                "({ADAPTER})(arguments[0]); return window.__wasup ? window.__wasup.drain() : {{loading: true}};"
-            );
+            let script = format!("({ADAPTER})(arguments[0]); return window.__wasup ? window.__wasup.drain() : {{loading: true}};");
             (self.client.execute(&script, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?, true)
         } else {
             (value, false)
@@ -266,8 +255,8 @@ impl Page {
         if value.get("loading").is_some() {
             return Ok(Poll::Loading { logout: false });
         }
-        let drained: Drained = serde_json::from_value(value)
-            .map_err(|e| PageError::Transient(format!("adapter returned an unexpected shape: {e}")))?;
+        let drained: Drained =
+            serde_json::from_value(value).map_err(|e| PageError::Transient(format!("adapter returned an unexpected shape: {e}")))?;
         // An event this build does not know is skipped, not fatal.
         let events = drained.events.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
         Ok(Poll::Ready { events, snap: drained.snap, injected })
@@ -282,11 +271,7 @@ const [to, body, id, done] = arguments;
 if (!window.__wasup) { done({error: "not_ready", message: "the page adapter is not loaded (page reloading)"}); return; }
 window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", message: String((e && e.message) || e)}));
 "#;
-        let value = self
-            .client
-            .execute_async(SCRIPT, vec![json!(to), json!(body), json!(id)])
-            .await
-            .map_err(classify)?;
+        let value = self.client.execute_async(SCRIPT, vec![json!(to), json!(body), json!(id)]).await.map_err(classify)?;
         if let Some(error) = value.get("error").and_then(Value::as_str) {
             let message = value.get("message").and_then(Value::as_str).unwrap_or(error).to_string();
             return Ok(Err(match error {
@@ -295,9 +280,7 @@ window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", 
                 _ => SendRefused::Other(message),
             }));
         }
-        serde_json::from_value(value)
-            .map(Ok)
-            .map_err(|e| PageError::Transient(format!("send returned an unexpected shape: {e}")))
+        serde_json::from_value(value).map(Ok).map_err(|e| PageError::Transient(format!("send returned an unexpected shape: {e}")))
     }
 
     /// Looks a message this account sent up by its key id (after a crash:
@@ -360,15 +343,10 @@ mod tests {
             {"k": "logout", "at": 1},
             {"k": "something_new", "at": 1}
         ]);
-        let events: Vec<PageEvent> =
-            v.as_array().unwrap().iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect();
+        let events: Vec<PageEvent> = v.as_array().unwrap().iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect();
         assert_eq!(
             events,
-            [
-                PageEvent::State { state: "CONNECTED".into() },
-                PageEvent::Ack { id: "3EB0AA".into(), ack: 2 },
-                PageEvent::Logout
-            ]
+            [PageEvent::State { state: "CONNECTED".into() }, PageEvent::Ack { id: "3EB0AA".into(), ack: 2 }, PageEvent::Logout]
         );
     }
 }

@@ -130,9 +130,7 @@ impl Sim {
             .spawn()
             .expect("start wasup sim");
         let sim = Sim { base: format!("http://127.0.0.1:{port}"), child, _dir: dir };
-        wait_for("the simulator to listen", Duration::from_secs(20), || {
-            ureq::get(&format!("{}/_phone/health", sim.base)).call().ok()
-        });
+        wait_for("the simulator to listen", Duration::from_secs(20), || ureq::get(&format!("{}/_phone/health", sim.base)).call().ok());
         sim
     }
 
@@ -238,9 +236,7 @@ impl Daemon {
             .spawn()
             .expect("start wasup serve");
         self.child = Some(child);
-        wait_for("the daemon to listen", Duration::from_secs(20), || {
-            ureq::get(&format!("{}/health", self.base)).call().ok()
-        });
+        wait_for("the daemon to listen", Duration::from_secs(20), || ureq::get(&format!("{}/health", self.base)).call().ok());
     }
 
     /// Sends SIGTERM without waiting.
@@ -273,9 +269,7 @@ impl Daemon {
 
     /// The daemon's log so far (for assertion messages and secret checks).
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log"))).unwrap_or_default())
-            .collect()
+        (1..=self.starts).map(|i| std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log"))).unwrap_or_default()).collect()
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
@@ -349,7 +343,8 @@ impl Drop for Daemon {
             let _ = std::fs::create_dir_all(&keep);
             for i in 1..=self.starts {
                 let name = format!("daemon-{i}.log");
-                let _ = std::fs::copy(self.dir.path().join(&name), keep.join(format!("{}-{name}", self.base.replace([':', '/', '.'], "_"))));
+                let _ =
+                    std::fs::copy(self.dir.path().join(&name), keep.join(format!("{}-{name}", self.base.replace([':', '/', '.'], "_"))));
             }
         }
     }
