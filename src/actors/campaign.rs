@@ -133,6 +133,9 @@ pub struct Campaign {
 }
 
 impl Campaign {
+    // Each argument is a distinct handle the actor owns; a struct to carry
+    // them would only rename the list.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         record: CampaignRecord,
         config: Arc<Config>,

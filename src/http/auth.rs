@@ -77,7 +77,7 @@ impl Token {
 }
 
 /// Checks `Authorization: Bearer <token>`; the 401 answer when it fails.
-pub fn check(req: &actix_web::HttpRequest) -> Result<(), actix_web::HttpResponse> {
+pub fn check(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -89,7 +89,7 @@ pub fn check(req: &actix_web::HttpRequest) -> Result<(), actix_web::HttpResponse
         return Ok(());
     }
     let message = if presented.is_none() { "missing bearer token: send Authorization: Bearer <token>" } else { "invalid bearer token" };
-    Err(ApiError::new(StatusCode::UNAUTHORIZED, message).error_response())
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
 }
 
 /// Middleware for the `/api` scope: 401 unless `Authorization: Bearer <token>`.
@@ -97,8 +97,8 @@ pub async fn require_token(
     req: ServiceRequest,
     next: Next<impl actix_web::body::MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, Error> {
-    if let Err(response) = check(req.request()) {
-        return Ok(req.into_response(response).map_into_right_body());
+    if let Err(denied) = check(req.request()) {
+        return Ok(req.into_response(denied.error_response()).map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
 }

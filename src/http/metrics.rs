@@ -75,7 +75,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, requests: web::Data<RequestCounts>) -> HttpResponse {
     if !state.config.http.metrics_public {
         if let Err(denied) = super::auth::check(&req) {
-            return denied;
+            return actix_web::ResponseError::error_response(&denied);
         }
     }
     let sessions = state.supervisor.send(ListSessions).await.unwrap_or_default();
