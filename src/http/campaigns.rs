@@ -313,9 +313,16 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
     // One creation per permit; the rest wait here (async: no worker is
     // held) so hostile uploads cannot take every blocking thread.
     let _permit = state.creates.clone().acquire_owned().await.map_err(|e| ApiError::internal(e.to_string()))?;
-    let (checked, body) = web::block(move || (check_input(&body, country, &limits, now), body))
-        .await
-        .map_err(|e| ApiError::internal(format!("checking the input: {e}")))?;
+    let (checked, body) = web::block(move || {
+        let checked = check_input(&body, country, &limits, now);
+        // Give what the check freed back to the system (renders may have
+        // built strings of up to minijinja's 100 MB before being refused).
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe { libc::malloc_trim(0) };
+        (checked, body)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("checking the input: {e}")))?;
     let (recipients, duplicates) = match checked {
         Checked::Ok(r, d) => (r, d),
         Checked::Invalid(m) => return Err(ApiError::bad_request(m)),
