@@ -128,15 +128,13 @@ fn bodies_are_bounded_with_multipart_headers_and_preamble_counted() {
     assert!(error_of(&past).contains("max_body_bytes"));
     // Multipart: one part whose headers alone are over the limit.
     let boundary = "XyZ";
+    let post_form = |form: &str| {
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        request("POST", &format!("{}/api/campaigns", daemon.base), Some(&daemon.token), Some(form.as_bytes()), &content_type)
+    };
     let pad: String = (0..30).map(|i| format!("X-Pad-{i}: {}\r\n", "h".repeat(70_000))).collect();
     let form = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n{pad}\r\nx\r\n--{boundary}--\r\n");
-    let r = request(
-        "POST",
-        &format!("{}/api/campaigns", daemon.base),
-        Some(&daemon.token),
-        Some(form.as_bytes()),
-        &format!("multipart/form-data; boundary={boundary}"),
-    );
+    let r = post_form(&form);
     assert!([413, 400].contains(&r.status), "{:?}", r.body);
     error_of(&r);
     // Many empty parts: refused at the first repeated one.
@@ -145,23 +143,11 @@ fn bodies_are_bounded_with_multipart_headers_and_preamble_counted() {
         form.push_str(&format!("--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n\r\n"));
     }
     form.push_str(&format!("--{boundary}--\r\n"));
-    let r = request(
-        "POST",
-        &format!("{}/api/campaigns", daemon.base),
-        Some(&daemon.token),
-        Some(form.as_bytes()),
-        &format!("multipart/form-data; boundary={boundary}"),
-    );
+    let r = post_form(&form);
     assert!([413, 400].contains(&r.status), "{:?}", r.body);
     // A preamble alone over the limit, too.
     let form = format!("{}\r\n--{boundary}--\r\n", "p".repeat(2 * max));
-    let r = request(
-        "POST",
-        &format!("{}/api/campaigns", daemon.base),
-        Some(&daemon.token),
-        Some(form.as_bytes()),
-        &format!("multipart/form-data; boundary={boundary}"),
-    );
+    let r = post_form(&form);
     assert_eq!(r.status, 413, "{:?}", r.body);
     assert_eq!(campaigns(&daemon), 0);
 }
