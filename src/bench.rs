@@ -14,6 +14,7 @@
 //! | campaign throughput | a `--campaign-size` campaign with zero delay: messages per second, and the daemon's own CPU time per send (what it spends beyond waiting for WebDriver) |
 //! | pacing error | a 50-recipient campaign with 100–200 ms gaps: how late each send started after its scheduled time (the daemon's debug log), p50 / p99 |
 //! | store size | growth of the sled directory for the `--campaign-size` campaign, per 1,000 recipients |
+//! | `/health` under hostile load | `/health` every 50 ms for `--hostile-window` while five clients loop: a nested-loop template, a 100 MB repeat, a 99,000-row invalid-number CSV that is stored (`invalid_numbers: fail`), and `/metrics` twice; p50 / p99, then the daemon's RSS; once with no session, once with every session connected |
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,101 @@ pub struct BenchArgs {
     /// How long the idle CPU is measured.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub cpu_window: Duration,
+    /// How long the hostile clients run for each `/health` figure.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub hostile_window: Duration,
+}
+
+/// The hostile figures of one run: `/health` latencies (sorted), the
+/// statuses the hostile clients got, and the daemon's RSS after, bytes.
+struct Hostile {
+    health: Vec<Duration>,
+    statuses: Vec<u16>,
+    rss_after: u64,
+}
+
+/// Runs five hostile clients against `api` for `window` (three campaign
+/// creations in a loop: a nested loop of 10^8 iterations, a 100 MB string
+/// repeat, a 99,000-row CSV of invalid numbers kept as FAILED recipients;
+/// and two `/metrics` pollers) while `/health` is asked every 50 ms.
+/// Errors: `/health` did not answer 200 within 5 s.
+fn hostile_load(api: &Api, session: &str, window: Duration, pid: u32) -> anyhow::Result<Hostile> {
+    let csv: String = std::iter::once("phone\n".to_string()).chain((0..99_000).map(|i| format!("x{i}\n"))).collect();
+    let bodies = [
+        json!({"name": "hostile", "session": session, "template": "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}", "recipients": [{"phone": "+4915112345678"}]}),
+        json!({"name": "hostile", "session": session, "template": "{{ 'x' * 100000000 }}", "recipients": [{"phone": "+4915112345678"}, {"phone": "+4915112345679"}, {"phone": "+4915112345670"}]}),
+        json!({"name": "hostile", "session": session, "template": "Hi", "csv": csv, "invalid_numbers": "fail", "start": false}),
+    ];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
+    let auth = format!("Bearer {}", api.token);
+    let client = |body: Option<Value>| {
+        let (stop, agent, auth) = (stop.clone(), agent.clone(), auth.clone());
+        let (url, method) = match body {
+            Some(_) => (format!("{}/api/campaigns", api.base), "POST"),
+            None => (format!("{}/metrics", api.base), "GET"),
+        };
+        let body = body.map(|b| b.to_string());
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = agent.request(method, &url).set("Authorization", &auth).set("Content-Type", "application/json");
+                let answer = match &body {
+                    Some(b) => req.send_string(b),
+                    None => req.call(),
+                };
+                statuses.push(match answer {
+                    Ok(r) => r.status(),
+                    Err(ureq::Error::Status(code, _)) => code,
+                    Err(_) => 0,
+                });
+            }
+            statuses
+        })
+    };
+    let mut clients: Vec<_> = bodies.into_iter().map(|b| client(Some(b))).collect();
+    clients.extend([client(None), client(None)]);
+    let mut health = Vec::new();
+    let health_url = format!("{}/health", api.base);
+    let until = Instant::now() + window;
+    let mut failure = None;
+    while Instant::now() < until {
+        let started = Instant::now();
+        match ureq::get(&health_url).timeout(Duration::from_secs(5)).call() {
+            Ok(r) if r.status() == 200 => health.push(started.elapsed()),
+            other => {
+                failure = Some(format!("/health under hostile load: {:?}", other.map(|r| r.status())));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap_or_default()).collect();
+    if let Some(f) = failure {
+        anyhow::bail!(f);
+    }
+    health.sort();
+    Ok(Hostile { health, statuses, rss_after: procfs::rss_bytes(pid).unwrap_or(0) })
+}
+
+/// The two table rows of a hostile run.
+fn hostile_rows(rows: &mut Vec<(String, String, String)>, h: &Hostile, sessions: &str) {
+    let created = h.statuses.iter().filter(|s| **s == 201).count();
+    let refused = h.statuses.iter().filter(|s| **s == 400).count();
+    let server_errors = h.statuses.iter().filter(|s| **s == 0 || **s >= 500).count();
+    rows.push((
+        format!("/health under hostile load, {sessions}"),
+        format!(
+            "p50 {}, p99 {}, max {} (n={}; hostile: {created} stored, {refused} refused, {server_errors} 5xx or dropped)",
+            ms(percentile(&h.health, 50.0)),
+            ms(percentile(&h.health, 99.0)),
+            ms(*h.health.last().unwrap_or(&Duration::ZERO)),
+            h.health.len()
+        ),
+        "p99 ≤ 50 ms".into(),
+    ));
+    rows.push((format!("daemon RSS after the hostile load, {sessions}"), mib(h.rss_after), "—".into()));
 }
 
 /// The session's history entries.
@@ -118,13 +214,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let quiet = |_: &str| {};
 
+    // Hostile clients against a daemon of its own with defaults and no
+    // session running (their campaigns name a session that is not started).
+    let hostile0 = {
+        let hostile_dir = dir.0.join("hostile");
+        std::fs::create_dir_all(&hostile_dir)?;
+        let setup = DaemonSetup::new(&hostile_dir, &sim_base, "")?;
+        let mut daemon = setup.start(&exe, false)?;
+        setup.api.call("POST", "/api/sessions", Some(json!({"name": "hostile", "start": false})))?;
+        let h = hostile_load(&setup.api, "hostile", args.hostile_window, daemon.pid().context("daemon is gone")?)?;
+        daemon.terminate();
+        h
+    };
+
     // Daemon memory with no session.
     let log_path = dir.0.join("daemon.log");
     let mut daemon = setup.start_logging(&exe, Log::File(log_path.clone(), "info,wasup::actors::campaign=debug"))?;
     std::thread::sleep(Duration::from_secs(1));
     let rss0 = daemon.pid().and_then(procfs::rss_bytes).unwrap_or(0);
 
-    // Pair one session.
     api.call("POST", "/api/sessions", Some(json!({"name": "bench"})))?;
     let mut device = scan(&sim_base, &api.qr("bench", Duration::from_secs(90), quiet)?, "4915112345678", "bench")?;
     api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
@@ -327,6 +435,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "(simulator page)".into(),
         ));
     }
+    api.call("POST", "/api/sessions", Some(json!({"name": "hostile", "start": false})))?;
+    let hostile_n = hostile_load(api, "hostile", args.hostile_window, daemon.pid().context("daemon is gone")?)?;
+    hostile_rows(&mut rows, &hostile0, "0 sessions");
+    hostile_rows(&mut rows, &hostile_n, &format!("{} sessions connected", args.sessions));
     daemon.terminate();
 
     let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);

@@ -124,9 +124,10 @@ impl Default for PacingSpec {
 pub type Counts = [u32; 5];
 
 /// The recipient counts of every campaign, kept in memory so views and
-/// metrics cost O(campaigns), never a scan of recipients. Running
-/// campaigns publish theirs after every write; others are counted from the
-/// store once, on first use. Cheap to clone.
+/// metrics cost O(campaigns), never a scan of recipients. Counted from the
+/// store once at boot ([`Tally::seed`]), set for a new campaign before its
+/// record is stored, and published by running campaigns after every write.
+/// Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Tally(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Counts>>>);
 
@@ -147,7 +148,27 @@ impl Tally {
         }
     }
 
-    /// A campaign's counts; counted from the store the first time.
+    /// Forgets a campaign (its creation failed).
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
+
+    /// Counts every stored campaign's recipients (at boot, before the API
+    /// serves: one scan of the store). Returns the campaigns counted.
+    ///
+    /// Errors: the store cannot be read.
+    pub fn seed(&self, store: &crate::store::Store) -> Result<usize, crate::store::StoreError> {
+        let campaigns = store.campaigns()?;
+        for c in &campaigns {
+            self.set(&c.id, Self::count(&store.recipients(&c.id)?));
+        }
+        Ok(campaigns.len())
+    }
+
+    /// A campaign's counts; counted from the store if it was not known (it
+    /// always is: see [`Tally::seed`]).
     ///
     /// Errors: the store cannot be read.
     pub fn get(&self, store: &crate::store::Store, id: &str) -> Result<Counts, crate::store::StoreError> {

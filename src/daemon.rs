@@ -51,6 +51,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for record in store.sessions().unwrap_or_default() {
         events.seed(&record.name, &store.history(&record.name).unwrap_or_default());
     }
+    let tally = crate::campaign::Tally::default();
+    match tally.seed(&store) {
+        Ok(n) => tracing::debug!(campaigns = n, "campaign counts loaded"),
+        // Harmless: a campaign not counted here is counted on its first view
+        // (and a store that cannot be read answers 503 there).
+        Err(e) => tracing::warn!(error = %e, "cannot count the stored campaigns now; they are counted on first view"),
+    }
 
     actix_web::rt::System::new().block_on(async move {
         let listener =
@@ -59,7 +66,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let notifier = Notifier::new(config.alerts.clone()).start();
         let store_watch = spawn_store_watch(store.clone(), notifier.clone(), events.clone());
         let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier, events.clone()).start();
-        let tally = crate::campaign::Tally::default();
         let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone(), tally.clone()).start();
         supervisor.do_send(SetCampaigns(campaigns.clone()));
         let max_body = config.http.max_body_bytes;

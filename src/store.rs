@@ -373,21 +373,23 @@ impl Store {
     }
 }
 
+/// Recipients written per sled batch when a campaign is created.
+const RECIPIENT_CHUNK: usize = 1000;
+
 impl Store {
     /// Stores a new campaign: its recipients first, then the record, then
     /// a flush (a crash in between leaves recipients no campaign points to,
     /// never a campaign with missing recipients).
     pub fn create_campaign(&self, record: &CampaignRecord, recipients: &[RecipientRecord]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for r in recipients {
-            batch.insert(recipient_key(&record.id, r.idx), serde_json::to_vec(r)?);
+        for chunk in recipients.chunks(RECIPIENT_CHUNK) {
+            let mut batch = sled::Batch::default();
+            for r in chunk {
+                batch.insert(recipient_key(&record.id, r.idx), serde_json::to_vec(r)?);
+            }
+            self.write(|t| Ok(t.recipients.apply_batch(batch)?))?;
         }
         let value = serde_json::to_vec(record)?;
-        self.write(|t| {
-            t.recipients.apply_batch(batch)?;
-            t.campaigns.insert(record.id.as_bytes(), value)?;
-            Ok(())
-        })?;
+        self.write(|t| Ok(t.campaigns.insert(record.id.as_bytes(), value).map(drop)?))?;
         self.flush()
     }
 

@@ -327,6 +327,9 @@ fn health_answers_while_hostile_requests_run() {
         latencies.last().unwrap()
     );
     assert!(p50 < Duration::from_millis(100), "/health p50 {p50:?} under hostile load");
+    // Loose (a loaded CI machine, a debug build): catches a worker held for
+    // seconds, as a scan of a new campaign's recipients once did.
+    assert!(p99 < Duration::from_secs(1), "/health p99 {p99:?} under hostile load");
     // The 1.2 k-row invalid CSV is stored as FAILED recipients: the
     // daemon keeps those, bounded by limits.recipients; nothing else was.
     assert!(daemon.api("GET", "/api/campaigns", None).status == 200);

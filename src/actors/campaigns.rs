@@ -142,28 +142,51 @@ impl Handler<CreateCampaign> for Campaigns {
     type Result = ResponseActFuture<Self, Result<CampaignRecord, CampaignError>>;
 
     fn handle(&mut self, msg: CreateCampaign, _ctx: &mut Self::Context) -> Self::Result {
-        let supervisor = self.supervisor.clone();
-        let session = msg.record.session.clone();
-        Box::pin(async move { supervisor.send(GetSession { name: session }).await }.into_actor(self).map(move |found, act, ctx| {
-            match found {
-                Ok(Ok(_)) => {}
-                Ok(Err(SupervisorError::NotFound(name) | SupervisorError::InvalidName(name))) => return Err(CampaignError::NoSession(name)),
-                Ok(Err(e)) => return Err(CampaignError::Internal(e.to_string())),
-                Err(e) => return Err(CampaignError::Internal(e.to_string())),
+        let (supervisor, store, config, tally) = (self.supervisor.clone(), self.store.clone(), self.config.clone(), self.tally.clone());
+        Box::pin(
+            async move {
+                match supervisor.send(GetSession { name: msg.record.session.clone() }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(SupervisorError::NotFound(name) | SupervisorError::InvalidName(name))) => {
+                        return Err(CampaignError::NoSession(name))
+                    }
+                    Ok(Err(e)) => return Err(CampaignError::Internal(e.to_string())),
+                    Err(e) => return Err(CampaignError::Internal(e.to_string())),
+                }
+                let mut record = msg.record;
+                pacing_for(&record, &config).map_err(CampaignError::WrongState)?;
+                if msg.start {
+                    record.state = CampaignState::Running;
+                }
+                // On the blocking pool: a 100,000-recipient write takes
+                // seconds, and this actor's thread also runs the Supervisor.
+                let recipients = msg.recipients;
+                // The counts go in before the record is stored, so no view
+                // or `/metrics` ever finds a campaign it must count itself.
+                tokio::task::spawn_blocking(move || {
+                    tally.set(&record.id, Tally::count(&recipients));
+                    let stored = store.create_campaign(&record, &recipients);
+                    if stored.is_err() {
+                        tally.remove(&record.id);
+                    }
+                    drop(recipients);
+                    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+                    unsafe { libc::malloc_trim(0) };
+                    stored.map(|()| record).map_err(CampaignError::Store)
+                })
+                .await
+                .map_err(|e| CampaignError::Internal(format!("storing the campaign: {e}")))?
             }
-            let mut record = msg.record;
-            pacing_for(&record, &act.config).map_err(CampaignError::WrongState)?;
-            if msg.start {
-                record.state = CampaignState::Running;
-            }
-            act.store.create_campaign(&record, &msg.recipients).map_err(CampaignError::Store)?;
-            act.tally.set(&record.id, Tally::count(&msg.recipients));
-            tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = %record.state, recipients = record.total, duplicates = record.duplicates, "campaign created");
-            if msg.start {
-                act.spawn(record.clone(), ctx)?;
-            }
-            Ok(record)
-        }))
+            .into_actor(self)
+            .map(move |stored, act, ctx| {
+                let record = stored?;
+                tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = %record.state, recipients = record.total, duplicates = record.duplicates, "campaign created");
+                if record.state == CampaignState::Running {
+                    act.spawn(record.clone(), ctx)?;
+                }
+                Ok(record)
+            }),
+        )
     }
 }
 
