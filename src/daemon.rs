@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor as _;
-use actix_web::{App, HttpServer};
+use actix_web::App;
 use anyhow::Context as _;
 
 use crate::actors::campaigns::{Campaigns, HaltAll};
@@ -82,20 +82,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         };
         let body_limits = http::conventions::BodyLimits { max_bytes: max_body, timeout: config.limits.body_timeout };
         let requests = http::metrics::RequestCounts::default();
-        let server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(actix_web::web::Data::new(body_limits))
                 .wrap(actix_web::middleware::from_fn(http::conventions::guard_body))
                 .wrap(actix_web::middleware::from_fn(http::metrics::count_requests))
                 .wrap(actix_web::middleware::from_fn(http::conventions::headers_and_json_errors))
                 .configure(|cfg| http::configure(cfg, state.clone(), token.clone(), requests.clone(), max_body))
-        })
-        .workers(config.http.worker_count())
-        .on_connect(crate::http::no_delay)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run();
+        };
+        // actix-web's HttpServer, built by hand so each connection is
+        // wrapped: the codec's own 400/408/431 get JSON bodies too.
+        let listen = config.http.listen;
+        let server = actix_server::Server::build()
+            .workers(config.http.worker_count())
+            .disable_signals()
+            .shutdown_timeout(5)
+            .listen("wasup-api", listener, move || {
+                let http = actix_http::HttpService::build()
+                    .client_request_timeout(http::codec_errors::HEAD_TIMEOUT)
+                    .local_addr(listen)
+                    .h1(actix_service::map_config(app(), |_| actix_web::dev::AppConfig::default()));
+                let accept = actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                    // Harmless if it fails: only small writes wait for the
+                    // peer's delayed ACK (40 ms).
+                    let _ = io.set_nodelay(true);
+                    let peer = io.peer_addr().ok();
+                    Ok::<_, actix_http::error::DispatchError>((http::codec_errors::JsonCodecErrors::new(io), peer))
+                });
+                actix_service::ServiceFactoryExt::and_then(accept, http)
+            })?
+            .run();
         tracing::info!(listen = %config.http.listen, state_dir = %config.state.dir.display(), "wasup is serving");
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);

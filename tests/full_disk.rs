@@ -102,6 +102,12 @@ fn a_full_disk_pauses_the_campaign_and_no_recipient_is_sent_twice() {
 
     let alert = hooks.wait_for("a store.failing alert", Duration::from_secs(30), |r| r.json()["event"] == "store.failing");
     assert!(alert.json()["message"].as_str().unwrap().contains("No space left"), "{:?}", alert.json());
+    // An operator command that cannot be recorded is refused and changes
+    // nothing (else a restart would undo what the operator was told).
+    let stop = daemon.api("POST", "/api/sessions/acme/stop", None);
+    assert_eq!(stop.status, 503, "{:?}", stop.body);
+    assert!(stop.body["error"].as_str().is_some_and(|e| !e.is_empty()), "{:?}", stop.body);
+    assert_eq!(daemon.api("GET", "/api/sessions/acme", None).body["state"], "CONNECTED");
 
     std::fs::remove_file(filler).unwrap();
     wait_for("/health ok again", Duration::from_secs(30), || (health(&daemon).0 == 200).then_some(()));

@@ -187,6 +187,23 @@ fn http_conventions_405_head_json_errors_headers_and_csv_injection() {
         error_of(&r);
         assert!(r.content_type.starts_with("application/json"), "{method} {path}");
     }
+    // And so do the errors actix-http's codec answers before the app sees
+    // the request: a malformed head, too many headers, a head too slow.
+    let many: String = (0..120).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    for (request, status) in [
+        ("GARBAGE\r\n\r\n".to_string(), 400),
+        (format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431),
+        ("GET /health HTTP/1.1\r\n".to_string(), 408),
+    ] {
+        // raw() reads until the daemon closes the connection (the 408
+        // comes after the 5 s head timeout).
+        let answer = raw(&daemon.base, request.as_bytes(), Duration::ZERO);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer: {answer:?}"));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+        assert!(head.contains("content-type: application/json") && head.contains("x-content-type-options: nosniff"), "{answer}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+    }
     // /metrics needs the token by default.
     assert_eq!(request("GET", &format!("{}/metrics", daemon.base), None, None, "").status, 401);
     assert_eq!(request("GET", &format!("{}/metrics", daemon.base), Some(&daemon.token), None, "").status, 200);

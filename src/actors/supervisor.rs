@@ -398,13 +398,30 @@ impl Supervisor {
         }
     }
 
+    /// Stores a session's record (the linked account, `me`). Harmless if it
+    /// fails: memory is what supervision acts on, a profile that reconnects
+    /// reports `me` again, and the store's health reports the failure.
     fn save(&self, name: &str) {
         if let Some(slot) = self.slots.get(name) {
-            // As in set_state: memory is authoritative while running.
             if let Err(e) = self.store.put_session(&slot.record) {
                 tracing::error!(session = %name, error = %e, "cannot store session");
             }
         }
+    }
+
+    /// Records what the operator asked for before acting on it. Errors: the
+    /// write failed; memory is left as it was and the command fails (503),
+    /// so a restart never brings back what the operator was told is gone.
+    fn set_desired(&mut self, name: &str, desired: Desired) -> Result<(), SupervisorError> {
+        let slot = self.slots.get_mut(name).ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
+        let before = slot.record.desired;
+        slot.record.desired = desired;
+        if let Err(e) = self.store.put_session(&slot.record) {
+            slot.record.desired = before;
+            tracing::error!(session = %name, error = %e, "cannot store the operator's command; nothing was done");
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Starts a Session actor unless one runs.
@@ -607,11 +624,12 @@ impl Handler<SessionCommand> for Supervisor {
                     let needed = "recover is for FAILED or BLOCKED sessions";
                     return Box::pin(fut::ready(Err(SupervisorError::WrongState { name, state, needed })));
                 }
+                if let Err(e) = self.set_desired(&name, Desired::Running) {
+                    return Box::pin(fut::ready(Err(e)));
+                }
                 if let Some(slot) = self.slots.get_mut(&name) {
                     slot.restarts.clear();
-                    slot.record.desired = Desired::Running;
                 }
-                self.save(&name);
                 let stopping = self.stop_actor(&name, ctx);
                 Box::pin(stopping.into_actor(self).map(move |_, act, ctx| {
                     act.set_state(&name, SessionState::Stopped, Some("recover".into()));
@@ -620,10 +638,9 @@ impl Handler<SessionCommand> for Supervisor {
                 }))
             }
             Command::Start => {
-                if let Some(slot) = self.slots.get_mut(&name) {
-                    slot.record.desired = Desired::Running;
+                if let Err(e) = self.set_desired(&name, Desired::Running) {
+                    return Box::pin(fut::ready(Err(e)));
                 }
-                self.save(&name);
                 let running = self.slots.get(&name).is_some_and(|s| s.addr.is_some());
                 if !running {
                     self.start_session(&name, ctx);
@@ -631,18 +648,13 @@ impl Handler<SessionCommand> for Supervisor {
                 Box::pin(fut::ready(self.view(&name)))
             }
             Command::Stop | Command::Restart | Command::Delete => {
-                if command != Command::Restart {
-                    if let Some(slot) = self.slots.get_mut(&name) {
-                        slot.record.desired = Desired::Stopped;
-                    }
-                    self.save(&name);
+                let desired = if command == Command::Restart { Desired::Running } else { Desired::Stopped };
+                if let Err(e) = self.set_desired(&name, desired) {
+                    return Box::pin(fut::ready(Err(e)));
                 }
                 let stopping = self.stop_actor(&name, ctx);
                 Box::pin(stopping.into_actor(self).map(move |_, act, ctx| match command {
                     Command::Restart => {
-                        if let Some(slot) = act.slots.get_mut(&name) {
-                            slot.record.desired = Desired::Running;
-                        }
                         act.set_state(&name, SessionState::Stopped, Some("restart".into()));
                         act.start_session(&name, ctx);
                         act.view(&name)

@@ -8,10 +8,10 @@
 //!   headers and preamble included) and in time (`limits.body_timeout`)
 //!   ([`guard_body`]): over the size a 413, too slow a 408.
 //!
-//! Left to actix-http's codec, before any of this runs: a request line or
-//! head it cannot parse (400), a head over its buffer (431) and a head not
-//! sent within 5 s (408) are answered with an empty body and the
-//! connection is closed.
+//! Answered by actix-http's codec before any of this runs, and given their
+//! JSON body by [`super::codec_errors`]: a request line or head it cannot
+//! parse (400), a head over 96 headers or 128 KiB (431), a head not sent
+//! within 5 s (408); the connection is closed after each.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

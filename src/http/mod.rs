@@ -34,6 +34,7 @@ macro_rules! declare_routes {
 
 pub mod auth;
 mod campaigns;
+pub mod codec_errors;
 pub mod conventions;
 mod dashboard;
 pub mod error;

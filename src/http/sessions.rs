@@ -153,6 +153,7 @@ async fn command(state: &AppState, name: String, command: Command) -> Result<Htt
         (status = 200, description = "Deleted; the session as it was", body = SessionView),
         (status = 400, description = "Invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "The command could not be recorded (the store does not take writes now); nothing was done", body = ErrorBody),
     ),
 )]
 async fn delete(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
@@ -172,6 +173,7 @@ async fn delete(state: web::Data<AppState>, path: web::Path<SessionName>) -> Res
         (status = 200, description = "The session", body = SessionView),
         (status = 400, description = "Invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "The command could not be recorded (the store does not take writes now); nothing was done", body = ErrorBody),
     ),
 )]
 async fn start(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
@@ -191,6 +193,7 @@ async fn start(state: web::Data<AppState>, path: web::Path<SessionName>) -> Resu
         (status = 200, description = "The session", body = SessionView),
         (status = 400, description = "Invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "The command could not be recorded (the store does not take writes now); nothing was done", body = ErrorBody),
     ),
 )]
 async fn stop(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
@@ -210,6 +213,7 @@ async fn stop(state: web::Data<AppState>, path: web::Path<SessionName>) -> Resul
         (status = 200, description = "The session", body = SessionView),
         (status = 400, description = "Invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "The command could not be recorded (the store does not take writes now); nothing was done", body = ErrorBody),
     ),
 )]
 async fn restart(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
@@ -249,6 +253,7 @@ async fn logout(state: web::Data<AppState>, path: web::Path<SessionName>) -> Res
         (status = 400, description = "Invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
         (status = 409, description = "The session is neither `FAILED` nor `BLOCKED`", body = ErrorBody),
+        (status = 503, description = "The command could not be recorded (the store does not take writes now); nothing was done", body = ErrorBody),
     ),
 )]
 async fn recover(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
