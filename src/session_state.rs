@@ -30,6 +30,19 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    /// Every state, in declaration order.
+    pub const ALL: [SessionState; 9] = [
+        Self::Stopped,
+        Self::Starting,
+        Self::ScanQr,
+        Self::Connected,
+        Self::Reconnecting,
+        Self::LoggedOut,
+        Self::Conflict,
+        Self::Blocked,
+        Self::Failed,
+    ];
+
     /// The upper-case name used by the API, the store and the logs.
     pub fn as_str(self) -> &'static str {
         match self {

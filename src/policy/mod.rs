@@ -4,6 +4,7 @@
 
 pub mod restart;
 
+pub mod campaign;
 pub mod health;
 pub mod pacing;
 

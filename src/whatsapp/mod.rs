@@ -12,7 +12,13 @@ use rand::Rng;
 /// characters starting `3EB0` (whatsapp-web.md, "Sending a text"). The daemon
 /// chooses ids itself so that a send can be looked up after a crash.
 pub fn new_message_id() -> String {
-    let tail: u64 = rand::thread_rng().gen();
+    message_id(&mut rand::thread_rng())
+}
+
+/// [`new_message_id`] drawn from `rng` (the campaign machine takes its
+/// randomness as an argument).
+pub fn message_id(rng: &mut impl Rng) -> String {
+    let tail: u64 = rng.gen();
     format!("3EB0{tail:016X}")
 }
 

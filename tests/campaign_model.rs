@@ -1,0 +1,587 @@
+//! Model-based test of the campaign core (`wasup::policy::campaign`), no
+//! browser: random runs of session changes, send and lookup outcomes that
+//! arrive late, in any order or never, duplicate acks, failing store writes,
+//! operator commands and crashes (all memory dropped; the store keeps what
+//! was flushed, and maybe some of what was not), then a healing phase with
+//! a sound store and a connected session. Checked on every step:
+//! - no send unless its recipient was flushed `SENDING` with that id, and
+//!   the day's count flushed;
+//! - no recipient reaches WhatsApp twice;
+//! - no send inside quiet hours or over the daily cap;
+//! - a final campaign state only with nothing in flight.
+//!
+//! And at the end: the campaign completes, and every recipient is `SENT`
+//! (delivered exactly once, under the id stored) or `FAILED`/`SKIPPED` with
+//! a reason (and never delivered).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use wasup::campaign::{CampaignRecord, CampaignState, Counts, PacingSpec, RecipientRecord, RecipientState};
+use wasup::policy::campaign::{
+    Change, Command, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
+};
+use wasup::policy::pacing::{Pacing, QuietHours};
+use wasup::session_state::SessionState;
+
+/// A send or lookup the machine is waiting for.
+#[derive(Debug, Clone)]
+enum Outstanding {
+    Send { idx: u32, id: String },
+    Lookup { idx: u32, id: String },
+    Ask,
+}
+
+/// The store (flushed and unflushed layers), the phone, and the checks.
+struct World {
+    durable: BTreeMap<u32, RecipientRecord>,
+    volatile: BTreeMap<u32, RecipientRecord>,
+    durable_campaign: CampaignRecord,
+    volatile_campaign: Option<CampaignRecord>,
+    durable_days: BTreeMap<String, u32>,
+    volatile_days: BTreeMap<String, u32>,
+    /// Writes fail while set.
+    failing: bool,
+    /// A write failed since the last flush that succeeded.
+    failed_since_flush: bool,
+    /// Message ids WhatsApp has, per recipient.
+    delivered: BTreeMap<u32, Vec<String>>,
+    /// Sends started, per day.
+    sends_on: BTreeMap<String, u32>,
+    outstanding: Vec<Outstanding>,
+    timers: BTreeMap<Timer, u64>,
+    session: SessionState,
+    finished: bool,
+    now: u64,
+    cap: Option<u32>,
+    quiet: Option<QuietHours>,
+    violations: Vec<String>,
+}
+
+fn day_of(ms: u64) -> jiff::civil::Date {
+    jiff::Timestamp::from_millisecond(ms as i64).unwrap().to_zoned(jiff::tz::TimeZone::UTC).date()
+}
+
+impl World {
+    fn view(&self, idx: u32) -> Option<RecipientRecord> {
+        self.volatile.get(&idx).or_else(|| self.durable.get(&idx)).cloned()
+    }
+
+    fn flush(&mut self) {
+        self.durable.append(&mut self.volatile);
+        if let Some(c) = self.volatile_campaign.take() {
+            self.durable_campaign = c;
+        }
+        for (d, n) in std::mem::take(&mut self.volatile_days) {
+            self.durable_days.insert(d, n);
+        }
+        self.failed_since_flush = false;
+    }
+
+    fn write_fails(&mut self) -> bool {
+        if self.failing {
+            self.failed_since_flush = true;
+        }
+        self.failing
+    }
+
+    /// A crash: memory is gone; unflushed writes survive or not (sled may
+    /// have written them); sends under way reached WhatsApp or not.
+    fn crash(&mut self, rng: &mut StdRng) {
+        if rng.gen_bool(0.5) {
+            self.flush();
+        } else {
+            self.volatile.clear();
+            self.volatile_campaign = None;
+            self.volatile_days.clear();
+        }
+        for o in std::mem::take(&mut self.outstanding) {
+            if let Outstanding::Send { idx, id } = o {
+                if rng.gen_bool(0.5) {
+                    self.deliver(idx, id);
+                }
+            }
+        }
+        self.timers.clear();
+        self.finished = false;
+        self.failed_since_flush = self.failing;
+    }
+
+    fn deliver(&mut self, idx: u32, id: String) {
+        let ids = self.delivered.entry(idx).or_default();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if ids.len() > 1 {
+            self.violations.push(format!("recipient {idx} reached WhatsApp twice: {ids:?}"));
+        }
+    }
+}
+
+struct Io<'a>(&'a mut World);
+
+impl Shell for Io<'_> {
+    fn load(&mut self) -> Result<Vec<(u32, Entry)>, String> {
+        if self.0.failing {
+            return Err("read failed".into());
+        }
+        let ids: BTreeSet<u32> = self.0.durable.keys().chain(self.0.volatile.keys()).copied().collect();
+        Ok(ids.into_iter().filter_map(|i| self.0.view(i).map(|r| (i, Entry::of(&r)))).collect())
+    }
+
+    fn write_recipient(&mut self, idx: u32, change: &Change, now_ms: u64, flush: bool) -> Result<(), String> {
+        if self.0.write_fails() {
+            return Err("No space left on device".into());
+        }
+        let mut r = self.0.view(idx).ok_or("no such recipient")?;
+        change.apply(&mut r, now_ms);
+        self.0.volatile.insert(idx, r);
+        if flush {
+            self.0.flush();
+        }
+        Ok(())
+    }
+
+    fn write_campaign(&mut self, record: &CampaignRecord, flush: bool) -> Result<(), String> {
+        if self.0.write_fails() {
+            return Err("No space left on device".into());
+        }
+        self.0.volatile_campaign = Some(record.clone());
+        if flush {
+            self.0.flush();
+        }
+        Ok(())
+    }
+
+    fn count_send(&mut self, day: &str) -> Result<(), String> {
+        if self.0.write_fails() {
+            return Err("No space left on device".into());
+        }
+        let n = self.sent_on(day);
+        self.0.volatile_days.insert(day.to_string(), n + 1);
+        self.0.flush();
+        Ok(())
+    }
+
+    fn sent_on(&self, day: &str) -> u32 {
+        self.0.volatile_days.get(day).or_else(|| self.0.durable_days.get(day)).copied().unwrap_or(0)
+    }
+
+    fn store_ok(&self) -> bool {
+        !self.0.failed_since_flush
+    }
+
+    fn send(&mut self, idx: u32, message_id: &str, _typing: Duration) {
+        let w = &mut *self.0;
+        let stored = w.durable.get(&idx);
+        if stored.map(|r| (r.state, r.message_id.as_deref())) != Some((RecipientState::Sending, Some(message_id))) {
+            w.violations.push(format!("send of {idx} ({message_id}) without a flushed SENDING record: {stored:?}"));
+        }
+        let day = day_of(w.now).to_string();
+        let n = w.sends_on.entry(day.clone()).or_default();
+        *n += 1;
+        let n = *n;
+        if w.durable_days.get(&day).copied().unwrap_or(0) < n {
+            w.violations.push(format!("send of {idx} on {day} not counted in the store first"));
+        }
+        if let Some(cap) = w.cap.filter(|c| n > *c) {
+            w.violations.push(format!("send {n} on {day} over the daily cap {cap}"));
+        }
+        let time = jiff::Timestamp::from_millisecond(w.now as i64).unwrap().to_zoned(jiff::tz::TimeZone::UTC).time();
+        if w.quiet.as_ref().is_some_and(|q| q.contains(time)) {
+            w.violations.push(format!("send of {idx} at {time}, inside quiet hours"));
+        }
+        if w.outstanding.iter().any(|o| !matches!(o, Outstanding::Ask)) {
+            w.violations.push(format!("send of {idx} while another send or lookup is in flight"));
+        }
+        w.outstanding.push(Outstanding::Send { idx, id: message_id.to_string() });
+    }
+
+    fn lookup(&mut self, idx: u32, message_id: &str) {
+        self.0.outstanding.push(Outstanding::Lookup { idx, id: message_id.to_string() });
+    }
+
+    fn ask_session(&mut self) {
+        self.0.outstanding.push(Outstanding::Ask);
+    }
+
+    fn schedule(&mut self, timer: Timer, at_ms: u64) {
+        self.0.timers.insert(timer, at_ms);
+    }
+
+    fn cancel(&mut self, timer: Timer) {
+        self.0.timers.remove(&timer);
+    }
+
+    fn note(&mut self, note: Note, _record: &CampaignRecord) {
+        if let Note::Status { state, .. } = note {
+            if state.is_final() && self.0.outstanding.iter().any(|o| !matches!(o, Outstanding::Ask)) {
+                self.0.violations.push(format!("campaign {state} with a send or lookup in flight"));
+            }
+        }
+    }
+
+    fn counts(&mut self, _counts: Counts) {}
+
+    fn finished(&mut self, _record: &CampaignRecord) {
+        self.0.finished = true;
+    }
+}
+
+/// One step of a run.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Fire the earliest timer (time jumps to it).
+    Timer,
+    /// Settle an outstanding send/lookup/question (which one, how).
+    Settle(usize, u8),
+    /// The session changes.
+    Session(u8),
+    /// An ack for a delivered recipient.
+    Ack(u32, i8),
+    /// Store writes start or stop failing.
+    Store(bool),
+    Crash,
+    Command(u8),
+    /// Time passes (ms).
+    Wait(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => Just(Op::Timer),
+        8 => (0usize..4, any::<u8>()).prop_map(|(i, how)| Op::Settle(i, how)),
+        2 => any::<u8>().prop_map(Op::Session),
+        2 => (0u32..12, -1i8..5).prop_map(|(i, a)| Op::Ack(i, a)),
+        1 => any::<bool>().prop_map(Op::Store),
+        1 => Just(Op::Crash),
+        1 => any::<u8>().prop_map(Op::Command),
+        2 => (0u32..120_000).prop_map(Op::Wait),
+    ]
+}
+
+struct Run {
+    world: World,
+    machine: Machine,
+    rng: StdRng,
+    pacing: Pacing,
+    settings: Settings,
+    cancelled: bool,
+}
+
+impl Run {
+    fn new(seed: u64, n: u32, cap: Option<u32>, quiet: bool, max_gap_ms: u64) -> Run {
+        let now = 1_800_000_000_000 + seed % 86_400_000;
+        let quiet_hours: Option<QuietHours> = quiet.then(|| "22:00-06:00".parse().unwrap());
+        let pacing = Pacing {
+            min_delay: Duration::from_millis(max_gap_ms / 2),
+            max_delay: Duration::from_millis(max_gap_ms),
+            typing_per_char: None,
+            typing_max: Duration::ZERO,
+            daily_cap: cap,
+            quiet_hours: quiet_hours.clone(),
+            tz: jiff::tz::TimeZone::UTC,
+        };
+        let settings = Settings {
+            send_attempts: 3,
+            retry_base: Duration::from_secs(5),
+            resume_grace: Duration::from_secs(120),
+            timelock_cooldown: Duration::from_secs(3600),
+            store_retry: Duration::from_secs(1),
+            lookup_retry: Duration::from_secs(2),
+        };
+        let record = CampaignRecord {
+            id: "c1".into(),
+            name: "model".into(),
+            session: "s".into(),
+            template: "Hi".into(),
+            pacing: PacingSpec::default(),
+            state: CampaignState::Running,
+            reason: None,
+            created_ms: now,
+            updated_ms: now,
+            waiting_since_ms: None,
+            resume_at_ms: None,
+            last_send_ms: None,
+            next_send_ms: None,
+            total: n,
+            duplicates: 0,
+        };
+        let durable = (0..n)
+            .map(|idx| {
+                let r = RecipientRecord {
+                    idx,
+                    line: idx + 2,
+                    phone: format!("+49151{:08}", idx),
+                    chat_id: format!("49151{:08}@c.us", idx),
+                    vars: BTreeMap::new(),
+                    text: "Hi".into(),
+                    state: RecipientState::Pending,
+                    reason: None,
+                    message_id: None,
+                    ack: None,
+                    attempts: 0,
+                    sent_at_ms: None,
+                    updated_ms: now,
+                };
+                (idx, r)
+            })
+            .collect();
+        let world = World {
+            durable,
+            volatile: BTreeMap::new(),
+            durable_campaign: record.clone(),
+            volatile_campaign: None,
+            durable_days: BTreeMap::new(),
+            volatile_days: BTreeMap::new(),
+            failing: false,
+            failed_since_flush: false,
+            delivered: BTreeMap::new(),
+            sends_on: BTreeMap::new(),
+            outstanding: Vec::new(),
+            timers: BTreeMap::new(),
+            session: SessionState::Connected,
+            finished: false,
+            now,
+            cap,
+            quiet: quiet_hours,
+            violations: Vec::new(),
+        };
+        let machine = Machine::new(record, pacing.clone(), settings.clone());
+        let mut run = Run { world, machine, rng: StdRng::seed_from_u64(seed), pacing, settings, cancelled: false };
+        run.machine.start(now, &mut run.rng, &mut Io(&mut run.world));
+        run
+    }
+
+    fn feed(&mut self, input: Input) {
+        let now = self.world.now;
+        self.machine.handle(input, now, &mut self.rng, &mut Io(&mut self.world));
+    }
+
+    /// Restarts from the store, as the daemon does after a crash.
+    fn restart(&mut self) {
+        self.world.crash(&mut self.rng);
+        let record = self.world.durable_campaign.clone();
+        self.machine = Machine::new(record.clone(), self.pacing.clone(), self.settings.clone());
+        if record.state.is_final() || record.state == CampaignState::Draft {
+            self.world.finished = true;
+            return;
+        }
+        let now = self.world.now;
+        self.machine.start(now, &mut self.rng, &mut Io(&mut self.world));
+    }
+
+    fn fire_next_timer(&mut self) -> bool {
+        let Some((&timer, &at)) = self.world.timers.iter().min_by_key(|(_, at)| **at) else { return false };
+        self.world.timers.remove(&timer);
+        self.world.now = self.world.now.max(at);
+        self.feed(Input::Fired(timer));
+        true
+    }
+
+    /// Settles outstanding item `i % len`; `how` picks the outcome
+    /// (`truthful` = what a connected, healthy session would answer).
+    fn settle(&mut self, i: usize, how: u8, truthful: bool) -> bool {
+        if self.world.outstanding.is_empty() {
+            return false;
+        }
+        let o = self.world.outstanding.remove(i % self.world.outstanding.len());
+        let connected = self.world.session == SessionState::Connected;
+        let input = match o {
+            Outstanding::Ask => Input::Session { state: self.world.session, detail: "model".into() },
+            Outstanding::Send { idx, id } => {
+                let result = if truthful || connected && how % 8 < 4 {
+                    self.world.deliver(idx, id);
+                    SendResult::Sent { ack: 1 }
+                } else {
+                    match how % 8 {
+                        0..=3 => SendResult::NotConnected,
+                        4 => {
+                            // Reached WhatsApp, but the answer was lost.
+                            self.world.deliver(idx, id);
+                            SendResult::Unknown("no answer within the send timeout".into())
+                        }
+                        5 => SendResult::Unknown("page crashed".into()),
+                        6 => SendResult::Refused { state: RecipientState::Skipped, reason: RecipientReason::NotOnWhatsApp },
+                        _ => {
+                            if how % 3 == 0 {
+                                SendResult::Timelock
+                            } else {
+                                SendResult::Rejected(Some(479))
+                            }
+                        }
+                    }
+                };
+                Input::Sent { idx, result }
+            }
+            Outstanding::Lookup { idx, id } => {
+                let found = self.world.delivered.get(&idx).is_some_and(|ids| ids.contains(&id));
+                let result = if truthful || connected && how % 4 != 0 {
+                    if found {
+                        LookupResult::Found { ack: 2 }
+                    } else {
+                        LookupResult::NotFound
+                    }
+                } else if how % 2 == 0 {
+                    LookupResult::NotConnected
+                } else {
+                    LookupResult::Failed
+                };
+                Input::LookedUp { idx, result }
+            }
+        };
+        self.feed(input);
+        true
+    }
+
+    fn apply(&mut self, op: Op) {
+        if self.world.finished {
+            return;
+        }
+        match op {
+            Op::Timer => {
+                self.fire_next_timer();
+            }
+            Op::Settle(i, how) => {
+                self.settle(i, how, false);
+            }
+            Op::Session(s) => {
+                let state = match s % 10 {
+                    0..=4 => SessionState::Connected,
+                    5 | 6 => SessionState::Reconnecting,
+                    7 => SessionState::Starting,
+                    8 => SessionState::ScanQr,
+                    _ if s % 40 == 9 => SessionState::LoggedOut,
+                    _ => SessionState::Connected,
+                };
+                self.world.session = state;
+                self.feed(Input::Session { state, detail: "model".into() });
+            }
+            Op::Ack(i, ack) => {
+                if self.world.delivered.contains_key(&i) {
+                    self.feed(Input::Ack { idx: i, ack });
+                    self.feed(Input::Ack { idx: i, ack });
+                }
+            }
+            Op::Store(failing) => {
+                self.world.failing = failing;
+                if !failing {
+                    // The daemon's store watcher probes: a write and a flush.
+                    self.world.flush();
+                }
+            }
+            Op::Crash => self.restart(),
+            Op::Command(c) => {
+                let command = match c % 10 {
+                    0..=3 => Command::Pause,
+                    4..=8 => Command::Resume,
+                    _ => Command::Cancel,
+                };
+                let now = self.world.now;
+                if let Ok(done) = self.machine.command(command, now, &mut self.rng, &mut Io(&mut self.world)) {
+                    self.cancelled |= command == Command::Cancel;
+                    if !done && command != Command::Cancel {
+                        self.world.violations.push(format!("{command:?} was deferred"));
+                    }
+                }
+            }
+            Op::Wait(ms) => self.world.now += u64::from(ms),
+        }
+    }
+
+    /// A sound store and a connected session, until the campaign ends.
+    fn heal(&mut self) {
+        self.world.failing = false;
+        self.world.flush();
+        self.world.session = SessionState::Connected;
+        for round in 0..100_000 {
+            if self.world.finished {
+                let state = self.world.durable_campaign.state;
+                if state == CampaignState::Completed || self.cancelled {
+                    return;
+                }
+                // An operator resumes a campaign its session ended (the
+                // registry's transition for stored campaigns), or the
+                // daemon restarts a halted one.
+                let mut record = self.world.durable_campaign.clone();
+                if !record.state.is_final() {
+                    self.restart();
+                    continue;
+                }
+                let (next, _) = wasup::policy::campaign::transition(record.state, Command::Resume).expect("a failed campaign resumes");
+                record.state = next;
+                record.reason = None;
+                self.world.durable_campaign = record;
+                self.restart();
+                continue;
+            }
+            if round % 50 == 0 {
+                self.world.session = SessionState::Connected;
+                self.feed(Input::Session { state: SessionState::Connected, detail: "healed".into() });
+            }
+            if self.machine.record().state == CampaignState::Paused
+                && self.machine.reason() == Some(&wasup::policy::campaign::Reason::Operator)
+            {
+                let now = self.world.now;
+                let _ = self.machine.command(Command::Resume, now, &mut self.rng, &mut Io(&mut self.world));
+                continue;
+            }
+            if self.settle(0, 0, true) || self.fire_next_timer() {
+                continue;
+            }
+            // Nothing outstanding and no timer: only a session answer can
+            // move it on.
+            self.feed(Input::Session { state: SessionState::Connected, detail: "healed".into() });
+            if !self.fire_next_timer() && self.world.outstanding.is_empty() && !self.world.finished {
+                panic!("stuck: {:?} {:?}", self.machine.record().state, self.machine.reason());
+            }
+        }
+        panic!("did not finish: {:?} {:?}", self.machine.record().state, self.machine.reason());
+    }
+
+    fn check_end(&self) {
+        assert!(self.world.violations.is_empty(), "{:#?}", self.world.violations);
+        if self.cancelled {
+            return;
+        }
+        assert_eq!(self.world.durable_campaign.state, CampaignState::Completed);
+        for (idx, r) in &self.world.durable {
+            let delivered = self.world.delivered.get(idx).map_or(&[][..], |v| &v[..]);
+            match r.state {
+                RecipientState::Sent => {
+                    assert_eq!(delivered.len(), 1, "recipient {idx} SENT but delivered {delivered:?}");
+                    assert_eq!(r.message_id.as_deref(), Some(delivered[0].as_str()), "recipient {idx}: stored id is not the delivered one");
+                }
+                RecipientState::Failed | RecipientState::Skipped => {
+                    assert!(r.reason.as_deref().is_some_and(|x| !x.is_empty()), "recipient {idx} {:?} without a reason", r.state);
+                    assert!(delivered.is_empty(), "recipient {idx} {:?} yet delivered {delivered:?}", r.state);
+                }
+                other => panic!("recipient {idx} left {other:?} in a COMPLETED campaign"),
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_recipient_is_sent_twice_or_dropped(
+        seed in any::<u64>(),
+        n in 1u32..12,
+        cap in prop_oneof![Just(None), (2u32..8).prop_map(Some)],
+        quiet in any::<bool>(),
+        max_gap_ms in 0u64..5_000,
+        ops in prop::collection::vec(op(), 0..120),
+    ) {
+        let mut run = Run::new(seed, n, cap, quiet, max_gap_ms);
+        for op in ops {
+            run.apply(op);
+            prop_assert!(run.world.violations.is_empty(), "{:#?}", run.world.violations);
+        }
+        run.heal();
+        run.check_end();
+    }
+}
