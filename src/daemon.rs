@@ -100,6 +100,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .listen("wasup-api", listener, move || {
                 let http = actix_http::HttpService::build()
                     .client_request_timeout(http::codec_errors::HEAD_TIMEOUT)
+                    // As actix-web's HttpServer: a second to read what a
+                    // client still sends after an early error answer.
+                    .client_disconnect_timeout(Duration::from_secs(1))
                     .local_addr(listen)
                     .h1(actix_service::map_config(app(), |_| actix_web::dev::AppConfig::default()));
                 let accept = actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {

@@ -1,20 +1,12 @@
-//! The Campaign actor: one per active campaign; the only writer of its
-//! record and its recipients while it runs.
-//!
-//! It sends one recipient at a time through the Supervisor, paced by
-//! [`crate::policy::pacing`]. Crash safety comes from the order of writes:
-//! a recipient is stored as `SENDING` with the message id the daemon chose,
-//! and flushed, before the send; it is stored as `SENT`, and flushed, after
-//! the send. Any `SENDING` recipient found at start (or after a send whose
-//! outcome is unknown) is resolved by looking its id up in the page once
-//! the session is `CONNECTED` (synced): found → `SENT`; not found → sent
-//! again, under a new id. So no recipient is messaged twice, and none is
-//! dropped.
-//!
-//! The session's state reaches it as [`SessionChanged`] (pushed by the
-//! Supervisor through the registry): lost → `PAUSED(waiting_for_session)`,
-//! resumed when the session is back within `campaigns.resume_grace`, else
-//! `FAILED(session_lost)`; logout, revocation or block → `FAILED` at once.
+//! The Campaign actor: one per active campaign, the shell of its
+//! [`Machine`] (`src/policy/campaign.rs`, where every decision and the
+//! crash-safety argument live). It feeds the machine what happens (session
+//! changes from the Supervisor, send and lookup outcomes, acks, operator
+//! commands, timers) and carries out what the machine asks: sled reads and
+//! writes (their result goes back at once), sends and lookups through the
+//! Supervisor, timers, events and logs, and the shared recipient counts. It
+//! is the only writer of its campaign's record and recipients while it
+//! runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,28 +15,23 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::campaigns::{Campaigns, Finished, SessionChanged};
-use crate::actors::session::SendError;
+use crate::actors::session::{SendError, SendOutcome};
 use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor, SupervisorError};
-use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, RecipientState, Tally};
+use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, RecipientState, Tally};
 use crate::config::Config;
 use crate::events::{Event, Events};
+use crate::policy::campaign::{Change, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer};
 use crate::policy::pacing::{Pacing, QuietHours};
-use crate::session_state::{now_ms, SessionState};
+use crate::session_state::now_ms;
 use crate::store::Store;
 use crate::whatsapp::number::ChatId;
 use crate::whatsapp::page::SendRefused;
-use crate::whatsapp::{ack_name, new_message_id};
 
 /// An operator's command on a campaign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CampaignCommand {
-    Start,
-    Pause,
-    Resume,
-    Cancel,
-}
+pub use crate::policy::campaign::Command as CampaignCommand;
 
-/// A command for a running Campaign actor; answers the record after it.
+/// A command for a running Campaign actor; answers the record once the
+/// command took effect (a cancel waits for the send in flight).
 #[derive(Message)]
 #[rtype(result = "Result<CampaignRecord, String>")]
 pub struct Control(pub CampaignCommand);
@@ -82,54 +69,232 @@ pub fn pacing_for(record: &CampaignRecord, config: &Config) -> Result<Pacing, St
     })
 }
 
-/// `ms` as a timestamp, clamped to the latest one jiff can hold (so a far
-/// future stays in the future).
-fn ts(ms: u64) -> jiff::Timestamp {
-    let max = jiff::Timestamp::MAX.as_millisecond();
-    jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(max).min(max)).unwrap_or(jiff::Timestamp::MAX)
+/// The machine's settings from `[campaigns]`.
+pub fn settings_for(config: &Config) -> Settings {
+    let c = &config.campaigns;
+    Settings {
+        send_attempts: c.send_attempts,
+        retry_base: c.retry_base,
+        resume_grace: c.resume_grace,
+        timelock_cooldown: c.timelock_cooldown,
+        store_retry: Duration::from_secs(1),
+        lookup_retry: Duration::from_secs(2),
+    }
 }
 
-/// `d` in ms, saturating.
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// What a send's answer from the Supervisor means for the campaign: the one
+/// place errors are told apart (`None`: no answer in time).
+fn send_result(answer: Option<Result<SendOutcome, SupervisorError>>) -> SendResult {
+    match answer {
+        Some(Ok(outcome)) => SendResult::Sent { ack: outcome.ack },
+        Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => SendResult::NotConnected,
+        Some(Err(SupervisorError::NotFound(_))) => SendResult::SessionDeleted,
+        Some(Err(SupervisorError::Send(SendError::Refused(refused)))) => {
+            let (state, reason) = match refused {
+                SendRefused::NotOnWhatsApp(_) => (RecipientState::Skipped, RecipientReason::NotOnWhatsApp),
+                SendRefused::InvalidWid(m) => (RecipientState::Failed, RecipientReason::InvalidNumber(m)),
+                SendRefused::Other(m) => (RecipientState::Failed, RecipientReason::Other(m)),
+            };
+            SendResult::Refused { state, reason }
+        }
+        // WhatsApp's reach-out timelock.
+        Some(Err(SupervisorError::Send(SendError::Rejected { code: Some(463) }))) => SendResult::Timelock,
+        Some(Err(SupervisorError::Send(SendError::Rejected { code }))) => SendResult::Rejected(code),
+        Some(Err(e)) => SendResult::Unknown(e.to_string()),
+        None => SendResult::Unknown("no answer within the send timeout".into()),
+    }
 }
 
-/// How often a campaign paused by a store failure checks whether the store
-/// takes writes again.
-const STORE_RETRY: Duration = Duration::from_secs(1);
+/// What a lookup's answer means.
+fn lookup_result(answer: Result<Result<Option<i8>, SupervisorError>, MailboxError>) -> LookupResult {
+    match answer {
+        Ok(Ok(Some(ack))) => LookupResult::Found { ack },
+        Ok(Ok(None)) => LookupResult::NotFound,
+        Ok(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => LookupResult::NotConnected,
+        _ => LookupResult::Failed,
+    }
+}
+
+/// What the machine asked for that needs the actor's context.
+enum Action {
+    Send { idx: u32, message_id: String, typing: Duration },
+    Lookup { idx: u32, message_id: String },
+    AskSession,
+    Schedule(Timer, u64),
+    Cancel(Timer),
+    Finished(Box<CampaignRecord>),
+}
+
+/// The machine's [`Shell`] over sled: writes and reads happen at once;
+/// the rest is queued as [`Action`]s for the actor.
+struct Io {
+    id: String,
+    session: String,
+    store: Store,
+    events: Events,
+    tally: Tally,
+    /// The recipient last written (event payloads name its phone and id).
+    last: Option<RecipientRecord>,
+    actions: VecDeque<Action>,
+}
+
+impl Io {
+    fn recipient_event(&self, event: &'static str, idx: u32) -> Event {
+        let e = Event::campaign(event, &self.id, &self.session);
+        match self.last.as_ref().filter(|r| r.idx == idx) {
+            Some(r) => e
+                .state(r.state.as_str(), r.reason.as_deref())
+                .detail(serde_json::json!({"recipient": r.idx, "phone": r.phone, "message_id": r.message_id, "ack": r.ack})),
+            None => e.detail(serde_json::json!({"recipient": idx})),
+        }
+    }
+}
+
+impl Shell for Io {
+    fn load(&mut self) -> Result<Vec<(u32, Entry)>, String> {
+        let recipients = self.store.recipients(&self.id).map_err(|e| e.to_string())?;
+        Ok(recipients.iter().map(|r| (r.idx, Entry::of(r))).collect())
+    }
+
+    fn write_recipient(&mut self, idx: u32, change: &Change, now_ms: u64, flush: bool) -> Result<(), String> {
+        let mut r = self
+            .store
+            .recipient(&self.id, idx)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("recipient {idx} is not in the store"))?;
+        change.apply(&mut r, now_ms);
+        self.store.put_recipient(&self.id, &r, flush).map_err(|e| e.to_string())?;
+        self.last = Some(r);
+        Ok(())
+    }
+
+    fn write_campaign(&mut self, record: &CampaignRecord, flush: bool) -> Result<(), String> {
+        let written = if flush { self.store.put_campaign(record) } else { self.store.put_campaign_unflushed(record) };
+        written.map_err(|e| e.to_string())
+    }
+
+    fn count_send(&mut self, day: &str) -> Result<(), String> {
+        self.store.count_send(&self.session, day).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn sent_on(&self, day: &str) -> u32 {
+        self.store.sent_on(&self.session, day).unwrap_or(u32::MAX)
+    }
+
+    fn store_ok(&self) -> bool {
+        self.store.failure().is_none()
+    }
+
+    fn send(&mut self, idx: u32, message_id: &str, typing: Duration) {
+        self.actions.push_back(Action::Send { idx, message_id: message_id.to_string(), typing });
+    }
+
+    fn lookup(&mut self, idx: u32, message_id: &str) {
+        self.actions.push_back(Action::Lookup { idx, message_id: message_id.to_string() });
+    }
+
+    fn ask_session(&mut self) {
+        self.actions.push_back(Action::AskSession);
+    }
+
+    fn schedule(&mut self, timer: Timer, at_ms: u64) {
+        self.actions.push_back(Action::Schedule(timer, at_ms));
+    }
+
+    fn cancel(&mut self, timer: Timer) {
+        self.actions.push_back(Action::Cancel(timer));
+    }
+
+    fn note(&mut self, note: Note, record: &CampaignRecord) {
+        let (id, session) = (&self.id, &self.session);
+        match note {
+            Note::Status { state, reason } => {
+                let reason = reason.map(|r| r.as_string());
+                self.events.publish(Event::campaign("campaign.status", id, session).state(state, reason.as_deref()));
+                let reason = reason.unwrap_or_default();
+                match state {
+                    CampaignState::Failed => {
+                        tracing::error!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
+                    }
+                    CampaignState::Paused => {
+                        tracing::warn!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
+                    }
+                    _ => {
+                        tracing::info!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
+                    }
+                }
+            }
+            Note::Progress(counts) => {
+                let detail: serde_json::Map<String, serde_json::Value> =
+                    RecipientState::ALL.iter().map(|s| (s.as_str().to_string(), counts[s.index()].into())).collect();
+                self.events.publish(Event::campaign("campaign.progress", id, session).detail(detail.into()));
+                let n = |s: RecipientState| counts[s.index()];
+                tracing::info!(
+                    campaign = %id,
+                    session = %session,
+                    event = "campaign.progress",
+                    sent = n(RecipientState::Sent),
+                    failed = n(RecipientState::Failed),
+                    skipped = n(RecipientState::Skipped),
+                    pending = n(RecipientState::Pending),
+                    total = record.total,
+                    "campaign progress"
+                );
+            }
+            Note::Sent { idx, resolved } => {
+                let message_id = self.last.as_ref().and_then(|r| r.message_id.clone()).unwrap_or_default();
+                let how = if resolved { "resolved: the page holds the message" } else { "message sent" };
+                tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = idx, "{how}");
+                self.events.publish(self.recipient_event("message.sent", idx));
+            }
+            Note::Failed { idx } => {
+                let (state, reason) =
+                    self.last.as_ref().map_or(("FAILED", String::new()), |r| (r.state.as_str(), r.reason.clone().unwrap_or_default()));
+                tracing::warn!(campaign = %id, session = %session, event = "message.failed", recipient = idx, reason = %reason, "recipient {state}");
+                self.events.publish(self.recipient_event("message.failed", idx));
+            }
+            Note::Acked { idx } => {
+                let e = self.recipient_event("message.ack", idx);
+                let ack = self.last.as_ref().and_then(|r| r.ack.clone()).unwrap_or_default();
+                tracing::info!(campaign = %id, event = "message.ack", recipient = idx, ack = %ack, "ack");
+                self.events.publish(e);
+            }
+            Note::SendStarts { idx, late_ms } => {
+                // How late the pacing clock fired (the bench reads this).
+                let scheduled = record.next_send_ms.unwrap_or_default();
+                tracing::debug!(campaign = %id, recipient = idx, scheduled_ms = scheduled, late_ms, "pacing: send starts");
+            }
+            Note::Unresolved { idx, why } => {
+                tracing::warn!(campaign = %id, session = %session, recipient = idx, error = %why, "send outcome unknown; resolving by lookup")
+            }
+            Note::NotSent { idx } => {
+                tracing::info!(campaign = %id, session = %session, recipient = idx, "resolved: not sent; sending again")
+            }
+            Note::StoreFailed { error } => {
+                tracing::error!(campaign = %id, session = %session, error = %error, "store write failed: no sends until writes succeed again")
+            }
+        }
+    }
+
+    fn counts(&mut self, counts: Counts) {
+        self.tally.set(&self.id, counts);
+    }
+
+    fn finished(&mut self, record: &CampaignRecord) {
+        self.actions.push_back(Action::Finished(Box::new(record.clone())));
+    }
+}
 
 /// The Campaign actor. See the module docs.
 pub struct Campaign {
-    record: CampaignRecord,
+    machine: Machine,
+    io: Io,
     config: Arc<Config>,
-    pacing: Pacing,
-    store: Store,
     supervisor: Addr<Supervisor>,
     registry: Addr<Campaigns>,
-    /// PENDING recipients in order.
-    pending: VecDeque<u32>,
-    /// SENDING recipients (each to be resolved by a lookup when idle).
-    sending: std::collections::BTreeSet<u32>,
-    /// Recipients per state, kept in step with every write.
-    counts: HashMap<RecipientState, u32>,
-    /// Earliest retry time of recipients whose send failed for a passing
-    /// reason, epoch ms.
-    not_before: HashMap<u32, u64>,
-    session_state: SessionState,
-    /// The gap chosen after the last send.
-    gap: Duration,
-    busy: bool,
-    timer: Option<SpawnHandle>,
-    grace_timer: Option<SpawnHandle>,
-    halted: bool,
-    events: Events,
-    /// Shared recipient counts, for views and metrics.
-    tally: Tally,
-    /// A write failed: the next step pauses with `store_error`.
-    store_fault: Option<String>,
-    store_timer: Option<SpawnHandle>,
-    /// The recipients were read (see [`Self::load`]).
-    loaded: bool,
+    timers: HashMap<Timer, SpawnHandle>,
+    /// Commands that answer once a final state is entered.
+    waiters: Vec<tokio::sync::oneshot::Sender<CampaignRecord>>,
 }
 
 impl Campaign {
@@ -146,545 +311,91 @@ impl Campaign {
         events: Events,
         tally: Tally,
     ) -> Self {
-        Self {
-            record,
-            config,
-            pacing,
-            store,
-            supervisor,
-            registry,
-            pending: VecDeque::new(),
-            sending: std::collections::BTreeSet::new(),
-            counts: HashMap::new(),
-            not_before: HashMap::new(),
-            session_state: SessionState::Stopped,
-            gap: Duration::ZERO,
-            busy: false,
-            timer: None,
-            grace_timer: None,
-            halted: false,
-            events,
-            tally,
-            store_fault: None,
-            store_timer: None,
-            loaded: false,
-        }
+        let io = Io { id: record.id.clone(), session: record.session.clone(), store, events, tally, last: None, actions: VecDeque::new() };
+        let machine = Machine::new(record, pacing, settings_for(&config));
+        Self { machine, io, config, supervisor, registry, timers: HashMap::new(), waiters: Vec::new() }
     }
 
-    /// Reads the recipients into the pending queue, the SENDING set and
-    /// the counts. On a read error nothing is loaded and the campaign
-    /// pauses with `store_error` (an empty list would read as "completed").
-    fn load(&mut self) -> bool {
-        let recipients = match self.store.recipients(&self.record.id) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(campaign = %self.record.id, error = %e, "cannot read recipients; pausing");
-                self.store_fault = Some(e.to_string());
-                return false;
-            }
-        };
-        self.pending.clear();
-        self.sending.clear();
-        self.counts.clear();
-        for r in recipients {
-            *self.counts.entry(r.state).or_default() += 1;
-            match r.state {
-                RecipientState::Pending => self.pending.push_back(r.idx),
-                RecipientState::Sending => {
-                    self.sending.insert(r.idx);
+    /// Feeds the machine one input, then carries out what it asked.
+    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        self.machine.handle(input, now_ms(), &mut rand::thread_rng(), &mut self.io);
+        self.perform(ctx);
+    }
+
+    fn perform(&mut self, ctx: &mut Context<Self>) {
+        while let Some(action) = self.io.actions.pop_front() {
+            match action {
+                Action::Send { idx, message_id, typing } => self.send(idx, message_id, typing, ctx),
+                Action::Lookup { idx, message_id } => self.lookup(idx, message_id, ctx),
+                Action::AskSession => {
+                    let ask = GetSession { name: self.io.session.clone() };
+                    let supervisor = self.supervisor.clone();
+                    ctx.spawn(actix::fut::wrap_future::<_, Self>(async move { supervisor.send(ask).await }).map(|answer, act, ctx| {
+                        let input = match answer {
+                            Ok(Ok(view)) => Input::Session { state: view.state, detail: view.reason.unwrap_or_default() },
+                            Ok(Err(SupervisorError::NotFound(_))) => Input::SessionDeleted,
+                            _ => Input::SessionUnknown,
+                        };
+                        act.feed(input, ctx);
+                    }));
                 }
-                _ => {}
+                Action::Schedule(timer, at_ms) => {
+                    if let Some(t) = self.timers.remove(&timer) {
+                        ctx.cancel_future(t);
+                    }
+                    let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()));
+                    let handle = ctx.run_later(wait, move |act, ctx| {
+                        act.timers.remove(&timer);
+                        act.feed(Input::Fired(timer), ctx);
+                    });
+                    self.timers.insert(timer, handle);
+                }
+                Action::Cancel(timer) => {
+                    if let Some(t) = self.timers.remove(&timer) {
+                        ctx.cancel_future(t);
+                    }
+                }
+                Action::Finished(record) => {
+                    for waiter in self.waiters.drain(..) {
+                        // Harmless if the caller is gone.
+                        let _ = waiter.send((*record).clone());
+                    }
+                    self.registry.do_send(Finished { id: record.id.clone() });
+                    ctx.stop();
+                    return;
+                }
             }
         }
-        self.loaded = true;
-        self.publish_counts();
-        true
     }
 
-    /// Writes a recipient whose state may have changed from `was`; true
-    /// when the write (and the flush, if asked) succeeded.
-    ///
-    /// The in-memory sets and counts mirror what was stored: on a failure
-    /// they keep `was`, and the next [`Self::step`] pauses the campaign with
-    /// `store_error`. That is safe in both directions: a failed SENDING
-    /// write means no send; a failed SENT write leaves the recipient
-    /// SENDING, which a lookup resolves once the store takes writes again.
-    fn put(&mut self, was: RecipientState, r: &RecipientRecord, flush: bool) -> bool {
-        if let Err(e) = self.store.put_recipient(&self.record.id, r, flush) {
-            tracing::error!(campaign = %self.record.id, recipient = r.idx, error = %e, "cannot store a recipient; pausing");
-            self.store_fault = Some(e.to_string());
-            return false;
-        }
-        self.moved(r.idx, was, r.state);
-        true
-    }
-
-    /// Keeps the counts and the SENDING set in step with a recipient that
-    /// went from `was` to `now` in the store.
-    fn moved(&mut self, idx: u32, was: RecipientState, now: RecipientState) {
-        if was != now {
-            if let Some(n) = self.counts.get_mut(&was) {
-                *n = n.saturating_sub(1);
-            }
-            *self.counts.entry(now).or_default() += 1;
-            self.publish_counts();
-        }
-        if now == RecipientState::Sending {
-            self.sending.insert(idx);
-        } else {
-            self.sending.remove(&idx);
-        }
-    }
-
-    fn publish_counts(&self) {
-        let mut c = crate::campaign::Counts::default();
-        for (state, n) in &self.counts {
-            c[state.index()] = *n;
-        }
-        self.tally.set(&self.record.id, c);
-    }
-
-    fn save(&mut self, flush: bool) {
-        self.record.updated_ms = now_ms();
-        let result = if flush { self.store.put_campaign(&self.record) } else { self.store.put_campaign_unflushed(&self.record) };
-        if let Err(e) = result {
-            // The record's state is bookkeeping (after a crash the campaign
-            // restarts from RUNNING/PAUSED and resolves SENDING recipients),
-            // but a failing store must stop sends: pause at the next step.
-            tracing::error!(campaign = %self.record.id, error = %e, "cannot store the campaign; pausing");
-            self.store_fault = Some(e.to_string());
-        }
-    }
-
-    fn set_state(&mut self, state: CampaignState, reason: Option<&str>, ctx: &mut Context<Self>) {
-        if self.record.state == state && self.record.reason.as_deref() == reason {
-            return;
-        }
-        self.record.state = state;
-        self.record.reason = reason.map(str::to_string);
-        if state != CampaignState::Paused {
-            self.record.waiting_since_ms = None;
-            self.record.resume_at_ms = None;
-        }
-        self.save(true);
-        let (id, session) = (&self.record.id, &self.record.session);
-        self.events.publish(Event::campaign("campaign.status", id, session).state(state, reason));
-        let reason = reason.unwrap_or("");
-        match state {
-            CampaignState::Failed => {
-                tracing::error!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
-            }
-            CampaignState::Paused => {
-                tracing::warn!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
-            }
-            _ => tracing::info!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}"),
-        }
-        if state.is_final() {
-            self.cancel_timers(ctx);
-            self.registry.do_send(Finished { id: self.record.id.clone() });
-            ctx.stop();
-        }
-    }
-
-    fn cancel_timers(&mut self, ctx: &mut Context<Self>) {
-        if let Some(t) = self.timer.take() {
-            ctx.cancel_future(t);
-        }
-        if let Some(t) = self.grace_timer.take() {
-            ctx.cancel_future(t);
-        }
-        if let Some(t) = self.store_timer.take() {
-            ctx.cancel_future(t);
-        }
-    }
-
-    /// A write failed: pause with `store_error` and resume once the store
-    /// takes writes again (the daemon's store watcher probes and reopens
-    /// it; this only watches its health).
-    fn pause_for_store(&mut self, ctx: &mut Context<Self>) {
-        let error = self.store_fault.take().unwrap_or_default();
-        if let Some(t) = self.timer.take() {
-            ctx.cancel_future(t);
-        }
-        tracing::warn!(campaign = %self.record.id, session = %self.record.session, error = %error, "store writes fail: no sends until they succeed again");
-        self.set_state(CampaignState::Paused, Some("store_error"), ctx);
-        // The pause itself may not have been stored; that is fine: the
-        // state in memory is what stops the sends.
-        self.store_fault = None;
-        self.watch_store(ctx);
-    }
-
-    fn watch_store(&mut self, ctx: &mut Context<Self>) {
-        if let Some(t) = self.store_timer.take() {
-            ctx.cancel_future(t);
-        }
-        self.store_timer = Some(ctx.run_later(STORE_RETRY, |act, ctx| {
-            act.store_timer = None;
-            let paused_for_store = act.record.state == CampaignState::Paused && act.record.reason.as_deref() == Some("store_error");
-            if !paused_for_store {
-                return;
-            }
-            if act.store.failure().is_some() {
-                return act.watch_store(ctx);
-            }
-            tracing::info!(campaign = %act.record.id, session = %act.record.session, "store writes succeed again: resuming");
-            act.set_state(CampaignState::Running, None, ctx);
-            act.step(ctx);
-        }));
-    }
-
-    fn schedule(&mut self, after: Duration, ctx: &mut Context<Self>) {
-        if let Some(t) = self.timer.take() {
-            ctx.cancel_future(t);
-        }
-        self.timer = Some(ctx.run_later(after, |act, ctx| {
-            act.timer = None;
-            act.step(ctx);
-        }));
-    }
-
-    /// The session is not usable: pause and start the grace period.
-    fn wait_for_session(&mut self, ctx: &mut Context<Self>) {
-        if self.record.state != CampaignState::Running {
-            return;
-        }
-        self.record.waiting_since_ms = Some(now_ms());
-        self.set_state(CampaignState::Paused, Some("waiting_for_session"), ctx);
-        let grace = self.config.campaigns.resume_grace;
-        if let Some(t) = self.grace_timer.take() {
-            ctx.cancel_future(t);
-        }
-        self.grace_timer = Some(ctx.run_later(grace, |act, ctx| {
-            act.grace_timer = None;
-            if act.record.state == CampaignState::Paused && act.record.reason.as_deref() == Some("waiting_for_session") {
-                act.set_state(CampaignState::Failed, Some("session_lost"), ctx);
-            }
-        }));
-    }
-
-    /// Decides what to do next: resolve, wait, send, or complete.
-    fn step(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.halted || self.record.state != CampaignState::Running {
-            return;
-        }
-        if self.store_fault.is_some() || self.store.failure().is_some() {
-            self.store_fault.get_or_insert_with(|| "the store is failing".into());
-            return self.pause_for_store(ctx);
-        }
-        if !self.loaded && !self.load() {
-            return self.pause_for_store(ctx);
-        }
-        if self.session_state != SessionState::Connected {
-            return self.wait_for_session(ctx);
-        }
-        if let Some(&idx) = self.sending.iter().next() {
-            return self.resolve(idx, ctx);
-        }
-        let now = now_ms();
-        let Some(&idx) = self.pending.front() else {
-            self.record.next_send_ms = None;
-            return self.set_state(CampaignState::Completed, None, ctx);
-        };
-        if let Some(&t) = self.not_before.get(&idx) {
-            if t > now {
-                return self.schedule(Duration::from_millis(t - now), ctx);
-            }
-        }
-        let earliest = self.record.last_send_ms.map_or(now, |last| last.saturating_add(ms(self.gap)));
-        let (store, session) = (self.store.clone(), self.record.session.clone());
-        // An unreadable count reads as "cap reached" (u32::MAX): a failing
-        // store must never let the cap be exceeded.
-        let slot = self.pacing.next(ts(now), ts(earliest), |day| store.sent_on(&session, &day.to_string()).unwrap_or(u32::MAX));
-        let at = slot.at.as_millisecond().max(0) as u64;
-        if at > now {
-            if self.record.next_send_ms != Some(at) {
-                self.record.next_send_ms = Some(at);
-                self.save(false);
-            }
-            return self.schedule(Duration::from_millis(at - now), ctx);
-        }
-        self.send(idx, ctx);
-    }
-
-    fn send(&mut self, idx: u32, ctx: &mut Context<Self>) {
-        let mut r = match self.store.recipient(&self.record.id, idx) {
+    fn send(&mut self, idx: u32, message_id: String, typing: Duration, ctx: &mut Context<Self>) {
+        let r = match self.io.store.recipient(&self.io.id, idx) {
             Ok(Some(r)) => r,
             Ok(None) => {
-                // No such recipient (cannot happen with a sound store): skip.
-                self.pending.pop_front();
-                return self.step(ctx);
+                return self.feed(Input::Sent { idx, result: SendResult::NotSent(format!("recipient {idx} is not in the store")) }, ctx)
             }
-            Err(e) => {
-                // Unreadable: it stays pending; pause until the store is sound.
-                self.store_fault = Some(e.to_string());
-                return self.step(ctx);
-            }
+            Err(e) => return self.feed(Input::Sent { idx, result: SendResult::NotSent(e.to_string()) }, ctx),
         };
-        let now = now_ms();
-        if let Some(scheduled) = self.record.next_send_ms {
-            // How late the pacing clock fired (the bench reads this).
-            tracing::debug!(campaign = %self.record.id, scheduled_ms = scheduled, late_ms = now as i64 - scheduled as i64, "pacing: send starts");
-        }
-        let id = new_message_id();
-        r.state = RecipientState::Sending;
-        r.message_id = Some(id.clone());
-        r.attempts += 1;
-        r.updated_ms = now;
-        let day = self.pacing.day(ts(now)).to_string();
-        // Both writes must reach the disk before the send, or there is no
-        // send: the recipient stays PENDING and the campaign pauses. A day
-        // counted without its send only makes the cap stricter; a SENDING
-        // record that reached sled without its flush is resolved by a
-        // lookup as "not sent". Neither can cause a second send.
-        if let Err(e) = self.store.count_send(&self.record.session, &day) {
-            tracing::error!(campaign = %self.record.id, error = %e, "cannot count the send; not sending");
-            self.store_fault = Some(e.to_string());
-            return self.step(ctx);
-        }
-        // Flushed before the send: after a crash this id is looked up.
-        if !self.put(RecipientState::Pending, &r, true) {
-            return self.step(ctx);
-        }
-        self.pending.pop_front();
-        self.not_before.remove(&idx);
-        self.record.last_send_ms = Some(now);
-        self.record.next_send_ms = None;
-        self.gap = self.pacing.gap(&mut rand::thread_rng());
-        self.save(false);
-        self.busy = true;
-        let typing = self.pacing.typing(r.text.chars().count());
-        let send = SendMessage {
-            name: self.record.session.clone(),
-            to: ChatId::from_trusted(r.chat_id.clone()),
-            text: r.text.clone(),
-            id: Some(id),
-            typing,
-        };
+        let send =
+            SendMessage { name: self.io.session.clone(), to: ChatId::from_trusted(r.chat_id), text: r.text, id: Some(message_id), typing };
         let supervisor = self.supervisor.clone();
         let limit = self.config.whatsapp.send_timeout + typing + Duration::from_secs(10);
-        ctx.spawn(
-            async move {
-                match tokio::time::timeout(limit, supervisor.send(send)).await {
-                    Ok(Ok(result)) => Some(result),
-                    _ => None,
-                }
-            }
-            .into_actor(self)
-            .map(move |result, act, ctx| {
-                act.busy = false;
-                act.sent(r, result, ctx);
-                act.step(ctx);
-            }),
-        );
-    }
-
-    /// Applies a send's outcome. `None`: unknown (timed out, actor gone).
-    fn sent(
-        &mut self,
-        mut r: RecipientRecord,
-        result: Option<Result<crate::actors::session::SendOutcome, SupervisorError>>,
-        ctx: &mut Context<Self>,
-    ) {
-        let (id, session) = (self.record.id.clone(), self.record.session.clone());
-        let now = now_ms();
-        r.updated_ms = now;
-        let message_id = r.message_id.clone().unwrap_or_default();
-        match result {
-            Some(Ok(outcome)) => {
-                r.state = RecipientState::Sent;
-                r.ack = Some(ack_name(outcome.ack).to_string());
-                r.sent_at_ms = Some(now);
-                r.reason = None;
-                // If this write fails the recipient stays SENDING (in memory
-                // as on disk) and a lookup settles it after the pause.
-                if self.put(RecipientState::Sending, &r, true) {
-                    tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "message sent");
-                    self.message_event("message.sent", &r);
-                    self.progress();
-                }
-            }
-            Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => {
-                // Refused before it reached the page: not sent.
-                self.back_to_pending(r, None);
-                self.wait_for_session(ctx);
-            }
-            Some(Err(SupervisorError::NotFound(_))) => {
-                self.back_to_pending(r, None);
-                self.set_state(CampaignState::Failed, Some("session_deleted"), ctx);
-            }
-            Some(Err(SupervisorError::Send(SendError::Refused(refused)))) => {
-                let (state, reason) = match refused {
-                    SendRefused::NotOnWhatsApp(_) => (RecipientState::Skipped, "not_on_whatsapp".to_string()),
-                    SendRefused::InvalidWid(m) => (RecipientState::Failed, format!("invalid_number: {m}")),
-                    SendRefused::Other(m) => (RecipientState::Failed, m),
-                };
-                r.state = state;
-                r.reason = Some(reason.clone());
-                if !self.put(RecipientState::Sending, &r, true) {
-                    return;
-                }
-                tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, reason = %reason, "recipient {}", state.as_str());
-                self.message_event("message.failed", &r);
-                self.progress();
-            }
-            Some(Err(SupervisorError::Send(SendError::Rejected { code: Some(463) }))) => {
-                // Reach-out timelock: not delivered; cool down, no retry storm.
-                self.back_to_pending(r, None);
-                let until = now.saturating_add(ms(self.config.campaigns.timelock_cooldown));
-                self.record.resume_at_ms = Some(until);
-                self.set_state(CampaignState::Paused, Some("timelock"), ctx);
-                self.schedule_resume(until, ctx);
-            }
-            Some(Err(SupervisorError::Send(SendError::Rejected { code }))) => {
-                r.state = RecipientState::Failed;
-                r.reason = Some(format!("rejected by WhatsApp{}", code.map(|c| format!(" (error {c})")).unwrap_or_default()));
-                if !self.put(RecipientState::Sending, &r, true) {
-                    return;
-                }
-                tracing::warn!(campaign = %id, session = %session, event = "message.failed", message_id = %message_id, recipient = r.idx, "recipient FAILED");
-                self.message_event("message.failed", &r);
-                self.progress();
-            }
-            other => {
-                // Unknown: it may or may not have reached WhatsApp. It stays
-                // SENDING and is resolved by a lookup.
-                let why = match other {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "no answer within the send timeout".into(),
-                };
-                tracing::warn!(campaign = %id, session = %session, message_id = %message_id, recipient = r.idx, error = %why, "send outcome unknown; resolving by lookup");
-                r.reason = Some(format!("unknown: {why}"));
-                // Failing or not, it stays SENDING: harmless either way.
-                self.put(RecipientState::Sending, &r, true);
-            }
-        }
-    }
-
-    /// Puts a recipient whose send did not happen back in line. If the
-    /// write fails it stays SENDING (memory mirrors the store) and a lookup
-    /// sends it again after the pause.
-    fn back_to_pending(&mut self, mut r: RecipientRecord, retry_at: Option<u64>) {
-        let was = r.state;
-        r.state = RecipientState::Pending;
-        r.message_id = None;
-        if !self.put(was, &r, true) {
-            return;
-        }
-        if let Some(t) = retry_at {
-            self.not_before.insert(r.idx, t);
-        }
-        // Keep the order: a recipient goes back where it was.
-        let pos = self.pending.iter().position(|&i| i > r.idx).unwrap_or(self.pending.len());
-        self.pending.insert(pos, r.idx);
-    }
-
-    fn schedule_resume(&mut self, at_ms: u64, ctx: &mut Context<Self>) {
-        let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()));
-        if let Some(t) = self.grace_timer.take() {
-            ctx.cancel_future(t);
-        }
-        self.grace_timer = Some(ctx.run_later(wait, |act, ctx| {
-            act.grace_timer = None;
-            if act.record.state == CampaignState::Paused && act.record.reason.as_deref() == Some("timelock") {
-                act.set_state(CampaignState::Running, None, ctx);
-                act.step(ctx);
-            }
+        let answer = async move { tokio::time::timeout(limit, supervisor.send(send)).await.ok().and_then(Result::ok) };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(answer).map(move |answer, act, ctx| {
+            act.feed(Input::Sent { idx, result: send_result(answer) }, ctx);
         }));
     }
 
-    /// Looks a SENDING recipient up in the page; `step` calls it for each.
-    fn resolve(&mut self, idx: u32, ctx: &mut Context<Self>) {
-        let r = match self.store.recipient(&self.record.id, idx) {
-            Ok(Some(r)) if r.state == RecipientState::Sending => r,
-            Ok(Some(r)) => {
-                // The store settled it already (a write whose flush failed
-                // still reached sled): follow it.
-                self.moved(idx, RecipientState::Sending, r.state);
-                return self.step(ctx);
-            }
-            Ok(None) => {
-                self.moved(idx, RecipientState::Sending, RecipientState::Failed);
-                return self.step(ctx);
-            }
-            Err(e) => {
-                self.store_fault = Some(e.to_string());
-                return self.step(ctx);
-            }
+    fn lookup(&mut self, idx: u32, message_id: String, ctx: &mut Context<Self>) {
+        let r = match self.io.store.recipient(&self.io.id, idx) {
+            Ok(Some(r)) => r,
+            _ => return self.feed(Input::LookedUp { idx, result: LookupResult::Failed }, ctx),
         };
-        let Some(message_id) = r.message_id.clone() else {
-            self.back_to_pending(r, None);
-            return self.step(ctx);
-        };
-        self.busy = true;
-        let lookup =
-            LookupMessage { name: self.record.session.clone(), to: ChatId::from_trusted(r.chat_id.clone()), id: message_id.clone() };
+        let lookup = LookupMessage { name: self.io.session.clone(), to: ChatId::from_trusted(r.chat_id), id: message_id };
         let supervisor = self.supervisor.clone();
-        ctx.spawn(async move { supervisor.send(lookup).await }.into_actor(self).map(move |result, act, ctx| {
-            act.busy = false;
-            let (id, session) = (act.record.id.clone(), act.record.session.clone());
-            match result {
-                Ok(Ok(Some(ack))) => {
-                    let mut r = r;
-                    r.state = RecipientState::Sent;
-                    r.ack = Some(ack_name(ack).to_string());
-                    r.sent_at_ms.get_or_insert(now_ms());
-                    r.reason = None;
-                    if act.put(RecipientState::Sending, &r, true) {
-                        tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = r.idx, "resolved: the page holds the message");
-                        act.progress();
-                    }
-                    act.step(ctx);
-                }
-                Ok(Ok(None)) => {
-                    tracing::info!(campaign = %id, session = %session, message_id = %message_id, recipient = r.idx, "resolved: not sent; sending again");
-                    if r.attempts >= act.config.campaigns.send_attempts {
-                        let mut r = r;
-                        r.state = RecipientState::Failed;
-                        r.reason = Some("send_failed: no attempt reached WhatsApp".into());
-                        if act.put(RecipientState::Sending, &r, true) {
-                            act.progress();
-                        }
-                    } else {
-                        let delay = act.config.campaigns.retry_base.saturating_mul(1 << r.attempts.saturating_sub(1).min(10));
-                        let retry_at = (r.reason.as_deref().is_some_and(|x| x.starts_with("unknown"))).then(|| now_ms().saturating_add(ms(delay)));
-                        act.back_to_pending(r, retry_at);
-                    }
-                    act.step(ctx);
-                }
-                Ok(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => {
-                    act.wait_for_session(ctx);
-                }
-                _ => {
-                    // The page could not answer now; try again shortly.
-                    act.schedule(Duration::from_secs(2), ctx);
-                }
-            }
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(async move { supervisor.send(lookup).await }).map(move |answer, act, ctx| {
+            act.feed(Input::LookedUp { idx, result: lookup_result(answer) }, ctx);
         }));
-    }
-
-    fn message_event(&self, event: &'static str, r: &RecipientRecord) {
-        let e = Event::campaign(event, &self.record.id, &self.record.session)
-            .state(r.state.as_str(), r.reason.as_deref())
-            .detail(serde_json::json!({"recipient": r.idx, "phone": r.phone, "message_id": r.message_id, "ack": r.ack}));
-        self.events.publish(e);
-    }
-
-    fn progress(&self) {
-        let count = |s| self.counts.get(&s).copied().unwrap_or(0);
-        let detail: serde_json::Map<String, serde_json::Value> =
-            RecipientState::ALL.iter().map(|s| (s.as_str().to_string(), count(*s).into())).collect();
-        self.events.publish(Event::campaign("campaign.progress", &self.record.id, &self.record.session).detail(detail.into()));
-        tracing::info!(
-            campaign = %self.record.id,
-            session = %self.record.session,
-            event = "campaign.progress",
-            sent = count(RecipientState::Sent),
-            failed = count(RecipientState::Failed),
-            skipped = count(RecipientState::Skipped),
-            pending = count(RecipientState::Pending),
-            total = self.record.total,
-            "campaign progress"
-        );
     }
 }
 
@@ -692,58 +403,8 @@ impl Actor for Campaign {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // A failure here pauses the campaign at its first step.
-        self.load();
-        // The first gap after a restart: the one a send would have had.
-        self.gap = self.pacing.gap(&mut rand::thread_rng());
-        if let (CampaignState::Paused, Some("timelock"), Some(at)) =
-            (self.record.state, self.record.reason.as_deref(), self.record.resume_at_ms)
-        {
-            self.schedule_resume(at, ctx);
-        }
-        let ask = GetSession { name: self.record.session.clone() };
-        let supervisor = self.supervisor.clone();
-        ctx.spawn(async move { supervisor.send(ask).await }.into_actor(self).map(|result, act, ctx| match result {
-            Ok(Ok(view)) => {
-                act.session_state = view.state;
-                act.on_session(view.state, view.reason.unwrap_or_default(), ctx);
-            }
-            Ok(Err(SupervisorError::NotFound(_))) => act.set_state(CampaignState::Failed, Some("session_deleted"), ctx),
-            _ => act.schedule(Duration::from_secs(1), ctx),
-        }));
-    }
-}
-
-impl Campaign {
-    fn on_session(&mut self, state: SessionState, reason: String, ctx: &mut Context<Self>) {
-        self.session_state = state;
-        if self.record.state.is_final() || self.record.state == CampaignState::Draft {
-            return;
-        }
-        match state {
-            SessionState::Connected => {
-                let waiting = self.record.state == CampaignState::Paused && self.record.reason.as_deref() == Some("waiting_for_session");
-                if waiting {
-                    if let Some(t) = self.grace_timer.take() {
-                        ctx.cancel_future(t);
-                    }
-                    self.set_state(CampaignState::Running, None, ctx);
-                }
-                self.step(ctx);
-            }
-            SessionState::LoggedOut | SessionState::Blocked | SessionState::Failed => {
-                let paused_by_operator = self.record.state == CampaignState::Paused && self.record.reason.as_deref() == Some("operator");
-                if !paused_by_operator || state != SessionState::LoggedOut {
-                    let why = format!("session_{}: {reason}", state.as_str().to_ascii_lowercase());
-                    self.set_state(CampaignState::Failed, Some(&why), ctx);
-                }
-            }
-            _ => {
-                if self.record.state == CampaignState::Running {
-                    self.wait_for_session(ctx);
-                }
-            }
-        }
+        self.machine.start(now_ms(), &mut rand::thread_rng(), &mut self.io);
+        self.perform(ctx);
     }
 }
 
@@ -751,57 +412,40 @@ impl Handler<SessionChanged> for Campaign {
     type Result = ();
 
     fn handle(&mut self, msg: SessionChanged, ctx: &mut Self::Context) {
-        self.on_session(msg.state, msg.reason, ctx);
+        self.feed(Input::Session { state: msg.state, detail: msg.reason }, ctx);
     }
 }
 
 impl Handler<Acked> for Campaign {
     type Result = ();
 
-    fn handle(&mut self, msg: Acked, _ctx: &mut Self::Context) {
-        let Ok(Some(mut r)) = self.store.recipient(&self.record.id, msg.idx) else { return };
-        let was = r.state;
-        let name = ack_name(msg.ack).to_string();
-        if r.state == RecipientState::Sent && r.ack.as_deref() != Some(name.as_str()) && msg.ack > 0 {
-            tracing::info!(campaign = %self.record.id, event = "message.ack", recipient = r.idx, ack = %name, "ack");
-            let e = Event::campaign("message.ack", &self.record.id, &self.record.session)
-                .detail(serde_json::json!({"recipient": r.idx, "message_id": r.message_id, "ack": name}));
-            self.events.publish(e);
-            r.ack = Some(name);
-            r.updated_ms = now_ms();
-            // Harmless if it fails: the ack is a record (no send depends on
-            // it) and the store's own health already reports the failure.
-            let _ = self.store.put_recipient(&self.record.id, &r, false);
-            debug_assert_eq!(was, r.state);
-        }
+    fn handle(&mut self, msg: Acked, ctx: &mut Self::Context) {
+        self.feed(Input::Ack { idx: msg.idx, ack: msg.ack }, ctx);
     }
 }
 
 impl Handler<Control> for Campaign {
-    type Result = Result<CampaignRecord, String>;
+    type Result = ResponseFuture<Result<CampaignRecord, String>>;
 
     fn handle(&mut self, msg: Control, ctx: &mut Self::Context) -> Self::Result {
-        let state = self.record.state;
-        match msg.0 {
-            CampaignCommand::Pause if state == CampaignState::Running || state == CampaignState::Paused => {
-                if let Some(t) = self.timer.take() {
-                    ctx.cancel_future(t);
-                }
-                if let Some(t) = self.grace_timer.take() {
-                    ctx.cancel_future(t);
-                }
-                self.set_state(CampaignState::Paused, Some("operator"), ctx);
+        let result = self.machine.command(msg.0, now_ms(), &mut rand::thread_rng(), &mut self.io);
+        let record = self.machine.record().clone();
+        let waiting = match result {
+            Ok(false) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.waiters.push(tx);
+                Some(rx)
             }
-            CampaignCommand::Resume | CampaignCommand::Start if state == CampaignState::Paused => {
-                self.set_state(CampaignState::Running, None, ctx);
-                self.step(ctx);
+            _ => None,
+        };
+        self.perform(ctx);
+        Box::pin(async move {
+            result?;
+            match waiting {
+                Some(rx) => rx.await.map_err(|_| "the campaign stopped before the command took effect".to_string()),
+                None => Ok(record),
             }
-            CampaignCommand::Cancel => {
-                self.set_state(CampaignState::Cancelled, Some("operator"), ctx);
-            }
-            command => return Err(format!("cannot {command:?} a campaign that is {state}").to_lowercase()),
-        }
-        Ok(self.record.clone())
+        })
     }
 }
 
@@ -809,11 +453,6 @@ impl Handler<Halt> for Campaign {
     type Result = ();
 
     fn handle(&mut self, _msg: Halt, ctx: &mut Self::Context) {
-        // A send under way is abandoned here; its recipient stays SENDING
-        // and is resolved by lookup at the next start.
-        self.halted = true;
-        self.cancel_timers(ctx);
-        self.save(true);
-        ctx.stop();
+        self.feed(Input::Halt, ctx);
     }
 }

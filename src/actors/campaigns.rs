@@ -17,6 +17,7 @@ use crate::actors::supervisor::{GetSession, MessageAcked, Supervisor, Supervisor
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
 use crate::config::Config;
 use crate::events::Events;
+use crate::policy::campaign::{ack_applies, transition, Change};
 use crate::session_state::{now_ms, SessionState};
 use crate::store::Store;
 
@@ -205,30 +206,18 @@ impl Handler<Command> for Campaigns {
         }
         let result = (|| {
             let mut record = self.stored(&msg.id)?;
-            let state = record.state;
-            match (msg.command, state) {
-                (CampaignCommand::Start, CampaignState::Draft)
-                | (CampaignCommand::Resume, CampaignState::Failed | CampaignState::Paused) => {
-                    record.state = CampaignState::Running;
-                    record.reason = None;
-                    record.waiting_since_ms = None;
-                    record.resume_at_ms = None;
-                    record.updated_ms = now_ms();
-                    self.store.put_campaign(&record)?;
-                    tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = "RUNNING", "campaign RUNNING");
-                    self.spawn(record.clone(), ctx)?;
-                    Ok(record)
-                }
-                (CampaignCommand::Cancel, CampaignState::Draft | CampaignState::Failed | CampaignState::Paused) => {
-                    record.state = CampaignState::Cancelled;
-                    record.reason = Some("operator".into());
-                    record.updated_ms = now_ms();
-                    self.store.put_campaign(&record)?;
-                    tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = "CANCELLED", "campaign CANCELLED");
-                    Ok(record)
-                }
-                (command, state) => Err(CampaignError::WrongState(format!("cannot {command:?} a campaign that is {state}").to_lowercase())),
+            let (state, reason) = transition(record.state, msg.command).map_err(CampaignError::WrongState)?;
+            record.state = state;
+            record.reason = reason.map(|r| r.as_string());
+            record.waiting_since_ms = None;
+            record.resume_at_ms = None;
+            record.updated_ms = now_ms();
+            self.store.put_campaign(&record)?;
+            tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = %state, reason = record.reason.as_deref().unwrap_or(""), "campaign {state}");
+            if state == CampaignState::Running {
+                self.spawn(record.clone(), ctx)?;
             }
+            Ok(record)
         })();
         Box::pin(async move { result })
     }
@@ -279,11 +268,11 @@ impl Handler<MessageAcked> for Campaigns {
         match self.running.get(&campaign) {
             Some((_, addr)) => addr.do_send(Acked { idx, ack: msg.ack }),
             None => {
-                // Finished campaigns still learn their acks.
+                // Finished campaigns still learn their acks. Harmless if the
+                // write fails: an ack is a record no send depends on.
                 if let Ok(Some(mut r)) = self.store.recipient(&campaign, idx) {
-                    if msg.ack > 0 && r.state == crate::campaign::RecipientState::Sent {
-                        r.ack = Some(crate::whatsapp::ack_name(msg.ack).to_string());
-                        r.updated_ms = now_ms();
+                    if ack_applies(&r, msg.ack) {
+                        Change::Ack { ack: msg.ack }.apply(&mut r, now_ms());
                         let _ = self.store.put_recipient(&campaign, &r, false);
                     }
                 }

@@ -89,13 +89,14 @@ fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, 
 
 /// The seeds' message shapes for an event, if it has one.
 fn seed_shape(e: &Event) -> Option<serde_json::Value> {
-    let reason = e.reason.as_deref().unwrap_or("");
+    use crate::policy::campaign::Reason;
+    let reason = e.reason.as_deref().map(Reason::parse);
     match (e.event, e.state.as_deref()) {
-        ("campaign.status", Some("FAILED")) if reason.starts_with("session_") => Some(serde_json::json!({
+        ("campaign.status", Some("FAILED")) if reason.as_ref().is_some_and(Reason::is_session_end) => Some(serde_json::json!({
             "type": "status_update", "status": "failed", "message": "WhatsApp disconnected during operation",
             "campaign": e.campaign, "session": e.session,
         })),
-        ("campaign.status", Some("PAUSED")) if reason == "waiting_for_session" => Some(serde_json::json!({
+        ("campaign.status", Some("PAUSED")) if reason == Some(Reason::WaitingForSession) => Some(serde_json::json!({
             "type": "error", "message": "WhatsApp disconnected during message sending",
             "campaign": e.campaign, "session": e.session,
         })),
