@@ -28,7 +28,7 @@ use crate::session_state::now_ms;
 use crate::session_state::{Me, SessionState};
 use crate::whatsapp::number::ChatId;
 use crate::whatsapp::observe::Observer;
-use crate::whatsapp::page::{Page, PageError, PageEvent, Poll, SendRefused};
+use crate::whatsapp::page::{Page, PageError, PageEvent, Poll, SendRefused, SocketState};
 
 /// Sends a text. Answered once the server acked it (ack ≥ 1) or
 /// `whatsapp.ack_wait` passed (then with ack 0, `PENDING`).
@@ -131,7 +131,7 @@ pub struct Session {
     /// A poll got an answer since the last heartbeat.
     answered: bool,
     /// The page's `Socket.state` at the last poll (`LOADING` while loading).
-    page_state: String,
+    page_state: SocketState,
     takeover_pending: bool,
 }
 
@@ -171,7 +171,7 @@ impl Session {
             fast_polling: false,
             heartbeat: Heartbeat::new(config.heartbeat.failures),
             answered: false,
-            page_state: String::new(),
+            page_state: SocketState::Loading,
             takeover_pending: false,
             config,
         }
@@ -246,7 +246,7 @@ impl Session {
             }
             Ok(Poll::Loading { logout }) => {
                 self.answered = true;
-                self.page_state = "LOADING".into();
+                self.page_state = SocketState::Loading;
                 if let Some(reason) = self.observer.loading(logout) {
                     self.state = SessionState::LoggedOut;
                     return self.end(reason, "logout queued by the page being left".into(), ctx);
@@ -314,7 +314,7 @@ impl Session {
                 tracing::info!(session = %self.name, page_state = %self.page_state, in_a_row, "heartbeat missed");
             }
             Beat::Failed => {
-                let reason = if self.page_state == "TIMEOUT" { EndReason::ConnectionLost } else { EndReason::HeartbeatMissed };
+                let reason = if self.page_state == SocketState::Timeout { EndReason::ConnectionLost } else { EndReason::HeartbeatMissed };
                 let detail = format!("{} heartbeats missed; page state {:?}", self.config.heartbeat.failures, self.page_state);
                 return self.end(reason, detail, ctx);
             }

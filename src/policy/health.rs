@@ -11,6 +11,8 @@
 //! - Memory: the browser's process tree PSS over `health.memory.max`
 //!   recycles the browser (PM2's `max_memory_restart`).
 
+use crate::whatsapp::page::SocketState;
+
 /// What one heartbeat shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
@@ -57,8 +59,8 @@ impl Heartbeat {
 /// or waiting for a human (a QR, a conflict). `OPENING`, `PAIRING`,
 /// `TIMEOUT` and `UNLAUNCHED` are on the way somewhere; seen at heartbeat
 /// after heartbeat, they mean the page is not getting there by itself.
-pub fn settled(state: &str) -> bool {
-    matches!(state, "CONNECTED" | "UNPAIRED" | "UNPAIRED_IDLE" | "CONFLICT")
+pub fn settled(state: &SocketState) -> bool {
+    matches!(state, SocketState::Connected | SocketState::Unpaired | SocketState::UnpairedIdle | SocketState::Conflict)
 }
 
 /// The key-file count against its threshold.
@@ -120,6 +122,7 @@ mod tests {
         assert_eq!(key_files(100, 100), KeyFiles::Ok);
         assert_eq!(key_files(101, 100), KeyFiles::Over { count: 101, max: 100 });
         assert!(memory_over(2, 1) && !memory_over(1, 1));
-        assert!(settled("CONNECTED") && settled("UNPAIRED_IDLE") && !settled("TIMEOUT") && !settled("OPENING"));
+        let s = |name: &str| settled(&SocketState::from(name));
+        assert!(s("CONNECTED") && s("UNPAIRED_IDLE") && !s("TIMEOUT") && !s("OPENING") && !s("SOMETHING_NEW"));
     }
 }

@@ -11,7 +11,7 @@
 use crate::policy::EndReason;
 use crate::session_state::SessionState;
 
-use super::page::{PageEvent, Snapshot};
+use super::page::{PageEvent, Snapshot, SocketState};
 
 /// What the session should show after one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +61,12 @@ impl Observer {
         if self.linked && logged_out {
             return ended(EndReason::PhoneLogout, SessionState::LoggedOut);
         }
-        match snap.state.as_str() {
-            "UNPAIRED" | "UNPAIRED_IDLE" => {
+        match &snap.state {
+            SocketState::Unpaired | SocketState::UnpairedIdle => {
                 if self.linked {
                     return ended(EndReason::DeviceRemoved, SessionState::LoggedOut);
                 }
-                let idle = snap.state == "UNPAIRED_IDLE";
+                let idle = snap.state == SocketState::UnpairedIdle;
                 let refresh_qr = idle && !self.idle_refreshed;
                 self.idle_refreshed = idle;
                 // SCAN_QR promises a QR to show; the adapter builds the
@@ -78,23 +78,23 @@ impl Observer {
                 };
                 Verdict { state, reason, end: None, refresh_qr }
             }
-            "CONNECTED" if snap.synced || self.connected_once => {
+            SocketState::Connected if snap.synced || self.connected_once => {
                 self.linked = true;
                 self.connected_once = true;
                 self.idle_refreshed = false;
                 verdict(SessionState::Connected, None)
             }
-            "CONNECTED" => {
+            SocketState::Connected => {
                 self.linked = true;
                 verdict(SessionState::Starting, Some("syncing"))
             }
-            "TIMEOUT" if self.connected_once => verdict(SessionState::Reconnecting, Some("connection_lost")),
-            "OPENING" | "UNLAUNCHED" | "PAIRING" | "TIMEOUT" if self.connected_once => {
+            SocketState::Timeout if self.connected_once => verdict(SessionState::Reconnecting, Some("connection_lost")),
+            SocketState::Opening | SocketState::Unlaunched | SocketState::Pairing | SocketState::Timeout if self.connected_once => {
                 verdict(SessionState::Reconnecting, Some("page_reconnecting"))
             }
-            "CONFLICT" => verdict(SessionState::Conflict, Some("conflict")),
-            "TOS_BLOCK" | "SMB_TOS_BLOCK" | "PROXYBLOCK" => ended(EndReason::TosBlock, SessionState::Blocked),
-            "DEPRECATED_VERSION" => ended(EndReason::DeprecatedVersion, SessionState::Failed),
+            SocketState::Conflict => verdict(SessionState::Conflict, Some("conflict")),
+            SocketState::TosBlock | SocketState::SmbTosBlock | SocketState::ProxyBlock => ended(EndReason::TosBlock, SessionState::Blocked),
+            SocketState::DeprecatedVersion => ended(EndReason::DeprecatedVersion, SessionState::Failed),
             _ => verdict(SessionState::Starting, None),
         }
     }
@@ -105,7 +105,7 @@ mod tests {
     use super::*;
 
     fn snap(state: &str, synced: bool) -> Snapshot {
-        let qr = state.starts_with("UNPAIRED").then(|| "ref,a,b,c,WEB".to_string());
+        let qr = matches!(SocketState::from(state), SocketState::Unpaired | SocketState::UnpairedIdle).then(|| "ref,a,b,c,WEB".to_string());
         Snapshot { state: state.into(), synced, qr, ..Snapshot::default() }
     }
 

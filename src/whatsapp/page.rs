@@ -110,11 +110,84 @@ fn classify_new(e: NewSessionError) -> PageError {
     PageError::Gone { reason, message: detail }
 }
 
+/// WhatsApp Web's connection state, `WAWebSocketModel`'s `Socket.state`
+/// (the list in `shared/design/whatsapp-web.md`), plus `Loading` while the
+/// page itself loads. Read from and shown as the page's upper-case names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum SocketState {
+    /// No page (or a page still loading): `LOADING`.
+    #[default]
+    Loading,
+    Opening,
+    Pairing,
+    Unlaunched,
+    /// Needs a QR scan.
+    Unpaired,
+    /// Needs a QR scan; the QR refs ran out (`Cmd.refreshQR()` asks anew).
+    UnpairedIdle,
+    Connected,
+    /// The connection dropped; the page retries by itself.
+    Timeout,
+    /// Opened in another WhatsApp Web.
+    Conflict,
+    TosBlock,
+    SmbTosBlock,
+    ProxyBlock,
+    DeprecatedVersion,
+    /// A name this version does not know.
+    Other(String),
+}
+
+impl SocketState {
+    const NAMED: [(SocketState, &'static str); 13] = [
+        (Self::Loading, "LOADING"),
+        (Self::Opening, "OPENING"),
+        (Self::Pairing, "PAIRING"),
+        (Self::Unlaunched, "UNLAUNCHED"),
+        (Self::Unpaired, "UNPAIRED"),
+        (Self::UnpairedIdle, "UNPAIRED_IDLE"),
+        (Self::Connected, "CONNECTED"),
+        (Self::Timeout, "TIMEOUT"),
+        (Self::Conflict, "CONFLICT"),
+        (Self::TosBlock, "TOS_BLOCK"),
+        (Self::SmbTosBlock, "SMB_TOS_BLOCK"),
+        (Self::ProxyBlock, "PROXYBLOCK"),
+        (Self::DeprecatedVersion, "DEPRECATED_VERSION"),
+    ];
+
+    /// The page's name for the state.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Other(s) => s,
+            known => Self::NAMED.iter().find(|(s, _)| s == known).map_or("", |(_, n)| n),
+        }
+    }
+}
+
+impl From<String> for SocketState {
+    fn from(s: String) -> Self {
+        Self::NAMED.iter().find(|(_, n)| *n == s).map_or(Self::Other(s), |(state, _)| state.clone())
+    }
+}
+
+impl From<&str> for SocketState {
+    fn from(s: &str) -> Self {
+        Self::from(s.to_string())
+    }
+}
+
+impl std::fmt::Display for SocketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The page's state as the adapter reports it.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Snapshot {
-    /// `Socket.state`, e.g. `CONNECTED`, `UNPAIRED`.
-    pub state: String,
+    /// `Socket.state`.
+    pub state: SocketState,
     /// `Socket.hasSynced`.
     pub synced: bool,
     /// Own chat id when logged in.
@@ -131,7 +204,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum PageEvent {
-    State { state: String },
+    State { state: SocketState },
     Synced { value: bool },
     Qr,
     Logout,
