@@ -187,7 +187,7 @@ fn spawn_store_watch(store: Store, notifier: actix::Addr<Notifier>, events: Even
     let flag = stop.clone();
     let spawned = std::thread::Builder::new().name("store-watch".into()).spawn(move || {
         let mut alerted: Option<crate::store::StoreFailure> = None;
-        let alert = |event: &'static str, message: String, detail: serde_json::Value| {
+        let alert = |event: crate::events::EventName, message: String, detail: serde_json::Value| {
             notifier.do_send(crate::actors::notifier::Alert {
                 event,
                 session: String::new(),
@@ -206,7 +206,7 @@ fn spawn_store_watch(store: Store, notifier: actix::Addr<Notifier>, events: Even
             match (store.failure(), &alerted) {
                 (Some(f), None) => {
                     alert(
-                        "store.failing",
+                        crate::events::EventName::StoreFailing,
                         format!("wasup's store does not take writes; campaigns are paused: {}", f.error),
                         serde_json::json!({"error": f.error, "since_ms": f.since_ms}),
                     );
@@ -214,7 +214,7 @@ fn spawn_store_watch(store: Store, notifier: actix::Addr<Notifier>, events: Even
                 }
                 (None, Some(f)) => {
                     alert(
-                        "store.recovered",
+                        crate::events::EventName::StoreRecovered,
                         "wasup's store takes writes again; campaigns resume".into(),
                         serde_json::json!({"since_ms": f.since_ms}),
                     );

@@ -9,7 +9,79 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::session_state::now_ms;
+use crate::session_state::{now_ms, SessionState};
+
+/// An event's stable dotted name, as the streams, the metrics, the alerts
+/// and the stored history show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventName {
+    SessionStatus,
+    SessionQr,
+    SessionRestartScheduled,
+    SessionHealth,
+    CampaignStatus,
+    CampaignProgress,
+    MessageSent,
+    MessageFailed,
+    MessageAck,
+    StoreFailing,
+    StoreRecovered,
+}
+
+impl EventName {
+    pub const ALL: [EventName; 11] = [
+        Self::SessionStatus,
+        Self::SessionQr,
+        Self::SessionRestartScheduled,
+        Self::SessionHealth,
+        Self::CampaignStatus,
+        Self::CampaignProgress,
+        Self::MessageSent,
+        Self::MessageFailed,
+        Self::MessageAck,
+        Self::StoreFailing,
+        Self::StoreRecovered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionStatus => "session.status",
+            Self::SessionQr => "session.qr",
+            Self::SessionRestartScheduled => "session.restart_scheduled",
+            Self::SessionHealth => "session.health",
+            Self::CampaignStatus => "campaign.status",
+            Self::CampaignProgress => "campaign.progress",
+            Self::MessageSent => "message.sent",
+            Self::MessageFailed => "message.failed",
+            Self::MessageAck => "message.ack",
+            Self::StoreFailing => "store.failing",
+            Self::StoreRecovered => "store.recovered",
+        }
+    }
+
+    /// Reads a stored name (history entries); `None` for one this version
+    /// does not know.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
+    /// About a session's life (the metrics tally these per session).
+    pub fn is_session(self) -> bool {
+        matches!(self, Self::SessionStatus | Self::SessionQr | Self::SessionRestartScheduled | Self::SessionHealth)
+    }
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// One event.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -17,7 +89,8 @@ pub struct Event {
     /// `session.status`, `session.qr`, `session.restart_scheduled`,
     /// `session.health`, `campaign.status`, `campaign.progress`,
     /// `message.sent`, `message.failed`, `message.ack`.
-    pub event: &'static str,
+    #[schema(value_type = String)]
+    pub event: EventName,
     /// Unix epoch ms.
     pub at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,13 +105,18 @@ pub struct Event {
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     #[schema(value_type = Object, required = false)]
     pub detail: serde_json::Value,
+    /// `state` of a session event, typed (the tallies read it).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub session_state: Option<SessionState>,
 }
 
 impl Event {
     /// An event about a session.
-    pub fn session(event: &'static str, session: &str) -> Self {
+    pub fn session(event: EventName, session: &str) -> Self {
         Self {
             event,
+            session_state: None,
             at_ms: now_ms(),
             session: Some(session.to_string()),
             campaign: None,
@@ -49,7 +127,7 @@ impl Event {
     }
 
     /// An event about a campaign (on `session`).
-    pub fn campaign(event: &'static str, campaign: &str, session: &str) -> Self {
+    pub fn campaign(event: EventName, campaign: &str, session: &str) -> Self {
         Self { campaign: Some(campaign.to_string()), ..Self::session(event, session) }
     }
 
@@ -57,6 +135,12 @@ impl Event {
         self.state = Some(state.to_string());
         self.reason = reason.map(str::to_string);
         self
+    }
+
+    /// A session's state and reason.
+    pub fn session_state(mut self, state: SessionState, reason: Option<&str>) -> Self {
+        self.session_state = Some(state);
+        self.state(state, reason)
     }
 
     pub fn detail(mut self, detail: serde_json::Value) -> Self {
@@ -95,13 +179,13 @@ pub struct SessionTally {
 }
 
 impl SessionTally {
-    fn note(&mut self, event: &str, state: Option<&str>, at_ms: u64) {
+    fn note(&mut self, event: Option<EventName>, state: Option<SessionState>, at_ms: u64) {
         let list = match (event, state) {
-            ("session.restart_scheduled", _) => {
+            (Some(EventName::SessionRestartScheduled), _) => {
                 self.restarts_total += 1;
                 &mut self.restarts
             }
-            ("session.status", Some("RECONNECTING")) => {
+            (Some(EventName::SessionStatus), Some(SessionState::Reconnecting)) => {
                 self.reconnects_total += 1;
                 &mut self.reconnects
             }
@@ -143,7 +227,7 @@ impl Events {
         if let Ok(mut sessions) = self.sessions.lock() {
             let tally = sessions.entry(session.to_string()).or_default();
             for h in history {
-                tally.note(&h.event, Some(h.state.as_str()), h.at_ms);
+                tally.note(EventName::parse(&h.event), Some(h.state), h.at_ms);
             }
         }
     }
@@ -156,11 +240,11 @@ impl Events {
     /// Publishes an event (to nobody, if nobody listens).
     pub fn publish(&self, event: Event) {
         if let Ok(mut counts) = self.counts.lock() {
-            *counts.entry(event.event.to_string()).or_default() += 1;
+            *counts.entry(event.event.as_str().to_string()).or_default() += 1;
         }
-        if let (Some(session), true) = (&event.session, event.event.starts_with("session.")) {
+        if let (Some(session), true) = (&event.session, event.event.is_session()) {
             if let Ok(mut sessions) = self.sessions.lock() {
-                sessions.entry(session.clone()).or_default().note(event.event, event.state.as_deref(), event.at_ms);
+                sessions.entry(session.clone()).or_default().note(Some(event.event), event.session_state, event.at_ms);
             }
         }
         let _ = self.tx.send(event);
@@ -204,15 +288,15 @@ mod tests {
     async fn subscribers_get_events_and_counts_add_up() {
         let bus = Events::new();
         let mut rx = bus.subscribe();
-        bus.publish(Event::session("session.status", "acme").state("CONNECTED", None));
-        bus.publish(Event::campaign("message.sent", "cmp_1", "acme"));
+        bus.publish(Event::session(EventName::SessionStatus, "acme").session_state(SessionState::Connected, None));
+        bus.publish(Event::campaign(EventName::MessageSent, "cmp_1", "acme"));
         let e = rx.recv().await.unwrap();
-        assert_eq!((e.event, e.state.as_deref()), ("session.status", Some("CONNECTED")));
+        assert_eq!((e.event, e.state.as_deref()), (EventName::SessionStatus, Some("CONNECTED")));
         assert_eq!(bus.counts().get("message.sent"), Some(&1));
         let f = Filter { session: Some("acme".into()), campaign: Some("cmp_1".into()) };
         assert!(!f.accepts(&e));
         assert!(f.accepts(&rx.recv().await.unwrap()));
-        let json = serde_json::to_value(Event::session("session.qr", "a")).unwrap();
+        let json = serde_json::to_value(Event::session(EventName::SessionQr, "a")).unwrap();
         assert_eq!(json, serde_json::json!({"event": "session.qr", "at_ms": json["at_ms"], "session": "a"}));
     }
 }

@@ -19,7 +19,7 @@ use crate::actors::session::{SendError, SendOutcome};
 use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, RecipientState, Tally};
 use crate::config::Config;
-use crate::events::{Event, Events};
+use crate::events::{Event, EventName, Events};
 use crate::policy::campaign::{Change, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer};
 use crate::policy::pacing::{Pacing, QuietHours};
 use crate::session_state::now_ms;
@@ -139,7 +139,7 @@ struct Io {
 }
 
 impl Io {
-    fn recipient_event(&self, event: &'static str, idx: u32) -> Event {
+    fn recipient_event(&self, event: EventName, idx: u32) -> Event {
         let e = Event::campaign(event, &self.id, &self.session);
         match self.last.as_ref().filter(|r| r.idx == idx) {
             Some(r) => e
@@ -210,7 +210,7 @@ impl Shell for Io {
         match note {
             Note::Status { state, reason } => {
                 let reason = reason.map(|r| r.as_string());
-                self.events.publish(Event::campaign("campaign.status", id, session).state(state, reason.as_deref()));
+                self.events.publish(Event::campaign(EventName::CampaignStatus, id, session).state(state, reason.as_deref()));
                 let reason = reason.unwrap_or_default();
                 match state {
                     CampaignState::Failed => {
@@ -227,7 +227,7 @@ impl Shell for Io {
             Note::Progress(counts) => {
                 let detail: serde_json::Map<String, serde_json::Value> =
                     RecipientState::ALL.iter().map(|s| (s.as_str().to_string(), counts[s.index()].into())).collect();
-                self.events.publish(Event::campaign("campaign.progress", id, session).detail(detail.into()));
+                self.events.publish(Event::campaign(EventName::CampaignProgress, id, session).detail(detail.into()));
                 let n = |s: RecipientState| counts[s.index()];
                 tracing::info!(
                     campaign = %id,
@@ -245,16 +245,16 @@ impl Shell for Io {
                 let message_id = self.last.as_ref().and_then(|r| r.message_id.clone()).unwrap_or_default();
                 let how = if resolved { "resolved: the page holds the message" } else { "message sent" };
                 tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = idx, "{how}");
-                self.events.publish(self.recipient_event("message.sent", idx));
+                self.events.publish(self.recipient_event(EventName::MessageSent, idx));
             }
             Note::Failed { idx } => {
                 let (state, reason) =
                     self.last.as_ref().map_or(("FAILED", String::new()), |r| (r.state.as_str(), r.reason.clone().unwrap_or_default()));
                 tracing::warn!(campaign = %id, session = %session, event = "message.failed", recipient = idx, reason = %reason, "recipient {state}");
-                self.events.publish(self.recipient_event("message.failed", idx));
+                self.events.publish(self.recipient_event(EventName::MessageFailed, idx));
             }
             Note::Acked { idx } => {
-                let e = self.recipient_event("message.ack", idx);
+                let e = self.recipient_event(EventName::MessageAck, idx);
                 let ack = self.last.as_ref().and_then(|r| r.ack.clone()).unwrap_or_default();
                 tracing::info!(campaign = %id, event = "message.ack", recipient = idx, ack = %ack, "ack");
                 self.events.publish(e);

@@ -22,7 +22,7 @@ use crate::config::AlertsConfig;
 #[rtype(result = "()")]
 pub struct Alert {
     /// Dotted event name: `session.status` or `session.health`.
-    pub event: &'static str,
+    pub event: crate::events::EventName,
     pub session: String,
     /// Upper-case session state, when the alert is a state change.
     pub state: Option<String>,

@@ -24,7 +24,7 @@ use crate::actors::driver::Driver;
 use crate::actors::notifier::{Alert, Notifier};
 use crate::actors::session::{self, LogoutPage, SendOutcome, SendText, Session};
 use crate::config::{Config, KeyFilesAction};
-use crate::events::{Event, Events};
+use crate::events::{Event, EventName, Events};
 use crate::policy::health::{self, KeyFiles};
 use crate::policy::{Decision, EndReason, Policy, Restarts};
 use crate::profile;
@@ -323,19 +323,21 @@ impl Supervisor {
     }
 
     /// Appends a decision event to the session's history.
-    fn record_event(&self, name: &str, event: &'static str, reason: Option<String>, detail: serde_json::Value) {
+    fn record_event(&self, name: &str, event: EventName, reason: Option<String>, detail: serde_json::Value) {
         let Some(slot) = self.slots.get(name) else { return };
-        let entry = HistoryEntry { state: slot.record.state, reason, at_ms: now_ms(), event: event.to_string(), detail: Some(detail) };
+        let entry =
+            HistoryEntry { state: slot.record.state, reason, at_ms: now_ms(), event: event.as_str().to_string(), detail: Some(detail) };
         // Harmless if it fails: history is a record no decision reads, and
         // the store's health (503 /health, paused campaigns) reports it.
         if let Err(e) = self.store.append_history(name, &entry) {
             tracing::error!(session = %name, error = %e, "cannot store session history");
         }
-        self.events
-            .publish(Event::session(event, name).state(entry.state, entry.reason.as_deref()).detail(entry.detail.unwrap_or_default()));
+        self.events.publish(
+            Event::session(event, name).session_state(entry.state, entry.reason.as_deref()).detail(entry.detail.unwrap_or_default()),
+        );
     }
 
-    fn alert(&self, name: &str, event: &'static str, message: String, detail: serde_json::Value) {
+    fn alert(&self, name: &str, event: EventName, message: String, detail: serde_json::Value) {
         let Some(slot) = self.slots.get(name) else { return };
         self.notifier.do_send(Alert {
             event,
@@ -388,13 +390,13 @@ impl Supervisor {
             }
             _ => tracing::info!(session = %name, event = "session.status", state = %state, reason, "session {state}"),
         }
-        self.events.publish(Event::session("session.status", name).state(state, Some(reason).filter(|r| !r.is_empty())));
+        self.events.publish(Event::session(EventName::SessionStatus, name).session_state(state, Some(reason).filter(|r| !r.is_empty())));
         if let Some(campaigns) = &self.campaigns {
             campaigns.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
         }
         if matches!(state, SessionState::LoggedOut | SessionState::Failed | SessionState::Blocked) {
             let message = format!("session {name} is {state} ({reason})");
-            self.alert(name, "session.status", message, serde_json::Value::Null);
+            self.alert(name, EventName::SessionStatus, message, serde_json::Value::Null);
         }
     }
 
@@ -483,7 +485,12 @@ impl Supervisor {
                 let delay_ms = delay.as_millis() as u64;
                 self.set_state(name, SessionState::Reconnecting, text.clone());
                 tracing::info!(session = %name, event = "session.restart_scheduled", attempt, delay_ms, reason = %reason, "restart in {delay:?}");
-                self.record_event(name, "session.restart_scheduled", text, serde_json::json!({"attempt": attempt, "delay_ms": delay_ms}));
+                self.record_event(
+                    name,
+                    EventName::SessionRestartScheduled,
+                    text,
+                    serde_json::json!({"attempt": attempt, "delay_ms": delay_ms}),
+                );
             }
             Decision::GiveUp => {
                 let detail =
@@ -821,7 +828,7 @@ impl Handler<SessionStatus> for Supervisor {
         }
         if msg.qr.is_some() && msg.qr != slot.qr {
             // A new QR to scan; the event never carries the QR itself.
-            self.events.publish(Event::session("session.qr", &msg.name));
+            self.events.publish(Event::session(EventName::SessionQr, &msg.name));
         }
         let Some(slot) = self.slots.get_mut(&msg.name) else { return };
         slot.qr = msg.qr;
@@ -864,7 +871,7 @@ impl Handler<SessionHealth> for Supervisor {
                 tracing::warn!(session = %msg.name, event = "session.health", browser_pss_bytes = pss, max, "browser memory over the limit; recycling it");
                 self.record_event(
                     &msg.name,
-                    "session.health",
+                    EventName::SessionHealth,
                     Some("memory".into()),
                     serde_json::json!({"browser_pss_bytes": pss, "max": max}),
                 );
@@ -883,9 +890,9 @@ impl Handler<SessionHealth> for Supervisor {
                     if first {
                         let detail = serde_json::json!({"key_files": count, "max": max});
                         tracing::warn!(session = %msg.name, event = "session.health", key_files = count, max, "key files over the threshold");
-                        self.record_event(&msg.name, "session.health", Some("key_files".into()), detail.clone());
+                        self.record_event(&msg.name, EventName::SessionHealth, Some("key_files".into()), detail.clone());
                         let message = format!("session {} has {count} key files (threshold {max})", msg.name);
-                        self.alert(&msg.name, "session.health", message, detail);
+                        self.alert(&msg.name, EventName::SessionHealth, message, detail);
                     }
                     // Purging only helps a linked session (stale keys of a
                     // device); an unpaired profile would be purged forever.

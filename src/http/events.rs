@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::events::{Event, Filter};
+use crate::events::{Event, EventName, Filter};
 
 declare_routes! {
     pub fn routes;
@@ -55,7 +55,7 @@ async fn sse(state: web::Data<AppState>, filter: web::Query<Filter>) -> Result<H
                 received = rx.recv() => match received {
                     Ok(e) if filter.accepts(&e) => {
                         let data = serde_json::to_string(&e).unwrap_or_default();
-                        let chunk = format!("event: {}\ndata: {data}\n\n", e.event);
+                        let chunk = format!("event: {}\ndata: {data}\n\n", e.event.as_str());
                         return Some((Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), (rx, tick, filter, permit)));
                     }
                     Ok(_) => continue,
@@ -91,12 +91,13 @@ fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, 
 fn seed_shape(e: &Event) -> Option<serde_json::Value> {
     use crate::policy::campaign::Reason;
     let reason = e.reason.as_deref().map(Reason::parse);
-    match (e.event, e.state.as_deref()) {
-        ("campaign.status", Some("FAILED")) if reason.as_ref().is_some_and(Reason::is_session_end) => Some(serde_json::json!({
+    // Session-end reasons come only with FAILED, waiting only with PAUSED.
+    match e.event {
+        EventName::CampaignStatus if reason.as_ref().is_some_and(Reason::is_session_end) => Some(serde_json::json!({
             "type": "status_update", "status": "failed", "message": "WhatsApp disconnected during operation",
             "campaign": e.campaign, "session": e.session,
         })),
-        ("campaign.status", Some("PAUSED")) if reason == Some(Reason::WaitingForSession) => Some(serde_json::json!({
+        EventName::CampaignStatus if reason == Some(Reason::WaitingForSession) => Some(serde_json::json!({
             "type": "error", "message": "WhatsApp disconnected during message sending",
             "campaign": e.campaign, "session": e.session,
         })),

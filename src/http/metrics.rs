@@ -125,8 +125,8 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
     }
     let events = state.events.counts();
     header(&mut out, "wasup_messages_total", "counter", "Messages by result (API and campaign sends) since the daemon started.");
-    for (result, event) in [("sent", "message.sent"), ("failed", "message.failed")] {
-        let _ = writeln!(out, "wasup_messages_total{{result=\"{result}\"}} {}", events.get(event).copied().unwrap_or(0));
+    for (result, event) in [("sent", crate::events::EventName::MessageSent), ("failed", crate::events::EventName::MessageFailed)] {
+        let _ = writeln!(out, "wasup_messages_total{{result=\"{result}\"}} {}", events.get(event.as_str()).copied().unwrap_or(0));
     }
     header(&mut out, "wasup_events_total", "counter", "Events published since the daemon started.");
     for (event, n) in &events {

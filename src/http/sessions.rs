@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::actors::supervisor::{Command, CreateSession, GetQr, GetSession, ListSessions, SendMessage, SessionCommand, SessionView};
-use crate::events::Event;
+use crate::events::{Event, EventName};
 use crate::session_state::validate_name;
 use crate::store::HistoryEntry;
 use crate::whatsapp::{ack_name, number};
@@ -390,12 +390,14 @@ async fn send(state: web::Data<AppState>, path: web::Path<SessionName>, body: we
     let sent = match result {
         Ok(sent) => sent,
         Err(e) => {
-            let event = Event::session("message.failed", &name).detail(serde_json::json!({"to": to.as_str(), "error": e.to_string()}));
+            let event =
+                Event::session(EventName::MessageFailed, &name).detail(serde_json::json!({"to": to.as_str(), "error": e.to_string()}));
             state.events.publish(event);
             return Err(e.into());
         }
     };
-    let event = Event::session("message.sent", &name).detail(serde_json::json!({"id": sent.id, "to": sent.to, "ack": ack_name(sent.ack)}));
+    let event =
+        Event::session(EventName::MessageSent, &name).detail(serde_json::json!({"id": sent.id, "to": sent.to, "ack": ack_name(sent.ack)}));
     state.events.publish(event);
     Ok(HttpResponse::Created().json(SentView { id: sent.id, to: sent.to, ack: ack_name(sent.ack) }))
 }
