@@ -30,6 +30,12 @@ use crate::whatsapp::number::ChatId;
 use crate::whatsapp::observe::Observer;
 use crate::whatsapp::page::{Page, PageError, PageEvent, Poll, SendRefused, SocketState};
 
+/// [`profile::kill_browsers`] (a `/proc` scan and signals) on the blocking
+/// pool; the number killed (0 if the pool could not run it).
+async fn kill_browsers(profile: PathBuf) -> usize {
+    tokio::task::spawn_blocking(move || profile::kill_browsers(&profile)).await.unwrap_or(0)
+}
+
 /// Sends a text. Answered once the server acked it (ack ≥ 1) or
 /// `whatsapp.ack_wait` passed (then with ack 0, `PENDING`).
 #[derive(Message)]
@@ -195,8 +201,9 @@ impl Session {
                 if let Some(page) = page {
                     page.close(Duration::from_secs(10)).await;
                 }
-                // Whatever closing left behind must not hold the profile.
-                profile::kill_browsers(&profile);
+                // Whatever closing left behind must not hold the profile
+                // (a /proc scan: on the blocking pool).
+                kill_browsers(profile).await;
                 supervisor.do_send(SessionEnded { name, generation, reason, detail });
             }
             .into_actor(self)
@@ -412,7 +419,7 @@ impl Actor for Session {
                     .await
                     .map_err(|e| (EndReason::DriverDied, e.to_string()))?
                     .map_err(|e| (EndReason::DriverDied, e.to_string()))?;
-                let killed = profile::kill_browsers(&profile);
+                let killed = kill_browsers(profile.clone()).await;
                 if killed > 0 {
                     tracing::warn!(profile = %profile.display(), killed, "killed stale browser processes on the profile");
                 }
@@ -561,7 +568,7 @@ impl Handler<Shutdown> for Session {
                 if let Some(page) = page {
                     page.close(Duration::from_secs(10)).await;
                 }
-                profile::kill_browsers(&profile);
+                kill_browsers(profile).await;
             }
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),

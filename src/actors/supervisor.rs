@@ -519,7 +519,10 @@ impl Supervisor {
             self.slots.iter().filter(|(_, s)| s.addr.as_ref().is_some_and(|a| !a.connected())).map(|(n, _)| n.clone()).collect();
         for name in dead {
             tracing::error!(session = %name, "session actor died; rebuilding it");
-            profile::kill_browsers(&profile::path(&self.config.state.dir, &name));
+            // On the blocking pool (a /proc scan); the next start kills
+            // whatever is left on the profile anyway.
+            let profile = profile::path(&self.config.state.dir, &name);
+            drop(tokio::task::spawn_blocking(move || profile::kill_browsers(&profile)));
             if let Some(slot) = self.slots.get_mut(&name) {
                 slot.generation += 1;
             }
@@ -715,13 +718,21 @@ impl Supervisor {
         slot.key_files_over = false;
         let desired = slot.record.desired;
         let profile = profile::path(&self.config.state.dir, name);
-        if let Err(e) = profile::wipe(&profile) {
-            tracing::error!(session = %name, error = %e, "cannot wipe the profile");
-        }
         self.set_state(name, SessionState::LoggedOut, Some(reason.to_string()));
-        if desired == Desired::Running {
-            self.start_session(name, ctx);
-        }
+        // The wipe runs on the blocking pool; the Supervisor takes no other
+        // message until it is done, so no start can see the old profile.
+        let name = name.to_string();
+        let wipe = tokio::task::spawn_blocking(move || profile::wipe(&profile));
+        ctx.wait(actix::fut::wrap_future::<_, Self>(wipe).map(move |wiped, act, ctx| {
+            match wiped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(session = %name, error = %e, "cannot wipe the profile"),
+                Err(e) => tracing::error!(session = %name, error = %e, "cannot wipe the profile"),
+            }
+            if desired == Desired::Running && act.slots.get(&name).is_some_and(|s| s.record.desired == Desired::Running) {
+                act.start_session(&name, ctx);
+            }
+        }));
     }
 }
 
