@@ -11,7 +11,8 @@
 //!   `wasup serve` started from it.
 //! - [`Api`] and [`request`]: the one HTTP client; [`Api::send`] answers
 //!   with any status as a [`Reply`] (so 4xx can be asserted on),
-//!   [`Api::call`] turns a non-2xx answer into an error.
+//!   [`Api::call`] turns a non-2xx answer into an error, [`Api::stream`]
+//!   reads a body as it arrives (server-sent events).
 //! - [`wait_until`]: polling a condition against a deadline.
 
 use std::path::{Path, PathBuf};
@@ -259,6 +260,37 @@ pub fn request(method: &str, url: &str, token: Option<&str>, body: Body<'_>) -> 
     perform(&agent(REQUEST_TIMEOUT, false), method, url, token, body)
 }
 
+/// An answer whose body is read as it arrives (a server-sent event
+/// stream); the connection closes when it is dropped.
+pub struct Stream {
+    pub status: u16,
+    /// The `Content-Type` without parameters.
+    pub content_type: String,
+    /// The body.
+    pub reader: Box<dyn std::io::Read + Send + Sync + 'static>,
+}
+
+/// Opens `GET url` on a new connection with `token` as bearer token and
+/// returns as soon as the headers arrived; each read of the body may take
+/// up to `read_timeout` (`None`: no limit). Any status is a [`Stream`].
+///
+/// Errors: the request could not be sent or no headers came back.
+pub fn stream(url: &str, token: Option<&str>, read_timeout: Option<Duration>) -> anyhow::Result<Stream> {
+    let mut builder = ureq::AgentBuilder::new().max_idle_connections(0);
+    if let Some(timeout) = read_timeout {
+        builder = builder.timeout_read(timeout);
+    }
+    let mut req = builder.build().get(url);
+    if let Some(token) = token {
+        req = req.set("Authorization", &format!("Bearer {token}"));
+    }
+    let resp = match req.call() {
+        Ok(resp) | Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => return Err(anyhow::Error::new(e)),
+    };
+    Ok(Stream { status: resp.status(), content_type: resp.content_type().to_string(), reader: Box::new(resp.into_reader()) })
+}
+
 /// A blocking HTTP client of one base URL: the daemon's API (with its
 /// bearer token) or the simulator's phone API (no token). Clones share
 /// kept-alive connections.
@@ -304,6 +336,13 @@ impl Api {
     pub fn send(&self, method: &str, path: &str, body: Body<'_>) -> anyhow::Result<Reply> {
         let token = Some(self.token.as_str()).filter(|t| !t.is_empty());
         perform(&self.agent, method, &self.url(path), token, body)
+    }
+
+    /// [`stream`] of `GET path` with this client's token.
+    ///
+    /// Errors: as for [`stream`].
+    pub fn stream(&self, path: &str, read_timeout: Option<Duration>) -> anyhow::Result<Stream> {
+        stream(&self.url(path), Some(self.token.as_str()).filter(|t| !t.is_empty()), read_timeout)
     }
 
     /// Calls the API and returns the JSON answer.

@@ -70,6 +70,18 @@ pub fn request(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>
     launch::request(method, url, token, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
+/// Like [`request`], `None` when there is no answer (nothing listening,
+/// connection reset, timeout).
+pub fn try_request(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>, content_type: &str) -> Option<Resp> {
+    let body = body.map_or(Body::Empty, |bytes| Body::Bytes { content_type, bytes });
+    launch::request(method, url, token, body).ok()
+}
+
+/// Whether `GET url` answers with a status below 400.
+pub fn answers(url: &str) -> bool {
+    try_request("GET", url, None, None, "").is_some_and(|r| r.status < 400)
+}
+
 /// Sends `method path` with a JSON `body` through `api`; panics when there
 /// is no answer.
 fn send(api: &launch::Api, method: &str, path: &str, body: Option<Value>) -> Resp {
@@ -236,6 +248,11 @@ impl Daemon {
     /// The daemon's log so far (for assertion messages and secret checks).
     pub fn log(&self) -> String {
         (1..=self.starts).map(|i| std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log"))).unwrap_or_default()).collect()
+    }
+
+    /// The daemon's API client (its token, a new connection per request).
+    pub fn client(&self) -> &launch::Api {
+        &self.setup.api
     }
 
     /// Calls the API with the daemon's token (a new connection per
