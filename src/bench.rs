@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::launch::{scan, start_sim, wait_until, Api, DaemonSetup, Log, TempDir};
+use crate::launch::{wait_until, Api, Body, DaemonSetup, Log, Sim, TempDir};
 use crate::procfs;
 use crate::session_state::now_ms;
 
@@ -72,28 +72,17 @@ fn hostile_load(api: &Api, session: &str, window: Duration, pid: u32) -> anyhow:
         json!({"name": "hostile", "session": session, "template": "Hi", "csv": csv, "invalid_numbers": "fail", "start": false}),
     ];
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
-    let auth = format!("Bearer {}", api.token);
+    let hostile = api.clone().with_timeout(Duration::from_secs(120));
     let client = |body: Option<Value>| {
-        let (stop, agent, auth) = (stop.clone(), agent.clone(), auth.clone());
-        let (url, method) = match body {
-            Some(_) => (format!("{}/api/campaigns", api.base), "POST"),
-            None => (format!("{}/metrics", api.base), "GET"),
+        let (stop, hostile) = (stop.clone(), hostile.clone());
+        let (path, method) = match body {
+            Some(_) => ("/api/campaigns", "POST"),
+            None => ("/metrics", "GET"),
         };
-        let body = body.map(|b| b.to_string());
         std::thread::spawn(move || {
             let mut statuses = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let req = agent.request(method, &url).set("Authorization", &auth).set("Content-Type", "application/json");
-                let answer = match &body {
-                    Some(b) => req.send_string(b),
-                    None => req.call(),
-                };
-                statuses.push(match answer {
-                    Ok(r) => r.status(),
-                    Err(ureq::Error::Status(code, _)) => code,
-                    Err(_) => 0,
-                });
+                statuses.push(hostile.send(method, path, Body::json(body.as_ref())).map_or(0, |r| r.status));
             }
             statuses
         })
@@ -101,15 +90,15 @@ fn hostile_load(api: &Api, session: &str, window: Duration, pid: u32) -> anyhow:
     let mut clients: Vec<_> = bodies.into_iter().map(|b| client(Some(b))).collect();
     clients.extend([client(None), client(None)]);
     let mut health = Vec::new();
-    let health_url = format!("{}/health", api.base);
+    let probe = Api::new(api.base.clone(), String::new()).unpooled().with_timeout(Duration::from_secs(5));
     let until = Instant::now() + window;
     let mut failure = None;
     while Instant::now() < until {
         let started = Instant::now();
-        match ureq::get(&health_url).timeout(Duration::from_secs(5)).call() {
-            Ok(r) if r.status() == 200 => health.push(started.elapsed()),
+        match probe.send("GET", "/health", Body::Empty) {
+            Ok(r) if r.status == 200 => health.push(started.elapsed()),
             other => {
-                failure = Some(format!("/health under hostile load: {:?}", other.map(|r| r.status())));
+                failure = Some(format!("/health under hostile load: {:?}", other.map(|r| r.status)));
                 break;
             }
         }
@@ -174,8 +163,8 @@ fn dir_size(dir: &std::path::Path) -> u64 {
     total
 }
 
-fn phone(sim_base: &str, path: &str, body: Value) -> anyhow::Result<()> {
-    ureq::post(&format!("{sim_base}/_phone{path}")).send_json(body).with_context(|| format!("phone {path}"))?;
+fn phone(sim: &Sim, path: &str, body: Value) -> anyhow::Result<()> {
+    sim.phone.call("POST", &format!("/_phone{path}"), Some(body)).with_context(|| format!("phone {path}"))?;
     Ok(())
 }
 
@@ -204,10 +193,10 @@ fn ms(d: Duration) -> String {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the wasup binary")?;
     let dir = TempDir::new("wasup-bench")?;
-    let (_sim, sim_base) = start_sim(&exe, &[], false)?;
+    let sim = Sim::start(&exe, &[], Log::Discard)?;
     let setup = DaemonSetup::new(
         &dir.0,
-        &sim_base,
+        &sim.base,
         "[restart]\nboot_stagger = \"0s\"\nbackoff_base = \"500ms\"\nbackoff_cap = \"2s\"\nmax_restarts = 1000\n",
     )?;
     let api = &setup.api;
@@ -219,7 +208,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let hostile0 = {
         let hostile_dir = dir.0.join("hostile");
         std::fs::create_dir_all(&hostile_dir)?;
-        let setup = DaemonSetup::new(&hostile_dir, &sim_base, "")?;
+        let setup = DaemonSetup::new(&hostile_dir, &sim.base, "")?;
         let mut daemon = setup.start(&exe, false)?;
         setup.api.call("POST", "/api/sessions", Some(json!({"name": "hostile", "start": false})))?;
         let h = hostile_load(&setup.api, "hostile", args.hostile_window, daemon.pid().context("daemon is gone")?)?;
@@ -234,7 +223,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rss0 = daemon.pid().and_then(procfs::rss_bytes).unwrap_or(0);
 
     api.call("POST", "/api/sessions", Some(json!({"name": "bench"})))?;
-    let mut device = scan(&sim_base, &api.qr("bench", Duration::from_secs(90), quiet)?, "4915112345678", "bench")?;
+    let mut device = sim.scan(&api.qr("bench", Duration::from_secs(90), quiet)?, "4915112345678", "bench")?;
     api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
 
     // Reconnect with a saved profile: daemon start → CONNECTED.
@@ -268,8 +257,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(sent["ack"] != "PENDING", "send {i} was not acked");
         sends.push(took);
     }
-    let received: serde_json::Value = ureq::get(&format!("{sim_base}/_phone/devices/{device}/messages")).call()?.into_json()?;
-    anyhow::ensure!(received.as_array().map_or(0, Vec::len) == args.sends as usize, "the sim did not receive every send");
+    let received = sim.messages(&device)?;
+    anyhow::ensure!(received.len() == args.sends as usize, "the sim did not receive every send");
     sends.sort();
     rows.push((
         "send latency (API call → sim acked)".into(),
@@ -345,16 +334,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut logouts = Vec::new();
     for _ in 0..args.faults {
         let t0 = now_ms();
-        phone(&sim_base, &format!("/devices/{device}/network-drop"), json!({"seconds": 2}))?;
+        phone(&sim, &format!("/devices/{device}/network-drop"), json!({"seconds": 2}))?;
         let (at, _) = wait_entry(api, "bench", t0, "RECONNECTING after a network drop", |e| is_status(e, "RECONNECTING"))?;
         drops.push(Duration::from_millis(at - t0));
         api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
 
         let t0 = now_ms();
-        phone(&sim_base, &format!("/devices/{device}/logout"), json!({}))?;
+        phone(&sim, &format!("/devices/{device}/logout"), json!({}))?;
         let (at, _) = wait_entry(api, "bench", t0, "LOGGED_OUT after a phone logout", |e| is_status(e, "LOGGED_OUT"))?;
         logouts.push(Duration::from_millis(at - t0));
-        device = scan(&sim_base, &api.qr("bench", Duration::from_secs(60), quiet)?, "4915112345678", "bench")?;
+        device = sim.scan(&api.qr("bench", Duration::from_secs(60), quiet)?, "4915112345678", "bench")?;
         api.wait_state("bench", "CONNECTED", Duration::from_secs(60), quiet)?;
     }
     drops.sort();
@@ -399,7 +388,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for i in 1..args.sessions {
         let name = format!("bench-{i}");
         let qr = api.qr(&name, Duration::from_secs(180), quiet)?;
-        scan(&sim_base, &qr, &format!("49151{:08}", 10_000_000 + i), &name)?;
+        sim.scan(&qr, &format!("49151{:08}", 10_000_000 + i), &name)?;
     }
     for i in 1..args.sessions {
         api.wait_state(&format!("bench-{i}"), "CONNECTED", Duration::from_secs(180), quiet)?;

@@ -99,11 +99,10 @@ pub enum CampaignCommand {
     },
 }
 
-/// A client of the daemon's API.
+/// A client of the daemon's API (a [`crate::launch::Api`] whose errors
+/// read as the CLI's messages).
 pub struct Client {
-    base: String,
-    token: String,
-    agent: ureq::Agent,
+    api: crate::launch::Api,
 }
 
 impl Client {
@@ -126,39 +125,34 @@ impl Client {
                     .to_string()
             }
         };
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
-        Ok(Self { base, token, agent })
+        Ok(Self { api: crate::launch::Api::new(base, token).with_timeout(Duration::from_secs(120)) })
     }
 
-    /// Calls the API. A non-2xx answer becomes `HTTP <status>: <error>`.
-    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<ureq::Response> {
-        let req = self.agent.request(method, &format!("{}{path}", self.base)).set("Authorization", &format!("Bearer {}", self.token));
-        let result = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        match result {
-            Ok(resp) => Ok(resp),
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| {
-                        let mut m = v["error"].as_str()?.to_string();
-                        for row in v["rows"].as_array().into_iter().flatten() {
-                            m.push_str(&format!("; line {}: {}", row["line"], row["error"].as_str().unwrap_or("")));
-                        }
-                        Some(m)
-                    })
-                    .unwrap_or(text);
-                bail!("HTTP {code}: {message}")
-            }
-            Err(e) => bail!("cannot reach the daemon at {}: {e}", self.base),
-        }
-    }
-
+    /// Calls the API and returns its JSON answer.
+    ///
+    /// Errors: `HTTP <status>: <error>` (with the rows of a refused CSV)
+    /// for a non-2xx answer; `cannot reach the daemon at <base>: <cause>`
+    /// without an answer; the answer is not JSON.
     pub fn json(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        Ok(self.call(method, path, body)?.into_json()?)
+        let reply = match self.api.send(method, path, crate::launch::Body::json(body.as_ref())) {
+            Ok(reply) => reply,
+            Err(e) => bail!("cannot reach the daemon at {}: {e}", self.api.base),
+        };
+        if !reply.is_success() {
+            let text = String::from_utf8_lossy(&reply.bytes).into_owned();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    let mut m = v["error"].as_str()?.to_string();
+                    for row in v["rows"].as_array().into_iter().flatten() {
+                        m.push_str(&format!("; line {}: {}", row["line"], row["error"].as_str().unwrap_or("")));
+                    }
+                    Some(m)
+                })
+                .unwrap_or(text);
+            bail!("HTTP {}: {message}", reply.status)
+        }
+        reply.json()
     }
 }
 
@@ -206,7 +200,7 @@ pub fn status(c: &Connection) -> anyhow::Result<()> {
     let client = Client::connect(c)?;
     let sessions = client.json("GET", "/api/sessions", None)?;
     let campaigns = client.json("GET", "/api/campaigns", None)?;
-    println!("daemon: {} (up)", client.base);
+    println!("daemon: {} (up)", client.api.base);
     print_sessions(&sessions);
     let active: Vec<Value> = campaigns
         .as_array()

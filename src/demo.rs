@@ -10,9 +10,9 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::launch::{scan, start_sim, wait_until, DaemonSetup, TempDir};
+use crate::launch::{wait_until, Body, DaemonSetup, Log, Sim, TempDir};
 
 /// The repository's example recipients, embedded so the demo needs no files.
 const EXAMPLE_CSV: &str = include_str!("../examples/recipients.csv");
@@ -55,7 +55,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the wasup binary")?;
     let dir = TempDir::new("wasup-demo")?;
 
-    let (mut sim, sim_base) = start_sim(&exe, &[], args.verbose)?;
+    let mut sim = Sim::start(&exe, &[], Log::verbose(args.verbose))?;
+    let sim_base = sim.base.clone();
     say(format!("started the WhatsApp Web simulator on {sim_base}"));
     let setup = DaemonSetup::new(&dir.0, &sim_base, "")?;
     let mut daemon = setup.start(&exe, args.verbose)?;
@@ -69,7 +70,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     say("scan this with WhatsApp > Linked devices (here the simulated phone does it):");
     println!("{}", crate::qr::terminal(&qr)?);
 
-    let device = scan(&sim_base, &qr, "4915112345678", "wasup demo")?;
+    let device = sim.scan(&qr, "4915112345678", "wasup demo")?;
     say(format!("the phone scanned the QR (device {device}); the page reloads and syncs"));
     let view = api.wait_state("demo", "CONNECTED", Duration::from_secs(60), show)?;
     say(format!("connected as {}", view["me"]["wid"].as_str().unwrap_or("?")));
@@ -127,18 +128,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         v["state"].as_str().is_some_and(|s| s != "RUNNING" && s != "DRAFT" && s != "PAUSED").then_some(v)
     })?;
     say(format!("campaign {}", view["state"].as_str().unwrap_or("?")));
-    let report = ureq::get(&format!("{}/api/campaigns/{id}/report.csv", api.base))
-        .set("Authorization", &format!("Bearer {}", api.token))
-        .call()?
-        .into_string()?;
+    let report = api.send("GET", &format!("/api/campaigns/{id}/report.csv"), Body::Empty)?;
+    anyhow::ensure!(report.is_success(), "GET /api/campaigns/{id}/report.csv: HTTP {}", report.status);
+    let report = String::from_utf8(report.bytes)?;
     say("its report (GET /api/campaigns/{id}/report.csv):");
     for line in report.lines() {
         println!("    {line}");
     }
 
-    let received: Value = ureq::get(&format!("{sim_base}/_phone/devices/{device}/messages")).call()?.into_json()?;
+    let received = sim.messages(&device)?;
     say("what WhatsApp (the simulator) received from this account:");
-    for m in received.as_array().into_iter().flatten() {
+    for m in &received {
         println!("    {}  {:<22} {}", m["id"].as_str().unwrap_or("?"), m["to"].as_str().unwrap_or("?"), m["body"].as_str().unwrap_or(""));
     }
     let history = api.call("GET", "/api/sessions/demo/history", None)?;
@@ -155,7 +155,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     say("stopping the daemon and the simulator");
     daemon.terminate();
-    sim.terminate();
+    sim.child().terminate();
     Ok(())
 }
 

@@ -80,10 +80,9 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
     let r = request("GET", &format!("{}/dashboard", daemon.base), None, None, "");
     assert_eq!(r.status, 200);
     assert_eq!(r.content_type, "text/html");
-    let headers = ureq::get(&format!("{}/dashboard", daemon.base)).call().expect("GET /dashboard");
-    assert_eq!(headers.header("Content-Type"), Some("text/html; charset=utf-8"));
-    assert_eq!(headers.header("Cache-Control"), Some("no-store"));
-    let csp = headers.header("Content-Security-Policy").unwrap_or_default().to_string();
+    assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("Cache-Control"), Some("no-store"));
+    let csp = r.header("Content-Security-Policy").unwrap_or_default().to_string();
     for part in ["default-src 'none'", "script-src 'nonce-", "img-src 'self' blob:", "connect-src 'self'", "frame-ancestors 'none'"] {
         assert!(csp.contains(part), "CSP lacks {part}: {csp}");
     }

@@ -86,13 +86,14 @@ fn each_limit_holds_at_the_limit_and_refuses_one_past_it() {
     assert_eq!(campaigns(&daemon), before);
 
     // Streams: one fits, a second is 429 while the first is open.
-    let first = ureq::get(&format!("{}/api/events", daemon.base)).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap();
+    let first = daemon.client().stream("/api/events", None).unwrap();
+    assert_eq!(first.status, 200);
     let r = request("GET", &format!("{}/api/events", daemon.base), Some(&daemon.token), None, "");
     assert_eq!(r.status, 429);
     assert!(error_of(&r).contains("limits.streams"));
     drop(first);
     wait_for("the stream's place to be free", Duration::from_secs(20), || {
-        let ok = ureq::get(&format!("{}/api/events", daemon.base)).set("Authorization", &format!("Bearer {}", daemon.token)).call().ok();
+        let ok = daemon.client().stream("/api/events", None).ok().filter(|s| s.status < 400);
         ok.map(drop)
     });
 
@@ -160,19 +161,20 @@ fn http_conventions_405_head_json_errors_headers_and_csv_injection() {
     let r = daemon.api("PUT", "/api/sessions", Some(json!({})));
     assert_eq!(r.status, 405);
     assert!(error_of(&r).contains("PUT"));
-    let resp = ureq::request("DELETE", &format!("{}/health", daemon.base)).call().unwrap_err();
-    let ureq::Error::Status(405, resp) = resp else { panic!("{resp:?}") };
+    let resp = request("DELETE", &format!("{}/health", daemon.base), None, None, "");
+    assert_eq!(resp.status, 405, "{resp:?}");
     assert_eq!(resp.header("Allow"), Some("GET, HEAD"));
     // HEAD on GET routes.
-    let head =
-        ureq::head(&format!("{}/api/sessions", daemon.base)).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap();
-    assert_eq!(head.status(), 200);
-    assert_eq!(ureq::head(&format!("{}/health", daemon.base)).call().unwrap().status(), 200);
+    let head = request("HEAD", &format!("{}/api/sessions", daemon.base), Some(&daemon.token), None, "");
+    assert_eq!(head.status, 200);
+    assert_eq!(request("HEAD", &format!("{}/health", daemon.base), None, None, "").status, 200);
     // Headers on API answers, errors included.
-    let ok = ureq::get(&format!("{}/api/sessions", daemon.base)).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap();
+    let ok = daemon.api("GET", "/api/sessions", None);
+    assert_eq!(ok.status, 200);
     assert_eq!(ok.header("X-Content-Type-Options"), Some("nosniff"));
     assert_eq!(ok.header("Cache-Control"), Some("no-store"));
-    let ureq::Error::Status(401, denied) = ureq::get(&format!("{}/api/sessions", daemon.base)).call().unwrap_err() else { panic!() };
+    let denied = request("GET", &format!("{}/api/sessions", daemon.base), None, None, "");
+    assert_eq!(denied.status, 401);
     assert_eq!(denied.header("X-Content-Type-Options"), Some("nosniff"));
     // Errors actix-web makes itself have JSON bodies too.
     for (method, path, body, ct) in [
@@ -271,7 +273,7 @@ fn metrics_can_be_public_and_a_readable_token_file_is_refused() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    wait_for("the daemon to listen", Duration::from_secs(20), || ureq::get(&format!("{base}/health")).call().ok());
+    wait_for("the daemon to listen", Duration::from_secs(20), || answers(&format!("{base}/health")).then_some(()));
     assert_eq!(request("GET", &format!("{base}/metrics"), None, None, "").status, 200);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
@@ -318,13 +320,14 @@ fn health_answers_while_hostile_requests_run() {
             statuses
         }));
     }
+    let probe = wasup::launch::Api::new(daemon.base.clone(), String::new()).unpooled().with_timeout(Duration::from_secs(5));
     let mut latencies = Vec::new();
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         let t = Instant::now();
-        let r = ureq::get(&format!("{}/health", daemon.base)).timeout(Duration::from_secs(5)).call();
+        let r = probe.send("GET", "/health", wasup::launch::Body::Empty);
         latencies.push(t.elapsed());
-        assert_eq!(r.map(|r| r.status()).ok(), Some(200), "/health failed under hostile load");
+        assert_eq!(r.map(|r| r.status).ok(), Some(200), "/health failed under hostile load");
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -431,6 +434,6 @@ trait Alive {
 
 impl Alive for Daemon {
     fn is_running_check(&self) -> bool {
-        ureq::get(&format!("{}/health", self.base)).call().is_ok()
+        answers(&format!("{}/health", self.base))
     }
 }

@@ -242,14 +242,13 @@ fn every_documented_operation_is_accepted() {
         }
         if success_type.as_deref() == Some("text/event-stream") {
             // A stream: the status, the content type and a first chunk, then hang up.
-            let agent = ureq::AgentBuilder::new().timeout_read(Duration::from_secs(10)).build();
-            let resp =
-                agent.get(&url).set("Authorization", &format!("Bearer {}", daemon.token)).call().unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(statuses.contains(&resp.status()), "{what}: {} (documented {statuses:?})", resp.status());
-            assert_eq!(resp.status(), 200, "{what}");
-            assert_eq!(essence(resp.content_type()), "text/event-stream", "{what}");
+            let mut resp =
+                wasup::launch::stream(&url, Some(&daemon.token), Some(Duration::from_secs(10))).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(statuses.contains(&resp.status), "{what}: {} (documented {statuses:?})", resp.status);
+            assert_eq!(resp.status, 200, "{what}");
+            assert_eq!(essence(&resp.content_type), "text/event-stream", "{what}");
             let mut first = [0u8; 64];
-            let n = resp.into_reader().read(&mut first).unwrap_or_else(|e| panic!("{what}: reading the stream: {e}"));
+            let n = resp.reader.read(&mut first).unwrap_or_else(|e| panic!("{what}: reading the stream: {e}"));
             assert!(n > 0, "{what}: the stream ended");
             eprintln!("{what}: 200 {:?}", String::from_utf8_lossy(&first[..n]));
             continue;

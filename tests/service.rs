@@ -109,11 +109,11 @@ fn metrics_and_live_events_follow_a_phone_logout() {
     let sse_events: Received<Value> = Arc::default();
     {
         let sink = sse_events.clone();
-        let req = ureq::get(&format!("{}/api/events?session=acme", daemon.base)).set("Authorization", &format!("Bearer {}", daemon.token));
-        let resp = req.call().expect("SSE stream");
-        assert_eq!(resp.content_type(), "text/event-stream");
+        let resp = daemon.client().stream("/api/events?session=acme", None).expect("SSE stream");
+        assert!(resp.status < 400, "SSE stream: {}", resp.status);
+        assert_eq!(resp.content_type, "text/event-stream");
         std::thread::spawn(move || {
-            for line in BufReader::new(resp.into_reader()).lines() {
+            for line in BufReader::new(resp.reader).lines() {
                 let Ok(line) = line else { break };
                 if let Some(data) = line.strip_prefix("data: ") {
                     if let Ok(v) = serde_json::from_str::<Value>(data) {
@@ -220,7 +220,7 @@ fn journald_entries_carry_session_event_reason_and_priority() {
         .spawn()
         .expect("unshare");
     let base = format!("http://127.0.0.1:{port}");
-    wait_for("the daemon", Duration::from_secs(20), || ureq::get(&format!("{base}/health")).call().ok());
+    wait_for("the daemon", Duration::from_secs(20), || answers(&format!("{base}/health")).then_some(()));
     let r = request("POST", &format!("{base}/api/sessions"), Some("journal-test-token"), Some(br#"{"name": "acme"}"#), "application/json");
     assert_eq!(r.status, 201, "{:?}", r.body);
 

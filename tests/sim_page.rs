@@ -8,112 +8,17 @@
 //! `WASUP_CHROMIUM` / `WASUP_CHROMEDRIVER`). Run with
 //! `cargo test --test sim_page -- --test-threads=1`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::Chromedriver;
+use common::{Chromedriver, Resp, Sim};
 use fantoccini::Client;
 use serde_json::{json, Value};
 
 const PHONE: &str = "4915112345678";
 const ME: &str = "4915112345678@c.us";
 const FRIEND: &str = "4917000000001@c.us";
-
-// ----- processes ---------------------------------------------------------
-
-/// A child process killed (and reaped) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
-
-/// `wasup sim` on a free port.
-struct Sim {
-    addr: String,
-    proc: Proc,
-}
-
-impl Sim {
-    fn start(extra: &[&str]) -> Sim {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_wasup"))
-            .args(["sim", "--listen", &addr])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("WASUP_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .expect("start wasup sim");
-        let sim = Sim { addr, proc: Proc(child) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while sim.try_call("GET", "/_phone/health", None).map(|(s, _)| s) != Some(200) {
-            assert!(Instant::now() < deadline, "the sim did not come up");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        sim
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// One HTTP/1.1 request to the phone API: (status, JSON body).
-    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
-        let mut s = TcpStream::connect(&self.addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        s.write_all(req.as_bytes()).ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).ok()?;
-        let raw = String::from_utf8(raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.try_call(method, path, body).unwrap_or_else(|| panic!("{method} {path}: no answer"))
-    }
-
-    fn scan(&self, qr: &str) -> (u16, Value) {
-        self.call("POST", "/_phone/scan", Some(json!({"qr": qr, "phone": PHONE, "pushname": "Acme"})))
-    }
-
-    fn phone(&self, device: &str, action: &str, body: Option<Value>) {
-        let (status, answer) = self.call("POST", &format!("/_phone/devices/{device}/{action}"), body);
-        assert_eq!((status, &answer), (200, &json!({"ok": true})), "phone action {action}");
-    }
-
-    fn messages(&self, device: &str) -> Vec<Value> {
-        let (status, list) = self.call("GET", &format!("/_phone/devices/{device}/messages"), None);
-        assert_eq!(status, 200);
-        list.as_array().cloned().unwrap_or_default()
-    }
-
-    fn device_state(&self, device: &str) -> Value {
-        let (_, list) = self.call("GET", "/_phone/devices", None);
-        list.as_array().and_then(|l| l.iter().find(|d| d["device"] == device)).map(|d| d["state"].clone()).unwrap_or(Value::Null)
-    }
-}
 
 // ----- the page ------------------------------------------------------------
 
@@ -230,7 +135,7 @@ async fn pair(c: &Client, sim: &Sim) -> String {
     wait_state(c, "UNPAIRED", Duration::from_secs(15), |s| s["ref"].is_string()).await;
     js(c, "window.__mark = 'before pairing'; return true;", vec![]).await;
     let qr = qr_string(c).await;
-    let (status, answer) = sim.scan(&qr);
+    let Resp { status, body: answer, .. } = sim.try_scan(&qr, PHONE);
     assert_eq!(status, 200, "scan: {answer}");
     let device = answer["device"].as_str().unwrap_or_default().to_owned();
     assert!(!device.is_empty());
@@ -326,13 +231,13 @@ async fn pair_send_restart_and_phone_logout() {
         vec![],
     )
     .await;
-    sim.phone(&device, "ack", Some(json!({"id": id, "ack": "READ"})));
+    sim.device_action(&device, "ack", Some(json!({"id": id, "ack": "READ"})));
     let acks =
         wait_js(&c, "READ ack event", Duration::from_secs(5), "return (window.__acks || []).length ? window.__acks : null;", vec![]).await;
     assert_eq!(acks, json!([[key, 3]]));
 
     // Numbers not on WhatsApp.
-    let (status, _) = sim.call("POST", "/_phone/unregistered", Some(json!({"numbers": ["+4917000000009"]})));
+    let status = sim.phone("POST", "/_phone/unregistered", Some(json!({"numbers": ["+4917000000009"]}))).status;
     assert_eq!(status, 200);
     let lookups = js(
         &c,
@@ -378,7 +283,7 @@ async fn pair_send_restart_and_phone_logout() {
     // post_logout=1 and shows a fresh QR with fresh keys.
     let old_qr = qr_string_keys(&c).await;
     js(&c, "window.require('WAWebCmd').Cmd.on('logout', () => sessionStorage.setItem('saw_logout', '1')); return true;", vec![]).await;
-    sim.phone(&device, "logout", None);
+    sim.device_action(&device, "logout", None);
     let s = wait_state(&c, "UNPAIRED", Duration::from_secs(15), |s| {
         s["ref"].is_string() && s["url"].as_str().is_some_and(|u| u.contains("post_logout=1"))
     })
@@ -437,18 +342,18 @@ async fn qr_refs_rotate_expire_and_go_idle() {
     let keys = q0[r0.len()..].to_owned();
 
     // Unknown ref: 404. The right ref with other keys: 400. A bad phone: 400.
-    assert_eq!(sim.scan(&format!("2@neverhandedout{keys}")).0, 404);
+    assert_eq!(sim.try_scan(&format!("2@neverhandedout{keys}"), PHONE).status, 404);
     let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    assert_eq!(sim.scan(&format!("{r0},{other},{other},{other},WEB")).0, 400);
-    let (status, bad) = sim.call("POST", "/_phone/scan", Some(json!({"qr": q0, "phone": "12"})));
+    assert_eq!(sim.try_scan(&format!("{r0},{other},{other},{other},WEB"), PHONE).status, 400);
+    let Resp { status, body: bad, .. } = sim.phone("POST", "/_phone/scan", Some(json!({"qr": q0, "phone": "12"})));
     assert_eq!(status, 400);
     assert!(bad["error"].is_string());
-    assert_eq!(sim.call("POST", "/_phone/scan", Some(json!({"qr": 1}))).0, 400);
+    assert_eq!(sim.phone("POST", "/_phone/scan", Some(json!({"qr": 1}))).status, 400);
 
     // Rotation: the old ref expires (410).
     let s = wait_state(&c, "UNPAIRED", Duration::from_secs(5), |s| s["ref"].is_string() && s["ref"] != r0.as_str()).await;
     let r1 = s["ref"].as_str().unwrap_or_default().to_owned();
-    let (status, gone) = sim.scan(&format!("{r0}{keys}"));
+    let Resp { status, body: gone, .. } = sim.try_scan(&format!("{r0}{keys}"), PHONE);
     assert_eq!(status, 410, "{gone}");
 
     // After the batch: UNPAIRED_IDLE, no ref, and the last ref is gone too.
@@ -462,7 +367,7 @@ async fn qr_refs_rotate_expire_and_go_idle() {
     assert!(r2 != r0 && r2 != r1);
     let lived = refs[2][1].as_f64().unwrap_or(0.0) - refs[1][1].as_f64().unwrap_or(0.0);
     assert!((600.0..2000.0).contains(&lived), "a later ref lived {lived} ms, not ~1 s");
-    assert_eq!(sim.scan(&format!("{r2}{keys}")).0, 410);
+    assert_eq!(sim.try_scan(&format!("{r2}{keys}"), PHONE).status, 410);
     let shown = js(&c, "const b = document.getElementById('reload-qr'); return !b.hidden && b.textContent;", vec![]).await;
     assert_eq!(shown, Some(json!("Click to reload the QR code")));
 
@@ -483,7 +388,7 @@ async fn qr_refs_rotate_expire_and_go_idle() {
     let device = pair(&c, &sim).await;
 
     // Blocked: TOS_BLOCK now, and again after a reload (the credential is refused).
-    sim.phone(&device, "ban", None);
+    sim.device_action(&device, "ban", None);
     wait_state(&c, "TOS_BLOCK", Duration::from_secs(5), |_| true).await;
     c.refresh().await.expect("reload");
     wait_state(&c, "TOS_BLOCK", Duration::from_secs(10), |_| true).await;
@@ -531,7 +436,7 @@ async fn network_drop_conflict_timelock_and_device_removed() {
     assert_eq!(first["result"], json!({"messageSendResult": "OK"}), "{first}");
 
     // Network drop: TIMEOUT at once; a message sent meanwhile waits at ack 0.
-    sim.phone(&device, "network-drop", Some(json!({"seconds": 3})));
+    sim.device_action(&device, "network-drop", Some(json!({"seconds": 3})));
     wait_state(&c, "TIMEOUT", Duration::from_secs(5), |_| true).await;
     let queued = send(&c, FRIEND, "sent while offline", false).await;
     let key = queued["key"].as_str().unwrap_or_default().to_owned();
@@ -558,13 +463,13 @@ async fn network_drop_conflict_timelock_and_device_removed() {
     assert_eq!(unique(&sim.messages(&device), &id), 1);
 
     // Conflict: CONFLICT until the page takes over.
-    sim.phone(&device, "conflict", None);
+    sim.device_action(&device, "conflict", None);
     wait_state(&c, "CONFLICT", Duration::from_secs(5), |_| true).await;
     js(&c, "window.require('WAWebSocketModel').Socket.takeover(); return true;", vec![]).await;
     wait_state(&c, "CONNECTED", Duration::from_secs(5), |_| true).await;
 
     // Reach-out timelock: the known chat still works, a new one gets 463.
-    sim.phone(&device, "timelock", Some(json!({"seconds": 60})));
+    sim.device_action(&device, "timelock", Some(json!({"seconds": 60})));
     let ok = send(&c, FRIEND, "to a known chat", true).await;
     assert_eq!(ok["result"], json!({"messageSendResult": "OK"}), "{ok}");
     let refused = send(&c, "4917000000002@c.us", "to a new chat", true).await;
@@ -575,28 +480,18 @@ async fn network_drop_conflict_timelock_and_device_removed() {
     assert!(log.iter().all(|m| m["to"] == FRIEND));
 
     // device_removed: UNPAIRED with a new QR, same page, no Cmd logout.
-    sim.phone(&device, "device-removed", None);
+    sim.device_action(&device, "device-removed", None);
     let s = wait_state(&c, "UNPAIRED", Duration::from_secs(10), |s| s["ref"].is_string()).await;
     assert_eq!(s["me"], Value::Null);
     assert_eq!(js(&c, "return [window.__mark, window.__cmdLogout];", vec![]).await, Some(json!(["same page", 0])));
     assert_eq!(sim.device_state(&device), "removed");
-    let (status, _) = sim.call("POST", &format!("/_phone/devices/{device}/logout"), None);
+    let status = sim.phone("POST", &format!("/_phone/devices/{device}/logout"), None).status;
     assert_eq!(status, 409);
-    assert_eq!(sim.call("POST", "/_phone/devices/nope/logout", None).0, 404);
+    assert_eq!(sim.phone("POST", "/_phone/devices/nope/logout", None).status, 404);
     c.close().await.expect("close the browser");
 
     // SIGTERM stops the sim cleanly.
-    let pid = sim.proc.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().map(|s| s.success());
-    assert_eq!(killed.ok(), Some(true));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = sim.proc.0.try_wait().expect("wait for the sim") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the sim ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = sim.stop(Duration::from_secs(10)).expect("the sim ignored SIGTERM");
     assert!(status.success(), "the sim exited with {status}");
     eprintln!("network_drop_conflict_timelock_and_device_removed: {:?}", started.elapsed());
 }

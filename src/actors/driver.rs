@@ -66,7 +66,7 @@ impl Driver {
         self.started_at = Instant::now();
         let generation = self.generation;
         let me = ctx.address();
-        let port = match free_port() {
+        let port = match crate::launch::free_port() {
             Ok(port) => port,
             Err(e) => {
                 me.do_send(Exited { generation, what: format!("no free port: {e}") });
@@ -135,10 +135,6 @@ impl Driver {
             }
         }
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Actor for Driver {

@@ -1,6 +1,13 @@
 //! Test harness: the real binary as simulator and daemon, over loopback HTTP,
 //! with real Chromium. Nothing is mocked.
 //!
+//! A thin test-only layer over [`wasup::launch`], the one harness (free
+//! ports, child processes, the simulator, the daemon's configuration and
+//! start, the HTTP client, polling with a deadline): here its calls panic
+//! instead of returning errors, and what only tests need lives here (a
+//! webhook [`Receiver`], [`HealthWatch`], [`Chromedriver`], the browser
+//! permits, assertions on sessions and campaigns).
+//!
 //! Browsers are bounded: [`browser_permit`] lets at most two scenarios that
 //! start Chromium run at once, whatever `--test-threads` is (each Chromium
 //! costs ~150 MiB and a core to start).
@@ -8,11 +15,16 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use wasup::launch::{self, Body, ChildGuard, DaemonSetup, Log};
+
+/// A response: status, JSON body (Null when the body is not JSON), content
+/// type, raw bytes and headers.
+pub use wasup::launch::Reply as Resp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wasup");
 
@@ -40,109 +52,85 @@ impl Drop for BrowserPermit {
     }
 }
 
+/// [`launch::free_port`], panicking when there is none.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    launch::free_port().expect("a free loopback port")
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
-/// after `within`.
-pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// after `within` ([`launch::wait_until`]).
+pub fn wait_for<T>(what: &str, within: Duration, check: impl FnMut() -> Option<T>) -> T {
+    launch::wait_until(what, within, Duration::from_millis(50), check).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn log_file(dir: &Path, name: &str) -> Stdio {
-    match std::fs::File::create(dir.join(name)) {
-        Ok(f) => Stdio::from(f),
-        Err(_) => Stdio::null(),
-    }
-}
-
-fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-/// A response: status and JSON body (Null when the body is not JSON).
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub body: Value,
-    pub content_type: String,
-    pub bytes: Vec<u8>,
-}
-
+/// One request on a new connection ([`launch::request`]); `content_type`
+/// goes with `body`. Panics when there is no answer.
 pub fn request(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>, content_type: &str) -> Resp {
-    let mut req = ureq::request(method, url).timeout(Duration::from_secs(60));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let result = match body {
-        Some(b) => req.set("Content-Type", content_type).send_bytes(b),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = resp.status();
-    let content_type = resp.content_type().to_string();
-    let mut bytes = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes);
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Resp { status, body, content_type, bytes }
+    let body = body.map_or(Body::Empty, |bytes| Body::Bytes { content_type, bytes });
+    launch::request(method, url, token, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
-/// `wasup sim` as a child process.
+/// Like [`request`], `None` when there is no answer (nothing listening,
+/// connection reset, timeout).
+pub fn try_request(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>, content_type: &str) -> Option<Resp> {
+    let body = body.map_or(Body::Empty, |bytes| Body::Bytes { content_type, bytes });
+    launch::request(method, url, token, body).ok()
+}
+
+/// Whether `GET url` answers with a status below 400.
+pub fn answers(url: &str) -> bool {
+    try_request("GET", url, None, None, "").is_some_and(|r| r.status < 400)
+}
+
+/// Sends `method path` with a JSON `body` through `api`; panics when there
+/// is no answer.
+fn send(api: &launch::Api, method: &str, path: &str, body: Option<Value>) -> Resp {
+    api.send(method, path, Body::json(body.as_ref())).unwrap_or_else(|e| panic!("{method} {}: {e}", api.url(path)))
+}
+
+/// `wasup sim` as a child process ([`launch::Sim`]), its log in a temp dir
+/// (or on stderr with `WASUP_TEST_LOG` set).
 pub struct Sim {
     pub base: String,
-    child: Child,
+    sim: launch::Sim,
     _dir: tempfile::TempDir,
 }
 
 impl Sim {
     pub fn start(extra: &[&str]) -> Sim {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log_file(dir.path(), "sim.log"))
-            .spawn()
-            .expect("start wasup sim");
-        let sim = Sim { base: format!("http://127.0.0.1:{port}"), child, _dir: dir };
-        wait_for("the simulator to listen", Duration::from_secs(20), || ureq::get(&format!("{}/_phone/health", sim.base)).call().ok());
-        sim
+        let log = if std::env::var_os("WASUP_TEST_LOG").is_some() { Log::Inherit } else { Log::File(dir.path().join("sim.log"), "info") };
+        let sim = launch::Sim::start(Path::new(BIN), extra, log).unwrap_or_else(|e| panic!("start wasup sim: {e:#}"));
+        Sim { base: sim.base.clone(), sim, _dir: dir }
     }
 
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        self.sim.phone.url(path)
+    }
+
+    /// Calls the phone API (`/_phone/…`); any status.
     pub fn phone(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
-        let bytes = body.map(|b| b.to_string().into_bytes());
-        request(method, &format!("{}{path}", self.base), None, bytes.as_deref(), "application/json")
+        send(&self.sim.phone, method, path, body)
     }
 
+    /// Scans `qr` as phone `phone` (pushname "Acme"); any status.
+    pub fn try_scan(&self, qr: &str, phone: &str) -> Resp {
+        self.phone("POST", "/_phone/scan", Some(json!({"qr": qr, "phone": phone, "pushname": "Acme"})))
+    }
+
+    /// Scans `qr` as phone `phone`; returns the device id.
     pub fn scan(&self, qr: &str, phone: &str) -> String {
-        let r = self.phone("POST", "/_phone/scan", Some(json!({"qr": qr, "phone": phone, "pushname": "Acme"})));
+        let r = self.try_scan(qr, phone);
         assert_eq!(r.status, 200, "scan: {:?}", r.body);
         r.body["device"].as_str().expect("device id").to_string()
+    }
+
+    /// Makes the phone of `device` do `action` (`ack`, `logout`,
+    /// `network-drop`, …); asserts the simulator answered `{"ok": true}`.
+    pub fn device_action(&self, device: &str, action: &str, body: Option<Value>) {
+        let r = self.phone("POST", &format!("/_phone/devices/{device}/{action}"), body);
+        assert_eq!((r.status, &r.body), (200, &json!({"ok": true})), "phone action {action}");
     }
 
     pub fn messages(&self, device: &str) -> Vec<Value> {
@@ -154,11 +142,17 @@ impl Sim {
     pub fn devices(&self) -> Vec<Value> {
         self.phone("GET", "/_phone/devices", None).body.as_array().cloned().unwrap_or_default()
     }
-}
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        terminate(&mut self.child, Duration::from_secs(5));
+    /// The simulator's state of `device` (`active`, `logged_out`, …), Null
+    /// for an unknown device.
+    pub fn device_state(&self, device: &str) -> Value {
+        self.devices().into_iter().find(|d| d["device"] == device).map(|d| d["state"].clone()).unwrap_or(Value::Null)
+    }
+
+    /// SIGTERM, then waits up to `within`; the exit status if it exited by
+    /// itself in time.
+    pub fn stop(&mut self, within: Duration) -> Option<ExitStatus> {
+        self.sim.child().stop(within)
     }
 }
 
@@ -168,11 +162,10 @@ pub struct Daemon {
     pub base: String,
     pub token: String,
     pub dir: tempfile::TempDir,
-    config: PathBuf,
-    child: Option<Child>,
+    setup: DaemonSetup,
+    child: Option<ChildGuard>,
     starts: u32,
     env: Vec<(String, String)>,
-    state: PathBuf,
 }
 
 impl Daemon {
@@ -192,64 +185,49 @@ impl Daemon {
     pub fn start_full(sim: &Sim, extra_config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         prepare(&dir.path().join("state"));
-        let port = free_port();
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n[whatsapp]\nurl = \"{}/\"\npoll_interval = \"100ms\"\n[restart]\nboot_stagger = \"100ms\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n{extra_config}",
-                dir.path().join("state").display(),
-                sim.base
-            ),
-        )
-        .unwrap();
+        let extra = format!(
+            "poll_interval = \"100ms\"\n[restart]\nboot_stagger = \"100ms\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n{extra_config}"
+        );
+        let mut setup = DaemonSetup::new(dir.path(), &sim.base, &extra).unwrap().with_token("test-token-0123456789");
+        setup.api = setup.api.unpooled();
         let mut d = Daemon {
-            base: format!("http://127.0.0.1:{port}"),
-            token: "test-token-0123456789".into(),
+            base: setup.api.base.clone(),
+            token: setup.api.token.clone(),
             dir,
-            config,
+            setup,
             child: None,
             starts: 0,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            state: PathBuf::new(),
         };
-        d.state = d.dir.path().join("state");
         d.spawn();
         d
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state.clone()
+        self.setup.state_dir.clone()
     }
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("WASUP_TOKEN", &self.token)
-            .env("WASUP_FAULT_INJECTION", "1")
-            .env("RUST_LOG", "info,wasup=debug")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log_file(self.dir.path(), &format!("daemon-{}.log", self.starts)))
-            .spawn()
-            .expect("start wasup serve");
+        let log = Log::File(self.dir.path().join(format!("daemon-{}.log", self.starts)), "info,wasup=debug");
+        let mut env: Vec<(&str, &str)> = vec![("WASUP_FAULT_INJECTION", "1")];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child =
+            self.setup.spawn(Path::new(BIN), &env, log, Duration::from_millis(50)).unwrap_or_else(|e| panic!("start wasup serve: {e:#}"));
         self.child = Some(child);
-        wait_for("the daemon to listen", Duration::from_secs(20), || ureq::get(&format!("{}/health", self.base)).call().ok());
     }
 
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         if let Some(c) = &self.child {
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            c.signal(libc::SIGTERM);
         }
     }
 
     /// SIGTERM, wait for exit; returns whether it exited by itself in time.
     pub fn stop(&mut self) -> bool {
         match self.child.take() {
-            Some(mut c) => terminate(&mut c, Duration::from_secs(60)).is_some(),
+            Some(mut c) => c.stop(Duration::from_secs(60)).is_some(),
             None => true,
         }
     }
@@ -260,11 +238,11 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).expect("daemon is running")
+        self.child.as_ref().and_then(ChildGuard::pid).expect("daemon is running")
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.child.as_mut().is_some_and(ChildGuard::is_running)
     }
 
     /// The daemon's log so far (for assertion messages and secret checks).
@@ -272,9 +250,15 @@ impl Daemon {
         (1..=self.starts).map(|i| std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log"))).unwrap_or_default()).collect()
     }
 
+    /// The daemon's API client (its token, a new connection per request).
+    pub fn client(&self) -> &launch::Api {
+        &self.setup.api
+    }
+
+    /// Calls the API with the daemon's token (a new connection per
+    /// request); any status.
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
-        let bytes = body.map(|b| b.to_string().into_bytes());
-        request(method, &format!("{}{path}", self.base), Some(&self.token), bytes.as_deref(), "application/json")
+        send(&self.setup.api, method, path, body)
     }
 
     pub fn session(&self, name: &str) -> Value {
@@ -431,14 +415,14 @@ pub struct HealthWatch {
 
 impl HealthWatch {
     pub fn start(daemon: &Daemon) -> HealthWatch {
-        let url = format!("{}/health", daemon.base);
+        let probe = launch::Api::new(daemon.base.clone(), String::new()).unpooled().with_timeout(Duration::from_secs(2));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let (mut ok, mut failed) = (0, 0);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                match ureq::get(&url).timeout(Duration::from_secs(2)).call() {
-                    Ok(r) if r.status() == 200 => ok += 1,
+                match probe.send("GET", "/health", Body::Empty) {
+                    Ok(r) if r.status == 200 => ok += 1,
                     _ => failed += 1,
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -480,8 +464,7 @@ impl Daemon {
     /// Chromium is left behind, as after a real crash).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
@@ -549,21 +532,20 @@ pub fn deliveries(sim: &Sim, device: &str) -> std::collections::BTreeMap<String,
 /// (the simulator's page, the dashboard); killed when dropped.
 pub struct Chromedriver {
     pub url: String,
-    child: Child,
+    child: ChildGuard,
 }
 
 impl Chromedriver {
     pub fn start() -> Chromedriver {
         let port = free_port();
         let bin = std::env::var("WASUP_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let child = Command::new(bin)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        let mut command = Command::new(bin);
+        command.arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = ChildGuard::spawn(&mut command, Duration::ZERO).expect("start chromedriver");
         let driver = Chromedriver { url: format!("http://127.0.0.1:{port}"), child };
-        wait_for("chromedriver to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        wait_for("chromedriver to listen", Duration::from_secs(20), || {
+            launch::request("GET", &format!("{}/status", driver.url), None, Body::Empty).ok().filter(|r| r.status == 200)
+        });
         driver
     }
 
@@ -598,7 +580,6 @@ impl Chromedriver {
 
 impl Drop for Chromedriver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
