@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::actors::campaigns::{Campaigns, HaltAll};
 use crate::actors::driver::Driver;
 use crate::actors::notifier::Notifier;
-use crate::actors::supervisor::{SetCampaigns, ShutdownAll, Supervisor};
+use crate::actors::supervisor::{ShutdownAll, Supervisor};
 use crate::config::Config;
 use crate::events::Events;
 use crate::http::{self, auth::Token, AppState};
@@ -65,9 +65,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let driver = Driver::new(config.clone()).start();
         let notifier = Notifier::new(config.alerts.clone()).start();
         let store_watch = spawn_store_watch(store.clone(), notifier.clone(), events.clone());
-        let supervisor = Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier, events.clone()).start();
-        let campaigns = Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone(), tally.clone()).start();
-        supervisor.do_send(SetCampaigns(campaigns.clone()));
+        // The Campaigns registry and the Supervisor need each other: the
+        // registry's address exists before it runs.
+        let campaigns_ctx = actix::Context::<Campaigns>::new();
+        let campaigns_addr = actix::AsyncContext::address(&campaigns_ctx);
+        let supervisor = Supervisor::new(
+            config.clone(),
+            store.clone(),
+            driver.clone(),
+            notifier,
+            events.clone(),
+            campaigns_addr.clone().recipient(),
+            campaigns_addr.recipient(),
+        )
+        .start();
+        let campaigns = campaigns_ctx.run(Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone(), tally.clone()));
         let max_body = config.http.max_body_bytes;
         let state = AppState {
             supervisor: supervisor.clone(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::actors::campaigns::{Campaigns, Finished, SessionChanged};
+use crate::actors::messages::{Finished, SessionChanged};
 use crate::actors::session::{SendError, SendOutcome};
 use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, RecipientState, Tally};
@@ -291,7 +291,8 @@ pub struct Campaign {
     io: Io,
     config: Arc<Config>,
     supervisor: Addr<Supervisor>,
-    registry: Addr<Campaigns>,
+    /// The registry (the parent): told when the machine is done.
+    registry: Recipient<Finished>,
     timers: HashMap<Timer, SpawnHandle>,
     /// Commands that answer once a final state is entered.
     waiters: Vec<tokio::sync::oneshot::Sender<CampaignRecord>>,
@@ -307,7 +308,7 @@ impl Campaign {
         pacing: Pacing,
         store: Store,
         supervisor: Addr<Supervisor>,
-        registry: Addr<Campaigns>,
+        registry: Recipient<Finished>,
         events: Events,
         tally: Tally,
     ) -> Self {

@@ -13,29 +13,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt};
-use crate::actors::supervisor::{GetSession, MessageAcked, Supervisor, SupervisorError};
+use crate::actors::messages::{Finished, MessageAcked, SessionChanged};
+use crate::actors::supervisor::{GetSession, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
 use crate::config::Config;
 use crate::events::Events;
 use crate::policy::campaign::{ack_applies, transition, Change};
-use crate::session_state::{now_ms, SessionState};
+use crate::session_state::now_ms;
 use crate::store::Store;
-
-/// A session's state changed (from the Supervisor).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct SessionChanged {
-    pub name: String,
-    pub state: SessionState,
-    pub reason: String,
-}
-
-/// From a Campaign actor: it reached a final state and stopped.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Finished {
-    pub id: String,
-}
 
 /// Why a campaign request failed; the HTTP layer maps each to a status.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +91,7 @@ impl Campaigns {
             pacing,
             self.store.clone(),
             self.supervisor.clone(),
-            ctx.address(),
+            ctx.address().recipient(),
             self.events.clone(),
             self.tally.clone(),
         );

@@ -4,6 +4,7 @@
 pub mod campaign;
 pub mod campaigns;
 pub mod driver;
+pub mod messages;
 pub mod notifier;
 pub mod session;
 pub mod supervisor;

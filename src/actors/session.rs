@@ -19,7 +19,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::actors::driver::{Driver, GetDriverUrl};
-use crate::actors::supervisor::{MessageAcked, SessionEnded, SessionHealth, SessionStatus, Supervisor};
+use crate::actors::messages::{MessageAcked, SessionEnded, SessionHealth, SessionStatus};
 use crate::config::{Config, ConflictPolicy};
 use crate::policy::health::{self, Beat, Heartbeat};
 use crate::policy::EndReason;
@@ -111,6 +111,17 @@ impl Handler<InjectPanic> for Session {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// Where a Session reports: its parent (the Supervisor) for its status,
+/// end and health, and the campaigns for acks. `Recipient`s, so the
+/// Session knows no actor type above it.
+#[derive(Clone)]
+pub struct Reports {
+    pub status: Recipient<SessionStatus>,
+    pub ended: Recipient<SessionEnded>,
+    pub health: Recipient<SessionHealth>,
+    pub acks: Recipient<MessageAcked>,
+}
+
 /// The Session actor. See the module docs.
 pub struct Session {
     name: String,
@@ -118,7 +129,7 @@ pub struct Session {
     config: Arc<Config>,
     profile: PathBuf,
     driver: Addr<Driver>,
-    supervisor: Addr<Supervisor>,
+    reports: Reports,
     page: Option<Page>,
     observer: Observer,
     polling: bool,
@@ -148,21 +159,14 @@ const FAST_POLL: Duration = Duration::from_millis(5);
 
 impl Session {
     /// `linked`: the store says this profile holds credentials.
-    pub fn new(
-        name: String,
-        generation: u64,
-        config: Arc<Config>,
-        driver: Addr<Driver>,
-        supervisor: Addr<Supervisor>,
-        linked: bool,
-    ) -> Self {
+    pub fn new(name: String, generation: u64, config: Arc<Config>, driver: Addr<Driver>, reports: Reports, linked: bool) -> Self {
         let profile = profile::path(&config.state.dir, &name);
         Self {
             name,
             generation,
             profile,
             driver,
-            supervisor,
+            reports,
             page: None,
             observer: Observer::new(linked),
             polling: false,
@@ -194,7 +198,7 @@ impl Session {
             let _ = waiter.send(Err(SendError::Page(format!("session ended: {reason}"))));
         }
         let page = self.page.take();
-        let supervisor = self.supervisor.clone();
+        let ended = self.reports.ended.clone();
         let (name, generation, profile) = (self.name.clone(), self.generation, self.profile.clone());
         ctx.wait(
             async move {
@@ -204,7 +208,7 @@ impl Session {
                 // Whatever closing left behind must not hold the profile
                 // (a /proc scan: on the blocking pool).
                 kill_browsers(profile).await;
-                supervisor.do_send(SessionEnded { name, generation, reason, detail });
+                ended.do_send(SessionEnded { name, generation, reason, detail });
             }
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),
@@ -217,7 +221,7 @@ impl Session {
             return;
         }
         self.reported = Some((state, reason));
-        self.supervisor.do_send(SessionStatus {
+        self.reports.status.do_send(SessionStatus {
             name: self.name.clone(),
             generation: self.generation,
             state,
@@ -275,7 +279,7 @@ impl Session {
                     match event {
                         PageEvent::Ack { id, ack } => {
                             self.ack(id, Ok(*ack));
-                            self.supervisor.do_send(MessageAcked { id: id.clone(), ack: *ack });
+                            self.reports.acks.do_send(MessageAcked { id: id.clone(), ack: *ack });
                         }
                         PageEvent::SendError { id, code, .. } => self.ack(id, Err(SendError::Rejected { code: *code })),
                         _ => {}
@@ -326,7 +330,7 @@ impl Session {
                 return self.end(reason, detail, ctx);
             }
         }
-        self.supervisor.do_send(SessionHealth::heartbeat(&self.name, self.generation, at_ms, healthy));
+        self.reports.health.do_send(SessionHealth::heartbeat(&self.name, self.generation, at_ms, healthy));
     }
 
     /// Counts the key files and reads the browser's memory (off the actor's
@@ -338,7 +342,7 @@ impl Session {
         let dir = self.profile.join(&self.config.health.key_files.path);
         let profile = self.profile.clone();
         let (name, generation) = (self.name.clone(), self.generation);
-        let supervisor = self.supervisor.clone();
+        let health = self.reports.health.clone();
         ctx.spawn(
             async move {
                 let measured = tokio::task::spawn_blocking(move || {
@@ -348,7 +352,7 @@ impl Session {
                 })
                 .await;
                 if let Ok((key_files, browser_pss_bytes)) = measured {
-                    supervisor.do_send(SessionHealth { name, generation, last_heartbeat_ms: None, key_files, browser_pss_bytes });
+                    health.do_send(SessionHealth { name, generation, last_heartbeat_ms: None, key_files, browser_pss_bytes });
                 }
             }
             .into_actor(self),

@@ -19,10 +19,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::actors::campaigns::{Campaigns, SessionChanged};
 use crate::actors::driver::Driver;
+use crate::actors::messages::{MessageAcked, SessionChanged, SessionEnded, SessionHealth, SessionStatus};
 use crate::actors::notifier::{Alert, Notifier};
-use crate::actors::session::{self, LogoutPage, SendOutcome, SendText, Session};
+use crate::actors::session::{self, LogoutPage, Reports, SendOutcome, SendText, Session};
 use crate::config::{Config, KeyFilesAction};
 use crate::events::{Event, EventName, Events};
 use crate::policy::health::{self, KeyFiles};
@@ -154,20 +154,6 @@ pub struct LookupMessage {
     pub id: String,
 }
 
-/// From a Session: a message's ack changed (-1 error … 4 played).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct MessageAcked {
-    pub id: String,
-    pub ack: i8,
-}
-
-/// Tells the Supervisor where campaign-facing news goes (session state
-/// changes, acks). Sent once at start: the two actors know each other.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetCampaigns(pub Addr<Campaigns>);
-
 /// Fault injection for tests (debug builds only): makes the session's
 /// actor panic.
 #[cfg(debug_assertions)]
@@ -205,48 +191,6 @@ impl Handler<Wedge> for Supervisor {
     fn handle(&mut self, msg: Wedge, _ctx: &mut Self::Context) {
         tracing::warn!(seconds = msg.seconds, "fault injection: the supervisor is wedged");
         std::thread::sleep(std::time::Duration::from_secs(msg.seconds.min(60)));
-    }
-}
-
-/// From a Session: what it shows now.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SessionStatus {
-    pub name: String,
-    pub generation: u64,
-    pub state: SessionState,
-    pub reason: Option<String>,
-    pub me: Option<Me>,
-    /// The QR string while `SCAN_QR`. Kept in memory only, never logged.
-    pub qr: Option<String>,
-}
-
-/// From a Session: its page's run is over; it has closed its browser.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SessionEnded {
-    pub name: String,
-    pub generation: u64,
-    pub reason: EndReason,
-    pub detail: String,
-}
-
-/// From a Session: health measurements (any may be absent).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct SessionHealth {
-    pub name: String,
-    pub generation: u64,
-    /// Set when this report is a healthy heartbeat, Unix epoch ms.
-    pub last_heartbeat_ms: Option<u64>,
-    pub key_files: Option<u64>,
-    pub browser_pss_bytes: Option<u64>,
-}
-
-impl SessionHealth {
-    /// A heartbeat report; `healthy` heartbeats carry their time.
-    pub fn heartbeat(name: &str, generation: u64, at_ms: u64, healthy: bool) -> Self {
-        Self { name: name.to_string(), generation, last_heartbeat_ms: healthy.then_some(at_ms), key_files: None, browser_pss_bytes: None }
     }
 }
 
@@ -312,14 +256,27 @@ pub struct Supervisor {
     store: Store,
     driver: Addr<Driver>,
     notifier: Addr<Notifier>,
-    campaigns: Option<Addr<Campaigns>>,
+    /// Where session state changes go (the Campaigns registry).
+    campaigns: Recipient<SessionChanged>,
+    /// Where Sessions send acks (the Campaigns registry, directly).
+    acks: Recipient<MessageAcked>,
     events: Events,
     slots: BTreeMap<String, Slot>,
 }
 
 impl Supervisor {
-    pub fn new(config: Arc<Config>, store: Store, driver: Addr<Driver>, notifier: Addr<Notifier>, events: Events) -> Self {
-        Self { policy: config.restart.policy(), config, store, driver, notifier, campaigns: None, events, slots: BTreeMap::new() }
+    /// `campaigns` and `acks` lead to the Campaigns registry (which needs
+    /// the Supervisor's address in turn: see `daemon::run`).
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        driver: Addr<Driver>,
+        notifier: Addr<Notifier>,
+        events: Events,
+        campaigns: Recipient<SessionChanged>,
+        acks: Recipient<MessageAcked>,
+    ) -> Self {
+        Self { policy: config.restart.policy(), config, store, driver, notifier, campaigns, acks, events, slots: BTreeMap::new() }
     }
 
     /// Appends a decision event to the session's history.
@@ -391,9 +348,7 @@ impl Supervisor {
             _ => tracing::info!(session = %name, event = "session.status", state = %state, reason, "session {state}"),
         }
         self.events.publish(Event::session(EventName::SessionStatus, name).session_state(state, Some(reason).filter(|r| !r.is_empty())));
-        if let Some(campaigns) = &self.campaigns {
-            campaigns.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
-        }
+        self.campaigns.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
         if matches!(state, SessionState::LoggedOut | SessionState::Failed | SessionState::Blocked) {
             let message = format!("session {name} is {state} ({reason})");
             self.alert(name, EventName::SessionStatus, message, serde_json::Value::Null);
@@ -437,7 +392,13 @@ impl Supervisor {
         }
         slot.generation += 1;
         let linked = slot.record.me.is_some();
-        let session = Session::new(name.to_string(), slot.generation, self.config.clone(), self.driver.clone(), ctx.address(), linked);
+        let reports = Reports {
+            status: ctx.address().recipient(),
+            ended: ctx.address().recipient(),
+            health: ctx.address().recipient(),
+            acks: self.acks.clone(),
+        };
+        let session = Session::new(name.to_string(), slot.generation, self.config.clone(), self.driver.clone(), reports, linked);
         slot.addr = Some(session.start());
         self.set_state(name, SessionState::Starting, None);
     }
@@ -808,24 +769,6 @@ impl Handler<LookupMessage> for Supervisor {
                 .map_err(|e| SupervisorError::Internal(format!("session actor unavailable: {e}")))?
                 .map_err(SupervisorError::from)
         })
-    }
-}
-
-impl Handler<MessageAcked> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: MessageAcked, _ctx: &mut Self::Context) {
-        if let Some(campaigns) = &self.campaigns {
-            campaigns.do_send(msg);
-        }
-    }
-}
-
-impl Handler<SetCampaigns> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetCampaigns, _ctx: &mut Self::Context) {
-        self.campaigns = Some(msg.0);
     }
 }
 

@@ -1,0 +1,76 @@
+//! The messages that cross between actors of different levels: what a
+//! Session reports to the Supervisor (and its acks to the campaigns), what
+//! the Supervisor tells the campaigns, what a Campaign tells its registry.
+//! Children reach their parents through `Recipient`s of these, so no actor
+//! module imports the module of the actor above it.
+
+use actix::prelude::*;
+
+use crate::policy::EndReason;
+use crate::session_state::{Me, SessionState};
+
+/// From a Session: what it shows now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionStatus {
+    pub name: String,
+    pub generation: u64,
+    pub state: SessionState,
+    pub reason: Option<String>,
+    pub me: Option<Me>,
+    /// The QR string while `SCAN_QR`. Kept in memory only, never logged.
+    pub qr: Option<String>,
+}
+
+/// From a Session: its page's run is over; it has closed its browser.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionEnded {
+    pub name: String,
+    pub generation: u64,
+    pub reason: EndReason,
+    pub detail: String,
+}
+
+/// From a Session: health measurements (any may be absent).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SessionHealth {
+    pub name: String,
+    pub generation: u64,
+    /// Set when this report is a healthy heartbeat, Unix epoch ms.
+    pub last_heartbeat_ms: Option<u64>,
+    pub key_files: Option<u64>,
+    pub browser_pss_bytes: Option<u64>,
+}
+
+impl SessionHealth {
+    /// A heartbeat report; `healthy` heartbeats carry their time.
+    pub fn heartbeat(name: &str, generation: u64, at_ms: u64, healthy: bool) -> Self {
+        Self { name: name.to_string(), generation, last_heartbeat_ms: healthy.then_some(at_ms), key_files: None, browser_pss_bytes: None }
+    }
+}
+
+/// From a Session: a message's ack changed (-1 error … 4 played).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct MessageAcked {
+    pub id: String,
+    pub ack: i8,
+}
+
+/// A session's state changed (from the Supervisor).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SessionChanged {
+    pub name: String,
+    pub state: SessionState,
+    pub reason: String,
+}
+
+/// From a Campaign actor: it reached a final state and stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Finished {
+    pub id: String,
+}
