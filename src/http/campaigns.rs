@@ -314,6 +314,7 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
     // held) so hostile uploads cannot take every blocking thread.
     let _permit = state.creates.clone().acquire_owned().await.map_err(|e| ApiError::internal(e.to_string()))?;
     let (checked, body) = web::block(move || {
+        batch_priority();
         let checked = check_input(&body, country, &limits, now);
         // Give what the check freed back to the system (renders may have
         // built strings of up to minijinja's 100 MB before being refused).
@@ -347,6 +348,18 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
     };
     let record = state.campaigns.send(CreateCampaign { record, recipients, start: body.start }).await??;
     Ok(HttpResponse::Created().json(view(&state, record)?))
+}
+
+/// Lowers the calling thread's CPU priority to nice 10 (for good: it is a
+/// thread of the HTTP workers' blocking pool, which runs only input
+/// checks), so a check that takes seconds of CPU leaves the cores to the
+/// workers answering `/health` and the rest. Harmless if it fails: only the
+/// scheduling changes.
+fn batch_priority() {
+    // SAFETY: setpriority(2) on this thread's own id; no memory is touched.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
 }
 
 async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ApiError> {
