@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde::Serialize;
 
 use crate::actors::driver::Driver;
 use crate::actors::messages::{MessageAcked, SessionChanged, SessionEnded, SessionHealth, SessionStatus};
@@ -25,10 +24,10 @@ use crate::actors::notifier::{Alert, Notifier};
 use crate::actors::session::{self, LogoutPage, Reports, SendOutcome, SendText, Session};
 use crate::config::{Config, KeyFilesAction};
 use crate::events::{Event, EventName, Events};
-use crate::policy::health::{self, KeyFiles};
-use crate::policy::{Decision, EndReason, Policy, Restarts};
+use crate::policy::slot::{EndPlan, HealthLimits, SessionSlot};
+use crate::policy::{EndReason, Policy};
 use crate::profile;
-use crate::session_state::{now_ms, validate_name, Me, SessionState};
+use crate::session_state::{now_ms, validate_name, SessionState};
 use crate::store::{Desired, HistoryEntry, SessionRecord, Store, StoreError};
 use crate::whatsapp::number::ChatId;
 
@@ -55,33 +54,7 @@ pub enum SupervisorError {
     Internal(String),
 }
 
-/// A session as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct SessionView {
-    pub name: String,
-    /// Upper-case state name (`CONNECTED`, `SCAN_QR`, …).
-    pub state: SessionState,
-    pub reason: Option<String>,
-    /// When `state` was entered, Unix epoch ms.
-    pub since_ms: u64,
-    pub me: Option<Me>,
-    /// `running` or `stopped`: what the operator asked for.
-    pub desired: Desired,
-    /// Restart attempts since the session was last healthy for
-    /// `restart.reset_after`.
-    pub attempt: u32,
-    /// When the next restart is due (while `RECONNECTING`), Unix epoch ms.
-    pub next_attempt_ms: Option<u64>,
-    /// Restarts within `restart.window`; at `restart.max_restarts` the next
-    /// failure makes the session `FAILED`.
-    pub restarts_in_window: u32,
-    /// Last healthy heartbeat, Unix epoch ms.
-    pub last_heartbeat_ms: Option<u64>,
-    /// Files under the key store at the last count.
-    pub key_files: Option<u64>,
-    /// PSS of the browser's process tree at the last reading, bytes.
-    pub browser_pss_bytes: Option<u64>,
-}
+pub use crate::policy::slot::SessionView;
 
 type Reply<T> = Result<T, SupervisorError>;
 
@@ -200,52 +173,17 @@ impl Handler<Wedge> for Supervisor {
 #[rtype(result = "()")]
 pub struct ShutdownAll;
 
+/// A session: its pure state ([`SessionSlot`]) and its actor parts.
 struct Slot {
-    record: SessionRecord,
+    session: SessionSlot,
     addr: Option<Addr<Session>>,
-    generation: u64,
-    qr: Option<String>,
-    restarts: Restarts,
-    next_attempt_ms: Option<u64>,
+    /// The scheduled restart.
     timer: Option<SpawnHandle>,
-    last_heartbeat_ms: Option<u64>,
-    key_files: Option<u64>,
-    key_files_over: bool,
-    browser_pss_bytes: Option<u64>,
 }
 
 impl Slot {
     fn new(record: SessionRecord) -> Self {
-        Self {
-            record,
-            addr: None,
-            generation: 0,
-            qr: None,
-            restarts: Restarts::default(),
-            next_attempt_ms: None,
-            timer: None,
-            last_heartbeat_ms: None,
-            key_files: None,
-            key_files_over: false,
-            browser_pss_bytes: None,
-        }
-    }
-
-    fn view(&self, policy: &Policy) -> SessionView {
-        SessionView {
-            name: self.record.name.clone(),
-            state: self.record.state,
-            reason: self.record.reason.clone(),
-            since_ms: self.record.since_ms,
-            me: self.record.me.clone(),
-            desired: self.record.desired,
-            attempt: self.restarts.attempt(),
-            next_attempt_ms: self.next_attempt_ms,
-            restarts_in_window: self.restarts.in_window(policy, now_ms()),
-            last_heartbeat_ms: self.last_heartbeat_ms,
-            key_files: self.key_files,
-            browser_pss_bytes: self.browser_pss_bytes,
-        }
+        Self { session: SessionSlot::new(record), addr: None, timer: None }
     }
 }
 
@@ -282,8 +220,13 @@ impl Supervisor {
     /// Appends a decision event to the session's history.
     fn record_event(&self, name: &str, event: EventName, reason: Option<String>, detail: serde_json::Value) {
         let Some(slot) = self.slots.get(name) else { return };
-        let entry =
-            HistoryEntry { state: slot.record.state, reason, at_ms: now_ms(), event: event.as_str().to_string(), detail: Some(detail) };
+        let entry = HistoryEntry {
+            state: slot.session.record.state,
+            reason,
+            at_ms: now_ms(),
+            event: event.as_str().to_string(),
+            detail: Some(detail),
+        };
         // Harmless if it fails: history is a record no decision reads, and
         // the store's health (503 /health, paused campaigns) reports it.
         if let Err(e) = self.store.append_history(name, &entry) {
@@ -299,8 +242,8 @@ impl Supervisor {
         self.notifier.do_send(Alert {
             event,
             session: name.to_string(),
-            state: Some(slot.record.state.as_str().to_string()),
-            reason: slot.record.reason.clone(),
+            state: Some(slot.session.record.state.as_str().to_string()),
+            reason: slot.session.record.reason.clone(),
             message,
             at_ms: now_ms(),
             detail,
@@ -312,29 +255,11 @@ impl Supervisor {
     fn set_state(&mut self, name: &str, state: SessionState, reason: Option<String>) {
         let policy = self.policy;
         let Some(slot) = self.slots.get_mut(name) else { return };
-        if slot.record.state == state && slot.record.reason == reason {
-            return;
-        }
-        let at_ms = now_ms();
-        if state == SessionState::Connected {
-            slot.restarts.on_connected(at_ms);
-        } else if slot.record.state == SessionState::Connected {
-            slot.restarts.on_disconnected(&policy, at_ms);
-        }
-        slot.record.state = state;
-        slot.record.reason = reason.clone();
-        slot.record.since_ms = at_ms;
-        if state != SessionState::Reconnecting {
-            slot.next_attempt_ms = None;
-        }
-        if state != SessionState::ScanQr {
-            slot.qr = None;
-        }
-        let entry = HistoryEntry::status(state, reason.clone(), at_ms);
+        let Some(changed) = slot.session.set_state(&policy, state, reason.clone(), now_ms()) else { return };
         // Harmless if it fails: the record in memory is what supervision
         // acts on, and at boot every session starts from STARTING(queued)
         // whatever state was stored. The store's health reports the failure.
-        if let Err(e) = self.store.put_session(&slot.record).and_then(|_| self.store.append_history(name, &entry)) {
+        if let Err(e) = self.store.put_session(&slot.session.record).and_then(|_| self.store.append_history(name, &changed.entry)) {
             tracing::error!(session = %name, error = %e, "cannot store session status");
         }
         let reason = reason.as_deref().unwrap_or("");
@@ -349,7 +274,7 @@ impl Supervisor {
         }
         self.events.publish(Event::session(EventName::SessionStatus, name).session_state(state, Some(reason).filter(|r| !r.is_empty())));
         self.campaigns.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
-        if matches!(state, SessionState::LoggedOut | SessionState::Failed | SessionState::Blocked) {
+        if changed.alert {
             let message = format!("session {name} is {state} ({reason})");
             self.alert(name, EventName::SessionStatus, message, serde_json::Value::Null);
         }
@@ -360,7 +285,7 @@ impl Supervisor {
     /// reports `me` again, and the store's health reports the failure.
     fn save(&self, name: &str) {
         if let Some(slot) = self.slots.get(name) {
-            if let Err(e) = self.store.put_session(&slot.record) {
+            if let Err(e) = self.store.put_session(&slot.session.record) {
                 tracing::error!(session = %name, error = %e, "cannot store session");
             }
         }
@@ -371,10 +296,10 @@ impl Supervisor {
     /// so a restart never brings back what the operator was told is gone.
     fn set_desired(&mut self, name: &str, desired: Desired) -> Result<(), SupervisorError> {
         let slot = self.slots.get_mut(name).ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
-        let before = slot.record.desired;
-        slot.record.desired = desired;
-        if let Err(e) = self.store.put_session(&slot.record) {
-            slot.record.desired = before;
+        let before = slot.session.record.desired;
+        slot.session.record.desired = desired;
+        if let Err(e) = self.store.put_session(&slot.session.record) {
+            slot.session.record.desired = before;
             tracing::error!(session = %name, error = %e, "cannot store the operator's command; nothing was done");
             return Err(e.into());
         }
@@ -390,15 +315,15 @@ impl Supervisor {
         if let Some(timer) = slot.timer.take() {
             ctx.cancel_future(timer);
         }
-        slot.generation += 1;
-        let linked = slot.record.me.is_some();
+        slot.session.generation += 1;
+        let linked = slot.session.record.me.is_some();
         let reports = Reports {
             status: ctx.address().recipient(),
             ended: ctx.address().recipient(),
             health: ctx.address().recipient(),
             acks: self.acks.clone(),
         };
-        let session = Session::new(name.to_string(), slot.generation, self.config.clone(), self.driver.clone(), reports, linked);
+        let session = Session::new(name.to_string(), slot.session.generation, self.config.clone(), self.driver.clone(), reports, linked);
         slot.addr = Some(session.start());
         self.set_state(name, SessionState::Starting, None);
     }
@@ -406,11 +331,11 @@ impl Supervisor {
     /// Stops the Session actor (if any) and waits for its browser to close.
     fn stop_actor(&mut self, name: &str, ctx: &mut Context<Self>) -> impl std::future::Future<Output = ()> {
         let addr = self.slots.get_mut(name).and_then(|slot| {
-            slot.generation += 1; // Reports of the old actor are void now.
+            slot.session.generation += 1; // Reports of the old actor are void now.
             if let Some(timer) = slot.timer.take() {
                 ctx.cancel_future(timer);
             }
-            slot.next_attempt_ms = None;
+            slot.session.next_attempt_ms = None;
             slot.addr.take()
         });
         async move {
@@ -426,24 +351,21 @@ impl Supervisor {
         let policy = self.policy;
         let Some(slot) = self.slots.get_mut(name) else { return };
         slot.addr = None;
-        let now = now_ms();
-        let decision = slot.restarts.on_end(&policy, reason, now, &mut rand::thread_rng());
+        let plan = slot.session.on_end(&policy, reason, now_ms(), &mut rand::thread_rng());
         let text = Some(reason.as_str().to_string());
-        match decision {
-            Decision::Restart { delay, attempt } => {
-                slot.next_attempt_ms = Some(now + delay.as_millis() as u64);
-                let generation = slot.generation;
+        match plan {
+            EndPlan::Restart { delay, at_ms: _, attempt } => {
+                let generation = slot.session.generation;
                 let owned = name.to_string();
                 slot.timer = Some(ctx.run_later(delay, move |act, ctx| {
-                    let due = act
-                        .slots
-                        .get(&owned)
-                        .is_some_and(|s| s.generation == generation && s.addr.is_none() && s.record.desired == Desired::Running);
+                    let due = act.slots.get(&owned).is_some_and(|s| {
+                        s.session.generation == generation && s.addr.is_none() && s.session.record.desired == Desired::Running
+                    });
                     if due {
                         act.start_session(&owned, ctx);
                     }
                 }));
-                let delay_ms = delay.as_millis() as u64;
+                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 self.set_state(name, SessionState::Reconnecting, text.clone());
                 tracing::info!(session = %name, event = "session.restart_scheduled", attempt, delay_ms, reason = %reason, "restart in {delay:?}");
                 self.record_event(
@@ -453,16 +375,12 @@ impl Supervisor {
                     serde_json::json!({"attempt": attempt, "delay_ms": delay_ms}),
                 );
             }
-            Decision::GiveUp => {
-                let detail =
-                    format!("restart budget spent: {} restarts within {:?}; last end: {reason}", policy.max_restarts, policy.window);
+            EndPlan::GiveUp { detail } => {
                 tracing::error!(session = %name, reason = %reason, "{detail}");
                 self.set_state(name, SessionState::Failed, Some("restart_budget_spent".into()));
             }
-            Decision::Relink => self.relink(name, reason.as_str(), ctx),
-            Decision::Conflict => self.set_state(name, SessionState::Conflict, text),
-            Decision::Block => self.set_state(name, SessionState::Blocked, text),
-            Decision::Fail => self.set_state(name, SessionState::Failed, text),
+            EndPlan::Relink => self.relink(name, reason.as_str(), ctx),
+            EndPlan::Enter(state) => self.set_state(name, state, text),
         }
     }
 
@@ -485,7 +403,7 @@ impl Supervisor {
             let profile = profile::path(&self.config.state.dir, &name);
             drop(tokio::task::spawn_blocking(move || profile::kill_browsers(&profile)));
             if let Some(slot) = self.slots.get_mut(&name) {
-                slot.generation += 1;
+                slot.session.generation += 1;
             }
             self.on_end(&name, EndReason::ActorDied, ctx);
         }
@@ -497,7 +415,7 @@ impl Supervisor {
     }
 
     fn view(&self, name: &str) -> Reply<SessionView> {
-        Ok(self.slot(name)?.view(&self.policy))
+        Ok(self.slot(name)?.session.view(&self.policy, now_ms()))
     }
 }
 
@@ -532,7 +450,7 @@ impl Actor for Supervisor {
         for (i, name) in to_start.into_iter().enumerate() {
             let delay = self.config.restart.boot_stagger * i as u32;
             ctx.run_later(delay, move |act, ctx| {
-                if act.slots.get(&name).is_some_and(|s| s.record.desired == Desired::Running) {
+                if act.slots.get(&name).is_some_and(|s| s.session.record.desired == Desired::Running) {
                     act.start_session(&name, ctx);
                 }
             });
@@ -589,7 +507,7 @@ impl Handler<SessionCommand> for Supervisor {
         tracing::info!(session = %name, command = ?command, "operator command");
         match command {
             Command::Recover => {
-                let state = self.slots.get(&name).map(|s| s.record.state);
+                let state = self.slots.get(&name).map(|s| s.session.record.state);
                 if !matches!(state, Some(SessionState::Failed | SessionState::Blocked)) {
                     let state = state.unwrap_or(SessionState::Stopped);
                     let needed = "recover is for FAILED or BLOCKED sessions";
@@ -599,7 +517,7 @@ impl Handler<SessionCommand> for Supervisor {
                     return Box::pin(fut::ready(Err(e)));
                 }
                 if let Some(slot) = self.slots.get_mut(&name) {
-                    slot.restarts.clear();
+                    slot.session.restarts.clear();
                 }
                 let stopping = self.stop_actor(&name, ctx);
                 Box::pin(stopping.into_actor(self).map(move |_, act, ctx| {
@@ -675,9 +593,8 @@ impl Supervisor {
     /// the session should run) start afresh to offer a new QR.
     fn relink(&mut self, name: &str, reason: &str, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get_mut(name) else { return };
-        slot.record.me = None;
-        slot.key_files_over = false;
-        let desired = slot.record.desired;
+        slot.session.relinked();
+        let desired = slot.session.record.desired;
         let profile = profile::path(&self.config.state.dir, name);
         self.set_state(name, SessionState::LoggedOut, Some(reason.to_string()));
         // The wipe runs on the blocking pool; the Supervisor takes no other
@@ -690,7 +607,7 @@ impl Supervisor {
                 Ok(Err(e)) => tracing::error!(session = %name, error = %e, "cannot wipe the profile"),
                 Err(e) => tracing::error!(session = %name, error = %e, "cannot wipe the profile"),
             }
-            if desired == Desired::Running && act.slots.get(&name).is_some_and(|s| s.record.desired == Desired::Running) {
+            if desired == Desired::Running && act.slots.get(&name).is_some_and(|s| s.session.record.desired == Desired::Running) {
                 act.start_session(&name, ctx);
             }
         }));
@@ -709,7 +626,7 @@ impl Handler<ListSessions> for Supervisor {
     type Result = MessageResult<ListSessions>;
 
     fn handle(&mut self, _msg: ListSessions, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.slots.values().map(|s| s.view(&self.policy)).collect())
+        MessageResult(self.slots.values().map(|s| s.session.view(&self.policy, now_ms())).collect())
     }
 }
 
@@ -718,7 +635,7 @@ impl Handler<GetQr> for Supervisor {
 
     fn handle(&mut self, msg: GetQr, _ctx: &mut Self::Context) -> Self::Result {
         let slot = self.slot(&msg.name)?;
-        match (&slot.qr, slot.record.state) {
+        match (&slot.session.qr, slot.session.record.state) {
             (Some(qr), SessionState::ScanQr) => Ok(qr.clone()),
             (_, state) => {
                 Err(SupervisorError::WrongState { name: msg.name, state, needed: "no QR to scan (a QR is offered only in SCAN_QR)" })
@@ -735,7 +652,7 @@ impl Handler<SendMessage> for Supervisor {
             Ok(slot) => slot,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let (state, addr) = (slot.record.state, slot.addr.clone());
+        let (state, addr) = (slot.session.record.state, slot.addr.clone());
         let addr = match addr {
             Some(addr) if state == SessionState::Connected => addr,
             _ => {
@@ -761,7 +678,7 @@ impl Handler<LookupMessage> for Supervisor {
             Ok(slot) => slot.addr.clone(),
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let state = self.slots.get(&msg.name).map_or(SessionState::Stopped, |s| s.record.state);
+        let state = self.slots.get(&msg.name).map_or(SessionState::Stopped, |s| s.session.record.state);
         Box::pin(async move {
             let addr = addr.ok_or(SupervisorError::Send(session::SendError::NotConnected(state)))?;
             addr.send(session::Lookup { to: msg.to, id: msg.id })
@@ -777,17 +694,15 @@ impl Handler<SessionStatus> for Supervisor {
 
     fn handle(&mut self, msg: SessionStatus, _ctx: &mut Self::Context) {
         let Some(slot) = self.slots.get_mut(&msg.name) else { return };
-        if slot.generation != msg.generation {
+        if slot.session.generation != msg.generation {
             return;
         }
-        if msg.qr.is_some() && msg.qr != slot.qr {
+        let (new_qr, me_changed) = slot.session.on_status(msg.qr, msg.me);
+        if new_qr {
             // A new QR to scan; the event never carries the QR itself.
             self.events.publish(Event::session(EventName::SessionQr, &msg.name));
         }
-        let Some(slot) = self.slots.get_mut(&msg.name) else { return };
-        slot.qr = msg.qr;
-        if msg.me.is_some() && slot.record.me != msg.me {
-            slot.record.me = msg.me;
+        if me_changed {
             self.save(&msg.name);
         }
         self.set_state(&msg.name, msg.state, msg.reason);
@@ -799,7 +714,7 @@ impl Handler<SessionEnded> for Supervisor {
 
     fn handle(&mut self, msg: SessionEnded, ctx: &mut Self::Context) {
         let Some(slot) = self.slots.get_mut(&msg.name) else { return };
-        if slot.generation != msg.generation {
+        if slot.session.generation != msg.generation {
             return;
         }
         tracing::info!(session = %msg.name, reason = %msg.reason, detail = %msg.detail, "session's page run is over");
@@ -811,53 +726,33 @@ impl Handler<SessionHealth> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionHealth, ctx: &mut Self::Context) {
+        let limits = HealthLimits {
+            memory_max: self.config.health.memory.max.as_u64(),
+            key_files_max: self.config.health.key_files.max,
+            key_files_cleanup: self.config.health.key_files.action == KeyFilesAction::Cleanup,
+        };
         let Some(slot) = self.slots.get_mut(&msg.name) else { return };
-        if slot.generation != msg.generation {
+        if slot.session.generation != msg.generation {
             return;
         }
-        if msg.last_heartbeat_ms.is_some() {
-            slot.last_heartbeat_ms = msg.last_heartbeat_ms;
+        let plan = slot.session.on_health(msg.last_heartbeat_ms, msg.browser_pss_bytes, msg.key_files, limits);
+        if let Some((pss, max)) = plan.recycle {
+            tracing::warn!(session = %msg.name, event = "session.health", browser_pss_bytes = pss, max, "browser memory over the limit; recycling it");
+            let detail = serde_json::json!({"browser_pss_bytes": pss, "max": max});
+            self.record_event(&msg.name, EventName::SessionHealth, Some("memory".into()), detail);
+            return self.end_session(&msg.name, EndReason::HealthCheckFailed, ctx);
         }
-        if let Some(pss) = msg.browser_pss_bytes {
-            slot.browser_pss_bytes = Some(pss);
-            let max = self.config.health.memory.max.as_u64();
-            if health::memory_over(pss, max) {
-                tracing::warn!(session = %msg.name, event = "session.health", browser_pss_bytes = pss, max, "browser memory over the limit; recycling it");
-                self.record_event(
-                    &msg.name,
-                    EventName::SessionHealth,
-                    Some("memory".into()),
-                    serde_json::json!({"browser_pss_bytes": pss, "max": max}),
-                );
-                return self.end_session(&msg.name, EndReason::HealthCheckFailed, ctx);
-            }
+        if let Some((count, max)) = plan.key_files_crossed {
+            let detail = serde_json::json!({"key_files": count, "max": max});
+            tracing::warn!(session = %msg.name, event = "session.health", key_files = count, max, "key files over the threshold");
+            self.record_event(&msg.name, EventName::SessionHealth, Some("key_files".into()), detail.clone());
+            let message = format!("session {} has {count} key files (threshold {max})", msg.name);
+            self.alert(&msg.name, EventName::SessionHealth, message, detail);
         }
-        if let Some(count) = msg.key_files {
-            slot.key_files = Some(count);
-            let max = self.config.health.key_files.max;
-            match health::key_files(count, max) {
-                KeyFiles::Ok => slot.key_files_over = false,
-                KeyFiles::Over { count, max } => {
-                    // Recorded and alerted once per crossing, not every count.
-                    let first = !slot.key_files_over;
-                    slot.key_files_over = true;
-                    if first {
-                        let detail = serde_json::json!({"key_files": count, "max": max});
-                        tracing::warn!(session = %msg.name, event = "session.health", key_files = count, max, "key files over the threshold");
-                        self.record_event(&msg.name, EventName::SessionHealth, Some("key_files".into()), detail.clone());
-                        let message = format!("session {} has {count} key files (threshold {max})", msg.name);
-                        self.alert(&msg.name, EventName::SessionHealth, message, detail);
-                    }
-                    // Purging only helps a linked session (stale keys of a
-                    // device); an unpaired profile would be purged forever.
-                    let linked = self.slots.get(&msg.name).is_some_and(|s| s.record.me.is_some());
-                    if self.config.health.key_files.action == KeyFilesAction::Cleanup && linked {
-                        let stopping = self.stop_actor(&msg.name, ctx);
-                        let name = msg.name.clone();
-                        ctx.spawn(stopping.into_actor(self).map(move |_, act, ctx| act.relink(&name, "key_files_cleanup", ctx)));
-                    }
-                }
-            }
+        if plan.purge {
+            let stopping = self.stop_actor(&msg.name, ctx);
+            let name = msg.name.clone();
+            ctx.spawn(stopping.into_actor(self).map(move |_, act, ctx| act.relink(&name, "key_files_cleanup", ctx)));
         }
     }
 }
@@ -870,7 +765,7 @@ impl Handler<ShutdownAll> for Supervisor {
         let stops: Vec<_> = names.iter().map(|name| self.stop_actor(name, ctx)).collect();
         Box::pin(futures_util::future::join_all(stops).into_actor(self).map(move |_, act, _| {
             for name in &names {
-                let running = act.slots.get(name).is_some_and(|s| s.record.state != SessionState::Stopped);
+                let running = act.slots.get(name).is_some_and(|s| s.session.record.state != SessionState::Stopped);
                 if running {
                     act.set_state(name, SessionState::Stopped, Some("daemon_shutdown".into()));
                 }

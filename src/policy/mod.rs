@@ -7,5 +7,6 @@ pub mod restart;
 pub mod campaign;
 pub mod health;
 pub mod pacing;
+pub mod slot;
 
 pub use restart::{Action, Decision, EndReason, Policy, Restarts};

@@ -1,0 +1,322 @@
+//! One session's slot in the Supervisor, as pure code: its record and state
+//! bookkeeping (restart accounting on connect and disconnect), the restart
+//! policy's plan for the end of a run, and the verdicts on health reports.
+//! Time and randomness are arguments. The Supervisor owns one per session
+//! and carries out what these return: store writes, events, alerts, timers,
+//! Session actors.
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::policy::{health, Decision, EndReason, Policy, Restarts};
+use crate::session_state::{Me, SessionState};
+use crate::store::{Desired, HistoryEntry, SessionRecord};
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SessionView {
+    pub name: String,
+    /// Upper-case state name (`CONNECTED`, `SCAN_QR`, …).
+    pub state: SessionState,
+    pub reason: Option<String>,
+    /// When `state` was entered, Unix epoch ms.
+    pub since_ms: u64,
+    pub me: Option<Me>,
+    /// `running` or `stopped`: what the operator asked for.
+    pub desired: Desired,
+    /// Restart attempts since the session was last healthy for
+    /// `restart.reset_after`.
+    pub attempt: u32,
+    /// When the next restart is due (while `RECONNECTING`), Unix epoch ms.
+    pub next_attempt_ms: Option<u64>,
+    /// Restarts within `restart.window`; at `restart.max_restarts` the next
+    /// failure makes the session `FAILED`.
+    pub restarts_in_window: u32,
+    /// Last healthy heartbeat, Unix epoch ms.
+    pub last_heartbeat_ms: Option<u64>,
+    /// Files under the key store at the last count.
+    pub key_files: Option<u64>,
+    /// PSS of the browser's process tree at the last reading, bytes.
+    pub browser_pss_bytes: Option<u64>,
+}
+
+/// One session's state and bookkeeping.
+#[derive(Debug, Clone)]
+pub struct SessionSlot {
+    pub record: SessionRecord,
+    /// Bumped at every start and stop: reports of an older Session are void.
+    pub generation: u64,
+    /// The QR string while `SCAN_QR`. A secret: memory only, never logged.
+    pub qr: Option<String>,
+    pub restarts: Restarts,
+    /// When the next restart is due, epoch ms.
+    pub next_attempt_ms: Option<u64>,
+    pub last_heartbeat_ms: Option<u64>,
+    pub key_files: Option<u64>,
+    /// The key-file count is over its threshold (alerted once per crossing).
+    key_files_over: bool,
+    pub browser_pss_bytes: Option<u64>,
+}
+
+/// A state change to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed {
+    pub entry: HistoryEntry,
+    /// `LOGGED_OUT`, `FAILED` or `BLOCKED`: a human is needed; alert.
+    pub alert: bool,
+}
+
+/// What the end of a Session's run leads to (from the restart policy).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndPlan {
+    /// `RECONNECTING`; start again after `delay` (at `at_ms`).
+    Restart { delay: Duration, at_ms: u64, attempt: u32 },
+    /// The restart budget is spent: `FAILED(restart_budget_spent)`.
+    GiveUp { detail: String },
+    /// The credentials are void: wipe the profile, `LOGGED_OUT`, a new QR.
+    Relink,
+    /// Enter this state (`CONFLICT`, `BLOCKED`, `FAILED`), no restart.
+    Enter(SessionState),
+}
+
+/// Health limits (from `[health]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HealthLimits {
+    /// Browser PSS over this recycles it, bytes.
+    pub memory_max: u64,
+    /// More key files than this is a warning (the `device_removed`
+    /// post-mortem).
+    pub key_files_max: u64,
+    /// Purge a linked session's keys (relink) when over.
+    pub key_files_cleanup: bool,
+}
+
+/// What a health report asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HealthPlan {
+    /// The browser is over its memory limit: `(pss, max)`; recycle it.
+    pub recycle: Option<(u64, u64)>,
+    /// The key files just crossed their threshold: `(count, max)`; record
+    /// and alert.
+    pub key_files_crossed: Option<(u64, u64)>,
+    /// Purge the keys (stop and relink): over the threshold, cleanup
+    /// configured, and the session is linked (an unpaired profile would be
+    /// purged forever).
+    pub purge: bool,
+}
+
+impl SessionSlot {
+    pub fn new(record: SessionRecord) -> Self {
+        Self {
+            record,
+            generation: 0,
+            qr: None,
+            restarts: Restarts::default(),
+            next_attempt_ms: None,
+            last_heartbeat_ms: None,
+            key_files: None,
+            key_files_over: false,
+            browser_pss_bytes: None,
+        }
+    }
+
+    /// Enters `state` for `reason` at `now_ms`; `None` if that is the state
+    /// already. Keeps the restart accounting: connected resets the healthy
+    /// clock, leaving `CONNECTED` starts the budget window.
+    pub fn set_state(&mut self, policy: &Policy, state: SessionState, reason: Option<String>, now_ms: u64) -> Option<Changed> {
+        if self.record.state == state && self.record.reason == reason {
+            return None;
+        }
+        if state == SessionState::Connected {
+            self.restarts.on_connected(now_ms);
+        } else if self.record.state == SessionState::Connected {
+            self.restarts.on_disconnected(policy, now_ms);
+        }
+        self.record.state = state;
+        self.record.reason = reason.clone();
+        self.record.since_ms = now_ms;
+        if state != SessionState::Reconnecting {
+            self.next_attempt_ms = None;
+        }
+        if state != SessionState::ScanQr {
+            self.qr = None;
+        }
+        let alert = matches!(state, SessionState::LoggedOut | SessionState::Failed | SessionState::Blocked);
+        Some(Changed { entry: HistoryEntry::status(state, reason, now_ms), alert })
+    }
+
+    /// The Session's run ended for `reason` at `now_ms`: the restart
+    /// policy's plan.
+    pub fn on_end(&mut self, policy: &Policy, reason: EndReason, now_ms: u64, rng: &mut impl Rng) -> EndPlan {
+        match self.restarts.on_end(policy, reason, now_ms, rng) {
+            Decision::Restart { delay, attempt } => {
+                let at_ms = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                self.next_attempt_ms = Some(at_ms);
+                EndPlan::Restart { delay, at_ms, attempt }
+            }
+            Decision::GiveUp => EndPlan::GiveUp {
+                detail: format!("restart budget spent: {} restarts within {:?}; last end: {reason}", policy.max_restarts, policy.window),
+            },
+            Decision::Relink => EndPlan::Relink,
+            Decision::Conflict => EndPlan::Enter(SessionState::Conflict),
+            Decision::Block => EndPlan::Enter(SessionState::Blocked),
+            Decision::Fail => EndPlan::Enter(SessionState::Failed),
+        }
+    }
+
+    /// A Session's report: its QR and account. Returns `(new_qr,
+    /// me_changed)`: a new QR to announce; an account to store.
+    pub fn on_status(&mut self, qr: Option<String>, me: Option<Me>) -> (bool, bool) {
+        let new_qr = qr.is_some() && qr != self.qr;
+        self.qr = qr;
+        let me_changed = me.is_some() && self.record.me != me;
+        if me_changed {
+            self.record.me = me;
+        }
+        (new_qr, me_changed)
+    }
+
+    /// A health report (any part may be absent).
+    pub fn on_health(&mut self, heartbeat_ms: Option<u64>, pss: Option<u64>, key_files: Option<u64>, limits: HealthLimits) -> HealthPlan {
+        let mut plan = HealthPlan::default();
+        if heartbeat_ms.is_some() {
+            self.last_heartbeat_ms = heartbeat_ms;
+        }
+        if let Some(pss) = pss {
+            self.browser_pss_bytes = Some(pss);
+            if health::memory_over(pss, limits.memory_max) {
+                plan.recycle = Some((pss, limits.memory_max));
+                return plan;
+            }
+        }
+        if let Some(count) = key_files {
+            self.key_files = Some(count);
+            match health::key_files(count, limits.key_files_max) {
+                health::KeyFiles::Ok => self.key_files_over = false,
+                health::KeyFiles::Over { count, max } => {
+                    if !self.key_files_over {
+                        plan.key_files_crossed = Some((count, max));
+                    }
+                    self.key_files_over = true;
+                    plan.purge = limits.key_files_cleanup && self.record.me.is_some();
+                }
+            }
+        }
+        plan
+    }
+
+    /// The profile was wiped: no account, no key-file warning pending.
+    pub fn relinked(&mut self) {
+        self.record.me = None;
+        self.key_files_over = false;
+    }
+
+    pub fn view(&self, policy: &Policy, now_ms: u64) -> SessionView {
+        SessionView {
+            name: self.record.name.clone(),
+            state: self.record.state,
+            reason: self.record.reason.clone(),
+            since_ms: self.record.since_ms,
+            me: self.record.me.clone(),
+            desired: self.record.desired,
+            attempt: self.restarts.attempt(),
+            next_attempt_ms: self.next_attempt_ms,
+            restarts_in_window: self.restarts.in_window(policy, now_ms),
+            last_heartbeat_ms: self.last_heartbeat_ms,
+            key_files: self.key_files,
+            browser_pss_bytes: self.browser_pss_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn slot() -> SessionSlot {
+        SessionSlot::new(SessionRecord {
+            name: "acme".into(),
+            desired: Desired::Running,
+            state: SessionState::Stopped,
+            reason: None,
+            since_ms: 0,
+            me: None,
+            created_ms: 0,
+        })
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(30),
+            max_restarts: 10,
+            window: Duration::from_secs(3600),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+
+    const LIMITS: HealthLimits = HealthLimits { memory_max: 1000, key_files_max: 100, key_files_cleanup: true };
+
+    #[test]
+    fn a_state_change_is_recorded_once_and_alerts_when_a_human_is_needed() {
+        let policy = policy();
+        let mut s = slot();
+        let c = s.set_state(&policy, SessionState::Connected, None, 10).expect("changed");
+        assert!(!c.alert);
+        assert_eq!(s.set_state(&policy, SessionState::Connected, None, 11), None);
+        let c = s.set_state(&policy, SessionState::LoggedOut, Some("phone_logout".into()), 12).expect("changed");
+        assert!(c.alert);
+        assert_eq!((c.entry.state, c.entry.at_ms), (SessionState::LoggedOut, 12));
+        assert_eq!(s.record.since_ms, 12);
+    }
+
+    #[test]
+    fn ends_follow_the_restart_policy() {
+        let policy = policy();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut s = slot();
+        match s.on_end(&policy, EndReason::BrowserDied, 1_000, &mut rng) {
+            EndPlan::Restart { at_ms, attempt, .. } => {
+                assert_eq!(attempt, 1);
+                assert_eq!(s.next_attempt_ms, Some(at_ms));
+                assert!(at_ms > 1_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.on_end(&policy, EndReason::DeviceRemoved, 2_000, &mut rng), EndPlan::Relink);
+        assert_eq!(s.on_end(&policy, EndReason::TosBlock, 3_000, &mut rng), EndPlan::Enter(SessionState::Blocked));
+        // Leaving RECONNECTING forgets the due time.
+        s.set_state(&policy, SessionState::Starting, None, 4_000);
+        assert_eq!(s.next_attempt_ms, None);
+    }
+
+    #[test]
+    fn health_verdicts() {
+        let mut s = slot();
+        assert_eq!(s.on_health(Some(5), Some(2000), None, LIMITS).recycle, Some((2000, 1000)));
+        assert_eq!(s.last_heartbeat_ms, Some(5));
+        // Over the key-file threshold: crossed once, purged only if linked.
+        let p = s.on_health(None, None, Some(150), LIMITS);
+        assert_eq!((p.key_files_crossed, p.purge), (Some((150, 100)), false));
+        assert_eq!(s.on_health(None, None, Some(160), LIMITS).key_files_crossed, None);
+        s.on_status(None, Some(Me { wid: "4915112345678@c.us".into(), pushname: None }));
+        assert!(s.on_health(None, None, Some(170), LIMITS).purge);
+        assert_eq!(s.on_health(None, None, Some(10), LIMITS), HealthPlan::default());
+        assert_eq!(s.on_health(None, None, Some(150), LIMITS).key_files_crossed, Some((150, 100)));
+    }
+
+    #[test]
+    fn a_new_qr_is_announced_once_and_cleared_off_scan_qr() {
+        let policy = policy();
+        let mut s = slot();
+        assert_eq!(s.on_status(Some("ref1".into()), None), (true, false));
+        assert_eq!(s.on_status(Some("ref1".into()), None), (false, false));
+        s.set_state(&policy, SessionState::ScanQr, None, 1);
+        assert!(s.qr.is_some());
+        s.set_state(&policy, SessionState::Connected, None, 2);
+        assert!(s.qr.is_none());
+    }
+}
