@@ -41,6 +41,11 @@ impl CampaignState {
         }
     }
 
+    /// The state named in an API answer's `state` field, if it is one.
+    pub fn of(v: &serde_json::Value) -> Option<Self> {
+        serde_json::from_value(v.clone()).ok()
+    }
+
     /// No more sends will happen by themselves.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)

@@ -7,6 +7,7 @@
 //! works. An error from the API is printed as one line (status and the
 //! API's own message) and the exit code is 1.
 
+use crate::campaign::CampaignState;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -206,7 +207,7 @@ pub fn status(c: &Connection) -> anyhow::Result<()> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| matches!(c["state"].as_str(), Some("RUNNING" | "PAUSED" | "DRAFT")))
+        .filter(|c| CampaignState::of(&c["state"]).is_some_and(|s| !s.is_final()))
         .cloned()
         .collect();
     if !active.is_empty() {
@@ -309,10 +310,11 @@ fn watch(client: &Client, id: &str) -> anyhow::Result<()> {
         let state = v["state"].as_str().unwrap_or("?").to_string();
         let reason = v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
         bar.set_message(format!("{state}{reason}"));
-        if matches!(state.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
+        let typed = CampaignState::of(&v["state"]);
+        if typed.is_some_and(CampaignState::is_final) {
             bar.finish();
             println!("campaign {id} {state}{reason}: {} sent, {} failed, {} skipped", n("SENT"), n("FAILED"), n("SKIPPED"));
-            if state == "COMPLETED" {
+            if typed == Some(CampaignState::Completed) {
                 return Ok(());
             }
             bail!("campaign {id} ended {state}{reason}");

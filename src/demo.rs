@@ -125,7 +125,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("    {line}");
             last = line;
         }
-        v["state"].as_str().is_some_and(|s| s != "RUNNING" && s != "DRAFT" && s != "PAUSED").then_some(v)
+        crate::campaign::CampaignState::of(&v["state"]).is_some_and(crate::campaign::CampaignState::is_final).then_some(v)
     })?;
     say(format!("campaign {}", view["state"].as_str().unwrap_or("?")));
     let report = api.send("GET", &format!("/api/campaigns/{id}/report.csv"), Body::Empty)?;
