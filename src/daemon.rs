@@ -105,12 +105,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // actix-web's HttpServer, built by hand so each connection is
         // wrapped: the codec's own 400/408/431 get JSON bodies too.
         let listen = config.http.listen;
-        let server = actix_server::Server::build()
+        let builder = actix_server::Server::build();
+        // As actix-web's HttpServer: on stop, idle keep-alive connections
+        // are closed at once instead of holding the shutdown for 5 s.
+        let shutdown = builder.graceful_shutdown_signal();
+        let server = builder
             .workers(config.http.worker_count())
             .disable_signals()
             .shutdown_timeout(5)
             .listen("wasup-api", listener, move || {
+                let signal = shutdown.clone();
                 let http = actix_http::HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let signal = signal.clone();
+                        async move { signal.notified().await }
+                    })
                     .client_request_timeout(http::codec_errors::HEAD_TIMEOUT)
                     // As actix-web's HttpServer: a second to read what a
                     // client still sends after an early error answer.

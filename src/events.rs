@@ -15,20 +15,32 @@ use crate::session_state::{now_ms, SessionState};
 /// and the stored history show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventName {
+    /// `session.status`: a session's state changed.
     SessionStatus,
+    /// `session.qr`: a new QR to scan (the event never carries it).
     SessionQr,
+    /// `session.restart_scheduled`: a restart after a backoff.
     SessionRestartScheduled,
+    /// `session.health`: a health check failed (memory, key files).
     SessionHealth,
+    /// `campaign.status`: a campaign's state changed.
     CampaignStatus,
+    /// `campaign.progress`: a campaign's counts after a send settled.
     CampaignProgress,
+    /// `message.sent`: WhatsApp has a message.
     MessageSent,
+    /// `message.failed`: a message will not be sent.
     MessageFailed,
+    /// `message.ack`: a sent message's ack changed.
     MessageAck,
+    /// `store.failing`: store writes fail; campaigns pause.
     StoreFailing,
+    /// `store.recovered`: store writes succeed again.
     StoreRecovered,
 }
 
 impl EventName {
+    /// Every name.
     pub const ALL: [EventName; 11] = [
         Self::SessionStatus,
         Self::SessionQr,
@@ -43,6 +55,7 @@ impl EventName {
         Self::StoreRecovered,
     ];
 
+    /// The dotted name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SessionStatus => "session.status",

@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use wasup::campaign::{CampaignRecord, CampaignState, Counts, PacingSpec, RecipientRecord, RecipientState};
 use wasup::policy::campaign::{
-    Change, Command, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
+    Change, Command, CommandError, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
 };
 use wasup::policy::pacing::{Pacing, QuietHours};
 use wasup::session_state::SessionState;
@@ -57,6 +57,19 @@ struct World {
     now: u64,
     cap: Option<u32>,
     quiet: Option<QuietHours>,
+    /// The shortest gap between two sends, ms.
+    min_gap_ms: u64,
+    last_send_at: Option<u64>,
+    /// When a lookup last answered "the page could not answer".
+    lookup_failed_at: Option<u64>,
+    lookup_retry_ms: u64,
+    /// `finished()` calls by the current machine.
+    finished_calls: u32,
+    /// The machine entered CANCELLED (an operator was told so).
+    cancelled: bool,
+    /// The daemon is stopping (`Halt`): a waiting cancel is entered with
+    /// its send abandoned.
+    halting: bool,
     violations: Vec<String>,
 }
 
@@ -106,6 +119,9 @@ impl World {
         }
         self.timers.clear();
         self.finished = false;
+        self.finished_calls = 0;
+        // A restart starts a fresh gap only after the stored last send.
+        self.lookup_failed_at = None;
         self.failed_since_flush = self.failing;
     }
 
@@ -196,10 +212,21 @@ impl Shell for Io<'_> {
         if w.outstanding.iter().any(|o| !matches!(o, Outstanding::Ask)) {
             w.violations.push(format!("send of {idx} while another send or lookup is in flight"));
         }
+        if let Some(last) = w.last_send_at.filter(|last| w.now < last + w.min_gap_ms) {
+            w.violations.push(format!("send of {idx} {} ms after the previous one; at least {} ms", w.now - last, w.min_gap_ms));
+        }
+        w.last_send_at = Some(w.now);
+        if w.finished_calls > 0 {
+            w.violations.push(format!("send of {idx} after the machine finished"));
+        }
         w.outstanding.push(Outstanding::Send { idx, id: message_id.to_string() });
     }
 
     fn lookup(&mut self, idx: u32, message_id: &str) {
+        let w = &mut *self.0;
+        if let Some(t) = w.lookup_failed_at.filter(|t| w.now < t + w.lookup_retry_ms) {
+            w.violations.push(format!("lookup of {idx} {} ms after the page could not answer", w.now - t));
+        }
         self.0.outstanding.push(Outstanding::Lookup { idx, id: message_id.to_string() });
     }
 
@@ -216,8 +243,13 @@ impl Shell for Io<'_> {
     }
 
     fn note(&mut self, note: Note, _record: &CampaignRecord) {
+        if self.0.finished_calls > 0 {
+            self.0.violations.push(format!("{note:?} after the machine finished"));
+        }
         if let Note::Status { state, .. } = note {
-            if state.is_final() && self.0.outstanding.iter().any(|o| !matches!(o, Outstanding::Ask)) {
+            self.0.cancelled |= state == CampaignState::Cancelled;
+            let halting_cancel = self.0.halting && state == CampaignState::Cancelled;
+            if state.is_final() && !halting_cancel && self.0.outstanding.iter().any(|o| !matches!(o, Outstanding::Ask)) {
                 self.0.violations.push(format!("campaign {state} with a send or lookup in flight"));
             }
         }
@@ -227,6 +259,10 @@ impl Shell for Io<'_> {
 
     fn finished(&mut self, _record: &CampaignRecord) {
         self.0.finished = true;
+        self.0.finished_calls += 1;
+        if self.0.finished_calls > 1 {
+            self.0.violations.push("finished() called twice".into());
+        }
     }
 }
 
@@ -244,6 +280,10 @@ enum Op {
     /// Store writes start or stop failing.
     Store(bool),
     Crash,
+    /// The daemon stops gracefully (`Halt`) and starts again.
+    Halt,
+    /// The session is deleted.
+    SessionDeleted,
     Command(u8),
     /// Time passes (ms).
     Wait(u32),
@@ -257,7 +297,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u32..12, -1i8..5).prop_map(|(i, a)| Op::Ack(i, a)),
         1 => any::<bool>().prop_map(Op::Store),
         1 => Just(Op::Crash),
-        1 => any::<u8>().prop_map(Op::Command),
+        1 => Just(Op::Halt),
+        1 => Just(Op::SessionDeleted),
+        2 => any::<u8>().prop_map(Op::Command),
         2 => (0u32..120_000).prop_map(Op::Wait),
     ]
 }
@@ -268,7 +310,6 @@ struct Run {
     rng: StdRng,
     pacing: Pacing,
     settings: Settings,
-    cancelled: bool,
 }
 
 impl Run {
@@ -347,10 +388,17 @@ impl Run {
             now,
             cap,
             quiet: quiet_hours,
+            min_gap_ms: max_gap_ms / 2,
+            last_send_at: None,
+            lookup_failed_at: None,
+            lookup_retry_ms: 2000,
+            finished_calls: 0,
+            cancelled: false,
+            halting: false,
             violations: Vec::new(),
         };
         let machine = Machine::new(record, pacing.clone(), settings.clone());
-        let mut run = Run { world, machine, rng: StdRng::seed_from_u64(seed), pacing, settings, cancelled: false };
+        let mut run = Run { world, machine, rng: StdRng::seed_from_u64(seed), pacing, settings };
         run.machine.start(now, &mut run.rng, &mut Io(&mut run.world));
         run
     }
@@ -403,6 +451,8 @@ impl Run {
                             self.world.deliver(idx, id);
                             SendResult::Unknown("no answer within the send timeout".into())
                         }
+                        5 if how % 3 == 0 => SendResult::NotSent("read failed".into()),
+                        5 if how % 3 == 1 => SendResult::SessionDeleted,
                         5 => SendResult::Unknown("page crashed".into()),
                         6 => SendResult::Refused { state: RecipientState::Skipped, reason: RecipientReason::NotOnWhatsApp },
                         _ => {
@@ -427,6 +477,7 @@ impl Run {
                 } else if how % 2 == 0 {
                     LookupResult::NotConnected
                 } else {
+                    self.world.lookup_failed_at = Some(self.world.now);
                     LookupResult::Failed
                 };
                 Input::LookedUp { idx, result }
@@ -454,13 +505,15 @@ impl Run {
                     7 => SessionState::Starting,
                     8 => SessionState::ScanQr,
                     _ if s % 40 == 9 => SessionState::LoggedOut,
+                    _ if s % 40 == 19 => SessionState::Blocked,
                     _ => SessionState::Connected,
                 };
                 self.world.session = state;
                 self.feed(Input::Session { state, detail: "model".into() });
             }
             Op::Ack(i, ack) => {
-                if self.world.delivered.contains_key(&i) {
+                let in_flight = self.world.outstanding.iter().any(|o| matches!(o, Outstanding::Send { idx, .. } if *idx == i));
+                if self.world.delivered.contains_key(&i) || in_flight {
                     self.feed(Input::Ack { idx: i, ack });
                     self.feed(Input::Ack { idx: i, ack });
                 }
@@ -473,18 +526,37 @@ impl Run {
                 }
             }
             Op::Crash => self.restart(),
+            Op::Halt => {
+                self.world.halting = true;
+                self.feed(Input::Halt);
+                self.world.halting = false;
+                // A graceful stop flushes what it wrote; sends under way are
+                // abandoned (they may have reached WhatsApp).
+                self.world.flush();
+                self.restart();
+            }
+            Op::SessionDeleted => self.feed(Input::SessionDeleted),
             Op::Command(c) => {
                 let command = match c % 10 {
                     0..=3 => Command::Pause,
-                    4..=8 => Command::Resume,
+                    4..=7 => Command::Resume,
+                    8 => Command::Start,
                     _ => Command::Cancel,
                 };
                 let now = self.world.now;
-                if let Ok(done) = self.machine.command(command, now, &mut self.rng, &mut Io(&mut self.world)) {
-                    self.cancelled |= command == Command::Cancel;
-                    if !done && command != Command::Cancel {
-                        self.world.violations.push(format!("{command:?} was deferred"));
+                let before = self.world.durable_campaign.state;
+                match self.machine.command(command, now, &mut self.rng, &mut Io(&mut self.world)) {
+                    Ok(done) => {
+                        if !done && command != Command::Cancel {
+                            self.world.violations.push(format!("{command:?} was deferred"));
+                        }
                     }
+                    Err(CommandError::Unrecorded(_)) => {
+                        if self.world.durable_campaign.state != before {
+                            self.world.violations.push(format!("{command:?} refused, yet the stored state changed"));
+                        }
+                    }
+                    Err(CommandError::Refused(_)) => {}
                 }
             }
             Op::Wait(ms) => self.world.now += u64::from(ms),
@@ -492,61 +564,65 @@ impl Run {
     }
 
     /// A sound store and a connected session, until the campaign ends.
+    /// The session's change is pushed once, as the Supervisor does; from
+    /// then on only outstanding answers and timers move the campaign, so a
+    /// campaign with nothing armed is reported stuck.
     fn heal(&mut self) {
         self.world.failing = false;
         self.world.flush();
+        let was = self.world.session;
         self.world.session = SessionState::Connected;
-        for round in 0..100_000 {
+        if was != SessionState::Connected && !self.world.finished {
+            self.feed(Input::Session { state: SessionState::Connected, detail: "healed".into() });
+        }
+        for _ in 0..100_000 {
             if self.world.finished {
                 let state = self.world.durable_campaign.state;
-                if state == CampaignState::Completed || self.cancelled {
+                if state == CampaignState::Completed || state == CampaignState::Cancelled {
                     return;
                 }
-                // An operator resumes a campaign its session ended (the
-                // registry's transition for stored campaigns), or the
-                // daemon restarts a halted one.
+                // The daemon restarts a halted one; an operator resumes one
+                // its session ended (the registry's transition for stored
+                // campaigns).
                 let mut record = self.world.durable_campaign.clone();
-                if !record.state.is_final() {
-                    self.restart();
-                    continue;
+                if record.state.is_final() {
+                    let (next, _) = wasup::policy::campaign::transition(record.state, Command::Resume).expect("a failed campaign resumes");
+                    record.state = next;
+                    record.reason = None;
+                    self.world.durable_campaign = record;
                 }
-                let (next, _) = wasup::policy::campaign::transition(record.state, Command::Resume).expect("a failed campaign resumes");
-                record.state = next;
-                record.reason = None;
-                self.world.durable_campaign = record;
                 self.restart();
                 continue;
             }
-            if round % 50 == 0 {
-                self.world.session = SessionState::Connected;
-                self.feed(Input::Session { state: SessionState::Connected, detail: "healed".into() });
+            if self.settle(0, 0, true) {
+                continue;
             }
             if self.machine.record().state == CampaignState::Paused
                 && self.machine.reason() == Some(&wasup::policy::campaign::Reason::Operator)
+                && self.machine.finishing().is_none()
             {
                 let now = self.world.now;
                 let _ = self.machine.command(Command::Resume, now, &mut self.rng, &mut Io(&mut self.world));
                 continue;
             }
-            if self.settle(0, 0, true) || self.fire_next_timer() {
+            if self.fire_next_timer() {
                 continue;
             }
-            // Nothing outstanding and no timer: only a session answer can
-            // move it on.
-            self.feed(Input::Session { state: SessionState::Connected, detail: "healed".into() });
-            if !self.fire_next_timer() && self.world.outstanding.is_empty() && !self.world.finished {
-                panic!("stuck: {:?} {:?}", self.machine.record().state, self.machine.reason());
-            }
+            panic!("stuck: {:?} {:?}, nothing in flight, no timer", self.machine.record().state, self.machine.reason());
         }
         panic!("did not finish: {:?} {:?}", self.machine.record().state, self.machine.reason());
     }
 
     fn check_end(&self) {
         assert!(self.world.violations.is_empty(), "{:#?}", self.world.violations);
-        if self.cancelled {
-            return;
+        let end = self.world.durable_campaign.state;
+        if self.world.cancelled {
+            // The operator was told CANCELLED: the store says so too, and no
+            // send happened after (checked by `send`).
+            assert_eq!(end, CampaignState::Cancelled, "a cancelled campaign ended {end:?}");
+        } else {
+            assert_eq!(end, CampaignState::Completed);
         }
-        assert_eq!(self.world.durable_campaign.state, CampaignState::Completed);
         for (idx, r) in &self.world.durable {
             let delivered = self.world.delivered.get(idx).map_or(&[][..], |v| &v[..]);
             match r.state {
@@ -558,6 +634,10 @@ impl Run {
                     assert!(r.reason.as_deref().is_some_and(|x| !x.is_empty()), "recipient {idx} {:?} without a reason", r.state);
                     assert!(delivered.is_empty(), "recipient {idx} {:?} yet delivered {delivered:?}", r.state);
                 }
+                other if end == CampaignState::Cancelled => {
+                    // Left behind by the cancel; never delivered twice.
+                    assert!(delivered.len() <= 1, "recipient {idx} {other:?} delivered {delivered:?}");
+                }
                 other => panic!("recipient {idx} left {other:?} in a COMPLETED campaign"),
             }
         }
@@ -565,7 +645,7 @@ impl Run {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 5000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn no_recipient_is_sent_twice_or_dropped(

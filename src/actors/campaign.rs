@@ -20,7 +20,9 @@ use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervis
 use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, RecipientState, Tally};
 use crate::config::Config;
 use crate::events::{Event, EventName, Events};
-use crate::policy::campaign::{Change, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer};
+use crate::policy::campaign::{
+    Change, CommandError, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
+};
 use crate::policy::pacing::{Pacing, QuietHours};
 use crate::session_state::now_ms;
 use crate::store::Store;
@@ -33,7 +35,7 @@ pub use crate::policy::campaign::Command as CampaignCommand;
 /// A command for a running Campaign actor; answers the record once the
 /// command took effect (a cancel waits for the send in flight).
 #[derive(Message)]
-#[rtype(result = "Result<CampaignRecord, String>")]
+#[rtype(result = "Result<CampaignRecord, CommandError>")]
 pub struct Control(pub CampaignCommand);
 
 /// A sent recipient's ack changed.
@@ -296,6 +298,10 @@ pub struct Campaign {
     timers: HashMap<Timer, SpawnHandle>,
     /// Commands that answer once a final state is entered.
     waiters: Vec<tokio::sync::oneshot::Sender<CampaignRecord>>,
+    /// Outcomes known at once (a recipient the shell could not read), fed
+    /// after the current actions: never a call back into the machine from
+    /// inside one.
+    inputs: VecDeque<Input>,
 }
 
 impl Campaign {
@@ -314,7 +320,7 @@ impl Campaign {
     ) -> Self {
         let io = Io { id: record.id.clone(), session: record.session.clone(), store, events, tally, last: None, actions: VecDeque::new() };
         let machine = Machine::new(record, pacing, settings_for(&config));
-        Self { machine, io, config, supervisor, registry, timers: HashMap::new(), waiters: Vec::new() }
+        Self { machine, io, config, supervisor, registry, timers: HashMap::new(), waiters: Vec::new(), inputs: VecDeque::new() }
     }
 
     /// Feeds the machine one input, then carries out what it asked.
@@ -324,6 +330,17 @@ impl Campaign {
     }
 
     fn perform(&mut self, ctx: &mut Context<Self>) {
+        loop {
+            self.perform_actions(ctx);
+            if self.machine.is_done() && self.io.actions.is_empty() {
+                self.inputs.clear();
+            }
+            let Some(input) = self.inputs.pop_front() else { return };
+            self.machine.handle(input, now_ms(), &mut rand::thread_rng(), &mut self.io);
+        }
+    }
+
+    fn perform_actions(&mut self, ctx: &mut Context<Self>) {
         while let Some(action) = self.io.actions.pop_front() {
             match action {
                 Action::Send { idx, message_id, typing } => self.send(idx, message_id, typing, ctx),
@@ -373,9 +390,11 @@ impl Campaign {
         let r = match self.io.store.recipient(&self.io.id, idx) {
             Ok(Some(r)) => r,
             Ok(None) => {
-                return self.feed(Input::Sent { idx, result: SendResult::NotSent(format!("recipient {idx} is not in the store")) }, ctx)
+                return self
+                    .inputs
+                    .push_back(Input::Sent { idx, result: SendResult::NotSent(format!("recipient {idx} is not in the store")) })
             }
-            Err(e) => return self.feed(Input::Sent { idx, result: SendResult::NotSent(e.to_string()) }, ctx),
+            Err(e) => return self.inputs.push_back(Input::Sent { idx, result: SendResult::NotSent(e.to_string()) }),
         };
         let send =
             SendMessage { name: self.io.session.clone(), to: ChatId::from_trusted(r.chat_id), text: r.text, id: Some(message_id), typing };
@@ -390,7 +409,7 @@ impl Campaign {
     fn lookup(&mut self, idx: u32, message_id: String, ctx: &mut Context<Self>) {
         let r = match self.io.store.recipient(&self.io.id, idx) {
             Ok(Some(r)) => r,
-            _ => return self.feed(Input::LookedUp { idx, result: LookupResult::Failed }, ctx),
+            _ => return self.inputs.push_back(Input::LookedUp { idx, result: LookupResult::Failed }),
         };
         let lookup = LookupMessage { name: self.io.session.clone(), to: ChatId::from_trusted(r.chat_id), id: message_id };
         let supervisor = self.supervisor.clone();
@@ -426,7 +445,7 @@ impl Handler<Acked> for Campaign {
 }
 
 impl Handler<Control> for Campaign {
-    type Result = ResponseFuture<Result<CampaignRecord, String>>;
+    type Result = ResponseFuture<Result<CampaignRecord, CommandError>>;
 
     fn handle(&mut self, msg: Control, ctx: &mut Self::Context) -> Self::Result {
         let result = self.machine.command(msg.0, now_ms(), &mut rand::thread_rng(), &mut self.io);
@@ -443,7 +462,7 @@ impl Handler<Control> for Campaign {
         Box::pin(async move {
             result?;
             match waiting {
-                Some(rx) => rx.await.map_err(|_| "the campaign stopped before the command took effect".to_string()),
+                Some(rx) => rx.await.map_err(|_| CommandError::Unrecorded("the campaign stopped before the command took effect".into())),
                 None => Ok(record),
             }
         })

@@ -18,7 +18,7 @@ use crate::actors::supervisor::{GetSession, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
 use crate::config::Config;
 use crate::events::Events;
-use crate::policy::campaign::{ack_applies, transition, Change};
+use crate::policy::campaign::{ack_applies, transition, Change, CommandError};
 use crate::session_state::now_ms;
 use crate::store::Store;
 
@@ -34,6 +34,9 @@ pub enum CampaignError {
     /// The store failed (nothing was changed that a retry would repeat).
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// An operator's command the store did not take; nothing changed.
+    #[error("{0}")]
+    Unrecorded(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -186,7 +189,10 @@ impl Handler<Command> for Campaigns {
                 addr.send(Control(msg.command))
                     .await
                     .map_err(|e| CampaignError::Internal(format!("campaign actor unavailable: {e}")))?
-                    .map_err(CampaignError::WrongState)
+                    .map_err(|e| match e {
+                        CommandError::Refused(m) => CampaignError::WrongState(m),
+                        CommandError::Unrecorded(m) => CampaignError::Unrecorded(m),
+                    })
             });
         }
         let result = (|| {

@@ -398,14 +398,16 @@ impl Supervisor {
             self.slots.iter().filter(|(_, s)| s.addr.as_ref().is_some_and(|a| !a.connected())).map(|(n, _)| n.clone()).collect();
         for name in dead {
             tracing::error!(session = %name, "session actor died; rebuilding it");
-            // On the blocking pool (a /proc scan); the next start kills
-            // whatever is left on the profile anyway.
-            let profile = profile::path(&self.config.state.dir, &name);
-            drop(tokio::task::spawn_blocking(move || profile::kill_browsers(&profile)));
             if let Some(slot) = self.slots.get_mut(&name) {
                 slot.session.generation += 1;
+                slot.addr = None;
             }
-            self.on_end(&name, EndReason::ActorDied, ctx);
+            // The dead actor's browser is killed on the blocking pool (a
+            // /proc scan); the Supervisor takes no other message until it
+            // is gone, so the restart cannot start a browser it would hit.
+            let profile = profile::path(&self.config.state.dir, &name);
+            let kill = tokio::task::spawn_blocking(move || profile::kill_browsers(&profile));
+            ctx.wait(actix::fut::wrap_future::<_, Self>(kill).map(move |_, act, ctx| act.on_end(&name, EndReason::ActorDied, ctx)));
         }
     }
 

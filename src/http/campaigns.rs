@@ -50,7 +50,7 @@ impl From<CampaignError> for ApiError {
             CampaignError::NotFound(_) => StatusCode::NOT_FOUND,
             CampaignError::NoSession(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CampaignError::WrongState(_) => StatusCode::CONFLICT,
-            CampaignError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CampaignError::Store(_) | CampaignError::Unrecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
             CampaignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

@@ -35,6 +35,7 @@ pub struct JsonCodecErrors<T> {
 }
 
 impl<T> JsonCodecErrors<T> {
+    /// Wraps an accepted connection.
     pub fn new(io: T) -> Self {
         Self { io, pending: None }
     }
@@ -53,6 +54,10 @@ fn message(status: u16) -> Option<&'static str> {
 /// The replacement for `written`, when it is exactly one of the codec's
 /// empty-bodied error heads; else `None`.
 pub fn replacement(written: &[u8]) -> Option<Vec<u8>> {
+    // The codec's heads are about 100 bytes; bodies are never looked at.
+    if written.len() > 512 || !written.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
     let head = std::str::from_utf8(written).ok()?.strip_suffix("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;

@@ -157,10 +157,25 @@ impl RecipientReason {
 /// An operator's command on a campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// A `DRAFT` (or operator-`PAUSED`) campaign starts sending.
     Start,
+    /// `PAUSED(operator)`: no sends until resumed.
     Pause,
+    /// A `PAUSED` or `FAILED` campaign goes on.
     Resume,
+    /// `CANCELLED(operator)`: no more sends, for good.
     Cancel,
+}
+
+/// Why an operator's command was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// It does not apply to the campaign's state (409).
+    #[error("{0}")]
+    Refused(String),
+    /// The store did not take it; nothing changed (503).
+    #[error("the command could not be recorded: {0}")]
+    Unrecorded(String),
 }
 
 /// Where `command` takes a campaign that is `state`: the one table of
@@ -232,8 +247,10 @@ pub enum Change {
     Sent { ack: i8 },
     /// Will not be sent: `FAILED` or `SKIPPED`.
     Settled { state: RecipientState, reason: RecipientReason },
-    /// Not sent; back in line (its message id is dropped).
-    Pending,
+    /// Not sent; back in line (its message id is dropped). `refund`: the
+    /// send never left for WhatsApp (not connected, timelock, unreadable),
+    /// so the attempt is given back.
+    Pending { refund: bool },
     /// The send's outcome is unknown; stays `SENDING`.
     Unknown { why: String },
     /// A newer ack of a sent message.
@@ -261,9 +278,12 @@ impl Change {
                 r.state = *state;
                 r.reason = Some(reason.as_string());
             }
-            Self::Pending => {
+            Self::Pending { refund } => {
                 r.state = RecipientState::Pending;
                 r.message_id = None;
+                if *refund {
+                    r.attempts = r.attempts.saturating_sub(1);
+                }
             }
             Self::Unknown { why } => r.reason = Some(RecipientReason::Unknown(why.clone()).as_string()),
             Self::Ack { ack } => r.ack = Some(crate::whatsapp::ack_name(*ack).to_string()),
@@ -404,7 +424,9 @@ pub trait Shell {
     fn ask_session(&mut self);
     /// Fires `timer` at `at_ms` (replacing one of the same kind).
     fn schedule(&mut self, timer: Timer, at_ms: u64);
+    /// Disarms `timer` (nothing if it is not armed).
     fn cancel(&mut self, timer: Timer);
+    /// Tells the world (events, logs); `record` is the campaign now.
     fn note(&mut self, note: Note, record: &CampaignRecord);
     /// The recipient counts changed.
     fn counts(&mut self, counts: Counts);
@@ -415,9 +437,13 @@ pub trait Shell {
 /// The machine's settings (from `[campaigns]`).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Sends per recipient before it is `FAILED` (`campaigns.send_attempts`).
     pub send_attempts: u32,
+    /// The wait before retrying an unknown outcome, doubled per attempt.
     pub retry_base: Duration,
+    /// How long a campaign waits for its session before `FAILED(session_lost)`.
     pub resume_grace: Duration,
+    /// The pause after WhatsApp's error 463.
     pub timelock_cooldown: Duration,
     /// How often a campaign paused by the store checks it (1 s).
     pub store_retry: Duration,
@@ -446,6 +472,8 @@ pub struct Machine {
     session: SessionState,
     gap: Duration,
     flight: Option<Flight>,
+    /// No lookup before then (the page could not answer), epoch ms.
+    lookup_not_before: Option<u64>,
     /// A final state that arrived while something was in flight.
     finish_after: Option<(CampaignState, Option<Reason>)>,
     store_fault: bool,
@@ -479,6 +507,7 @@ impl Machine {
             session: SessionState::Stopped,
             gap: Duration::ZERO,
             flight: None,
+            lookup_not_before: None,
             finish_after: None,
             store_fault: false,
             done: false,
@@ -516,8 +545,9 @@ impl Machine {
             match self.reason {
                 Some(Reason::Timelock) => shell.schedule(Timer::Resume, self.record.resume_at_ms.unwrap_or(now_ms)),
                 Some(Reason::WaitingForSession) => {
-                    let since = self.record.waiting_since_ms.unwrap_or(now_ms);
-                    shell.schedule(Timer::Grace, since.saturating_add(ms(self.settings.resume_grace)));
+                    // A fresh grace period: the daemon was down, so the
+                    // session could not come back meanwhile.
+                    shell.schedule(Timer::Grace, now_ms.saturating_add(ms(self.settings.resume_grace)));
                 }
                 Some(Reason::StoreError) => shell.schedule(Timer::StoreRetry, now_ms),
                 _ => {}
@@ -529,12 +559,26 @@ impl Machine {
     /// Applies an operator command. `Ok(true)`: done, the record shows it;
     /// `Ok(false)`: a final state waits for the send in flight (at most the
     /// send timeout), [`Shell::finished`] tells when. Errors: the command
-    /// does not apply to the campaign's state.
-    pub fn command(&mut self, command: Command, now_ms: u64, rng: &mut impl Rng, shell: &mut impl Shell) -> Result<bool, String> {
-        if self.finish_after.is_some() {
-            return Err(format!("the campaign is finishing; cannot {command:?} it").to_lowercase());
+    /// does not apply to the campaign's state, or the store did not take it
+    /// (nothing changed).
+    pub fn command(&mut self, command: Command, now_ms: u64, rng: &mut impl Rng, shell: &mut impl Shell) -> Result<bool, CommandError> {
+        if self.finish_after.is_some() || self.done {
+            return Err(CommandError::Refused(format!("the campaign is finishing; cannot {command:?} it").to_lowercase()));
         }
-        let (state, reason) = transition(self.record.state, command)?;
+        let (state, reason) = transition(self.record.state, command).map_err(CommandError::Refused)?;
+        if !(state.is_final() && self.flight.is_some()) {
+            // Recorded before it takes effect: a command the store did not
+            // take is refused, so a restart never undoes what the operator
+            // was told.
+            let mut next = self.record.clone();
+            next.state = state;
+            next.reason = reason.as_ref().map(Reason::as_string);
+            next.updated_ms = now_ms;
+            if let Err(e) = shell.write_campaign(&next, true) {
+                self.fault(e.clone(), shell);
+                return Err(CommandError::Unrecorded(e));
+            }
+        }
         if state == CampaignState::Paused {
             shell.cancel(Timer::Pace);
             shell.cancel(Timer::Grace);
@@ -575,7 +619,18 @@ impl Machine {
             Input::Ack { idx, ack } => self.ack(idx, ack, now_ms, shell),
             Input::Halt => {
                 // A send under way is abandoned: its recipient stays SENDING
-                // and is resolved by a lookup at the next start.
+                // and is resolved by a lookup at the next start. A cancel
+                // that waited for it is entered now (the operator was told,
+                // and a restart must not send again; that recipient stays
+                // SENDING in the report). Another final state that waited
+                // is found again after the restart (the session's state).
+                if let Some((CampaignState::Cancelled, reason)) = self.finish_after.take() {
+                    self.flight = None;
+                    self.enter(CampaignState::Cancelled, reason, now_ms, shell);
+                    if self.done {
+                        return;
+                    }
+                }
                 self.done = true;
                 for t in [Timer::Pace, Timer::Grace, Timer::Resume, Timer::StoreRetry, Timer::AskSession] {
                     shell.cancel(t);
@@ -595,6 +650,11 @@ impl Machine {
             Some((state, reason)) => self.enter(state, reason, now_ms, shell),
             None => self.step(now_ms, rng, shell),
         }
+    }
+
+    /// A final state that waits for the flight, if any.
+    pub fn finishing(&self) -> Option<CampaignState> {
+        self.finish_after.as_ref().map(|(s, _)| *s)
     }
 
     fn load(&mut self, shell: &mut impl Shell) -> bool {
@@ -682,28 +742,51 @@ impl Machine {
     }
 
     fn enter(&mut self, state: CampaignState, reason: Option<Reason>, now_ms: u64, shell: &mut impl Shell) {
-        if self.record.state == state && self.reason == reason {
+        if self.done || (self.record.state == state && self.reason == reason) {
             return;
         }
-        if state.is_final() && self.flight.is_some() {
-            self.finish_after = Some((state, reason));
+        if self.flight.is_some() && (state.is_final() || self.finish_after.is_some()) {
+            // The first final state waits for the flight; an operator's
+            // cancel is never overridden by a later one.
+            if state.is_final() && !matches!(self.finish_after, Some((CampaignState::Cancelled, _))) {
+                self.finish_after = Some((state, reason));
+            }
             shell.cancel(Timer::Pace);
             return;
         }
-        self.record.state = state;
-        self.record.reason = reason.as_ref().map(Reason::as_string);
-        self.reason = reason;
+        let mut next = self.record.clone();
+        next.state = state;
+        next.reason = reason.as_ref().map(Reason::as_string);
         if state != CampaignState::Paused {
-            self.record.waiting_since_ms = None;
-            self.record.resume_at_ms = None;
+            next.waiting_since_ms = None;
+            next.resume_at_ms = None;
         }
         if state.is_final() {
-            self.record.next_send_ms = None;
+            next.next_send_ms = None;
+            // A final state is entered only once it is stored: else a
+            // restart would carry on a campaign that was reported over (an
+            // operator's cancel). Until then it waits, sending nothing,
+            // and the store check enters it once writes succeed.
+            next.updated_ms = now_ms;
+            if let Err(e) = shell.write_campaign(&next, true) {
+                self.fault(e, shell);
+                if !matches!(self.finish_after, Some((CampaignState::Cancelled, _))) {
+                    self.finish_after = Some((state, reason));
+                }
+                shell.cancel(Timer::Pace);
+                shell.schedule(Timer::StoreRetry, now_ms.saturating_add(ms(self.settings.store_retry)));
+                return;
+            }
+            self.record = next;
+        } else {
+            self.record = next;
+            // A failure here is noted (the next step pauses); the state in
+            // memory is what decides, and after a crash the campaign
+            // restarts from its stored RUNNING/PAUSED and settles SENDING
+            // recipients.
+            self.save(now_ms, true, shell);
         }
-        // A failure here is noted (the next step pauses); the state in
-        // memory is what decides, and after a crash the campaign restarts
-        // from its stored RUNNING/PAUSED and settles SENDING recipients.
-        self.save(now_ms, true, shell);
+        self.reason = reason;
         shell.note(Note::Status { state, reason: self.reason.clone() }, &self.record);
         if state.is_final() {
             self.done = true;
@@ -733,6 +816,17 @@ impl Machine {
                 }
             }
             Timer::StoreRetry => {
+                if self.flight.is_none() && self.finish_after.is_some() {
+                    // A final state waiting for the store.
+                    if !shell.store_ok() {
+                        return shell.schedule(Timer::StoreRetry, now_ms.saturating_add(ms(self.settings.store_retry)));
+                    }
+                    self.store_fault = false;
+                    if let Some((state, reason)) = self.finish_after.take() {
+                        self.enter(state, reason, now_ms, shell);
+                    }
+                    return;
+                }
                 if !self.paused_for(&Reason::StoreError) {
                     return;
                 }
@@ -804,6 +898,9 @@ impl Machine {
             return self.wait_for_session(now_ms, shell);
         }
         if let Some(&idx) = self.sending.first() {
+            if let Some(t) = self.lookup_not_before.filter(|t| *t > now_ms) {
+                return shell.schedule(Timer::Pace, t);
+            }
             return self.resolve(idx, now_ms, rng, shell);
         }
         let Some(&idx) = self.pending.first() else {
@@ -878,6 +975,7 @@ impl Machine {
     fn sent(&mut self, idx: u32, result: SendResult, now_ms: u64, shell: &mut impl Shell) {
         match result {
             SendResult::Sent { ack } => {
+                let ack = ack.max(self.early_ack(idx));
                 // If this write fails the recipient stays SENDING (in memory
                 // as in the store) and a lookup settles it after the pause.
                 if self.write_recipient(idx, &Change::Sent { ack }, now_ms, shell) {
@@ -888,26 +986,29 @@ impl Machine {
                 }
             }
             SendResult::NotConnected => {
-                self.back_to_pending(idx, None, now_ms, shell);
+                self.back_to_pending(idx, None, true, now_ms, shell);
                 self.wait_for_session(now_ms, shell);
             }
             SendResult::NotSent(error) => {
-                self.back_to_pending(idx, None, now_ms, shell);
+                self.back_to_pending(idx, None, true, now_ms, shell);
                 self.fault(error, shell);
             }
             SendResult::SessionDeleted => {
-                self.back_to_pending(idx, None, now_ms, shell);
+                self.back_to_pending(idx, None, true, now_ms, shell);
                 self.enter(CampaignState::Failed, Some(Reason::SessionDeleted), now_ms, shell);
             }
             SendResult::Refused { state, reason } => self.settle(idx, state, reason, now_ms, shell),
             SendResult::Rejected(code) => self.settle(idx, RecipientState::Failed, RecipientReason::Rejected(code), now_ms, shell),
             SendResult::Timelock => {
-                // Not delivered: cool down, no retry storm.
-                self.back_to_pending(idx, None, now_ms, shell);
-                let until = now_ms.saturating_add(ms(self.settings.timelock_cooldown));
-                self.record.resume_at_ms = Some(until);
-                self.enter(CampaignState::Paused, Some(Reason::Timelock), now_ms, shell);
-                shell.schedule(Timer::Resume, until);
+                // Not delivered: cool down, no retry storm (an operator's
+                // pause or a final state stays as it is).
+                self.back_to_pending(idx, None, true, now_ms, shell);
+                if self.record.state == CampaignState::Running && self.finish_after.is_none() {
+                    let until = now_ms.saturating_add(ms(self.settings.timelock_cooldown));
+                    self.record.resume_at_ms = Some(until);
+                    self.enter(CampaignState::Paused, Some(Reason::Timelock), now_ms, shell);
+                    shell.schedule(Timer::Resume, until);
+                }
             }
             SendResult::Unknown(why) => {
                 // It may or may not have reached WhatsApp: it stays SENDING
@@ -920,6 +1021,11 @@ impl Machine {
                 shell.note(Note::Unresolved { idx, why }, &self.record);
             }
         }
+    }
+
+    /// An ack that arrived while recipient `idx` was still SENDING.
+    fn early_ack(&self, idx: u32) -> i8 {
+        self.entries.as_ref().and_then(|m| m.get(&idx)).filter(|e| e.state == RecipientState::Sending).map_or(0, |e| e.ack)
     }
 
     fn set_ack(&mut self, idx: u32, ack: i8) {
@@ -940,13 +1046,16 @@ impl Machine {
     /// Puts a recipient whose send did not happen back in line. If the
     /// write fails it stays SENDING (memory mirrors the store) and a lookup
     /// sends it again after the pause.
-    fn back_to_pending(&mut self, idx: u32, retry_at: Option<u64>, now_ms: u64, shell: &mut impl Shell) {
-        if !self.write_recipient(idx, &Change::Pending, now_ms, shell) {
+    fn back_to_pending(&mut self, idx: u32, retry_at: Option<u64>, refund: bool, now_ms: u64, shell: &mut impl Shell) {
+        if !self.write_recipient(idx, &Change::Pending { refund }, now_ms, shell) {
             return;
         }
         self.moved(idx, RecipientState::Sending, RecipientState::Pending, shell);
         if let Some(e) = self.entries.as_mut().and_then(|m| m.get_mut(&idx)) {
             e.not_before = retry_at;
+            if refund {
+                e.attempts = e.attempts.saturating_sub(1);
+            }
         }
     }
 
@@ -956,9 +1065,10 @@ impl Machine {
         let Some(message_id) = message_id else {
             // SENDING without an id (cannot happen with a sound store): it
             // was never sent.
-            self.back_to_pending(idx, None, now_ms, shell);
+            self.back_to_pending(idx, None, false, now_ms, shell);
             return self.step(now_ms, rng, shell);
         };
+        self.lookup_not_before = None;
         self.flight = Some(Flight::Lookup(idx));
         shell.lookup(idx, &message_id);
     }
@@ -966,6 +1076,7 @@ impl Machine {
     fn looked_up(&mut self, idx: u32, result: LookupResult, now_ms: u64, shell: &mut impl Shell) {
         match result {
             LookupResult::Found { ack } => {
+                let ack = ack.max(self.early_ack(idx));
                 if self.write_recipient(idx, &Change::Sent { ack }, now_ms, shell) {
                     self.moved(idx, RecipientState::Sending, RecipientState::Sent, shell);
                     self.set_ack(idx, ack);
@@ -981,16 +1092,21 @@ impl Machine {
                     shell.note(Note::NotSent { idx }, &self.record);
                     let delay = self.settings.retry_base.saturating_mul(1 << attempts.saturating_sub(1).min(10));
                     let retry_at = unknown.then(|| now_ms.saturating_add(ms(delay)));
-                    self.back_to_pending(idx, retry_at, now_ms, shell);
+                    self.back_to_pending(idx, retry_at, false, now_ms, shell);
                 }
             }
             LookupResult::NotConnected => self.wait_for_session(now_ms, shell),
-            LookupResult::Failed => shell.schedule(Timer::Pace, now_ms.saturating_add(ms(self.settings.lookup_retry))),
+            LookupResult::Failed => self.lookup_not_before = Some(now_ms.saturating_add(ms(self.settings.lookup_retry))),
         }
     }
 
     fn ack(&mut self, idx: u32, ack: i8, now_ms: u64, shell: &mut impl Shell) {
-        let Some(e) = self.entries.as_ref().and_then(|m| m.get(&idx)) else { return };
+        let Some(e) = self.entries.as_mut().and_then(|m| m.get_mut(&idx)) else { return };
+        if e.state == RecipientState::Sending && ack > 0 {
+            // The ack overtook the send's answer: kept for the SENT write.
+            e.ack = e.ack.max(ack);
+            return;
+        }
         if e.state != RecipientState::Sent || ack <= 0 || e.ack == ack {
             return;
         }

@@ -119,21 +119,29 @@ pub enum SocketState {
     /// No page (or a page still loading): `LOADING`.
     #[default]
     Loading,
+    /// Connecting to WhatsApp's servers.
     Opening,
+    /// A phone is pairing (after a scan).
     Pairing,
+    /// The socket was not started yet.
     Unlaunched,
     /// Needs a QR scan.
     Unpaired,
     /// Needs a QR scan; the QR refs ran out (`Cmd.refreshQR()` asks anew).
     UnpairedIdle,
+    /// Logged in (synced once `hasSynced`).
     Connected,
     /// The connection dropped; the page retries by itself.
     Timeout,
     /// Opened in another WhatsApp Web.
     Conflict,
+    /// Banned (terms of service): a human is needed.
     TosBlock,
+    /// A business account banned: a human is needed.
     SmbTosBlock,
+    /// Blocked through a proxy: a human is needed.
     ProxyBlock,
+    /// This WhatsApp Web build is too old: a human is needed.
     DeprecatedVersion,
     /// A name this version does not know.
     Other(String),
