@@ -45,6 +45,16 @@ pub struct BenchArgs {
     /// How long the idle CPU is measured.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub cpu_window: Duration,
+    /// Run side by side against another client instead (`whatsapp-web.js`):
+    /// see [`crate::bench_versus`].
+    #[arg(long)]
+    pub versus: Option<String>,
+    /// With `--versus`: texts each system sends during each fault run.
+    #[arg(long, default_value_t = 10)]
+    pub versus_sends: u32,
+    /// With `--versus`: the directory of `harness.js` and its `node_modules`.
+    #[arg(long, default_value = "tests/wwebjs")]
+    pub wwebjs_dir: std::path::PathBuf,
 }
 
 /// The session's history entries.
@@ -106,6 +116,9 @@ fn ms(d: Duration) -> String {
 /// Runs the benchmark and prints the table. Errors: a child could not start
 /// or a step did not happen in time.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(versus) = &args.versus {
+        return crate::bench_versus::run(&args, versus);
+    }
     let exe = std::env::current_exe().context("cannot find the wasup binary")?;
     let dir = TempDir::new("wasup-bench")?;
     let (_sim, sim_base) = start_sim(&exe, &[], false)?;

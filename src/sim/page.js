@@ -553,7 +553,11 @@
     } catch (e) {
       console.error('could not store the credential', e);
     }
-    location.reload();
+    // The reload goes to the app's root: a page reached through
+    // `?post_logout=1` must not come back logged in under that URL (a
+    // client reads the URL to tell a logout; whatsapp-web.js wipes its
+    // LocalAuth profile on it).
+    location.replace('/');
   }
 
   function onConnected(f) {
