@@ -93,7 +93,7 @@
       }
     }
     get(k) { return this.attributes[k]; }
-    /** The model itself (the real models' accessor past their proxies). */
+    /** The model itself (whatsapp-web.js asks for it before quoting a message). */
     unsafe() { return this; }
     set(k, v) {
       if (k !== null && typeof k === 'object') {
@@ -143,8 +143,8 @@
   class Collection extends Events {
     constructor() {
       super();
-      // Enumerable like the real collections' index: whatsapp-web.js finds
-      // the call collection's Map among its own keys to watch new calls.
+      // Enumerable: whatsapp-web.js looks for a Map among the call
+      // collection's own keys to watch new calls.
       Object.defineProperty(this, '_byId', { value: new Map(), enumerable: true });
     }
     static keyOf(id) {
