@@ -49,6 +49,16 @@ pub struct BenchArgs {
     /// How long the hostile clients run for each `/health` figure.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub hostile_window: Duration,
+    /// Run side by side against another client instead (`whatsapp-web.js`):
+    /// see [`crate::bench_versus`].
+    #[arg(long)]
+    pub versus: Option<String>,
+    /// With `--versus`: texts each system sends during each fault run.
+    #[arg(long, default_value_t = 10)]
+    pub versus_sends: u32,
+    /// With `--versus`: the directory of `harness.js` and its `node_modules`.
+    #[arg(long, default_value = "tests/wwebjs")]
+    pub wwebjs_dir: std::path::PathBuf,
 }
 
 /// The hostile figures of one run: `/health` latencies (sorted), the
@@ -191,6 +201,9 @@ fn ms(d: Duration) -> String {
 /// Runs the benchmark and prints the table. Errors: a child could not start
 /// or a step did not happen in time.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(versus) = &args.versus {
+        return crate::bench_versus::run(&args, versus);
+    }
     let exe = std::env::current_exe().context("cannot find the wasup binary")?;
     let dir = TempDir::new("wasup-bench")?;
     let sim = Sim::start(&exe, &[], Log::Discard)?;

@@ -11,6 +11,7 @@
 
 pub mod actors;
 pub mod bench;
+pub mod bench_versus;
 pub mod campaign;
 pub mod cli;
 pub mod config;

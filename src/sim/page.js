@@ -20,9 +20,22 @@
 
   // ----- events and models (Backbone-like) ----------------------------
 
-  /** An event emitter: on(name, cb, ctx), off(name?, cb?), once, trigger. */
+  /** Splits `'change:a change:b'` into its names, as Backbone does. */
+  function eventNames(name) {
+    return typeof name === 'string' && /\s/.test(name.trim()) ? name.trim().split(/\s+/) : null;
+  }
+
+  /**
+   * An event emitter: on(name, cb, ctx), off(name?, cb?), once, trigger.
+   * Like Backbone, one call may name several events separated by spaces.
+   */
   class Events {
     on(name, cb, ctx) {
+      const names = eventNames(name);
+      if (names) {
+        for (const n of names) this.on(n, cb, ctx);
+        return this;
+      }
       if (typeof cb !== 'function') return this;
       if (!this._events) Object.defineProperty(this, '_events', { value: new Map() });
       if (!this._events.has(name)) this._events.set(name, []);
@@ -37,6 +50,11 @@
       return this.on(name, wrapper, ctx);
     }
     off(name, cb) {
+      const names = eventNames(name);
+      if (names) {
+        for (const n of names) this.off(n, cb);
+        return this;
+      }
       if (!this._events) return this;
       if (name === undefined) {
         this._events.clear();
@@ -75,6 +93,8 @@
       }
     }
     get(k) { return this.attributes[k]; }
+    /** The model itself (whatsapp-web.js asks for it before quoting a message). */
+    unsafe() { return this; }
     set(k, v) {
       if (k !== null && typeof k === 'object') {
         for (const [kk, vv] of Object.entries(k)) this.set(kk, vv);
@@ -123,7 +143,9 @@
   class Collection extends Events {
     constructor() {
       super();
-      Object.defineProperty(this, '_byId', { value: new Map() });
+      // Enumerable: whatsapp-web.js looks for a Map among the call
+      // collection's own keys to watch new calls.
+      Object.defineProperty(this, '_byId', { value: new Map(), enumerable: true });
     }
     static keyOf(id) {
       if (id === null || id === undefined) return undefined;
@@ -161,6 +183,13 @@
     get models() { return Array.from(this._byId.values()); }
     get length() { return this._byId.size; }
     getModelsArray() { return this.models; }
+    filter(fn) { return this.models.filter(fn); }
+    forEach(fn) { this.models.forEach(fn); }
+    /** The model with this id, as a promise; rejects when the page has none. */
+    find(id) {
+      const m = this.get(id);
+      return m ? Promise.resolve(m) : Promise.reject(new Error('no model with id ' + Collection.keyOf(id)));
+    }
   }
 
   // ----- wids and message keys ---------------------------------------
@@ -175,6 +204,12 @@
     toString() { return this._serialized; }
     isUser() { return this.server === 'c.us'; }
     isGroup() { return this.server === 'g.us'; }
+    // The simulator knows only `c.us` and `g.us` ids: no LIDs, status
+    // broadcasts or newsletters (createWid refuses them).
+    isLid() { return false; }
+    isStatus() { return false; }
+    isBroadcast() { return false; }
+    isNewsletter() { return false; }
     equals(other) {
       if (other === null || other === undefined) return false;
       const s = typeof other === 'string' ? other : other._serialized;
@@ -217,6 +252,13 @@
     static newId() {
       return '3EB0' + hex(randomBytes(8)).toUpperCase();
     }
+    /** Parses a serialized key, `<fromMe>_<remote>_<id>`. */
+    static fromString(s) {
+      const m = /^(true|false)_([^_]+)_([^_]+)$/.exec(String(s));
+      if (!m) throw new Error('MsgKey error: cannot parse ' + s);
+      const fromMe = m[1] === 'true';
+      return new MsgKey({ fromMe, from: m[2], to: m[2], id: m[3] });
+    }
   }
 
   // ----- bytes ---------------------------------------------------------
@@ -255,6 +297,27 @@
   const Cmd = new Events();
   const Chat = new Collection();
   const Msg = new Collection();
+  Msg.modelClass = Model;
+  /** `Msg.getMessagesById(ids)`: the ones this page has (history sync brought them). */
+  Msg.getMessagesById = (ids) => Promise.resolve({ messages: (ids || []).map((id) => Msg.get(id)).filter(Boolean) });
+  Msg.search = () => Promise.reject(new Error('wasup sim: message search is not simulated'));
+  const Contact = new Collection();
+  /** A contact model for `wid`, added if the page has none yet. */
+  Contact.gadd = (wid) => Contact.get(wid) || Contact.add(new Model({ id: createWid(wid), isUser: true }));
+  // Whether the presence says "online" (Stream.markAvailable / markUnavailable).
+  const Stream = new Model({ available: false });
+  Stream.markAvailable = () => Stream.set('available', true);
+  Stream.markUnavailable = () => Stream.set('available', false);
+  const OfflineMessageHandler = {
+    /** Percent of the messages held while offline that reached the page. */
+    getOfflineDeliveryProgress: () => (Socket.hasSynced ? 100 : 0),
+  };
+  const Features = {
+    F: {},
+    supportsFeature: () => false,
+    setFeature: () => undefined,
+  };
+  const prefs = { autoDownloadAudio: true, autoDownloadDocuments: false, autoDownloadPhotos: true, autoDownloadVideos: false, globalOfflineNotifications: true };
 
   // ----- page state ------------------------------------------------------
 
@@ -455,6 +518,9 @@
       case 'ack':
         raiseAck(f.to, f.id, f.ack);
         break;
+      case 'msg':
+        onIncoming(f);
+        break;
       case 'exists': {
         const r = page.requests.get(f.req);
         if (r) {
@@ -479,7 +545,7 @@
     // The real page stores what pairing gave it and reloads itself.
     page.leaving = true;
     clearTimeout(page.retryTimer);
-    Conn.set('ref', null);
+    // The ref stays as it was: the page reloads at once.
     setState('PAIRING');
     const cred = { device: f.device, secret: f.secret, phone: f.phone, pushname: f.pushname };
     try {
@@ -487,7 +553,11 @@
     } catch (e) {
       console.error('could not store the credential', e);
     }
-    location.reload();
+    // The reload goes to the app's root: a page reached through
+    // `?post_logout=1` must not come back logged in under that URL (a
+    // client reads the URL to tell a logout; whatsapp-web.js wipes its
+    // LocalAuth profile on it).
+    location.replace('/');
   }
 
   function onConnected(f) {
@@ -526,6 +596,7 @@
       }));
     }
     Socket.set('hasSynced', true);
+    Cmd.trigger('offline_progress_update_from_bridge');
     render();
   }
 
@@ -617,7 +688,8 @@
 
   function ensureChat(wid, t) {
     return Chat.get(wid) || Chat.add(new Model({
-      id: wid, t: t || Math.floor(Date.now() / 1000), unreadCount: 0, archive: false,
+      id: wid, t: t || Math.floor(Date.now() / 1000), unreadCount: 0, archive: false, pin: 0,
+      isReadOnly: false, mute: { expiration: 0 }, formattedTitle: '+' + wid.user,
     }));
   }
 
@@ -687,6 +759,36 @@
     return [msgPromise, resultPromise];
   }
 
+  /** `WAWebUpdateUnreadChatAction.sendSeen({chat})`: the chat is read. */
+  function sendSeen(opts) {
+    const chat = opts && opts.chat;
+    if (!(chat instanceof Model) || !(chat.id instanceof Wid)) return Promise.reject(new Error('sendSeen: not a chat'));
+    if (chat.unreadCount) chat.set('unreadCount', 0);
+    return Promise.resolve();
+  }
+
+  /** A contact wrote to this account: a new message in its chat. */
+  function onIncoming(f) {
+    let from;
+    let key;
+    try {
+      from = createWid(f.from);
+      key = new MsgKey({ from, to: page.me, id: f.id, selfDir: 'in' });
+    } catch (e) {
+      return;
+    }
+    // A message the servers send again (the receipt got lost) is the same message.
+    if (!Msg.get(key)) {
+      const chat = ensureChat(from, f.t);
+      if (f.pushname) Contact.gadd(from).set('pushname', f.pushname);
+      Msg.add(new Model({
+        id: key, body: f.body, type: 'chat', from, to: page.me, t: f.t, self: 'in', isNewMsg: true, notifyName: f.pushname || '',
+      }));
+      chat.set({ t: f.t, unreadCount: (chat.unreadCount || 0) + 1 });
+    }
+    sendFrame({ type: 'received', id: f.id, from: f.from });
+  }
+
   // ----- the socket model's and Cmd's methods ---------------------------
 
   Socket.logout = function logout() {
@@ -707,6 +809,24 @@
     connect(true);
   };
 
+  /** Drops the connection and opens a new one (the credential is kept). */
+  Socket.reconnect = function reconnect() {
+    if (page.leaving || !page.cred) return;
+    setState('OPENING');
+    connect(false);
+  };
+
+  // Chat commands the simulated page does not carry out: it has no chat
+  // list to archive, pin or star in, and no panes to open.
+  for (const name of ['archiveChat', 'pinChat', 'markChatUnread', 'sendStarMsgs', 'sendUnstarMsgs']) {
+    Cmd[name] = () => Promise.reject(new Error('wasup sim: Cmd.' + name + ' is not simulated'));
+  }
+  for (const name of ['openChatBottom', 'openChatAt', 'openDrawerMid', 'chatSearch', 'msgInfoDrawer']) {
+    Cmd[name] = () => Promise.resolve(false);
+  }
+
+  Conn.canSetMyPushname = () => false;
+
   Cmd.refreshQR = function refreshQR() {
     if (Socket.state !== 'UNPAIRED_IDLE') return;
     sendFrame({ type: 'refresh_qr' });
@@ -725,22 +845,161 @@
 
   // ----- the module registry --------------------------------------------
 
+  /*__INERT_MODULES__*/
+
+  /** The links in `text`: [{url, href, suspiciousCharacters}]. */
+  function findLinks(text) {
+    const out = [];
+    const re = /\b(?:https?:\/\/|www\.)[^\s<>"']+/gi;
+    let m;
+    while ((m = re.exec(String(text || ''))) !== null) {
+      const url = m[0].replace(/[.,;:!?)]+$/, '');
+      out.push({ url, href: /^www\./i.test(url) ? 'http://' + url : url, suspiciousCharacters: new Set() });
+    }
+    return out;
+  }
+
+  function chatServer(chat, server) {
+    return !!(chat && chat.id && chat.id.server === server);
+  }
+
+  function userWid(w) {
+    const wid = createWid(w);
+    if (!wid.isUser()) throw new Error('wid error: not a user wid');
+    return wid;
+  }
+
+  // Pairing by phone number (an 8-character code) is not simulated; the QR is.
+  const altLinking = () => Promise.reject(new Error('wasup sim: pairing by phone number is not simulated, scan the QR'));
+
+  // The modules a client uses to log in, send, and follow its state. The
+  // ones of features the simulator does not model come from page_inert.js.
   const modules = {
+    ...inertModules({ Collection }),
     WAWebSocketModel: { Socket },
     WAWebConnModel: { Conn },
     WAWebCmd: { Cmd },
-    WAWebCollections: { Chat, Msg },
-    WAWebWidFactory: { createWid },
+    WAWebStreamModel: { Stream },
+    WAWebCollections: {
+      Chat,
+      Msg,
+      Contact,
+      Features,
+      // Features the simulator does not model: collections that stay empty.
+      GroupMetadata: new Collection(),
+      Label: new Collection(),
+      Status: new Collection(),
+      Blocklist: new Collection(),
+      BusinessProfile: new Collection(),
+      ProfilePicThumb: new Collection(),
+      Reactions: new Collection(),
+      WAWebNewsletterCollection: new Collection(),
+      NewsletterMetadataCollection: new Collection(),
+    },
+    WAWebWidFactory: { createWid, createWidFromWidLike: createWid, asUserWidOrThrow: userWid },
+    WAWebWidToJid: {
+      widToUserJid: (w) => userWid(w).user + '@s.whatsapp.net',
+      widToGroupJid: (w) => {
+        const wid = createWid(w);
+        if (!wid.isGroup()) throw new Error('wid error: not a group wid');
+        return wid._serialized;
+      },
+    },
+    WAWebJidToWid: {
+      userJidToUserWid: (jid) => userWid(String(jid).replace(/@s\.whatsapp\.net$/, '@c.us')),
+      newsletterJidToWid: () => {
+        throw new Error('wasup sim: newsletters (channels) are not simulated');
+      },
+    },
+    WAWebLidMigrationUtils: {
+      // The simulator has phone-number ids only: a user wid is its own PN.
+      toPn: (w) => {
+        try {
+          return userWid(w);
+        } catch (e) {
+          return null;
+        }
+      },
+    },
+    WAWebApiContact: {
+      // No LIDs in the simulator, so no alternate ids.
+      getCurrentLid: () => null,
+      getPhoneNumber: () => null,
+      getAlternateUserWid: () => null,
+    },
+    WAWebContactCollection: { getMeContact: () => (page.me ? Contact.gadd(page.me) : undefined) },
+    WAWebContactGetters: {
+      getIsMe: (c) => !!(page.me && c && page.me.equals(c.id)),
+      getIsUser: (c) => !!(c && c.id && c.id.isUser()),
+      getIsGroup: (c) => !!(c && c.id && c.id.isGroup()),
+      getIsWAContact: (c) => !!(c && c.id && c.id.isUser()),
+      getUserid: (c) => (c && c.id ? c.id.user : undefined),
+      getVerifiedName: () => undefined,
+      getVerifiedLevel: () => undefined,
+      getStatusMute: () => false,
+      getName: (c) => (c ? c.name : undefined),
+      getShortName: (c) => (c ? c.shortName : undefined),
+      getPushname: (c) => (c ? c.pushname : undefined),
+      getIsEnterprise: () => false,
+    },
+    WAWebFrontendContactGetters: { getIsMyContact: () => false },
+    WAWebChatGetters: {
+      getIsNewsletter: (chat) => chatServer(chat, 'newsletter'),
+      getIsBroadcast: (chat) => chatServer(chat, 'broadcast'),
+      getIsGroup: (chat) => chatServer(chat, 'g.us'),
+      getIsUser: (chat) => chatServer(chat, 'c.us'),
+    },
+    WALinkify: { findLinks, findLink: (text) => findLinks(text)[0] || null },
+    WAWebGetEphemeralFieldsMsgActionsUtils: {
+      // No chat has disappearing messages on.
+      getEphemeralFields: () => ({}),
+    },
     WAWebQueryExistsJob: { queryWidExists },
     WAWebFindChatAction: { findOrCreateLatestChat },
     WAWebMsgKey: MsgKey,
+    WAWebMsgDataFromModel: { msgDataFromMsgModel: (m) => m.serialize() },
     WAWebSendMsgChatAction: { addAndSendMsgToChat },
+    WAWebUpdateUnreadChatAction: { sendSeen },
     WAWebChatStateBridge: {
       sendChatStateComposing: chatState('composing'),
+      sendChatStateRecording: chatState('recording'),
       sendChatStatePaused: chatState('paused'),
     },
+    WAWebPresenceChatAction: {
+      sendPresenceAvailable: () => {
+        Stream.markAvailable();
+        return Promise.resolve();
+      },
+      sendPresenceUnavailable: () => {
+        Stream.markUnavailable();
+        return Promise.resolve();
+      },
+    },
+    WAWebOfflineHandler: { OfflineMessageHandler },
+    WAWebSyncGatingUtils: { isPlaceholderMessageResendEnabled: () => false },
     WAWebUserPrefsMeUser: {
       getMaybeMePnUser: () => page.me,
+      // The simulator gives accounts no LID.
+      getMaybeMeLidUser: () => null,
+      isMeAccount: (w) => !!(page.me && page.me.equals(w)),
+    },
+    WAWebUserPrefsGeneral: {
+      getAutoDownloadAudio: () => prefs.autoDownloadAudio,
+      setAutoDownloadAudio: (v) => { prefs.autoDownloadAudio = !!v; },
+      getAutoDownloadDocuments: () => prefs.autoDownloadDocuments,
+      setAutoDownloadDocuments: (v) => { prefs.autoDownloadDocuments = !!v; },
+      getAutoDownloadPhotos: () => prefs.autoDownloadPhotos,
+      setAutoDownloadPhotos: (v) => { prefs.autoDownloadPhotos = !!v; },
+      getAutoDownloadVideos: () => prefs.autoDownloadVideos,
+      setAutoDownloadVideos: (v) => { prefs.autoDownloadVideos = !!v; },
+    },
+    WAWebUserPrefsNotifications: {
+      getGlobalOfflineNotifications: () => prefs.globalOfflineNotifications,
+      setGlobalOfflineNotifications: (v) => { prefs.globalOfflineNotifications = !!v; },
+    },
+    WAWebPhoneUtils: {
+      // E.164 without grouping: the simulator has no per-country formats.
+      formattedPhoneNumber: (n) => '+' + String(n).replace(/@c\.us$/, '').replace(/\D/g, ''),
     },
     WAWebSignalStoreApi: {
       waSignalStore: {
@@ -759,9 +1018,22 @@
     },
     WABase64: { encodeB64, decodeB64 },
     WAWebUserPrefsMultiDevice: {
-      getADVSecretKey: () => keysReady.then(() => encodeB64(page.keys.adv)),
+      // Synchronous, like the real preference: the keys are loaded before
+      // the module system is exposed (see boot()).
+      getADVSecretKey: () => encodeB64(page.keys.adv),
     },
     WAWebCompanionRegClientUtils: { DEVICE_PLATFORM },
+    WAWebAdvSignatureApi: {},
+    WAWebAltDeviceLinkingApi: {
+      setPairingType: () => undefined,
+      initializeQRLinking: () => Promise.resolve(),
+      initializeAltDeviceLinking: altLinking,
+      startAltLinkingFlow: altLinking,
+    },
+    WAWebLaunchSocketUtils: { refreshQR: () => Cmd.refreshQR() },
+    WAWebMiscBrowserUtils: {
+      info: () => ({ name: 'Chrome', version: (/Chrom(?:e|ium)\/([\d.]+)/.exec(navigator.userAgent) || [])[1] || '', os: 'Linux' }),
+    },
   };
 
   function requireModule(name) {
@@ -803,8 +1075,6 @@
   // ----- boot ----------------------------------------------------------------
 
   async function boot() {
-    window.require = requireModule;
-    window.Debug = { VERSION };
     const reload = document.getElementById('reload-qr');
     if (reload) reload.addEventListener('click', () => Cmd.refreshQR());
     const useHere = document.getElementById('use-here');
@@ -824,6 +1094,9 @@
       page.keys = page.keys || newKeys();
     }
     keysReadyResolve();
+    // The page counts as loaded once the modules can answer, keys included.
+    window.require = requireModule;
+    window.Debug = { VERSION };
     connect(false);
   }
 

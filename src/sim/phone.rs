@@ -29,6 +29,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/devices", web::get().to(devices))
             .route("/devices/{device}/messages", web::get().to(messages))
             .route("/devices/{device}/chat-states", web::get().to(chat_states))
+            .route("/devices/{device}/incoming", web::post().to(incoming))
+            .route("/devices/{device}/incoming", web::get().to(inbox))
             .route("/devices/{device}/logout", web::post().to(logout))
             .route("/devices/{device}/device-removed", web::post().to(device_removed))
             .route("/devices/{device}/conflict", web::post().to(conflict))
@@ -147,6 +149,45 @@ async fn chat_states(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResp
 
 async fn messages(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
     match hub.act(|w, _| w.messages(&device)) {
+        Ok(list) => HttpResponse::Ok().json(list),
+        Err(e) => refused(&e),
+    }
+}
+
+/// `POST /_phone/devices/{device}/incoming` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncomingBody {
+    /// The sender's number: digits, optional `+`.
+    from: String,
+    /// Text.
+    body: String,
+    /// The sender's push name.
+    #[serde(default)]
+    pushname: String,
+}
+
+/// `POST /_phone/devices/{device}/incoming` `{"from", "body", "pushname"?}`
+/// → the held message `{"id", "from", "body", "pushname", "at_ms", "delivered"}`:
+/// a contact writes to the account.
+async fn incoming(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes) -> HttpResponse {
+    let b: IncomingBody = match body(&bytes, false) {
+        Ok(b) => b,
+        Err(e) => return refused(&e),
+    };
+    match hub.act(|w, now| w.incoming(&device, &b.from, &b.body, &b.pushname, now, &mut rand::thread_rng())) {
+        Ok(m) => {
+            tracing::info!(device = %device, id = %m.id, from = %m.from, "phone: a contact wrote to the account");
+            HttpResponse::Ok().json(m)
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `GET /_phone/devices/{device}/incoming` → what contacts sent to the
+/// account, oldest first, each with `delivered` (the device's page has it).
+async fn inbox(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    match hub.act(|w, _| w.inbox(&device)) {
         Ok(list) => HttpResponse::Ok().json(list),
         Err(e) => refused(&e),
     }

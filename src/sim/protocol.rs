@@ -32,6 +32,14 @@ pub enum ClientFrame {
         /// Serialized chat id.
         jid: String,
     },
+    /// The page stored an incoming message ([`ServerFrame::Msg`]): the
+    /// servers stop holding it for this device.
+    Received {
+        /// Key id of the message.
+        id: String,
+        /// Serialized chat id of the sender.
+        from: String,
+    },
     /// `WAWebChatStateBridge`: the account shows "typing…" (`composing`)
     /// or stops (`paused`) in a chat.
     ChatState {
@@ -193,6 +201,20 @@ pub enum ServerFrame {
         req: u64,
         /// On WhatsApp?
         exists: bool,
+    },
+    /// A contact wrote to the account. Sent until the page answers
+    /// [`ClientFrame::Received`]; the page drops a key it already has.
+    Msg {
+        /// Key id.
+        id: String,
+        /// Serialized chat id of the sender, `<digits>@c.us`.
+        from: String,
+        /// Text.
+        body: String,
+        /// The message's timestamp, Unix seconds.
+        t: i64,
+        /// The sender's push name (may be empty).
+        pushname: String,
     },
     /// The phone logged this device out (the page emits `Cmd` `logout`).
     Logout,

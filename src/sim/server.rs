@@ -21,6 +21,9 @@ use super::world::{ConnId, Effect, World};
 const PAGE_HTML: &str = include_str!("page.html");
 /// The page's script, served at `/page.js` with the boot delay filled in.
 const PAGE_JS: &str = include_str!("page.js");
+/// The modules of features the simulator does not model, spliced into the
+/// page's script where `/*__INERT_MODULES__*/` stands.
+const PAGE_INERT_JS: &str = include_str!("page_inert.js");
 /// Largest frame a page may send, bytes.
 const MAX_FRAME_BYTES: usize = 1 << 20;
 /// Longest the ticker sleeps without being woken, so old refs are pruned.
@@ -136,7 +139,7 @@ impl PageAssets {
     /// The assets for a page that boots in `boot_delay`.
     pub fn new(boot_delay: Duration) -> Self {
         let ms = u64::try_from(boot_delay.as_millis()).unwrap_or(u64::MAX);
-        Self { js: PAGE_JS.replace("__BOOT_DELAY_MS__", &ms.to_string()) }
+        Self { js: PAGE_JS.replace("__BOOT_DELAY_MS__", &ms.to_string()).replace("/*__INERT_MODULES__*/", PAGE_INERT_JS) }
     }
 }
 

@@ -93,6 +93,25 @@ pub struct SentMessage {
     pub t: i64,
 }
 
+/// A message a contact sent to the account, as the servers hold it for one
+/// device.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IncomingMessage {
+    /// Key id (32 upper-case hex characters, as an Android phone makes them).
+    pub id: String,
+    /// Sender's chat id, `<digits>@c.us`.
+    pub from: String,
+    /// Text.
+    pub body: String,
+    /// The sender's push name (may be empty).
+    pub pushname: String,
+    /// When the servers took it, Unix epoch ms.
+    pub at_ms: u64,
+    /// The device's page confirmed it has the message; until then every
+    /// new connection of the device gets it again after its history sync.
+    pub delivered: bool,
+}
+
 /// A linked device (a companion of one phone account).
 #[derive(Debug, Clone)]
 struct Device {
@@ -108,6 +127,7 @@ struct Device {
     linked_at_ms: u64,
     log: Vec<SentMessage>,
     chat_states: Vec<ChatStateEvent>,
+    inbox: Vec<IncomingMessage>,
 }
 
 /// A chat state the account showed (`composing` = "typing…").
@@ -318,6 +338,11 @@ impl World {
                     }
                 }
             }
+            (ClientFrame::Received { id, from }, Phase::Linked { device, .. }) => {
+                if let Some(d) = self.devices.get_mut(&device) {
+                    d.inbox.iter_mut().filter(|m| m.id == id && m.from == from).for_each(|m| m.delivered = true);
+                }
+            }
             (ClientFrame::Exists { req, jid }, Phase::Linked { .. }) => {
                 let exists = self.on_whatsapp(&jid);
                 self.effects.push(Effect::Send(conn, ServerFrame::Exists { req, exists }));
@@ -348,6 +373,13 @@ impl World {
                     self.conns.insert(conn, Phase::Linked { device: device.clone(), sync_at_ms: None });
                     let msgs = self.history(&device);
                     self.effects.push(Effect::Send(conn, ServerFrame::History { msgs }));
+                    // What arrived while the device was away comes after the sync.
+                    let held: Vec<ServerFrame> = self
+                        .devices
+                        .get(&device)
+                        .map(|d| d.inbox.iter().filter(|m| !m.delivered).map(msg_frame).collect())
+                        .unwrap_or_default();
+                    self.effects.extend(held.into_iter().map(|f| Effect::Send(conn, f)));
                 }
                 _ => {}
             }
@@ -458,6 +490,7 @@ impl World {
                 linked_at_ms: now_ms,
                 log: Vec::new(),
                 chat_states: Vec::new(),
+                inbox: Vec::new(),
             },
         );
         self.end_batch_of(conn, now_ms);
@@ -528,6 +561,59 @@ impl World {
         } else {
             Err(PhoneError::NotFound(format!("device {device} sent no message with id {id}")))
         }
+    }
+
+    /// A contact (`from`: digits, optional `+`) writes `body` to the
+    /// device's account. The servers hold the message for the device until
+    /// its page confirms it; a page that is connected and synced gets it
+    /// now, any other on its next connection, after the history sync.
+    /// Returns the message. 400: bad number or body; 409: the device is
+    /// not active; 404: no such device.
+    pub fn incoming(
+        &mut self,
+        device: &str,
+        from: &str,
+        body: &str,
+        pushname: &str,
+        now_ms: u64,
+        rng: &mut impl RngCore,
+    ) -> Result<IncomingMessage, PhoneError> {
+        let digits = normalize_phone(from).ok_or_else(|| bad("from must be 5 to 20 digits, optionally after a +"))?;
+        if body.is_empty() || body.len() > MAX_BODY_BYTES {
+            return Err(bad(&format!("body must be 1 to {MAX_BODY_BYTES} bytes")));
+        }
+        if pushname.chars().count() > 25 || pushname.chars().any(char::is_control) {
+            return Err(bad("pushname must be at most 25 characters, no control characters"));
+        }
+        let d = self.active_device(device)?;
+        if d.phone == digits {
+            return Err(bad("from is the account's own number"));
+        }
+        let id = format!("{:016X}{:016X}", rng.next_u64(), rng.next_u64());
+        let msg = IncomingMessage {
+            id,
+            from: format!("{digits}@c.us"),
+            body: body.to_owned(),
+            pushname: pushname.to_owned(),
+            at_ms: now_ms,
+            delivered: false,
+        };
+        d.inbox.push(msg.clone());
+        let synced: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, p)| matches!(p, Phase::Linked { device: dv, sync_at_ms: None } if dv == device))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in synced {
+            self.effects.push(Effect::Send(conn, msg_frame(&msg)));
+        }
+        Ok(msg)
+    }
+
+    /// What contacts sent to the device's account, oldest first.
+    pub fn inbox(&self, device: &str) -> Result<Vec<IncomingMessage>, PhoneError> {
+        self.devices.get(device).map(|d| d.inbox.clone()).ok_or_else(|| no_device(device))
     }
 
     /// Marks numbers (digits, optional `+`) as not on WhatsApp. All or none:
@@ -838,6 +924,11 @@ impl World {
     }
 }
 
+fn msg_frame(m: &IncomingMessage) -> ServerFrame {
+    let t = i64::try_from(m.at_ms / 1000).unwrap_or(i64::MAX);
+    ServerFrame::Msg { id: m.id.clone(), from: m.from.clone(), body: m.body.clone(), t, pushname: m.pushname.clone() }
+}
+
 fn bad(what: &str) -> PhoneError {
     PhoneError::BadRequest(what.to_owned())
 }
@@ -1102,6 +1193,39 @@ mod tests {
         w.frame(c, send("a", "3EB0Q", "4917000000009@c.us", 0), T0, &mut rng);
         w.tick(T0 + 10_000);
         assert_eq!(w.messages(&dev).map(|m| m.iter().map(|m| m.ack).collect::<Vec<_>>()), Ok(vec![1]));
+    }
+
+    #[test]
+    fn incoming_messages_are_held_until_the_page_confirms_them() {
+        let mut w = World::new(timings());
+        let mut rng = rand::thread_rng();
+        let (dev, secret, c) = linked(&mut w, T0);
+        // Not synced yet: held, not sent.
+        let first = w.incoming(&dev, "+4917000000001", "hi", "Ann", T0, &mut rng);
+        let first = first.map(|m| m.id).unwrap_or_default();
+        assert!(frames_to(&w.take_effects(), c).is_empty());
+        w.tick(T0 + 500);
+        let after_sync = frames_to(&w.take_effects(), c);
+        assert!(matches!(after_sync.as_slice(), [ServerFrame::History { .. }, ServerFrame::Msg { id, from, .. }]
+            if *id == first && from == "4917000000001@c.us"));
+        // Synced: the next one goes out at once.
+        assert!(w.incoming(&dev, "4917000000002", "again", "", T0 + 600, &mut rng).is_ok());
+        assert!(matches!(frames_to(&w.take_effects(), c).as_slice(), [ServerFrame::Msg { body, .. }] if body == "again"));
+        w.frame(c, ClientFrame::Received { id: first.clone(), from: "4917000000001@c.us".into() }, T0 + 700, &mut rng);
+        let delivered: Vec<bool> = w.inbox(&dev).unwrap_or_default().iter().map(|m| m.delivered).collect();
+        assert_eq!(delivered, vec![true, false]);
+        // A new connection gets only what its pages never confirmed.
+        w.closed(c, T0 + 800);
+        let c2 = w.open();
+        w.frame(c2, hello(Some((&dev, &secret)), keys(1), false), T0 + 800, &mut rng);
+        w.tick(T0 + 1_300);
+        let msgs: Vec<ServerFrame> =
+            frames_to(&w.take_effects(), c2).into_iter().filter(|f| matches!(f, ServerFrame::Msg { .. })).collect();
+        assert!(matches!(msgs.as_slice(), [ServerFrame::Msg { body, .. }] if body == "again"));
+        assert!(matches!(w.incoming(&dev, "12", "x", "", T0, &mut rng), Err(PhoneError::BadRequest(_))));
+        assert!(matches!(w.incoming(&dev, "4915112345678", "x", "", T0, &mut rng), Err(PhoneError::BadRequest(_))));
+        assert_eq!(w.phone_logout(&dev, T0), Ok(()));
+        assert!(matches!(w.incoming(&dev, "4917000000001", "x", "", T0, &mut rng), Err(PhoneError::Conflict(_))));
     }
 
     #[test]
