@@ -974,17 +974,7 @@ impl Machine {
 
     fn sent(&mut self, idx: u32, result: SendResult, now_ms: u64, shell: &mut impl Shell) {
         match result {
-            SendResult::Sent { ack } => {
-                let ack = ack.max(self.early_ack(idx));
-                // If this write fails the recipient stays SENDING (in memory
-                // as in the store) and a lookup settles it after the pause.
-                if self.write_recipient(idx, &Change::Sent { ack }, now_ms, shell) {
-                    self.moved(idx, RecipientState::Sending, RecipientState::Sent, shell);
-                    self.set_ack(idx, ack);
-                    shell.note(Note::Sent { idx, resolved: false }, &self.record);
-                    self.progress(shell);
-                }
-            }
+            SendResult::Sent { ack } => self.mark_sent(idx, ack, false, now_ms, shell),
             SendResult::NotConnected => {
                 self.back_to_pending(idx, None, true, now_ms, shell);
                 self.wait_for_session(now_ms, shell);
@@ -1020,6 +1010,19 @@ impl Machine {
                 }
                 shell.note(Note::Unresolved { idx, why }, &self.record);
             }
+        }
+    }
+
+    /// WhatsApp has recipient `idx`'s message (`resolved`: a lookup said
+    /// so). If this write fails the recipient stays SENDING (in memory as
+    /// in the store) and a lookup settles it after the pause.
+    fn mark_sent(&mut self, idx: u32, ack: i8, resolved: bool, now_ms: u64, shell: &mut impl Shell) {
+        let ack = ack.max(self.early_ack(idx));
+        if self.write_recipient(idx, &Change::Sent { ack }, now_ms, shell) {
+            self.moved(idx, RecipientState::Sending, RecipientState::Sent, shell);
+            self.set_ack(idx, ack);
+            shell.note(Note::Sent { idx, resolved }, &self.record);
+            self.progress(shell);
         }
     }
 
@@ -1075,15 +1078,7 @@ impl Machine {
 
     fn looked_up(&mut self, idx: u32, result: LookupResult, now_ms: u64, shell: &mut impl Shell) {
         match result {
-            LookupResult::Found { ack } => {
-                let ack = ack.max(self.early_ack(idx));
-                if self.write_recipient(idx, &Change::Sent { ack }, now_ms, shell) {
-                    self.moved(idx, RecipientState::Sending, RecipientState::Sent, shell);
-                    self.set_ack(idx, ack);
-                    shell.note(Note::Sent { idx, resolved: true }, &self.record);
-                    self.progress(shell);
-                }
-            }
+            LookupResult::Found { ack } => self.mark_sent(idx, ack, true, now_ms, shell),
             LookupResult::NotFound => {
                 let (attempts, unknown) = self.entries.as_ref().and_then(|m| m.get(&idx)).map_or((0, false), |e| (e.attempts, e.unknown));
                 if attempts >= self.settings.send_attempts {
