@@ -1,5 +1,6 @@
 //! Reading process facts from `/proc` (Linux): resident and proportional
-//! memory of a process tree, and which processes use a browser profile.
+//! memory of a process tree, and which processes use a browser profile; and
+//! giving the heap's free pages back.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -98,6 +99,16 @@ pub fn browser_pid(profile: &Path) -> Option<u32> {
 pub fn browser_pss_bytes(profile: &Path) -> Option<u64> {
     let main = browser_pid(profile)?;
     Some(tree(main).into_iter().filter_map(pss_bytes).sum())
+}
+
+/// Gives the heap's free pages back to the kernel (glibc's `malloc_trim`),
+/// after work that briefly held hundreds of MB (a large upload's check, a
+/// large campaign's write), so the daemon's RSS falls back.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

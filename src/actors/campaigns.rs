@@ -159,8 +159,7 @@ impl Handler<CreateCampaign> for Campaigns {
                         tally.remove(&record.id);
                     }
                     drop(recipients);
-                    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-                    unsafe { libc::malloc_trim(0) };
+                    crate::procfs::release_free_memory();
                     stored.map(|()| record).map_err(CampaignError::Store)
                 })
                 .await

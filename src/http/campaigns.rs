@@ -316,10 +316,9 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
     let (checked, body) = web::block(move || {
         batch_priority();
         let checked = check_input(&body, country, &limits, now);
-        // Give what the check freed back to the system (renders may have
-        // built strings of up to minijinja's 100 MB before being refused).
-        // SAFETY: malloc_trim only returns free heap pages to the kernel.
-        unsafe { libc::malloc_trim(0) };
+        // Renders may have built strings of up to minijinja's 100 MB
+        // before being refused.
+        crate::procfs::release_free_memory();
         (checked, body)
     })
     .await
