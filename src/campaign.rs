@@ -215,6 +215,26 @@ pub struct CampaignRecord {
     pub duplicates: u32,
 }
 
+impl CampaignRecord {
+    /// This record in `state` for `reason` at `now_ms`: the one rule for the
+    /// fields a state change resets (a wait or a cooldown ends when the
+    /// campaign leaves PAUSED; a final state has no next send).
+    pub fn entering(&self, state: CampaignState, reason: Option<String>, now_ms: u64) -> CampaignRecord {
+        let mut next = self.clone();
+        next.state = state;
+        next.reason = reason;
+        next.updated_ms = now_ms;
+        if state != CampaignState::Paused {
+            next.waiting_since_ms = None;
+            next.resume_at_ms = None;
+        }
+        if state.is_final() {
+            next.next_send_ms = None;
+        }
+        next
+    }
+}
+
 /// A recipient as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecipientRecord {

@@ -387,7 +387,11 @@ impl Campaign {
     }
 
     fn send(&mut self, idx: u32, message_id: String, typing: Duration, ctx: &mut Context<Self>) {
-        let r = match self.io.store.recipient(&self.io.id, idx) {
+        // The machine has just written this recipient SENDING: that write
+        // left the record here, so the store is not read again.
+        let written = self.io.last.take().filter(|r| r.idx == idx && r.message_id.as_deref() == Some(message_id.as_str()));
+        let read = || self.io.store.recipient(&self.io.id, idx);
+        let r = match written.map(|r| Ok(Some(r))).unwrap_or_else(read) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 return self

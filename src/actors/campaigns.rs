@@ -195,13 +195,9 @@ impl Handler<Command> for Campaigns {
             });
         }
         let result = (|| {
-            let mut record = self.stored(&msg.id)?;
+            let record = self.stored(&msg.id)?;
             let (state, reason) = transition(record.state, msg.command).map_err(CampaignError::WrongState)?;
-            record.state = state;
-            record.reason = reason.map(|r| r.as_string());
-            record.waiting_since_ms = None;
-            record.resume_at_ms = None;
-            record.updated_ms = now_ms();
+            let record = record.entering(state, reason.map(|r| r.as_string()), now_ms());
             self.store.put_campaign(&record)?;
             tracing::info!(campaign = %record.id, session = %record.session, event = "campaign.status", state = %state, reason = record.reason.as_deref().unwrap_or(""), "campaign {state}");
             if state == CampaignState::Running {

@@ -566,24 +566,13 @@ impl Machine {
             return Err(CommandError::Refused(format!("the campaign is finishing; cannot {command:?} it").to_lowercase()));
         }
         let (state, reason) = transition(self.record.state, command).map_err(CommandError::Refused)?;
-        if !(state.is_final() && self.flight.is_some()) {
-            // Recorded before it takes effect: a command the store did not
-            // take is refused, so a restart never undoes what the operator
-            // was told.
-            let mut next = self.record.clone();
-            next.state = state;
-            next.reason = reason.as_ref().map(Reason::as_string);
-            next.updated_ms = now_ms;
-            if let Err(e) = shell.write_campaign(&next, true) {
-                self.fault(e.clone(), shell);
-                return Err(CommandError::Unrecorded(e));
-            }
-        }
+        // Recorded before it takes effect: a command the store did not take
+        // is refused, so a restart never undoes what the operator was told.
+        self.try_enter(state, reason, now_ms, shell, true).map_err(CommandError::Unrecorded)?;
         if state == CampaignState::Paused {
             shell.cancel(Timer::Pace);
             shell.cancel(Timer::Grace);
         }
-        self.enter(state, reason, now_ms, shell);
         if state == CampaignState::Running {
             self.step(now_ms, rng, shell);
         }
@@ -742,8 +731,30 @@ impl Machine {
     }
 
     fn enter(&mut self, state: CampaignState, reason: Option<Reason>, now_ms: u64, shell: &mut impl Shell) {
+        // The only error is a refused write, and `refuse` is off.
+        let _ = self.try_enter(state, reason, now_ms, shell, false);
+    }
+
+    /// Enters `state`, stored and flushed first. A write that fails is
+    /// noted (the next step pauses), and then:
+    /// - `refuse` (an operator's command): nothing changes; the error is
+    ///   returned;
+    /// - a final state waits, sending nothing, and the store check enters
+    ///   it once writes succeed (else a restart would carry on a campaign
+    ///   that was reported over, an operator's cancel);
+    /// - any other state is entered anyway: the state in memory decides,
+    ///   and after a crash the campaign restarts from its stored
+    ///   RUNNING/PAUSED and settles SENDING recipients.
+    fn try_enter(
+        &mut self,
+        state: CampaignState,
+        reason: Option<Reason>,
+        now_ms: u64,
+        shell: &mut impl Shell,
+        refuse: bool,
+    ) -> Result<(), String> {
         if self.done || (self.record.state == state && self.reason == reason) {
-            return;
+            return Ok(());
         }
         if self.flight.is_some() && (state.is_final() || self.finish_after.is_some()) {
             // The first final state waits for the flight; an operator's
@@ -752,40 +763,24 @@ impl Machine {
                 self.finish_after = Some((state, reason));
             }
             shell.cancel(Timer::Pace);
-            return;
+            return Ok(());
         }
-        let mut next = self.record.clone();
-        next.state = state;
-        next.reason = reason.as_ref().map(Reason::as_string);
-        if state != CampaignState::Paused {
-            next.waiting_since_ms = None;
-            next.resume_at_ms = None;
-        }
-        if state.is_final() {
-            next.next_send_ms = None;
-            // A final state is entered only once it is stored: else a
-            // restart would carry on a campaign that was reported over (an
-            // operator's cancel). Until then it waits, sending nothing,
-            // and the store check enters it once writes succeed.
-            next.updated_ms = now_ms;
-            if let Err(e) = shell.write_campaign(&next, true) {
-                self.fault(e, shell);
+        let next = self.record.entering(state, reason.as_ref().map(Reason::as_string), now_ms);
+        if let Err(e) = shell.write_campaign(&next, true) {
+            self.fault(e.clone(), shell);
+            if refuse {
+                return Err(e);
+            }
+            if state.is_final() {
                 if !matches!(self.finish_after, Some((CampaignState::Cancelled, _))) {
                     self.finish_after = Some((state, reason));
                 }
                 shell.cancel(Timer::Pace);
                 shell.schedule(Timer::StoreRetry, now_ms.saturating_add(ms(self.settings.store_retry)));
-                return;
+                return Ok(());
             }
-            self.record = next;
-        } else {
-            self.record = next;
-            // A failure here is noted (the next step pauses); the state in
-            // memory is what decides, and after a crash the campaign
-            // restarts from its stored RUNNING/PAUSED and settles SENDING
-            // recipients.
-            self.save(now_ms, true, shell);
         }
+        self.record = next;
         self.reason = reason;
         shell.note(Note::Status { state, reason: self.reason.clone() }, &self.record);
         if state.is_final() {
@@ -795,6 +790,7 @@ impl Machine {
             }
             shell.finished(&self.record);
         }
+        Ok(())
     }
 
     fn paused_for(&self, reason: &Reason) -> bool {
