@@ -157,6 +157,19 @@ fn wait_entry(api: &Api, name: &str, t0_ms: u64, what: &str, pred: impl Fn(&Valu
     })
 }
 
+/// Creates the campaign `body` and waits (asking every `every`, at most
+/// `within`) until it is COMPLETED; returns its id. Errors: the API refused
+/// it, or it did not complete in time.
+fn run_campaign(api: &Api, body: Value, what: &str, within: Duration, every: Duration) -> anyhow::Result<String> {
+    let c = api.call("POST", "/api/campaigns", Some(body))?;
+    let id = c["id"].as_str().context("no campaign id")?.to_string();
+    wait_until(what, within, every, || {
+        let v = api.call("GET", &format!("/api/campaigns/{id}"), None).ok()?;
+        (crate::campaign::CampaignState::of(&v["state"]) == Some(crate::campaign::CampaignState::Completed)).then_some(())
+    })?;
+    Ok(id)
+}
+
 /// Total size of the files under `dir`, bytes.
 fn dir_size(dir: &std::path::Path) -> u64 {
     let mut total = 0;
@@ -286,20 +299,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let pid = daemon.pid().context("daemon is gone")?;
     let cpu0 = procfs::cpu_time(pid).unwrap_or_default();
     let started = Instant::now();
-    let c = api.call(
-        "POST",
-        "/api/campaigns",
-        Some(json!({
-            "name": "bench", "session": "bench", "template": "bench {{ n }}", "recipients": recipients,
-            "pacing": {"min_delay": "0s", "max_delay": "0s"}, "start": true,
-        })),
-    )?;
-    let id = c["id"].as_str().context("no campaign id")?.to_string();
-    // Polled once a second: each poll costs the daemon a scan of the recipients.
-    wait_until("the zero-delay campaign", Duration::from_secs(1800), Duration::from_secs(1), || {
-        let v = api.call("GET", &format!("/api/campaigns/{id}"), None).ok()?;
-        (v["state"] == "COMPLETED").then_some(v)
-    })?;
+    let body = json!({
+        "name": "bench", "session": "bench", "template": "bench {{ n }}", "recipients": recipients,
+        "pacing": {"min_delay": "0s", "max_delay": "0s"}, "start": true,
+    });
+    run_campaign(api, body, "the zero-delay campaign", Duration::from_secs(1800), Duration::from_secs(1))?;
     let took = started.elapsed();
     let cpu = procfs::cpu_time(pid).unwrap_or_default().saturating_sub(cpu0);
     let n = f64::from(args.campaign_size.max(1));
@@ -315,19 +319,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Pacing error: scheduled vs actual start of each send.
     let recipients: Vec<Value> = (0..50).map(|i| json!({"phone": format!("+49152{:08}", 10_000_000 + i)})).collect();
-    let c = api.call(
-        "POST",
-        "/api/campaigns",
-        Some(json!({
-            "name": "pacing", "session": "bench", "template": "paced", "recipients": recipients,
-            "pacing": {"min_delay": "100ms", "max_delay": "200ms"}, "start": true,
-        })),
-    )?;
-    let paced = c["id"].as_str().context("no campaign id")?.to_string();
-    wait_until("the paced campaign", Duration::from_secs(300), Duration::from_millis(100), || {
-        let v = api.call("GET", &format!("/api/campaigns/{paced}"), None).ok()?;
-        (v["state"] == "COMPLETED").then_some(v)
-    })?;
+    let body = json!({
+        "name": "pacing", "session": "bench", "template": "paced", "recipients": recipients,
+        "pacing": {"min_delay": "100ms", "max_delay": "200ms"}, "start": true,
+    });
+    let paced = run_campaign(api, body, "the paced campaign", Duration::from_secs(300), Duration::from_millis(100))?;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let mut late: Vec<Duration> = log
         .lines()

@@ -455,7 +455,7 @@ pub fn run(args: &BenchArgs, versus: &str) -> anyhow::Result<()> {
             })?;
             wait_until("both systems to finish their sends", Duration::from_secs(300), Duration::from_millis(200), || {
                 let c = api.call("GET", &format!("/api/campaigns/{campaign}"), None).ok()?;
-                let done = matches!(c["state"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED"));
+                let done = crate::campaign::CampaignState::of(&c["state"]).is_some_and(crate::campaign::CampaignState::is_final);
                 (done && harness.pending(0) == 0).then_some(())
             })?;
             for (figures, phone_number, outcome) in [(&mut wasup, WASUP_PHONE, a), (&mut wwebjs, WWEBJS_PHONE, b)] {
