@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::actors::campaigns::{Campaigns, HaltAll};
 use crate::actors::driver::Driver;
+use crate::actors::messages::CampaignLinks;
 use crate::actors::notifier::Notifier;
 use crate::actors::supervisor::{ShutdownAll, Supervisor};
 use crate::config::Config;
@@ -69,16 +70,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // registry's address exists before it runs.
         let campaigns_ctx = actix::Context::<Campaigns>::new();
         let campaigns_addr = actix::AsyncContext::address(&campaigns_ctx);
-        let supervisor = Supervisor::new(
-            config.clone(),
-            store.clone(),
-            driver.clone(),
-            notifier,
-            events.clone(),
-            campaigns_addr.clone().recipient(),
-            campaigns_addr.recipient(),
-        )
-        .start();
+        let supervisor =
+            Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier, events.clone(), CampaignLinks::to(&campaigns_addr))
+                .start();
         let campaigns = campaigns_ctx.run(Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone(), tally.clone()));
         let max_body = config.http.max_body_bytes;
         let state = AppState {

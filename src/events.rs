@@ -37,11 +37,15 @@ pub enum EventName {
     StoreFailing,
     /// `store.recovered`: store writes succeed again.
     StoreRecovered,
+    /// `message.received`: a contact's message reached the account.
+    MessageReceived,
+    /// `contact.opted_out`: a contact asked not to be messaged again.
+    ContactOptedOut,
 }
 
 impl EventName {
     /// Every name.
-    pub const ALL: [EventName; 11] = [
+    pub const ALL: [EventName; 13] = [
         Self::SessionStatus,
         Self::SessionQr,
         Self::SessionRestartScheduled,
@@ -53,6 +57,8 @@ impl EventName {
         Self::MessageAck,
         Self::StoreFailing,
         Self::StoreRecovered,
+        Self::MessageReceived,
+        Self::ContactOptedOut,
     ];
 
     /// The dotted name.
@@ -69,6 +75,8 @@ impl EventName {
             Self::MessageAck => "message.ack",
             Self::StoreFailing => "store.failing",
             Self::StoreRecovered => "store.recovered",
+            Self::MessageReceived => "message.received",
+            Self::ContactOptedOut => "contact.opted_out",
         }
     }
 

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt};
-use crate::actors::messages::{Finished, MessageAcked, SessionChanged};
+use crate::actors::messages::{Finished, MessageAcked, MessageReceived, SessionChanged};
 use crate::actors::supervisor::{GetSession, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
 use crate::config::Config;
-use crate::events::Events;
+use crate::events::{Event, EventName, Events};
 use crate::policy::campaign::{ack_applies, transition, Change, CommandError};
 use crate::session_state::now_ms;
 use crate::store::Store;
@@ -264,6 +264,15 @@ impl Handler<MessageAcked> for Campaigns {
                 }
             }
         }
+    }
+}
+
+impl Handler<MessageReceived> for Campaigns {
+    type Result = ();
+
+    fn handle(&mut self, msg: MessageReceived, _ctx: &mut Self::Context) {
+        let detail = serde_json::json!({"from": msg.from, "id": msg.id, "type": msg.kind, "body": msg.body, "at_ms": msg.at_ms});
+        self.events.publish(Event::session(EventName::MessageReceived, &msg.session).detail(detail));
     }
 }
 

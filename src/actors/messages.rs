@@ -74,3 +74,46 @@ pub struct SessionChanged {
 pub struct Finished {
     pub id: String,
 }
+
+/// From a Session: a contact's message reached the account (WhatsApp Web's
+/// `Msg` collection gained a message that is not from this account, as
+/// whatsapp-web.js's `message` event reports).
+#[derive(Message, Debug, Clone, serde::Serialize)]
+#[rtype(result = "()")]
+pub struct MessageReceived {
+    pub session: String,
+    /// The sender's number, E.164 digits without `+` (`"4915199990000"`).
+    pub from: String,
+    /// WhatsApp's message id.
+    pub id: String,
+    /// `"chat"` for text; `"image"`, `"document"`, `"audio"`, ... for media.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text, or a media message's caption (empty when none).
+    pub body: String,
+    /// When WhatsApp stamped it, Unix epoch ms.
+    pub at_ms: u64,
+}
+
+/// Where a session's news for the campaigns goes (the Campaigns registry):
+/// its state changes (from the Supervisor), and its acks and incoming
+/// messages (from the Session, directly).
+#[derive(Clone)]
+pub struct CampaignLinks {
+    pub changes: Recipient<SessionChanged>,
+    pub acks: Recipient<MessageAcked>,
+    pub incoming: Recipient<MessageReceived>,
+}
+
+impl CampaignLinks {
+    /// All three to one actor.
+    pub fn to<A>(addr: &Addr<A>) -> Self
+    where
+        A: Actor + Handler<SessionChanged> + Handler<MessageAcked> + Handler<MessageReceived>,
+        A::Context: actix::dev::ToEnvelope<A, SessionChanged>
+            + actix::dev::ToEnvelope<A, MessageAcked>
+            + actix::dev::ToEnvelope<A, MessageReceived>,
+    {
+        Self { changes: addr.clone().recipient(), acks: addr.clone().recipient(), incoming: addr.clone().recipient() }
+    }
+}

@@ -19,7 +19,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::actors::driver::{Driver, GetDriverUrl};
-use crate::actors::messages::{MessageAcked, SessionEnded, SessionHealth, SessionStatus};
+use crate::actors::messages::{MessageAcked, MessageReceived, SessionEnded, SessionHealth, SessionStatus};
 use crate::config::{Config, ConflictPolicy};
 use crate::policy::health::{self, Beat, Heartbeat};
 use crate::policy::EndReason;
@@ -120,6 +120,7 @@ pub struct Reports {
     pub ended: Recipient<SessionEnded>,
     pub health: Recipient<SessionHealth>,
     pub acks: Recipient<MessageAcked>,
+    pub incoming: Recipient<MessageReceived>,
 }
 
 /// The Session actor. See the module docs.

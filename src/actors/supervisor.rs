@@ -19,7 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::driver::Driver;
-use crate::actors::messages::{MessageAcked, SessionChanged, SessionEnded, SessionHealth, SessionStatus};
+use crate::actors::messages::{CampaignLinks, SessionChanged, SessionEnded, SessionHealth, SessionStatus};
 use crate::actors::notifier::{Alert, Notifier};
 use crate::actors::session::{self, LogoutPage, Reports, SendOutcome, SendText, Session};
 use crate::config::{Config, KeyFilesAction};
@@ -194,27 +194,25 @@ pub struct Supervisor {
     store: Store,
     driver: Addr<Driver>,
     notifier: Addr<Notifier>,
-    /// Where session state changes go (the Campaigns registry).
-    campaigns: Recipient<SessionChanged>,
-    /// Where Sessions send acks (the Campaigns registry, directly).
-    acks: Recipient<MessageAcked>,
+    /// Where session state changes go, and where Sessions send acks and
+    /// incoming messages (the Campaigns registry).
+    campaigns: CampaignLinks,
     events: Events,
     slots: BTreeMap<String, Slot>,
 }
 
 impl Supervisor {
-    /// `campaigns` and `acks` lead to the Campaigns registry (which needs
-    /// the Supervisor's address in turn: see `daemon::run`).
+    /// `campaigns` leads to the Campaigns registry (which needs the
+    /// Supervisor's address in turn: see `daemon::run`).
     pub fn new(
         config: Arc<Config>,
         store: Store,
         driver: Addr<Driver>,
         notifier: Addr<Notifier>,
         events: Events,
-        campaigns: Recipient<SessionChanged>,
-        acks: Recipient<MessageAcked>,
+        campaigns: CampaignLinks,
     ) -> Self {
-        Self { policy: config.restart.policy(), config, store, driver, notifier, campaigns, acks, events, slots: BTreeMap::new() }
+        Self { policy: config.restart.policy(), config, store, driver, notifier, campaigns, events, slots: BTreeMap::new() }
     }
 
     /// Appends a decision event to the session's history.
@@ -273,7 +271,7 @@ impl Supervisor {
             _ => tracing::info!(session = %name, event = "session.status", state = %state, reason, "session {state}"),
         }
         self.events.publish(Event::session(EventName::SessionStatus, name).session_state(state, Some(reason).filter(|r| !r.is_empty())));
-        self.campaigns.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
+        self.campaigns.changes.do_send(SessionChanged { name: name.to_string(), state, reason: reason.to_string() });
         if changed.alert {
             let message = format!("session {name} is {state} ({reason})");
             self.alert(name, EventName::SessionStatus, message, serde_json::Value::Null);
@@ -321,7 +319,8 @@ impl Supervisor {
             status: ctx.address().recipient(),
             ended: ctx.address().recipient(),
             health: ctx.address().recipient(),
-            acks: self.acks.clone(),
+            acks: self.campaigns.acks.clone(),
+            incoming: self.campaigns.incoming.clone(),
         };
         let session = Session::new(name.to_string(), slot.session.generation, self.config.clone(), self.driver.clone(), reports, linked);
         slot.addr = Some(session.start());
