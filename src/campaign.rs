@@ -210,6 +210,16 @@ pub struct CampaignRecord {
     /// When the next send is due, if one is scheduled.
     #[serde(default)]
     pub next_send_ms: Option<u64>,
+    /// Why the next send waits until `next_send_ms`: `gap`, `quiet_hours`,
+    /// `daily_cap`, `warmup` or `first_contact_cap`.
+    #[serde(default)]
+    pub next_send_hold: Option<String>,
+    /// Sent recipients that wrote back.
+    #[serde(default)]
+    pub replies: u32,
+    /// Sent recipients that opted out.
+    #[serde(default)]
+    pub opt_outs: u32,
     pub total: u32,
     /// Rows dropped at creation because their number was already listed.
     pub duplicates: u32,
@@ -230,6 +240,7 @@ impl CampaignRecord {
         }
         if state.is_final() {
             next.next_send_ms = None;
+            next.next_send_hold = None;
         }
         next
     }
@@ -258,6 +269,12 @@ pub struct RecipientRecord {
     pub attempts: u32,
     pub sent_at_ms: Option<u64>,
     pub updated_ms: u64,
+    /// When the contact first wrote back after the send, epoch ms.
+    #[serde(default)]
+    pub replied_at_ms: Option<u64>,
+    /// When the contact opted out after the send, epoch ms.
+    #[serde(default)]
+    pub opted_out_at_ms: Option<u64>,
 }
 
 /// A row of input: its line and its fields (`phone` plus variables).
@@ -567,6 +584,8 @@ pub fn recipients(
             attempts: 0,
             sent_at_ms: None,
             updated_ms: now_ms,
+            replied_at_ms: None,
+            opted_out_at_ms: None,
         });
     }
     if !errors.is_empty() {

@@ -23,7 +23,100 @@ pub struct Config {
     pub health: HealthConfig,
     pub alerts: AlertsConfig,
     pub campaigns: CampaignsConfig,
+    pub numbers: NumbersConfig,
+    pub opt_outs: OptOutsConfig,
     pub limits: LimitsConfig,
+}
+
+/// `[numbers]`: pacing per WhatsApp number (session), shared by all its
+/// campaigns; a campaign's own pacing can only slow it down further. The
+/// number's daily cap and quiet hours are `campaigns.daily_cap` and
+/// `campaigns.quiet_hours`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumbersConfig {
+    /// Shortest gap after the number's previous send ended. Default 20 s.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// Longest gap. Default 45 s.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Campaign sends per day to numbers that never wrote to this account;
+    /// 0: no cap. Default 0 (one report: 15–20 such messages a day got a
+    /// number restricted, Baileys issue #1983).
+    pub first_contact_cap: u32,
+    pub warmup: WarmupConfig,
+}
+
+impl Default for NumbersConfig {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_secs(20),
+            max_delay: Duration::from_secs(45),
+            first_contact_cap: 0,
+            warmup: WarmupConfig::default(),
+        }
+    }
+}
+
+/// `[numbers.warmup]`: a new number's daily cap starts at `start` and grows
+/// by `growth` each day it sends, up to `campaigns.daily_cap`; after
+/// `idle_reset` without a send it starts again. See
+/// [`crate::policy::pacing::Warmup`] for the sources of the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmupConfig {
+    /// Default true.
+    pub enabled: bool,
+    /// The first day's cap. Default 20.
+    pub start: u32,
+    /// Growth per sending day. Default 1.5.
+    pub growth: f64,
+    /// Idle time after which the ramp starts again (whole days count).
+    /// Default 14 days.
+    #[serde(with = "humantime_serde")]
+    pub idle_reset: Duration,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        Self { enabled: true, start: 20, growth: 1.5, idle_reset: Duration::from_secs(14 * 86_400) }
+    }
+}
+
+impl NumbersConfig {
+    /// The rules every number runs under.
+    pub fn rules(&self, campaigns: &CampaignsConfig) -> crate::policy::pacing::NumberRules {
+        let w = &self.warmup;
+        crate::policy::pacing::NumberRules {
+            min_delay: self.min_delay,
+            max_delay: self.max_delay,
+            daily_cap: (campaigns.daily_cap > 0).then_some(campaigns.daily_cap),
+            warmup: w.enabled.then(|| crate::policy::pacing::Warmup {
+                start: w.start,
+                growth: w.growth,
+                idle_reset_days: u32::try_from(w.idle_reset.as_secs() / 86_400).unwrap_or(u32::MAX),
+            }),
+            first_contact_cap: (self.first_contact_cap > 0).then_some(self.first_contact_cap),
+        }
+    }
+}
+
+/// `[opt_outs]`: replies that put their sender on the session's opt-out
+/// list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptOutsConfig {
+    /// A reply whose whole text is one of these (ignoring case, accents,
+    /// surrounding spaces and punctuation) opts its sender out. Default:
+    /// [`crate::optout::DEFAULT_KEYWORDS`].
+    pub keywords: Vec<String>,
+}
+
+impl Default for OptOutsConfig {
+    fn default() -> Self {
+        Self { keywords: crate::optout::DEFAULT_KEYWORDS.iter().map(|k| k.to_string()).collect() }
+    }
 }
 
 /// `[limits]`: bounds on everything a request can make the daemon hold or
@@ -92,11 +185,11 @@ pub struct CampaignsConfig {
     /// ISO 3166 country for numbers written without a country code
     /// (`0151 …`); empty: such numbers are refused. Default empty.
     pub default_country: String,
-    /// Sends per session per day, shared by all its campaigns; 0: no cap.
-    /// Default 0.
+    /// Campaign sends per session (number) per day, shared by all its
+    /// campaigns; 0: no cap (a warm-up ramp still applies). Default 0.
     pub daily_cap: u32,
-    /// Quiet hours for every campaign, `"22:00-08:00"`; empty: none. A
-    /// campaign's own `pacing.quiet_hours` wins.
+    /// The number's quiet hours, `"22:00-08:00"`; empty: none. A
+    /// campaign's own `pacing.quiet_hours` apply as well.
     pub quiet_hours: String,
     /// How long a campaign waits for its lost session before it fails.
     /// Default 10 min.
@@ -117,6 +210,11 @@ pub struct CampaignsConfig {
     /// Longest typing time. Default 8 s.
     #[serde(with = "humantime_serde")]
     pub typing_max: Duration,
+    /// A running campaign pauses (`PAUSED(opt_out_rate)`) when more than
+    /// this share of its sent recipients opted out. Default 0.05.
+    pub max_opt_out_rate: f64,
+    /// ... counted from this many sent recipients on. Default 20.
+    pub opt_out_min_sent: u32,
 }
 
 impl Default for CampaignsConfig {
@@ -132,6 +230,8 @@ impl Default for CampaignsConfig {
             retry_base: Duration::from_secs(5),
             typing_per_char: Duration::from_millis(50),
             typing_max: Duration::from_secs(8),
+            max_opt_out_rate: 0.05,
+            opt_out_min_sent: 20,
         }
     }
 }
@@ -540,6 +640,21 @@ impl Config {
         if !self.campaigns.quiet_hours.trim().is_empty() {
             self.campaigns.quiet_hours.parse::<crate::policy::pacing::QuietHours>().map_err(|e| format!("campaigns.quiet_hours: {e}"))?;
         }
+        if !(0.0..=1.0).contains(&self.campaigns.max_opt_out_rate) {
+            return Err("campaigns.max_opt_out_rate must be between 0 and 1".into());
+        }
+        if self.numbers.max_delay < self.numbers.min_delay {
+            return Err("numbers.max_delay must be >= numbers.min_delay".into());
+        }
+        if self.numbers.max_delay > self.limits.max_gap {
+            return Err("numbers.max_delay must be <= limits.max_gap".into());
+        }
+        if self.numbers.warmup.enabled && (self.numbers.warmup.start == 0 || !(1.0..=100.0).contains(&self.numbers.warmup.growth)) {
+            return Err("numbers.warmup: start must be >= 1 and growth between 1 and 100".into());
+        }
+        if self.opt_outs.keywords.iter().any(|k| crate::optout::fold(k).is_empty()) {
+            return Err("opt_outs.keywords: a keyword is empty once spaces and punctuation are dropped".into());
+        }
         if self.campaigns.send_attempts == 0 {
             return Err("campaigns.send_attempts must be at least 1".into());
         }
@@ -630,5 +745,10 @@ mod tests {
         let text = include_str!("../config.toml");
         let c = Config::parse(text, Path::new("config.toml")).unwrap();
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:8787");
+        // The documented defaults are the defaults.
+        let d = Config::default();
+        assert_eq!(c.opt_outs.keywords, d.opt_outs.keywords);
+        assert_eq!(c.numbers.rules(&c.campaigns), d.numbers.rules(&d.campaigns));
+        assert_eq!((c.campaigns.max_opt_out_rate, c.campaigns.opt_out_min_sent), (0.05, 20));
     }
 }

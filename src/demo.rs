@@ -58,7 +58,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut sim = Sim::start(&exe, &[], Log::verbose(args.verbose))?;
     let sim_base = sim.base.clone();
     say(format!("started the WhatsApp Web simulator on {sim_base}"));
-    let setup = DaemonSetup::new(&dir.0, &sim_base, "")?;
+    // The number's own pacing (shared by all its campaigns) as the demo's,
+    // with the warm-up ramp on: a new number's first day allows 20 sends.
+    let numbers = format!(
+        "[numbers]\nmin_delay = \"{}\"\nmax_delay = \"{}\"\n[numbers.warmup]\nenabled = true\n",
+        humantime::format_duration(args.min_delay),
+        humantime::format_duration(args.max_delay)
+    );
+    let setup = DaemonSetup::new(&dir.0, &sim_base, &numbers)?;
     let mut daemon = setup.start(&exe, args.verbose)?;
     let api = &setup.api;
     say(format!("started the daemon: API on {}", api.base));

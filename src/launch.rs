@@ -461,20 +461,27 @@ pub struct DaemonSetup {
 impl DaemonSetup {
     /// Writes `dir/config.toml`: `[http] listen` on a free port, `[state]
     /// dir`, `[whatsapp] url = sim_base`, then `extra` (more TOML, which may
-    /// continue the `[whatsapp]` table). The token is random.
+    /// continue the `[whatsapp]` table). Unless `extra` has its own
+    /// `[numbers]` or `[numbers.warmup]`, the number's gap is 0 and its
+    /// warm-up off, so each campaign's own pacing decides (tests and benches
+    /// pace in milliseconds). The token is random.
     ///
     /// Errors: no free port, or the file could not be written.
     pub fn new(dir: &Path, sim_base: &str, extra: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
         let state_dir = dir.join("state");
         let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n[whatsapp]\nurl = \"{sim_base}/\"\n{extra}",
-                state_dir.display()
-            ),
-        )?;
+        let mut text = format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n[whatsapp]\nurl = \"{sim_base}/\"\n{extra}\n",
+            state_dir.display()
+        );
+        if !extra.contains("[numbers]") {
+            text.push_str("[numbers]\nmin_delay = \"0s\"\nmax_delay = \"0s\"\n");
+        }
+        if !extra.contains("[numbers.warmup]") {
+            text.push_str("[numbers.warmup]\nenabled = false\n");
+        }
+        std::fs::write(&config, text)?;
         let token = format!("local-{:016x}", rand::thread_rng().gen::<u64>());
         Ok(Self { config, api: Api::new(format!("http://127.0.0.1:{port}"), token), state_dir })
     }

@@ -21,6 +21,7 @@ pub mod events;
 pub mod http;
 pub mod launch;
 pub mod notify;
+pub mod optout;
 pub mod policy;
 pub mod procfs;
 pub mod profile;

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::campaign::{CampaignRecord, RecipientRecord};
+use crate::policy::pacing::{DayCount, NumberRecord};
 use crate::session_state::{Me, SessionState};
 
 /// Whether an operator wants the session to run; survives restarts.
@@ -112,6 +113,9 @@ struct Trees {
     recipients: sled::Tree,
     messages: sled::Tree,
     daily: sled::Tree,
+    numbers: sled::Tree,
+    opt_outs: sled::Tree,
+    contacts: sled::Tree,
 }
 
 impl Trees {
@@ -125,6 +129,9 @@ impl Trees {
             recipients: db.open_tree("recipients")?,
             messages: db.open_tree("messages")?,
             daily: db.open_tree("daily")?,
+            numbers: db.open_tree("numbers")?,
+            opt_outs: db.open_tree("opt_outs")?,
+            contacts: db.open_tree("contacts")?,
             db,
         })
     }
@@ -472,6 +479,102 @@ impl Store {
         Ok(v.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
     }
 
+    /// A session's sends on `day`: all, and first contacts.
+    pub fn day_count(&self, session: &str, day: &str) -> Result<DayCount, StoreError> {
+        let t = self.t()?;
+        let read = |key: Vec<u8>| -> Result<u32, StoreError> {
+            Ok(t.daily.get(key)?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+        };
+        Ok(DayCount { sent: read(daily_key(session, day))?, first_contacts: read(daily_key(session, &format!("{day}:first")))? })
+    }
+
+    /// Counts a campaign send on `day` (and a first contact, if it is one)
+    /// and stores the number's pacing state, then flushes: all of it must
+    /// be on disk before the send.
+    pub fn count_number_send(&self, session: &str, day: &str, number: &NumberRecord, first_contact: bool) -> Result<(), StoreError> {
+        self.count_send(session, day)?;
+        if first_contact {
+            self.count_send(session, &format!("{day}:first"))?;
+        }
+        self.put_number(session, number, false)?;
+        self.flush()
+    }
+
+    /// A session's stored pacing state (the default before its first send).
+    pub fn number(&self, session: &str) -> Result<NumberRecord, StoreError> {
+        match self.t()?.numbers.get(session.as_bytes())? {
+            Some(v) => Ok(serde_json::from_slice(&v)?),
+            None => Ok(NumberRecord::default()),
+        }
+    }
+
+    /// Stores a session's pacing state (flushed if `flush`).
+    pub fn put_number(&self, session: &str, number: &NumberRecord, flush: bool) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(number)?;
+        self.write(|t| Ok(t.numbers.insert(session.as_bytes(), value).map(|_| ())?))?;
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The session's opt-out entry for `phone` (E.164 digits, no `+`).
+    pub fn opt_out(&self, session: &str, phone: &str) -> Result<Option<OptOut>, StoreError> {
+        match self.t()?.opt_outs.get(contact_key(session, phone))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The session's opt-out list, by phone.
+    pub fn opt_outs(&self, session: &str) -> Result<Vec<OptOut>, StoreError> {
+        self.t()?.opt_outs.scan_prefix(prefix(session)).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+    }
+
+    /// Adds entries to the session's opt-out list, flushed (an entry that
+    /// is already there keeps its first time and source). Returns how many
+    /// were new.
+    pub fn add_opt_outs(&self, session: &str, entries: &[OptOut]) -> Result<usize, StoreError> {
+        let mut added = 0;
+        for chunk in entries.chunks(1000) {
+            let mut batch = sled::Batch::default();
+            let t = self.t()?;
+            for e in chunk {
+                let key = contact_key(session, &e.phone);
+                if t.opt_outs.get(&key)?.is_none() {
+                    batch.insert(key, serde_json::to_vec(e)?);
+                    added += 1;
+                }
+            }
+            self.write(|t| Ok(t.opt_outs.apply_batch(batch)?))?;
+        }
+        self.flush()?;
+        Ok(added)
+    }
+
+    /// Removes `phone` from the session's opt-out list, flushed; `false`
+    /// if it was not on it.
+    pub fn remove_opt_out(&self, session: &str, phone: &str) -> Result<bool, StoreError> {
+        let had = self.write(|t| Ok(t.opt_outs.remove(contact_key(session, phone))?))?;
+        self.flush()?;
+        Ok(had.is_some())
+    }
+
+    /// Notes that `phone` wrote to the session's account at `at_ms` (the
+    /// first time is kept). Not flushed: losing it only counts a later send
+    /// as a first contact, which is stricter.
+    pub fn note_contact(&self, session: &str, phone: &str, at_ms: u64) -> Result<(), StoreError> {
+        self.write(|t| {
+            t.contacts.compare_and_swap(contact_key(session, phone), None as Option<&[u8]>, Some(at_ms.to_be_bytes().to_vec()))?.ok();
+            Ok(())
+        })
+    }
+
+    /// Whether `phone` ever wrote to the session's account.
+    pub fn has_written(&self, session: &str, phone: &str) -> Result<bool, StoreError> {
+        Ok(self.t()?.contacts.contains_key(contact_key(session, phone))?)
+    }
+
     /// The database's size on disk, bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.t()?.db.size_on_disk()?)
@@ -482,6 +585,24 @@ fn recipient_key(campaign: &str, idx: u32) -> Vec<u8> {
     let mut key = prefix(campaign);
     key.extend_from_slice(&idx.to_be_bytes());
     key
+}
+
+/// The key of a session's contact: its E.164 digits.
+fn contact_key(session: &str, phone: &str) -> Vec<u8> {
+    let mut key = prefix(session);
+    key.extend_from_slice(phone.trim_start_matches('+').as_bytes());
+    key
+}
+
+/// One number on a session's opt-out list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OptOut {
+    /// E.164 digits without `+` (`"4915199990000"`).
+    pub phone: String,
+    /// When it was added, Unix epoch ms.
+    pub at_ms: u64,
+    /// `reply` (the contact wrote an opt-out keyword), `api` or `import`.
+    pub source: String,
 }
 
 fn daily_key(session: &str, day: &str) -> Vec<u8> {
@@ -565,6 +686,9 @@ mod tests {
             resume_at_ms: None,
             last_send_ms: None,
             next_send_ms: None,
+            next_send_hold: None,
+            replies: 0,
+            opt_outs: 0,
             total: 2,
             duplicates: 0,
         };

@@ -7,7 +7,10 @@
 //! - no send unless its recipient was flushed `SENDING` with that id, and
 //!   the day's count flushed;
 //! - no recipient reaches WhatsApp twice;
-//! - no send inside quiet hours or over the daily cap;
+//! - no send inside quiet hours, or over the daily, warm-up or
+//!   first-contact cap, or sooner than the number's gap after its previous
+//!   send;
+//! - no send to a contact on the opt-out list;
 //! - a final campaign state only with nothing in flight.
 //!
 //! And at the end: the campaign completes, and every recipient is `SENT`
@@ -21,9 +24,9 @@ use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use wasup::campaign::{CampaignRecord, CampaignState, Counts, PacingSpec, RecipientRecord, RecipientState};
 use wasup::policy::campaign::{
-    Change, Command, CommandError, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
+    Change, Command, CommandError, Contact, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
 };
-use wasup::policy::pacing::{Pacing, QuietHours};
+use wasup::policy::pacing::{DayCount, NumberRecord, NumberRules, Pacing, QuietHours, Warmup};
 use wasup::session_state::SessionState;
 
 /// A send or lookup the machine is waiting for.
@@ -42,6 +45,20 @@ struct World {
     volatile_campaign: Option<CampaignRecord>,
     durable_days: BTreeMap<String, u32>,
     volatile_days: BTreeMap<String, u32>,
+    durable_number: NumberRecord,
+    volatile_number: Option<NumberRecord>,
+    /// Recipients on the opt-out list (stored at once, as the registry does).
+    opted_out: BTreeSet<u32>,
+    /// Recipients whose contact wrote to the account.
+    wrote: BTreeSet<u32>,
+    /// Replies fed, per recipient: (when it was sent-or-not at the time).
+    replies_to_sent: BTreeSet<u32>,
+    /// The number's rules, to check against.
+    rules: NumberRules,
+    /// Days a send was counted on, in order (the warm-up ramp's days).
+    counted_days: Vec<String>,
+    /// Sends to first contacts started, per day.
+    first_contacts_on: BTreeMap<String, u32>,
     /// Writes fail while set.
     failing: bool,
     /// A write failed since the last flush that succeeded.
@@ -90,6 +107,9 @@ impl World {
         for (d, n) in std::mem::take(&mut self.volatile_days) {
             self.durable_days.insert(d, n);
         }
+        if let Some(n) = self.volatile_number.take() {
+            self.durable_number = n;
+        }
         self.failed_since_flush = false;
     }
 
@@ -109,6 +129,7 @@ impl World {
             self.volatile.clear();
             self.volatile_campaign = None;
             self.volatile_days.clear();
+            self.volatile_number = None;
         }
         for o in std::mem::take(&mut self.outstanding) {
             if let Outstanding::Send { idx, id } = o {
@@ -171,18 +192,46 @@ impl Shell for Io<'_> {
         Ok(())
     }
 
-    fn count_send(&mut self, day: &str) -> Result<(), String> {
+    fn count_send(&mut self, day: &str, number: &NumberRecord, first_contact: bool) -> Result<(), String> {
         if self.0.write_fails() {
             return Err("No space left on device".into());
         }
-        let n = self.sent_on(day);
-        self.0.volatile_days.insert(day.to_string(), n + 1);
+        let DayCount { sent, first_contacts } = self.day_count(day);
+        self.0.volatile_days.insert(day.to_string(), sent + 1);
+        if first_contact {
+            self.0.volatile_days.insert(format!("{day}:first"), first_contacts + 1);
+        }
+        self.0.volatile_number = Some(number.clone());
+        if self.0.counted_days.last().map(String::as_str) != Some(day) {
+            self.0.counted_days.push(day.to_string());
+        }
         self.0.flush();
         Ok(())
     }
 
-    fn sent_on(&self, day: &str) -> u32 {
-        self.0.volatile_days.get(day).or_else(|| self.0.durable_days.get(day)).copied().unwrap_or(0)
+    fn day_count(&self, day: &str) -> DayCount {
+        let get = |k: &str| self.0.volatile_days.get(k).or_else(|| self.0.durable_days.get(k)).copied().unwrap_or(0);
+        DayCount { sent: get(day), first_contacts: get(&format!("{day}:first")) }
+    }
+
+    fn number(&self) -> Result<NumberRecord, String> {
+        if self.0.failing {
+            return Err("read failed".into());
+        }
+        Ok(self.0.volatile_number.clone().unwrap_or_else(|| self.0.durable_number.clone()))
+    }
+
+    fn number_ended(&mut self, number: &NumberRecord) {
+        if !self.0.write_fails() {
+            self.0.volatile_number = Some(number.clone());
+        }
+    }
+
+    fn contact(&self, idx: u32) -> Result<Contact, String> {
+        if self.0.failing {
+            return Err("read failed".into());
+        }
+        Ok(Contact { opted_out: self.0.opted_out.contains(&idx), first_contact: !self.0.wrote.contains(&idx) })
     }
 
     fn store_ok(&self) -> bool {
@@ -205,6 +254,23 @@ impl Shell for Io<'_> {
         if let Some(cap) = w.cap.filter(|c| n > *c) {
             w.violations.push(format!("send {n} on {day} over the daily cap {cap}"));
         }
+        if let Some(warmup) = &w.rules.warmup {
+            // The ramp's day: sending days counted before this one.
+            let ramp = w.counted_days.iter().position(|d| *d == day).unwrap_or(w.counted_days.len()) as u32;
+            if n > warmup.cap(ramp) {
+                w.violations.push(format!("send {n} on {day} over the warm-up cap {} of ramp day {ramp}", warmup.cap(ramp)));
+            }
+        }
+        if w.opted_out.contains(&idx) {
+            w.violations.push(format!("send of {idx}, which is on the opt-out list"));
+        }
+        if !w.wrote.contains(&idx) {
+            let f = w.first_contacts_on.entry(day.clone()).or_default();
+            *f += 1;
+            if let Some(cap) = w.rules.first_contact_cap.filter(|c| *f > *c) {
+                w.violations.push(format!("first contact {f} on {day} over the cap {cap}"));
+            }
+        }
         let time = jiff::Timestamp::from_millisecond(w.now as i64).unwrap().to_zoned(jiff::tz::TimeZone::UTC).time();
         if w.quiet.as_ref().is_some_and(|q| q.contains(time)) {
             w.violations.push(format!("send of {idx} at {time}, inside quiet hours"));
@@ -212,8 +278,9 @@ impl Shell for Io<'_> {
         if w.outstanding.iter().any(|o| !matches!(o, Outstanding::Ask)) {
             w.violations.push(format!("send of {idx} while another send or lookup is in flight"));
         }
-        if let Some(last) = w.last_send_at.filter(|last| w.now < last + w.min_gap_ms) {
-            w.violations.push(format!("send of {idx} {} ms after the previous one; at least {} ms", w.now - last, w.min_gap_ms));
+        let min_gap = w.min_gap_ms.max(w.rules.min_delay.as_millis() as u64);
+        if let Some(last) = w.last_send_at.filter(|last| w.now < last + min_gap) {
+            w.violations.push(format!("send of {idx} {} ms after the previous one; at least {min_gap} ms", w.now - last));
         }
         w.last_send_at = Some(w.now);
         if w.finished_calls > 0 {
@@ -287,6 +354,8 @@ enum Op {
     Command(u8),
     /// Time passes (ms).
     Wait(u32),
+    /// Recipient `.0`'s contact writes; `.1`: an opt-out keyword.
+    Reply(u32, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -301,6 +370,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::SessionDeleted),
         2 => any::<u8>().prop_map(Op::Command),
         2 => (0u32..120_000).prop_map(Op::Wait),
+        2 => (0u32..12, any::<bool>()).prop_map(|(i, stop)| Op::Reply(i, stop)),
     ]
 }
 
@@ -313,7 +383,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(seed: u64, n: u32, cap: Option<u32>, quiet: bool, max_gap_ms: u64) -> Run {
+    fn new(seed: u64, n: u32, cap: Option<u32>, quiet: bool, max_gap_ms: u64, rules: NumberRules) -> Run {
         let now = 1_800_000_000_000 + seed % 86_400_000;
         let quiet_hours: Option<QuietHours> = quiet.then(|| "22:00-06:00".parse().unwrap());
         let pacing = Pacing {
@@ -321,9 +391,9 @@ impl Run {
             max_delay: Duration::from_millis(max_gap_ms),
             typing_per_char: None,
             typing_max: Duration::ZERO,
-            daily_cap: cap,
-            quiet_hours: quiet_hours.clone(),
+            quiet_hours: quiet_hours.iter().cloned().collect(),
             tz: jiff::tz::TimeZone::UTC,
+            number: NumberRules { daily_cap: cap, ..rules.clone() },
         };
         let settings = Settings {
             send_attempts: 3,
@@ -332,6 +402,10 @@ impl Run {
             timelock_cooldown: Duration::from_secs(3600),
             store_retry: Duration::from_secs(1),
             lookup_retry: Duration::from_secs(2),
+            send_timeout: Duration::from_secs(120),
+            // Low, so that short runs reach it.
+            max_opt_out_rate: 0.2,
+            opt_out_min_sent: 2,
         };
         let record = CampaignRecord {
             id: "c1".into(),
@@ -347,6 +421,9 @@ impl Run {
             resume_at_ms: None,
             last_send_ms: None,
             next_send_ms: None,
+            next_send_hold: None,
+            replies: 0,
+            opt_outs: 0,
             total: n,
             duplicates: 0,
         };
@@ -366,6 +443,8 @@ impl Run {
                     attempts: 0,
                     sent_at_ms: None,
                     updated_ms: now,
+                    replied_at_ms: None,
+                    opted_out_at_ms: None,
                 };
                 (idx, r)
             })
@@ -377,6 +456,14 @@ impl Run {
             volatile_campaign: None,
             durable_days: BTreeMap::new(),
             volatile_days: BTreeMap::new(),
+            durable_number: NumberRecord::default(),
+            volatile_number: None,
+            opted_out: BTreeSet::new(),
+            wrote: BTreeSet::new(),
+            replies_to_sent: BTreeSet::new(),
+            rules,
+            counted_days: Vec::new(),
+            first_contacts_on: BTreeMap::new(),
             failing: false,
             failed_since_flush: false,
             delivered: BTreeMap::new(),
@@ -560,6 +647,22 @@ impl Run {
                 }
             }
             Op::Wait(ms) => self.world.now += u64::from(ms),
+            Op::Reply(i, stop) => {
+                if !self.world.durable.contains_key(&i) {
+                    return;
+                }
+                // As the registry does: the contact is noted, an opt-out
+                // stored, then the running campaign told.
+                self.world.wrote.insert(i);
+                if stop {
+                    self.world.opted_out.insert(i);
+                }
+                if self.world.delivered.contains_key(&i) {
+                    self.world.replies_to_sent.insert(i);
+                }
+                let now = self.world.now;
+                self.feed(Input::Reply { idx: i, at_ms: now, opted_out: stop });
+            }
         }
     }
 
@@ -598,7 +701,10 @@ impl Run {
                 continue;
             }
             if self.machine.record().state == CampaignState::Paused
-                && self.machine.reason() == Some(&wasup::policy::campaign::Reason::Operator)
+                && matches!(
+                    self.machine.reason(),
+                    Some(wasup::policy::campaign::Reason::Operator | wasup::policy::campaign::Reason::OptOutRate)
+                )
                 && self.machine.finishing().is_none()
             {
                 let now = self.world.now;
@@ -616,6 +722,8 @@ impl Run {
     fn check_end(&self) {
         assert!(self.world.violations.is_empty(), "{:#?}", self.world.violations);
         let end = self.world.durable_campaign.state;
+        let replies = self.world.durable_campaign.replies;
+        assert!(replies as usize <= self.world.replies_to_sent.len(), "{replies} replies counted, {:?} fed", self.world.replies_to_sent);
         if self.world.cancelled {
             // The operator was told CANCELLED: the store says so too, and no
             // send happened after (checked by `send`).
@@ -633,6 +741,9 @@ impl Run {
                 RecipientState::Failed | RecipientState::Skipped => {
                     assert!(r.reason.as_deref().is_some_and(|x| !x.is_empty()), "recipient {idx} {:?} without a reason", r.state);
                     assert!(delivered.is_empty(), "recipient {idx} {:?} yet delivered {delivered:?}", r.state);
+                    if r.reason.as_deref() == Some("opted_out") {
+                        assert!(self.world.opted_out.contains(idx), "recipient {idx} skipped as opted out, but it did not opt out");
+                    }
                 }
                 other if end == CampaignState::Cancelled => {
                     // Left behind by the cancel; never delivered twice.
@@ -654,9 +765,19 @@ proptest! {
         cap in prop_oneof![Just(None), (2u32..8).prop_map(Some)],
         quiet in any::<bool>(),
         max_gap_ms in 0u64..5_000,
+        warmup in prop_oneof![Just(None), (1u32..4).prop_map(Some)],
+        first_contact_cap in prop_oneof![Just(None), (1u32..4).prop_map(Some)],
+        number_gap_ms in prop_oneof![Just(0u64), 0u64..8_000],
         ops in prop::collection::vec(op(), 0..120),
     ) {
-        let mut run = Run::new(seed, n, cap, quiet, max_gap_ms);
+        let rules = NumberRules {
+            min_delay: Duration::from_millis(number_gap_ms / 2),
+            max_delay: Duration::from_millis(number_gap_ms),
+            daily_cap: None,
+            warmup: warmup.map(|start| Warmup { start, growth: 1.5, idle_reset_days: 14 }),
+            first_contact_cap,
+        };
+        let mut run = Run::new(seed, n, cap, quiet, max_gap_ms, rules);
         for op in ops {
             run.apply(op);
             prop_assert!(run.world.violations.is_empty(), "{:#?}", run.world.violations);

@@ -21,9 +21,9 @@ use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, Re
 use crate::config::Config;
 use crate::events::{Event, EventName, Events};
 use crate::policy::campaign::{
-    Change, CommandError, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
+    Change, CommandError, Contact, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
 };
-use crate::policy::pacing::{Pacing, QuietHours};
+use crate::policy::pacing::{DayCount, NumberRecord, Pacing, QuietHours};
 use crate::session_state::now_ms;
 use crate::store::Store;
 use crate::whatsapp::number::ChatId;
@@ -55,19 +55,21 @@ pub struct Halt;
 /// Builds the pacing a campaign runs under.
 pub fn pacing_for(record: &CampaignRecord, config: &Config) -> Result<Pacing, String> {
     let c = &config.campaigns;
-    let quiet = match record.pacing.quiet_hours.as_deref().filter(|q| !q.trim().is_empty()) {
-        Some(q) => Some(q.parse::<QuietHours>()?),
-        None if !c.quiet_hours.trim().is_empty() => Some(c.quiet_hours.parse::<QuietHours>()?),
-        None => None,
-    };
+    // The number's quiet hours and the campaign's own both hold.
+    let mut quiet_hours = Vec::new();
+    for q in [c.quiet_hours.as_str(), record.pacing.quiet_hours.as_deref().unwrap_or_default()] {
+        if !q.trim().is_empty() {
+            quiet_hours.push(q.parse::<QuietHours>()?);
+        }
+    }
     Ok(Pacing {
         min_delay: record.pacing.min_delay,
         max_delay: record.pacing.max_delay,
         typing_per_char: record.pacing.typing.then_some(c.typing_per_char),
         typing_max: c.typing_max,
-        daily_cap: (c.daily_cap > 0).then_some(c.daily_cap),
-        quiet_hours: quiet,
+        quiet_hours,
         tz: c.tz()?,
+        number: config.numbers.rules(c),
     })
 }
 
@@ -81,6 +83,9 @@ pub fn settings_for(config: &Config) -> Settings {
         timelock_cooldown: c.timelock_cooldown,
         store_retry: Duration::from_secs(1),
         lookup_retry: Duration::from_secs(2),
+        send_timeout: config.whatsapp.send_timeout + c.typing_max,
+        max_opt_out_rate: c.max_opt_out_rate,
+        opt_out_min_sent: c.opt_out_min_sent,
     }
 }
 
@@ -137,6 +142,8 @@ struct Io {
     tally: Tally,
     /// The recipient last written (event payloads name its phone and id).
     last: Option<RecipientRecord>,
+    /// Recipient by phone (E.164 digits, no `+`), to attribute replies.
+    by_phone: HashMap<String, u32>,
     actions: VecDeque<Action>,
 }
 
@@ -155,6 +162,7 @@ impl Io {
 impl Shell for Io {
     fn load(&mut self) -> Result<Vec<(u32, Entry)>, String> {
         let recipients = self.store.recipients(&self.id).map_err(|e| e.to_string())?;
+        self.by_phone = recipients.iter().map(|r| (r.phone.trim_start_matches('+').to_string(), r.idx)).collect();
         Ok(recipients.iter().map(|r| (r.idx, Entry::of(r))).collect())
     }
 
@@ -175,12 +183,29 @@ impl Shell for Io {
         written.map_err(|e| e.to_string())
     }
 
-    fn count_send(&mut self, day: &str) -> Result<(), String> {
-        self.store.count_send(&self.session, day).map(drop).map_err(|e| e.to_string())
+    fn count_send(&mut self, day: &str, number: &NumberRecord, first_contact: bool) -> Result<(), String> {
+        self.store.count_number_send(&self.session, day, number, first_contact).map_err(|e| e.to_string())
     }
 
-    fn sent_on(&self, day: &str) -> u32 {
-        self.store.sent_on(&self.session, day).unwrap_or(u32::MAX)
+    fn day_count(&self, day: &str) -> DayCount {
+        self.store.day_count(&self.session, day).unwrap_or(DayCount { sent: u32::MAX, first_contacts: u32::MAX })
+    }
+
+    fn number(&self) -> Result<NumberRecord, String> {
+        self.store.number(&self.session).map_err(|e| e.to_string())
+    }
+
+    fn number_ended(&mut self, number: &NumberRecord) {
+        // Harmless if it fails: see the trait.
+        let _ = self.store.put_number(&self.session, number, false);
+    }
+
+    fn contact(&self, idx: u32) -> Result<Contact, String> {
+        let r = self.store.recipient(&self.id, idx).map_err(|e| e.to_string())?;
+        let phone = r.as_ref().map(|r| r.phone.trim_start_matches('+').to_string()).unwrap_or_default();
+        let opted_out = self.store.opt_out(&self.session, &phone).map_err(|e| e.to_string())?.is_some();
+        let wrote = self.store.has_written(&self.session, &phone).map_err(|e| e.to_string())?;
+        Ok(Contact { opted_out, first_contact: !wrote })
     }
 
     fn store_ok(&self) -> bool {
@@ -272,6 +297,13 @@ impl Shell for Io {
             Note::NotSent { idx } => {
                 tracing::info!(campaign = %id, session = %session, recipient = idx, "resolved: not sent; sending again")
             }
+            Note::Replied { idx, opted_out } => {
+                let what = if opted_out { "opted out" } else { "replied" };
+                tracing::info!(campaign = %id, session = %session, recipient = idx, replies = record.replies, opt_outs = record.opt_outs, "recipient {what}");
+                let detail =
+                    serde_json::json!({"recipient": idx, "opted_out": opted_out, "replies": record.replies, "opt_outs": record.opt_outs});
+                self.events.publish(Event::campaign(EventName::CampaignProgress, id, session).detail(detail));
+            }
             Note::StoreFailed { error } => {
                 tracing::error!(campaign = %id, session = %session, error = %error, "store write failed: no sends until writes succeed again")
             }
@@ -318,7 +350,16 @@ impl Campaign {
         events: Events,
         tally: Tally,
     ) -> Self {
-        let io = Io { id: record.id.clone(), session: record.session.clone(), store, events, tally, last: None, actions: VecDeque::new() };
+        let io = Io {
+            id: record.id.clone(),
+            session: record.session.clone(),
+            store,
+            events,
+            tally,
+            last: None,
+            by_phone: HashMap::new(),
+            actions: VecDeque::new(),
+        };
         let machine = Machine::new(record, pacing, settings_for(&config));
         Self { machine, io, config, supervisor, registry, timers: HashMap::new(), waiters: Vec::new(), inputs: VecDeque::new() }
     }
@@ -445,6 +486,27 @@ impl Handler<Acked> for Campaign {
 
     fn handle(&mut self, msg: Acked, ctx: &mut Self::Context) {
         self.feed(Input::Ack { idx: msg.idx, ack: msg.ack }, ctx);
+    }
+}
+
+/// A contact of the campaign's session wrote to the account.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Replied {
+    /// E.164 digits, no `+`.
+    pub phone: String,
+    pub at_ms: u64,
+    /// The text was an opt-out keyword (the opt-out list has the number).
+    pub opted_out: bool,
+}
+
+impl Handler<Replied> for Campaign {
+    type Result = ();
+
+    fn handle(&mut self, msg: Replied, ctx: &mut Self::Context) {
+        if let Some(&idx) = self.io.by_phone.get(&msg.phone) {
+            self.feed(Input::Reply { idx, at_ms: msg.at_ms, opted_out: msg.opted_out }, ctx);
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt};
+use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt, Replied};
 use crate::actors::messages::{Finished, MessageAcked, MessageReceived, SessionChanged};
 use crate::actors::supervisor::{GetSession, Supervisor, SupervisorError};
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::events::{Event, EventName, Events};
 use crate::policy::campaign::{ack_applies, transition, Change, CommandError};
 use crate::session_state::now_ms;
-use crate::store::Store;
+use crate::store::{OptOut, Store};
 
 /// Why a campaign request failed; the HTTP layer maps each to a status.
 #[derive(Debug, thiserror::Error)]
@@ -270,9 +270,40 @@ impl Handler<MessageAcked> for Campaigns {
 impl Handler<MessageReceived> for Campaigns {
     type Result = ();
 
+    /// A contact wrote: `message.received`; the contact is noted as one
+    /// that wrote (its next campaign message is no first contact); an
+    /// opt-out keyword puts it on the session's opt-out list
+    /// (`contact.opted_out`); running campaigns of the session learn of
+    /// the reply.
     fn handle(&mut self, msg: MessageReceived, _ctx: &mut Self::Context) {
         let detail = serde_json::json!({"from": msg.from, "id": msg.id, "type": msg.kind, "body": msg.body, "at_ms": msg.at_ms});
         self.events.publish(Event::session(EventName::MessageReceived, &msg.session).detail(detail));
+        // Harmless if it fails: the contact's next message counts as a
+        // first contact, which only makes the cap stricter.
+        let _ = self.store.note_contact(&msg.session, &msg.from, msg.at_ms);
+        let opted_out = crate::optout::is_opt_out(&msg.body, &self.config.opt_outs.keywords);
+        if opted_out {
+            let entry = OptOut { phone: msg.from.clone(), at_ms: msg.at_ms, source: "reply".into() };
+            match self.store.add_opt_outs(&msg.session, std::slice::from_ref(&entry)) {
+                Ok(_) => {
+                    tracing::info!(session = %msg.session, event = "contact.opted_out", phone = %msg.from, "contact opted out");
+                    let detail = serde_json::json!({"phone": msg.from, "at_ms": msg.at_ms, "source": "reply", "message_id": msg.id});
+                    self.events.publish(Event::session(EventName::ContactOptedOut, &msg.session).detail(detail));
+                }
+                Err(e) => {
+                    // Not on the list: campaigns would still send to it. The
+                    // store is failing, so no campaign sends until it
+                    // recovers; the operator is told to add it by hand.
+                    tracing::error!(session = %msg.session, phone = %msg.from, error = %e, "an opt-out could not be stored; add it with POST /api/sessions/{{name}}/opt-outs");
+                }
+            }
+        }
+        let replied = Replied { phone: msg.from.clone(), at_ms: msg.at_ms, opted_out };
+        for (session, addr) in self.running.values() {
+            if *session == msg.session {
+                addr.do_send(replied.clone());
+            }
+        }
     }
 }
 

@@ -342,6 +342,9 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
         resume_at_ms: None,
         last_send_ms: None,
         next_send_ms: None,
+        next_send_hold: None,
+        replies: 0,
+        opt_outs: 0,
         total: recipients.len() as u32,
         duplicates,
     };

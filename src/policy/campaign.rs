@@ -24,7 +24,11 @@
 //! - a final state (`COMPLETED`, `FAILED`, `CANCELLED`) is entered only
 //!   with no send or lookup in flight: one that arrives in flight is
 //!   entered when the outcome has been recorded;
-//! - no send starts inside quiet hours or over the session's daily cap.
+//! - no send starts inside quiet hours, before the campaign's and the
+//!   number's gaps have passed, or over the number's daily, warm-up or
+//!   first-contact cap;
+//! - no send goes to a number on the session's opt-out list: it is
+//!   `SKIPPED(opted_out)` instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -32,7 +36,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, RecipientState};
-use crate::policy::pacing::Pacing;
+use crate::policy::pacing::{DayCount, Hold, NumberRecord, Pacing};
 use crate::session_state::SessionState;
 
 /// Why a campaign is `PAUSED`, `FAILED` or `CANCELLED`. Stored and shown as
@@ -50,6 +54,9 @@ pub enum Reason {
     Timelock,
     /// A store write failed; it resumes once writes succeed.
     StoreError,
+    /// Opt-outs among its sent recipients passed
+    /// `campaigns.max_opt_out_rate`; an operator decides (resume or cancel).
+    OptOutRate,
     /// The session did not come back within `campaigns.resume_grace`.
     SessionLost,
     /// Its session was deleted.
@@ -68,6 +75,7 @@ impl Reason {
             Self::WaitingForSession => "waiting_for_session".into(),
             Self::Timelock => "timelock".into(),
             Self::StoreError => "store_error".into(),
+            Self::OptOutRate => "opt_out_rate".into(),
             Self::SessionLost => "session_lost".into(),
             Self::SessionDeleted => "session_deleted".into(),
             Self::SessionEnded { state, detail } => format!("session_{}: {detail}", state.as_str().to_ascii_lowercase()),
@@ -82,6 +90,7 @@ impl Reason {
             "waiting_for_session" => return Self::WaitingForSession,
             "timelock" => return Self::Timelock,
             "store_error" => return Self::StoreError,
+            "opt_out_rate" => return Self::OptOutRate,
             "session_lost" => return Self::SessionLost,
             "session_deleted" => return Self::SessionDeleted,
             _ => {}
@@ -112,6 +121,8 @@ impl std::fmt::Display for Reason {
 pub enum RecipientReason {
     /// `not_on_whatsapp` (SKIPPED).
     NotOnWhatsApp,
+    /// `opted_out` (SKIPPED): the number is on the session's opt-out list.
+    OptedOut,
     /// `invalid_number: <why>`.
     InvalidNumber(String),
     /// WhatsApp refused the send with an error code: `rejected by WhatsApp
@@ -134,6 +145,7 @@ impl RecipientReason {
     pub fn as_string(&self) -> String {
         match self {
             Self::NotOnWhatsApp => "not_on_whatsapp".into(),
+            Self::OptedOut => "opted_out".into(),
             Self::InvalidNumber(m) => format!("invalid_number: {m}"),
             Self::Rejected(code) => format!("rejected by WhatsApp{}", code.map(|c| format!(" (error {c})")).unwrap_or_default()),
             Self::Unknown(why) => format!("unknown: {why}"),
@@ -149,6 +161,7 @@ impl RecipientReason {
             Some(("unknown", why)) => Self::Unknown(why.to_string()),
             Some(("invalid_number", why)) => Self::InvalidNumber(why.to_string()),
             _ if s == "not_on_whatsapp" => Self::NotOnWhatsApp,
+            _ if s == "opted_out" => Self::OptedOut,
             _ => Self::Other(s.to_string()),
         }
     }
@@ -209,6 +222,10 @@ pub struct Entry {
     pub text_chars: u32,
     /// A retry waits until then, epoch ms.
     pub not_before: Option<u64>,
+    /// The contact replied after it was sent.
+    pub replied: bool,
+    /// The contact opted out after it was sent.
+    pub opted_out: bool,
 }
 
 impl Entry {
@@ -222,6 +239,8 @@ impl Entry {
             unknown: matches!(r.reason.as_deref().map(RecipientReason::parse), Some(RecipientReason::Unknown(_))),
             text_chars: u32::try_from(r.text.chars().count()).unwrap_or(u32::MAX),
             not_before: None,
+            replied: r.replied_at_ms.is_some(),
+            opted_out: r.opted_out_at_ms.is_some(),
         }
     }
 }
@@ -255,6 +274,9 @@ pub enum Change {
     Unknown { why: String },
     /// A newer ack of a sent message.
     Ack { ack: i8 },
+    /// The contact wrote back at `at_ms` (the first reply is kept);
+    /// `opted_out`: with an opt-out keyword.
+    Replied { at_ms: u64, opted_out: bool },
 }
 
 impl Change {
@@ -287,6 +309,12 @@ impl Change {
             }
             Self::Unknown { why } => r.reason = Some(RecipientReason::Unknown(why.clone()).as_string()),
             Self::Ack { ack } => r.ack = Some(crate::whatsapp::ack_name(*ack).to_string()),
+            Self::Replied { at_ms, opted_out } => {
+                r.replied_at_ms.get_or_insert(*at_ms);
+                if *opted_out {
+                    r.opted_out_at_ms.get_or_insert(*at_ms);
+                }
+            }
         }
     }
 }
@@ -364,6 +392,10 @@ pub enum Input {
     LookedUp { idx: u32, result: LookupResult },
     /// A sent message's ack changed.
     Ack { idx: u32, ack: i8 },
+    /// Recipient `idx`'s contact wrote to the account at `at_ms`;
+    /// `opted_out`: the text was an opt-out keyword (the session's opt-out
+    /// list already has the number).
+    Reply { idx: u32, at_ms: u64, opted_out: bool },
     /// Stop at a safe point (the daemon shuts down); states stay as they
     /// are, so the next start carries on.
     Halt,
@@ -383,6 +415,9 @@ pub enum Note {
     Failed { idx: u32 },
     /// A sent message's ack changed (`message.ack`).
     Acked { idx: u32 },
+    /// A sent recipient's contact replied or opted out
+    /// (`campaign.progress`, with the campaign's reply counts).
+    Replied { idx: u32, opted_out: bool },
     /// A send starts `late_ms` after its scheduled time (the pacing error).
     SendStarts { idx: u32, late_ms: i64 },
     /// A send's outcome is unknown; a lookup settles it.
@@ -404,12 +439,24 @@ pub trait Shell {
     fn write_recipient(&mut self, idx: u32, change: &Change, now_ms: u64, flush: bool) -> Result<(), String>;
     /// Stores the campaign record (flushed if `flush`).
     fn write_campaign(&mut self, record: &CampaignRecord, flush: bool) -> Result<(), String>;
-    /// Counts one send for the session on `day` (`YYYY-MM-DD` in the
-    /// pacing's zone), flushed.
-    fn count_send(&mut self, day: &str) -> Result<(), String>;
-    /// The session's sends on `day`; `u32::MAX` if it cannot be read (a
-    /// failing store never lets the cap be exceeded).
-    fn sent_on(&self, day: &str) -> u32;
+    /// Counts one send for the number on `day` (`YYYY-MM-DD` in the
+    /// pacing's zone; a first contact counted as such too) and stores the
+    /// number's state `number`, flushed.
+    fn count_send(&mut self, day: &str, number: &NumberRecord, first_contact: bool) -> Result<(), String>;
+    /// The number's sends on `day`; `u32::MAX` for both if it cannot be
+    /// read (a failing store never lets a cap be exceeded).
+    fn day_count(&self, day: &str) -> DayCount;
+    /// The number's stored pacing state. Errors: the store cannot be read.
+    fn number(&self) -> Result<NumberRecord, String>;
+    /// Stores the number's state after a send ended (not flushed). Errors
+    /// are harmless and ignored: the gap then counts from the send's start
+    /// and the number stays busy for at most the send timeout, which only
+    /// slows it down.
+    fn number_ended(&mut self, number: &NumberRecord);
+    /// What the next send needs to know of recipient `idx`'s contact: on
+    /// the session's opt-out list, and whether it ever wrote to the
+    /// account. Errors: the store cannot be read (no send then).
+    fn contact(&self, idx: u32) -> Result<Contact, String>;
     /// No store write has failed since the last successful flush.
     fn store_ok(&self) -> bool;
     /// Sends recipient `idx`'s text under `message_id`, "typing…" first for
@@ -434,6 +481,15 @@ pub trait Shell {
     fn finished(&mut self, record: &CampaignRecord);
 }
 
+/// What the store knows of a recipient's contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Contact {
+    /// On the session's opt-out list.
+    pub opted_out: bool,
+    /// Never wrote to this account: a send is a first contact.
+    pub first_contact: bool,
+}
+
 /// The machine's settings (from `[campaigns]`).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -449,6 +505,14 @@ pub struct Settings {
     pub store_retry: Duration,
     /// How soon a lookup the page could not answer is asked again (2 s).
     pub lookup_retry: Duration,
+    /// How long a send may hold the number (`whatsapp.send_timeout` plus
+    /// the longest typing time).
+    pub send_timeout: Duration,
+    /// Opt-outs among sent recipients above which the campaign pauses
+    /// (`campaigns.max_opt_out_rate`, 0.05); checked from
+    /// `opt_out_min_sent` sends on.
+    pub max_opt_out_rate: f64,
+    pub opt_out_min_sent: u32,
 }
 
 /// A send or lookup under way.
@@ -594,6 +658,10 @@ impl Machine {
                     return;
                 }
                 self.flight = None;
+                // The number's gap counts from the end of its send.
+                if let Ok(number) = shell.number() {
+                    shell.number_ended(&number.ended(now_ms));
+                }
                 self.sent(idx, result, now_ms, shell);
                 self.settled(now_ms, rng, shell);
             }
@@ -606,6 +674,7 @@ impl Machine {
                 self.settled(now_ms, rng, shell);
             }
             Input::Ack { idx, ack } => self.ack(idx, ack, now_ms, shell),
+            Input::Reply { idx, at_ms, opted_out } => self.reply(idx, at_ms, opted_out, now_ms, shell),
             Input::Halt => {
                 // A send under way is abandoned: its recipient stays SENDING
                 // and is resolved by a lookup at the next start. A cancel
@@ -899,50 +968,102 @@ impl Machine {
             }
             return self.resolve(idx, now_ms, rng, shell);
         }
-        let Some(&idx) = self.pending.first() else {
-            return self.enter(CampaignState::Completed, None, now_ms, shell);
+        // The next recipient that may be sent: opted-out ones are skipped
+        // on the way (a loop, not recursion: a list may skip thousands).
+        let (idx, entry, contact) = loop {
+            let Some(&idx) = self.pending.first() else {
+                return self.enter(CampaignState::Completed, None, now_ms, shell);
+            };
+            let Some(entry) = self.entries.as_ref().and_then(|m| m.get(&idx)).cloned() else {
+                // Not in the store (cannot happen with a sound store): skip it.
+                self.pending.remove(&idx);
+                continue;
+            };
+            if let Some(t) = entry.not_before.filter(|t| *t > now_ms) {
+                return shell.schedule(Timer::Pace, t);
+            }
+            // No send without knowing the contact is not opted out.
+            let contact = match shell.contact(idx) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.fault(e, shell);
+                    return self.pause_for_store(now_ms, shell);
+                }
+            };
+            if !contact.opted_out {
+                break (idx, entry, contact);
+            }
+            if !self.settle(idx, RecipientState::Pending, RecipientState::Skipped, RecipientReason::OptedOut, now_ms, shell) {
+                return self.pause_for_store(now_ms, shell);
+            }
         };
-        let entry = self.entries.as_ref().and_then(|m| m.get(&idx)).cloned();
-        let Some(entry) = entry else {
-            // Not in the store (cannot happen with a sound store): skip it.
-            self.pending.remove(&idx);
-            return self.step(now_ms, rng, shell);
+        let number = match shell.number() {
+            Ok(n) => n,
+            Err(e) => {
+                self.fault(e, shell);
+                return self.pause_for_store(now_ms, shell);
+            }
         };
-        if let Some(t) = entry.not_before.filter(|t| *t > now_ms) {
-            return shell.schedule(Timer::Pace, t);
+        if let Some(busy) = number.busy_until_ms.filter(|b| *b > now_ms) {
+            // Another campaign's send holds the number: look again soon (its
+            // end starts the number's gap).
+            self.hold_until(busy.min(now_ms.saturating_add(1000)), Hold::Gap, now_ms, shell);
+            return;
         }
-        let earliest = self.record.last_send_ms.map_or(now_ms, |last| last.saturating_add(ms(self.gap)));
-        let slot = self.pacing.next(ts(now_ms), ts(earliest), |day| shell.sent_on(&day.to_string()));
+        let own = self.record.last_send_ms.map_or(now_ms, |last| last.saturating_add(ms(self.gap)));
+        let earliest = own.max(number.earliest_ms());
+        let slot = self.pacing.next(ts(now_ms), ts(earliest), |day| {
+            self.pacing.number.day_full(day, shell.day_count(&day.to_string()), contact.first_contact, &number)
+        });
         let at = u64::try_from(slot.at.as_millisecond()).unwrap_or(0);
         if at > now_ms {
-            if self.record.next_send_ms != Some(at) {
-                self.record.next_send_ms = Some(at);
-                // Bookkeeping for views: a failure is noted and pauses.
-                self.save(now_ms, false, shell);
-            }
-            return shell.schedule(Timer::Pace, at);
+            return self.hold_until(at, slot.hold, now_ms, shell);
         }
-        self.send(idx, &entry, now_ms, rng, shell);
+        self.send(idx, &entry, contact, &number, now_ms, rng, shell);
     }
 
-    fn send(&mut self, idx: u32, entry: &Entry, now_ms: u64, rng: &mut impl Rng, shell: &mut impl Shell) {
+    /// The next send waits until `at_ms` for `hold` (stored for the views).
+    fn hold_until(&mut self, at_ms: u64, hold: Hold, now_ms: u64, shell: &mut impl Shell) {
+        let why = Some(hold.as_str().to_string());
+        if self.record.next_send_ms != Some(at_ms) || self.record.next_send_hold != why {
+            self.record.next_send_ms = Some(at_ms);
+            self.record.next_send_hold = why;
+            // Bookkeeping for views: a failure is noted and pauses.
+            self.save(now_ms, false, shell);
+        }
+        shell.schedule(Timer::Pace, at_ms);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        idx: u32,
+        entry: &Entry,
+        contact: Contact,
+        number: &NumberRecord,
+        now_ms: u64,
+        rng: &mut impl Rng,
+        shell: &mut impl Shell,
+    ) {
         if let Some(scheduled) = self.record.next_send_ms {
             let late_ms = i64::try_from(now_ms).unwrap_or(i64::MAX).saturating_sub(i64::try_from(scheduled).unwrap_or(i64::MAX));
             shell.note(Note::SendStarts { idx, late_ms }, &self.record);
         }
         // Every write below must succeed before the send, or there is no
         // send: the recipient stays PENDING and the next step pauses. A day
-        // counted without its send only makes the cap stricter; a send time
-        // stored without its send only makes the next gap longer; a SENDING
-        // record that reached the store without its flush is looked up as
-        // "not sent". None can cause a second send.
-        let day = self.pacing.day(ts(now_ms)).to_string();
-        if let Err(e) = shell.count_send(&day) {
+        // counted without its send only makes the caps stricter; a send
+        // time stored without its send only makes the next gaps longer; a
+        // SENDING record that reached the store without its flush is looked
+        // up as "not sent". None can cause a second send.
+        let today = self.pacing.day(ts(now_ms));
+        let next = number.sending(now_ms, today, self.pacing.number.gap(rng), self.settings.send_timeout, &self.pacing.number);
+        if let Err(e) = shell.count_send(&today.to_string(), &next, contact.first_contact) {
             self.fault(e, shell);
             return self.step(now_ms, rng, shell);
         }
         self.record.last_send_ms = Some(now_ms);
         self.record.next_send_ms = None;
+        self.record.next_send_hold = None;
         if !self.save(now_ms, false, shell) {
             return self.step(now_ms, rng, shell);
         }
@@ -983,8 +1104,12 @@ impl Machine {
                 self.back_to_pending(idx, None, true, now_ms, shell);
                 self.enter(CampaignState::Failed, Some(Reason::SessionDeleted), now_ms, shell);
             }
-            SendResult::Refused { state, reason } => self.settle(idx, state, reason, now_ms, shell),
-            SendResult::Rejected(code) => self.settle(idx, RecipientState::Failed, RecipientReason::Rejected(code), now_ms, shell),
+            SendResult::Refused { state, reason } => {
+                self.settle(idx, RecipientState::Sending, state, reason, now_ms, shell);
+            }
+            SendResult::Rejected(code) => {
+                self.settle(idx, RecipientState::Sending, RecipientState::Failed, RecipientReason::Rejected(code), now_ms, shell);
+            }
             SendResult::Timelock => {
                 // Not delivered: cool down, no retry storm (an operator's
                 // pause or a final state stays as it is).
@@ -1033,13 +1158,24 @@ impl Machine {
         }
     }
 
-    /// Recipient `idx` will not be sent.
-    fn settle(&mut self, idx: u32, state: RecipientState, reason: RecipientReason, now_ms: u64, shell: &mut impl Shell) {
-        if self.write_recipient(idx, &Change::Settled { state, reason }, now_ms, shell) {
-            self.moved(idx, RecipientState::Sending, state, shell);
-            shell.note(Note::Failed { idx }, &self.record);
-            self.progress(shell);
+    /// Recipient `idx`, `was` until now, will not be sent. `false`: the
+    /// write failed (noted; it stays as it was).
+    fn settle(
+        &mut self,
+        idx: u32,
+        was: RecipientState,
+        state: RecipientState,
+        reason: RecipientReason,
+        now_ms: u64,
+        shell: &mut impl Shell,
+    ) -> bool {
+        if !self.write_recipient(idx, &Change::Settled { state, reason }, now_ms, shell) {
+            return false;
         }
+        self.moved(idx, was, state, shell);
+        shell.note(Note::Failed { idx }, &self.record);
+        self.progress(shell);
+        true
     }
 
     /// Puts a recipient whose send did not happen back in line. If the
@@ -1078,7 +1214,7 @@ impl Machine {
             LookupResult::NotFound => {
                 let (attempts, unknown) = self.entries.as_ref().and_then(|m| m.get(&idx)).map_or((0, false), |e| (e.attempts, e.unknown));
                 if attempts >= self.settings.send_attempts {
-                    self.settle(idx, RecipientState::Failed, RecipientReason::SendFailed, now_ms, shell);
+                    self.settle(idx, RecipientState::Sending, RecipientState::Failed, RecipientReason::SendFailed, now_ms, shell);
                 } else {
                     shell.note(Note::NotSent { idx }, &self.record);
                     let delay = self.settings.retry_base.saturating_mul(1 << attempts.saturating_sub(1).min(10));
@@ -1106,6 +1242,38 @@ impl Machine {
         let _ = shell.write_recipient(idx, &Change::Ack { ack }, now_ms, false);
         self.set_ack(idx, ack);
         shell.note(Note::Acked { idx }, &self.record);
+    }
+
+    /// Recipient `idx`'s contact wrote back. Counted once per recipient,
+    /// and only once it was sent (a message before that is not a reply).
+    /// An opt-out among the sent may pause the campaign
+    /// (`PAUSED(opt_out_rate)`); one before its send is skipped when its
+    /// turn comes.
+    fn reply(&mut self, idx: u32, at_ms: u64, opted_out: bool, now_ms: u64, shell: &mut impl Shell) {
+        let Some(e) = self.entries.as_mut().and_then(|m| m.get_mut(&idx)) else { return };
+        if e.state != RecipientState::Sent || (e.replied && (e.opted_out || !opted_out)) {
+            return;
+        }
+        let first_reply = !e.replied;
+        let new_opt_out = opted_out && !e.opted_out;
+        e.replied = true;
+        e.opted_out |= opted_out;
+        // Harmless if it fails: a reply is a record no send depends on (the
+        // opt-out list itself was written before this input).
+        let _ = shell.write_recipient(idx, &Change::Replied { at_ms, opted_out }, now_ms, false);
+        self.record.replies += u32::from(first_reply);
+        self.record.opt_outs += u32::from(new_opt_out);
+        shell.note(Note::Replied { idx, opted_out }, &self.record);
+        let sent = self.counts[RecipientState::Sent.index()];
+        let over =
+            sent >= self.settings.opt_out_min_sent && f64::from(self.record.opt_outs) > self.settings.max_opt_out_rate * f64::from(sent);
+        if new_opt_out && over && self.record.state == CampaignState::Running && self.finish_after.is_none() {
+            shell.cancel(Timer::Pace);
+            self.enter(CampaignState::Paused, Some(Reason::OptOutRate), now_ms, shell);
+        } else {
+            // The counts are bookkeeping for views: a failure is noted.
+            self.save(now_ms, false, shell);
+        }
     }
 }
 
