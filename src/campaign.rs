@@ -467,7 +467,38 @@ fn environment(limits: &InputLimits) -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_fuel(Some(limits.template_fuel));
+    env.add_function("variant", variant);
     env
+}
+
+/// The template function `variant("Hi", "Hello", "Hey")`: one of its
+/// arguments, the same one for the same recipient every time (chosen by the
+/// SHA-256 of the recipient's phone digits and the arguments), so that
+/// texts vary across recipients, yet a resend after a crash (and any
+/// re-render) sends the same text. Identical texts to many recipients are a
+/// spam signal.
+///
+/// Errors: no arguments.
+fn variant(state: &minijinja::State<'_, '_>, options: minijinja::value::Rest<String>) -> Result<String, minijinja::Error> {
+    if options.is_empty() {
+        return Err(minijinja::Error::new(minijinja::ErrorKind::MissingArgument, "variant() needs at least one text"));
+    }
+    let phone = state.lookup("phone").map(|v| v.to_string()).unwrap_or_default();
+    Ok(options[variant_index(&phone, &options)].clone())
+}
+
+/// Which of `options` `variant()` picks for `phone` (only its digits count).
+pub fn variant_index(phone: &str, options: &[String]) -> usize {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(phone.chars().filter(char::is_ascii_digit).collect::<String>().as_bytes());
+    for o in options {
+        hash.update([0u8]);
+        hash.update(o.as_bytes());
+    }
+    let digest = hash.finalize();
+    let n = u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]));
+    usize::try_from(n % options.len().max(1) as u64).unwrap_or(0)
 }
 
 /// An `io::Write` that takes at most `left` bytes, then fails: rendering
@@ -656,6 +687,27 @@ mod tests {
         assert_eq!(rs[1].phone, "+4915123456789");
         assert_eq!(rs[2].state, RecipientState::Failed);
         assert!(rs[2].reason.as_deref().unwrap().starts_with("invalid_number"));
+    }
+
+    /// `variant()` picks per recipient, the same every time (a re-render
+    /// after a crash sends the same text), and spreads over the options.
+    #[test]
+    fn variant_is_stable_per_recipient_and_varies_across_recipients() {
+        let people: Vec<serde_json::Value> = (0..60).map(|i| serde_json::json!({"phone": format!("+49151{:08}", i)})).collect();
+        let template = "{{ variant('Hi', 'Hello', 'Hey') }} there, {{ variant('bye', 'ciao') }}";
+        let render = || recipients(rows_from_json(&people, &L).unwrap(), template, None, InvalidNumbers::Reject, 0, &L).unwrap().0;
+        let (first, again) = (render(), render());
+        let texts: Vec<&str> = first.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts, again.iter().map(|r| r.text.as_str()).collect::<Vec<_>>());
+        let distinct: HashSet<&str> = texts.iter().copied().collect();
+        assert_eq!(distinct.len(), 6, "{distinct:?}");
+        // The choice depends on the number's digits only, not how it is written.
+        let options = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(variant_index("+49 151 00000007", &options), variant_index("4915100000007", &options));
+        assert!(check_template("{{ variant() }}", &L).is_ok());
+        let err =
+            recipients(rows_from_json(&people[..1], &L).unwrap(), "{{ variant() }}", None, InvalidNumbers::Reject, 0, &L).unwrap_err();
+        assert!(matches!(err, InputError::Rows(_)), "{err:?}");
     }
 
     #[test]

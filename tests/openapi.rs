@@ -110,6 +110,7 @@ fn bodies(doc: &Value, o: &Operation) -> Vec<Option<(String, Vec<u8>)>> {
                 let (ct, bytes) = multipart(&parts);
                 out.push(Some((ct, bytes)));
             }
+            "text/csv" => out.push(Some((media.clone(), b"phone\n+4915199990000\n".to_vec()))),
             other => panic!("{} {}: no way to build a {other} body", o.method, o.path),
         }
     }

@@ -177,7 +177,22 @@ struct CampaignView {
     /// Sends the session started today (in `campaigns.timezone`), all
     /// campaigns together.
     sent_today: u32,
+    /// When the campaign's next send is due, Unix epoch ms.
     next_send_ms: Option<u64>,
+    /// What holds that send until then: `gap` (the campaign's or the
+    /// number's), `quiet_hours`, `daily_cap`, `warmup` or
+    /// `first_contact_cap`.
+    next_send_why: Option<String>,
+    /// The number's (session's) pacing, shared by all its campaigns.
+    number: super::numbers::NumberView,
+    /// Sent recipients that wrote back.
+    replies: u32,
+    /// Sent recipients that opted out.
+    opt_outs: u32,
+    /// Recipients on the session's opt-out list when the campaign was
+    /// created: they will be skipped (only in the answer to its creation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    will_skip_opted_out: Option<u32>,
     /// Estimated end, Unix epoch ms, from the mean gap.
     eta_ms: Option<u64>,
     created_ms: u64,
@@ -198,6 +213,7 @@ fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiErr
         let mean_gap = u64::try_from(record.pacing.min_delay.saturating_add(record.pacing.max_delay).as_millis() / 2).unwrap_or(u64::MAX);
         record.next_send_ms.unwrap_or_else(now_ms).max(now_ms()).saturating_add(mean_gap.saturating_mul(u64::from(left - 1)))
     });
+    let number = super::numbers::number_view(state, &record.session)?;
     Ok(CampaignView {
         id: record.id,
         name: record.name,
@@ -211,6 +227,11 @@ fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiErr
         counts,
         sent_today,
         next_send_ms: record.next_send_ms,
+        next_send_why: record.next_send_hold,
+        number,
+        replies: record.replies,
+        opt_outs: record.opt_outs,
+        will_skip_opted_out: None,
         eta_ms,
         created_ms: record.created_ms,
         updated_ms: record.updated_ms,
@@ -348,8 +369,25 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
         total: recipients.len() as u32,
         duplicates,
     };
+    // How many it will skip for now: the list may change before their turn.
+    let opted_out = {
+        let store = state.store.clone();
+        let (session, phones): (String, Vec<String>) =
+            (record.session.clone(), recipients.iter().map(|r| r.phone.trim_start_matches('+').to_string()).collect());
+        web::block(move || -> Result<u32, crate::store::StoreError> {
+            let mut n = 0;
+            for p in &phones {
+                n += u32::from(store.opt_out(&session, p)?.is_some());
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("checking the opt-out list: {e}")))??
+    };
     let record = state.campaigns.send(CreateCampaign { record, recipients, start: body.start }).await??;
-    Ok(HttpResponse::Created().json(view(&state, record)?))
+    let mut created = view(&state, record)?;
+    created.will_skip_opted_out = Some(opted_out);
+    Ok(HttpResponse::Created().json(created))
 }
 
 /// Lowers the calling thread's CPU priority to nice 10 (for good: it is a

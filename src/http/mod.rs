@@ -40,6 +40,7 @@ mod dashboard;
 pub mod error;
 mod events;
 pub mod metrics;
+mod numbers;
 mod openapi;
 mod sessions;
 
@@ -64,6 +65,7 @@ type RouteTable = (fn(&mut web::ServiceConfig), &'static [(&'static str, &'stati
 const API_MODULES: &[RouteTable] = &[
     (sessions::routes, sessions::ROUTES),
     (campaigns::routes, campaigns::ROUTES),
+    (numbers::routes, numbers::ROUTES),
     (events::routes, events::ROUTES),
     (openapi::routes, openapi::ROUTES),
 ];

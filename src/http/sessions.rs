@@ -333,6 +333,10 @@ struct SendBody {
     to: String,
     /// Not empty; at most 65,536 characters.
     text: String,
+    /// Send even if the number is on the session's opt-out list (default
+    /// false: such a send is refused with 409).
+    #[serde(default)]
+    ignore_opt_out: bool,
 }
 
 /// A message sent through the API.
@@ -366,7 +370,7 @@ const MAX_TEXT_CHARS: usize = 65_536;
         (status = 201, description = "Sent", body = SentView),
         (status = 400, description = "Invalid JSON, an unknown field or an invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
-        (status = 409, description = "The session is not `CONNECTED`", body = ErrorBody),
+        (status = 409, description = "The session is not `CONNECTED`, or the number is on its opt-out list (and `ignore_opt_out` is not set)", body = ErrorBody),
         (status = 413, description = "Body over `http.max_body_bytes`, or text over 65,536 characters", body = ErrorBody),
         (status = 422, description = "Empty text, or a number that is not valid E.164 or not on WhatsApp", body = ErrorBody),
         (status = 502, description = "The page failed to send", body = ErrorBody),
@@ -383,6 +387,12 @@ async fn send(state: web::Data<AppState>, path: web::Path<SessionName>, body: we
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("text is longer than {MAX_TEXT_CHARS} characters")));
     }
     let to = number::parse_recipient(&body.to).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    if !body.ignore_opt_out && super::numbers::opted_out(&state, &name, to.as_str())? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{} is on the session's opt-out list; send with \"ignore_opt_out\": true to send anyway", to.as_str()),
+        ));
+    }
     let result = state
         .supervisor
         .send(SendMessage { name: name.clone(), to: to.clone(), text: body.text, id: None, typing: std::time::Duration::ZERO })
