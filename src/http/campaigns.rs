@@ -637,6 +637,10 @@ struct RecipientView<'a> {
     ack: Option<&'a str>,
     attempts: u32,
     sent_at_ms: Option<u64>,
+    /// When the contact first wrote back after the send.
+    replied_at_ms: Option<u64>,
+    /// When the contact opted out after the send.
+    opted_out_at_ms: Option<u64>,
     /// The row's template variables.
     #[schema(value_type = BTreeMap<String, String>)]
     vars: &'a BTreeMap<String, String>,
@@ -652,6 +656,8 @@ fn recipient_view(r: &RecipientRecord) -> RecipientView<'_> {
         ack: r.ack.as_deref(),
         attempts: r.attempts,
         sent_at_ms: r.sent_at_ms,
+        replied_at_ms: r.replied_at_ms,
+        opted_out_at_ms: r.opted_out_at_ms,
         vars: &r.vars,
     }
 }
@@ -703,7 +709,8 @@ async fn report(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Resu
     let all = state.store.recipients(&record.id)?;
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| ApiError::internal(format!("report: {e}"));
-    out.write_record(["line", "phone", "state", "reason", "message_id", "ack", "attempts", "sent_at_ms"]).map_err(csv_error)?;
+    out.write_record(["line", "phone", "state", "reason", "message_id", "ack", "attempts", "sent_at_ms", "replied_at_ms", "opted_out_at_ms"])
+        .map_err(csv_error)?;
     for r in &all {
         out.write_record([
             r.line.to_string(),
@@ -714,6 +721,8 @@ async fn report(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Resu
             neutralise(r.ack.as_deref().unwrap_or_default()),
             r.attempts.to_string(),
             r.sent_at_ms.map(|t| t.to_string()).unwrap_or_default(),
+            r.replied_at_ms.map(|t| t.to_string()).unwrap_or_default(),
+            r.opted_out_at_ms.map(|t| t.to_string()).unwrap_or_default(),
         ])
         .map_err(csv_error)?;
     }
