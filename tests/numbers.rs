@@ -71,3 +71,71 @@ fn a_new_number_stops_at_its_first_days_warmup_cap() {
     assert_eq!((v["number"]["cap_today"].as_u64(), v["number"]["warmup_day"].as_u64()), (Some(3), Some(0)), "{v}");
     assert_eq!(sim.messages(&device).len(), 3);
 }
+
+/// A contact replies "Stop!" mid-campaign: it goes on the session's
+/// opt-out list, `contact.opted_out` reaches a webhook, the running
+/// campaign skips it and so does a second one, and a one-off send to it is
+/// 409 (unless `ignore_opt_out`). A sent contact's reply is recorded.
+#[test]
+fn a_stop_reply_opts_the_contact_out_of_every_campaign() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let hook = Receiver::start();
+    let config = format!("[[webhooks]]\nurl = \"{}/hook\"\nsecret = \"s3cret\"\nevents = [\"contact.opted_out\"]\n", hook.base);
+    let daemon = Daemon::start(&sim, &config);
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let people = numbers(6, 13_000_000);
+    let id = daemon.campaign(body("spring", &people, 1500, 1800, "Hi"));
+    daemon.wait_sent(&id, 1, Duration::from_secs(60));
+    // The first recipient (sent) replies; the last (not yet sent) opts out.
+    let incoming = |from: &str, text: &str| {
+        let r = sim.phone("POST", &format!("/_phone/devices/{device}/incoming"), Some(json!({"from": from, "body": text})));
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    };
+    incoming(&people[0], "thanks!");
+    incoming(&people[5], "Stop!");
+    let got = hook.wait_for("contact.opted_out at the webhook", Duration::from_secs(30), |r| {
+        serde_json::from_slice::<Value>(&r.body).is_ok_and(|b| b["event"] == "contact.opted_out")
+    });
+    let event: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(event["detail"]["phone"], people[5].as_str(), "{event}");
+    let v = daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(90));
+    let rs = daemon.recipients(&id);
+    assert_eq!((rs[5]["state"].as_str(), rs[5]["reason"].as_str()), (Some("SKIPPED"), Some("opted_out")), "{:?}", rs[5]);
+    assert!(rs[0]["replied_at_ms"].as_u64().is_some(), "{:?}", rs[0]);
+    assert_eq!(v["replies"], 1, "{v}");
+    let log = deliveries(&sim, &device);
+    assert_eq!(log.get(&format!("{}@c.us", people[5])), None, "the opted-out contact got a message: {log:?}");
+    assert_eq!(log.values().sum::<usize>(), 5);
+    // The list has it, from the reply.
+    let list = daemon.api("GET", "/api/sessions/acme/opt-outs", None).json().unwrap();
+    assert_eq!(list, json!([{"phone": people[5], "at_ms": list[0]["at_ms"], "source": "reply"}]));
+    // A second campaign skips it and says so up front.
+    let second = daemon.api("POST", "/api/campaigns", Some(body("again", &[people[5].clone(), people[1].clone()], 100, 200, "Again")));
+    assert_eq!(second.status, 201, "{:?}", second.body);
+    let second = second.json().unwrap();
+    assert_eq!(second["will_skip_opted_out"], 1, "{second}");
+    let second_id = second["id"].as_str().unwrap().to_string();
+    daemon.wait_campaign(&second_id, "COMPLETED", Duration::from_secs(60));
+    let rs = daemon.recipients(&second_id);
+    assert_eq!(rs[0]["reason"], "opted_out", "{:?}", rs[0]);
+    assert_eq!(rs[1]["state"], "SENT", "{:?}", rs[1]);
+    // A one-off send is refused, unless the request overrides the list.
+    let to = format!("+{}", people[5]);
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": to, "text": "hello?"})));
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(String::from_utf8_lossy(&r.bytes).contains("opt-out"), "{:?}", r.body);
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": to, "text": "hello?", "ignore_opt_out": true})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // Import and removal through the API.
+    let csv = format!("phone,name\n+{},Zed\n", people[2]);
+    let r = daemon
+        .client()
+        .send("POST", "/api/sessions/acme/opt-outs", wasup::launch::Body::Bytes { content_type: "text/csv", bytes: csv.as_bytes() })
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = daemon.api("DELETE", &format!("/api/sessions/acme/opt-outs?phone=%2B{}", people[5]), None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let list = daemon.api("GET", "/api/sessions/acme/opt-outs", None).json().unwrap();
+    assert_eq!(list, json!([{"phone": people[2], "at_ms": list[0]["at_ms"], "source": "import"}]));
+}

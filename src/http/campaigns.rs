@@ -709,8 +709,19 @@ async fn report(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Resu
     let all = state.store.recipients(&record.id)?;
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| ApiError::internal(format!("report: {e}"));
-    out.write_record(["line", "phone", "state", "reason", "message_id", "ack", "attempts", "sent_at_ms", "replied_at_ms", "opted_out_at_ms"])
-        .map_err(csv_error)?;
+    out.write_record([
+        "line",
+        "phone",
+        "state",
+        "reason",
+        "message_id",
+        "ack",
+        "attempts",
+        "sent_at_ms",
+        "replied_at_ms",
+        "opted_out_at_ms",
+    ])
+    .map_err(csv_error)?;
     for r in &all {
         out.write_record([
             r.line.to_string(),
