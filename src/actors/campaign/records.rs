@@ -1,0 +1,75 @@
+//! The Campaign shell's store I/O: one campaign's recipients and record, and
+//! its session's daily send count, in sled. Errors come back as text for
+//! the machine (which pauses with `store_error` on any of them).
+
+use crate::campaign::{CampaignRecord, RecipientRecord};
+use crate::policy::campaign::{Change, Entry};
+use crate::store::Store;
+
+/// One campaign's records (see the module docs).
+pub(super) struct Records {
+    pub(super) id: String,
+    pub(super) session: String,
+    store: Store,
+    /// The recipient last written: event payloads name its phone and id,
+    /// and a send uses the record its `SENDING` write left here.
+    pub(super) last: Option<RecipientRecord>,
+}
+
+impl Records {
+    pub(super) fn new(record: &CampaignRecord, store: Store) -> Self {
+        Self { id: record.id.clone(), session: record.session.clone(), store, last: None }
+    }
+
+    /// Every recipient's index and the part the machine keeps in memory.
+    pub(super) fn load(&self) -> Result<Vec<(u32, Entry)>, String> {
+        let recipients = self.store.recipients(&self.id).map_err(|e| e.to_string())?;
+        Ok(recipients.iter().map(|r| (r.idx, Entry::of(r))).collect())
+    }
+
+    /// Reads recipient `idx`, applies `change` at `now_ms` and stores it
+    /// (flushed if `flush`); keeps it as [`Records::last`].
+    pub(super) fn write_recipient(&mut self, idx: u32, change: &Change, now_ms: u64, flush: bool) -> Result<(), String> {
+        let mut r = self.read(idx)?;
+        change.apply(&mut r, now_ms);
+        self.store.put_recipient(&self.id, &r, flush).map_err(|e| e.to_string())?;
+        self.last = Some(r);
+        Ok(())
+    }
+
+    /// Recipient `idx` as stored. Errors: unreadable, or not in the store.
+    pub(super) fn read(&self, idx: u32) -> Result<RecipientRecord, String> {
+        self.store.recipient(&self.id, idx).map_err(|e| e.to_string())?.ok_or_else(|| format!("recipient {idx} is not in the store"))
+    }
+
+    /// The recipient about to be sent under `message_id`: the record its
+    /// `SENDING` write just left (so the store is not read again), else as
+    /// stored.
+    pub(super) fn to_send(&mut self, idx: u32, message_id: &str) -> Result<RecipientRecord, String> {
+        match self.last.take().filter(|r| r.idx == idx && r.message_id.as_deref() == Some(message_id)) {
+            Some(r) => Ok(r),
+            None => self.read(idx),
+        }
+    }
+
+    pub(super) fn write_campaign(&self, record: &CampaignRecord, flush: bool) -> Result<(), String> {
+        let written = if flush { self.store.put_campaign(record) } else { self.store.put_campaign_unflushed(record) };
+        written.map_err(|e| e.to_string())
+    }
+
+    /// Counts one send of the session on `day`, flushed.
+    pub(super) fn count_send(&self, day: &str) -> Result<(), String> {
+        self.store.count_send(&self.session, day).map(drop).map_err(|e| e.to_string())
+    }
+
+    /// The session's sends on `day`; `u32::MAX` if unreadable (a failing
+    /// store never lets the daily cap be exceeded).
+    pub(super) fn sent_on(&self, day: &str) -> u32 {
+        self.store.sent_on(&self.session, day).unwrap_or(u32::MAX)
+    }
+
+    /// No store write has failed since the last flush that succeeded.
+    pub(super) fn store_ok(&self) -> bool {
+        self.store.failure().is_none()
+    }
+}
