@@ -187,7 +187,7 @@ impl Campaign {
     }
 
     fn send(&mut self, idx: u32, message_id: String, typing: Duration, ctx: &mut Context<Self>) {
-        let r = match self.io.records.to_send(idx, &message_id) {
+        let r = match self.io.records.for_send(idx, &message_id) {
             Ok(r) => r,
             Err(e) => return self.inputs.push_back(Input::Sent { idx, result: SendResult::NotSent(e) }),
         };

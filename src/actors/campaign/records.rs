@@ -45,7 +45,7 @@ impl Records {
     /// The recipient about to be sent under `message_id`: the record its
     /// `SENDING` write just left (so the store is not read again), else as
     /// stored.
-    pub(super) fn to_send(&mut self, idx: u32, message_id: &str) -> Result<RecipientRecord, String> {
+    pub(super) fn for_send(&mut self, idx: u32, message_id: &str) -> Result<RecipientRecord, String> {
         match self.last.take().filter(|r| r.idx == idx && r.message_id.as_deref() == Some(message_id)) {
             Some(r) => Ok(r),
             None => self.read(idx),
