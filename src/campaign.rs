@@ -130,8 +130,9 @@ pub type Counts = [u32; 5];
 
 /// The recipient counts of every campaign, kept in memory so views and
 /// metrics cost O(campaigns), never a scan of recipients. Counted from the
-/// store once at boot ([`Tally::seed`]), set for a new campaign before its
-/// record is stored, and published by running campaigns after every write.
+/// store once at boot ([`Tally::seed`], or by the campaign's actor as it
+/// loads), set for a new campaign before its record is stored, and
+/// published by running campaigns after every write.
 /// Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Tally(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Counts>>>);
@@ -160,20 +161,26 @@ impl Tally {
         }
     }
 
-    /// Counts every stored campaign's recipients (at boot, before the API
-    /// serves: one scan of the store). Returns the campaigns counted.
+    /// Counts the recipients of every stored campaign that no Campaign
+    /// actor will load (at boot, before the API serves). A `RUNNING` or
+    /// `PAUSED` campaign is skipped: its actor reads every recipient at its
+    /// start and sets the counts then, so each recipient is read once (a
+    /// view before that counts the campaign itself: [`Tally::get`]).
+    /// Returns the campaigns counted.
     ///
     /// Errors: the store cannot be read.
     pub fn seed(&self, store: &crate::store::Store) -> Result<usize, crate::store::StoreError> {
-        let campaigns = store.campaigns()?;
-        for c in &campaigns {
+        let mut counted = 0;
+        for c in store.campaigns()?.iter().filter(|c| !matches!(c.state, CampaignState::Running | CampaignState::Paused)) {
             self.set(&c.id, Self::count(&store.recipients(&c.id)?));
+            counted += 1;
         }
-        Ok(campaigns.len())
+        Ok(counted)
     }
 
-    /// A campaign's counts; counted from the store if it was not known (it
-    /// always is: see [`Tally::seed`]).
+    /// A campaign's counts; counted from the store if it was not known (a
+    /// restored campaign whose actor has not loaded yet: see
+    /// [`Tally::seed`]).
     ///
     /// Errors: the store cannot be read.
     pub fn get(&self, store: &crate::store::Store, id: &str) -> Result<Counts, crate::store::StoreError> {

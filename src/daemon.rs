@@ -54,7 +54,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let tally = crate::campaign::Tally::default();
     match tally.seed(&store) {
-        Ok(n) => tracing::debug!(campaigns = n, "campaign counts loaded"),
+        Ok(n) => tracing::debug!(campaigns = n, "campaign counts loaded (restored campaigns count theirs as they load)"),
         // Harmless: a campaign not counted here is counted on its first view
         // (and a store that cannot be read answers 503 there).
         Err(e) => tracing::warn!(error = %e, "cannot count the stored campaigns now; they are counted on first view"),

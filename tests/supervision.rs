@@ -116,6 +116,46 @@ fn phone_logout_wipes_the_profile_and_alerts() {
     assert!(events(&daemon, "acme", "session.restart_scheduled").is_empty(), "retried a logged-out device");
 }
 
+/// The operator's commands as their plans say: stop closes the browser and
+/// stays stopped, recover is refused outside FAILED/BLOCKED, and delete
+/// answers once the browser is closed and the profile wiped; the name is
+/// free again.
+#[test]
+fn operator_commands_stop_refuse_and_delete() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme", "start": true})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(90));
+    let profile = daemon.state_dir().join("profiles").join("acme");
+    assert!(wasup::procfs::browser_pid(&profile).is_some(), "no browser on the profile");
+
+    let r = daemon.api("POST", "/api/sessions/acme/stop", None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (r.body["state"].as_str(), r.body["reason"].as_str(), r.body["desired"].as_str()),
+        (Some("STOPPED"), Some("operator"), Some("stopped"))
+    );
+    // Chromium's last processes may take a moment to exit after the close.
+    wait_for("the browser to exit", Duration::from_secs(10), || wasup::procfs::browser_pid(&profile).is_none().then_some(()));
+    let r = daemon.api("POST", "/api/sessions/acme/recover", None);
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(daemon.session("acme")["desired"], "stopped", "a refused command changed the desired state");
+
+    let r = daemon.api("POST", "/api/sessions/acme/start", None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(90));
+    std::fs::write(profile.join("wasup-test-marker"), b"credentials").unwrap();
+    let r = daemon.api("DELETE", "/api/sessions/acme", None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(!profile.exists(), "the delete answered before the profile was wiped");
+    assert_eq!(wasup::procfs::browser_pid(&profile), None, "a browser outlived the delete");
+    assert_eq!(daemon.api("GET", "/api/sessions/acme", None).status, 404);
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme", "start": false})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
 /// Opened elsewhere with `restart.conflict = "stay"`: CONFLICT, and it stays.
 #[test]
 fn conflict_stays_by_default_and_takes_over_when_configured() {

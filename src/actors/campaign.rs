@@ -7,6 +7,14 @@
 //! Supervisor, timers, events and logs, and the shared recipient counts. It
 //! is the only writer of its campaign's record and recipients while it
 //! runs.
+//!
+//! Beside this file, in `campaign/`: `shell.rs` (the machine's `Shell`: the
+//! action queue, and what the Supervisor's answers mean), `records.rs` (the
+//! shell's store I/O) and `report.rs` (notes → events and log lines).
+
+mod records;
+mod report;
+mod shell;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,20 +22,19 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use self::records::Records;
+use self::report::Report;
+use self::shell::{lookup_result, send_result, session_input, Action, Io};
 use crate::actors::messages::{Finished, SessionChanged};
-use crate::actors::session::{SendError, SendOutcome};
-use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor, SupervisorError};
-use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, RecipientState, Tally};
+use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor};
+use crate::campaign::{CampaignRecord, Tally};
 use crate::config::Config;
-use crate::events::{Event, EventName, Events};
-use crate::policy::campaign::{
-    Change, CommandError, Contact, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
-};
-use crate::policy::pacing::{DayCount, NumberRecord, Pacing, QuietHours};
+use crate::events::Events;
+use crate::policy::campaign::{CommandError, Input, LookupResult, Machine, SendResult, Settings, Timer};
+use crate::policy::pacing::{Pacing, QuietHours};
 use crate::session_state::now_ms;
 use crate::store::Store;
 use crate::whatsapp::number::ChatId;
-use crate::whatsapp::page::SendRefused;
 
 /// An operator's command on a campaign.
 pub use crate::policy::campaign::Command as CampaignCommand;
@@ -89,236 +96,6 @@ pub fn settings_for(config: &Config) -> Settings {
     }
 }
 
-/// What a send's answer from the Supervisor means for the campaign: the one
-/// place errors are told apart (`None`: no answer in time).
-fn send_result(answer: Option<Result<SendOutcome, SupervisorError>>) -> SendResult {
-    match answer {
-        Some(Ok(outcome)) => SendResult::Sent { ack: outcome.ack },
-        Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => SendResult::NotConnected,
-        Some(Err(SupervisorError::NotFound(_))) => SendResult::SessionDeleted,
-        Some(Err(SupervisorError::Send(SendError::Refused(refused)))) => {
-            let (state, reason) = match refused {
-                SendRefused::NotOnWhatsApp(_) => (RecipientState::Skipped, RecipientReason::NotOnWhatsApp),
-                SendRefused::InvalidWid(m) => (RecipientState::Failed, RecipientReason::InvalidNumber(m)),
-                SendRefused::Other(m) => (RecipientState::Failed, RecipientReason::Other(m)),
-            };
-            SendResult::Refused { state, reason }
-        }
-        // WhatsApp's reach-out timelock.
-        Some(Err(SupervisorError::Send(SendError::Rejected { code: Some(463) }))) => SendResult::Timelock,
-        Some(Err(SupervisorError::Send(SendError::Rejected { code }))) => SendResult::Rejected(code),
-        Some(Err(e)) => SendResult::Unknown(e.to_string()),
-        None => SendResult::Unknown("no answer within the send timeout".into()),
-    }
-}
-
-/// What a lookup's answer means.
-fn lookup_result(answer: Result<Result<Option<i8>, SupervisorError>, MailboxError>) -> LookupResult {
-    match answer {
-        Ok(Ok(Some(ack))) => LookupResult::Found { ack },
-        Ok(Ok(None)) => LookupResult::NotFound,
-        Ok(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => LookupResult::NotConnected,
-        _ => LookupResult::Failed,
-    }
-}
-
-/// What the machine asked for that needs the actor's context.
-enum Action {
-    Send { idx: u32, message_id: String, typing: Duration },
-    Lookup { idx: u32, message_id: String },
-    AskSession,
-    Schedule(Timer, u64),
-    Cancel(Timer),
-    Finished(Box<CampaignRecord>),
-}
-
-/// The machine's [`Shell`] over sled: writes and reads happen at once;
-/// the rest is queued as [`Action`]s for the actor.
-struct Io {
-    id: String,
-    session: String,
-    store: Store,
-    events: Events,
-    tally: Tally,
-    /// The recipient last written (event payloads name its phone and id).
-    last: Option<RecipientRecord>,
-    /// Recipient by phone (E.164 digits, no `+`), to attribute replies.
-    by_phone: HashMap<String, u32>,
-    actions: VecDeque<Action>,
-}
-
-impl Io {
-    fn recipient_event(&self, event: EventName, idx: u32) -> Event {
-        let e = Event::campaign(event, &self.id, &self.session);
-        match self.last.as_ref().filter(|r| r.idx == idx) {
-            Some(r) => e
-                .state(r.state.as_str(), r.reason.as_deref())
-                .detail(serde_json::json!({"recipient": r.idx, "phone": r.phone, "message_id": r.message_id, "ack": r.ack})),
-            None => e.detail(serde_json::json!({"recipient": idx})),
-        }
-    }
-}
-
-impl Shell for Io {
-    fn load(&mut self) -> Result<Vec<(u32, Entry)>, String> {
-        let recipients = self.store.recipients(&self.id).map_err(|e| e.to_string())?;
-        self.by_phone = recipients.iter().map(|r| (r.phone.trim_start_matches('+').to_string(), r.idx)).collect();
-        Ok(recipients.iter().map(|r| (r.idx, Entry::of(r))).collect())
-    }
-
-    fn write_recipient(&mut self, idx: u32, change: &Change, now_ms: u64, flush: bool) -> Result<(), String> {
-        let mut r = self
-            .store
-            .recipient(&self.id, idx)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("recipient {idx} is not in the store"))?;
-        change.apply(&mut r, now_ms);
-        self.store.put_recipient(&self.id, &r, flush).map_err(|e| e.to_string())?;
-        self.last = Some(r);
-        Ok(())
-    }
-
-    fn write_campaign(&mut self, record: &CampaignRecord, flush: bool) -> Result<(), String> {
-        let written = if flush { self.store.put_campaign(record) } else { self.store.put_campaign_unflushed(record) };
-        written.map_err(|e| e.to_string())
-    }
-
-    fn count_send(&mut self, day: &str, number: &NumberRecord, first_contact: bool) -> Result<(), String> {
-        self.store.count_number_send(&self.session, day, number, first_contact).map_err(|e| e.to_string())
-    }
-
-    fn day_count(&self, day: &str) -> DayCount {
-        self.store.day_count(&self.session, day).unwrap_or(DayCount { sent: u32::MAX, first_contacts: u32::MAX })
-    }
-
-    fn number(&self) -> Result<NumberRecord, String> {
-        self.store.number(&self.session).map_err(|e| e.to_string())
-    }
-
-    fn number_ended(&mut self, number: &NumberRecord) {
-        // Harmless if it fails: see the trait.
-        let _ = self.store.put_number(&self.session, number, false);
-    }
-
-    fn contact(&self, idx: u32) -> Result<Contact, String> {
-        let r = self.store.recipient(&self.id, idx).map_err(|e| e.to_string())?;
-        let phone = r.as_ref().map(|r| r.phone.trim_start_matches('+').to_string()).unwrap_or_default();
-        let opted_out = self.store.opt_out(&self.session, &phone).map_err(|e| e.to_string())?.is_some();
-        let wrote = self.store.has_written(&self.session, &phone).map_err(|e| e.to_string())?;
-        Ok(Contact { opted_out, first_contact: !wrote })
-    }
-
-    fn store_ok(&self) -> bool {
-        self.store.failure().is_none()
-    }
-
-    fn send(&mut self, idx: u32, message_id: &str, typing: Duration) {
-        self.actions.push_back(Action::Send { idx, message_id: message_id.to_string(), typing });
-    }
-
-    fn lookup(&mut self, idx: u32, message_id: &str) {
-        self.actions.push_back(Action::Lookup { idx, message_id: message_id.to_string() });
-    }
-
-    fn ask_session(&mut self) {
-        self.actions.push_back(Action::AskSession);
-    }
-
-    fn schedule(&mut self, timer: Timer, at_ms: u64) {
-        self.actions.push_back(Action::Schedule(timer, at_ms));
-    }
-
-    fn cancel(&mut self, timer: Timer) {
-        self.actions.push_back(Action::Cancel(timer));
-    }
-
-    fn note(&mut self, note: Note, record: &CampaignRecord) {
-        let (id, session) = (&self.id, &self.session);
-        match note {
-            Note::Status { state, reason } => {
-                let reason = reason.map(|r| r.as_string());
-                self.events.publish(Event::campaign(EventName::CampaignStatus, id, session).state(state, reason.as_deref()));
-                let reason = reason.unwrap_or_default();
-                match state {
-                    CampaignState::Failed => {
-                        tracing::error!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
-                    }
-                    CampaignState::Paused => {
-                        tracing::warn!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
-                    }
-                    _ => {
-                        tracing::info!(campaign = %id, session = %session, event = "campaign.status", state = %state, reason, "campaign {state}")
-                    }
-                }
-            }
-            Note::Progress(counts) => {
-                let detail: serde_json::Map<String, serde_json::Value> =
-                    RecipientState::ALL.iter().map(|s| (s.as_str().to_string(), counts[s.index()].into())).collect();
-                self.events.publish(Event::campaign(EventName::CampaignProgress, id, session).detail(detail.into()));
-                let n = |s: RecipientState| counts[s.index()];
-                tracing::info!(
-                    campaign = %id,
-                    session = %session,
-                    event = "campaign.progress",
-                    sent = n(RecipientState::Sent),
-                    failed = n(RecipientState::Failed),
-                    skipped = n(RecipientState::Skipped),
-                    pending = n(RecipientState::Pending),
-                    total = record.total,
-                    "campaign progress"
-                );
-            }
-            Note::Sent { idx, resolved } => {
-                let message_id = self.last.as_ref().and_then(|r| r.message_id.clone()).unwrap_or_default();
-                let how = if resolved { "resolved: the page holds the message" } else { "message sent" };
-                tracing::info!(campaign = %id, session = %session, event = "message.sent", message_id = %message_id, recipient = idx, "{how}");
-                self.events.publish(self.recipient_event(EventName::MessageSent, idx));
-            }
-            Note::Failed { idx } => {
-                let (state, reason) =
-                    self.last.as_ref().map_or(("FAILED", String::new()), |r| (r.state.as_str(), r.reason.clone().unwrap_or_default()));
-                tracing::warn!(campaign = %id, session = %session, event = "message.failed", recipient = idx, reason = %reason, "recipient {state}");
-                self.events.publish(self.recipient_event(EventName::MessageFailed, idx));
-            }
-            Note::Acked { idx } => {
-                let e = self.recipient_event(EventName::MessageAck, idx);
-                let ack = self.last.as_ref().and_then(|r| r.ack.clone()).unwrap_or_default();
-                tracing::info!(campaign = %id, event = "message.ack", recipient = idx, ack = %ack, "ack");
-                self.events.publish(e);
-            }
-            Note::SendStarts { idx, late_ms } => {
-                // How late the pacing clock fired (the bench reads this).
-                let scheduled = record.next_send_ms.unwrap_or_default();
-                tracing::debug!(campaign = %id, recipient = idx, scheduled_ms = scheduled, late_ms, "pacing: send starts");
-            }
-            Note::Unresolved { idx, why } => {
-                tracing::warn!(campaign = %id, session = %session, recipient = idx, error = %why, "send outcome unknown; resolving by lookup")
-            }
-            Note::NotSent { idx } => {
-                tracing::info!(campaign = %id, session = %session, recipient = idx, "resolved: not sent; sending again")
-            }
-            Note::Replied { idx, opted_out } => {
-                let what = if opted_out { "opted out" } else { "replied" };
-                tracing::info!(campaign = %id, session = %session, recipient = idx, replies = record.replies, opt_outs = record.opt_outs, "recipient {what}");
-                let detail =
-                    serde_json::json!({"recipient": idx, "opted_out": opted_out, "replies": record.replies, "opt_outs": record.opt_outs});
-                self.events.publish(Event::campaign(EventName::CampaignProgress, id, session).detail(detail));
-            }
-            Note::StoreFailed { error } => {
-                tracing::error!(campaign = %id, session = %session, error = %error, "store write failed: no sends until writes succeed again")
-            }
-        }
-    }
-
-    fn counts(&mut self, counts: Counts) {
-        self.tally.set(&self.id, counts);
-    }
-
-    fn finished(&mut self, record: &CampaignRecord) {
-        self.actions.push_back(Action::Finished(Box::new(record.clone())));
-    }
-}
-
 /// The Campaign actor. See the module docs.
 pub struct Campaign {
     machine: Machine,
@@ -350,16 +127,7 @@ impl Campaign {
         events: Events,
         tally: Tally,
     ) -> Self {
-        let io = Io {
-            id: record.id.clone(),
-            session: record.session.clone(),
-            store,
-            events,
-            tally,
-            last: None,
-            by_phone: HashMap::new(),
-            actions: VecDeque::new(),
-        };
+        let io = Io { records: Records::new(&record, store), report: Report::new(&record, events), tally, actions: VecDeque::new() };
         let machine = Machine::new(record, pacing, settings_for(&config));
         Self { machine, io, config, supervisor, registry, timers: HashMap::new(), waiters: Vec::new(), inputs: VecDeque::new() }
     }
@@ -387,16 +155,12 @@ impl Campaign {
                 Action::Send { idx, message_id, typing } => self.send(idx, message_id, typing, ctx),
                 Action::Lookup { idx, message_id } => self.lookup(idx, message_id, ctx),
                 Action::AskSession => {
-                    let ask = GetSession { name: self.io.session.clone() };
+                    let ask = GetSession { name: self.io.records.session.clone() };
                     let supervisor = self.supervisor.clone();
-                    ctx.spawn(actix::fut::wrap_future::<_, Self>(async move { supervisor.send(ask).await }).map(|answer, act, ctx| {
-                        let input = match answer {
-                            Ok(Ok(view)) => Input::Session { state: view.state, detail: view.reason.unwrap_or_default() },
-                            Ok(Err(SupervisorError::NotFound(_))) => Input::SessionDeleted,
-                            _ => Input::SessionUnknown,
-                        };
-                        act.feed(input, ctx);
-                    }));
+                    ctx.spawn(
+                        actix::fut::wrap_future::<_, Self>(async move { supervisor.send(ask).await })
+                            .map(|answer, act, ctx| act.feed(session_input(answer), ctx)),
+                    );
                 }
                 Action::Schedule(timer, at_ms) => {
                     if let Some(t) = self.timers.remove(&timer) {
@@ -428,21 +192,17 @@ impl Campaign {
     }
 
     fn send(&mut self, idx: u32, message_id: String, typing: Duration, ctx: &mut Context<Self>) {
-        // The machine has just written this recipient SENDING: that write
-        // left the record here, so the store is not read again.
-        let written = self.io.last.take().filter(|r| r.idx == idx && r.message_id.as_deref() == Some(message_id.as_str()));
-        let read = || self.io.store.recipient(&self.io.id, idx);
-        let r = match written.map(|r| Ok(Some(r))).unwrap_or_else(read) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return self
-                    .inputs
-                    .push_back(Input::Sent { idx, result: SendResult::NotSent(format!("recipient {idx} is not in the store")) })
-            }
-            Err(e) => return self.inputs.push_back(Input::Sent { idx, result: SendResult::NotSent(e.to_string()) }),
+        let r = match self.io.records.for_send(idx, &message_id) {
+            Ok(r) => r,
+            Err(e) => return self.inputs.push_back(Input::Sent { idx, result: SendResult::NotSent(e) }),
         };
-        let send =
-            SendMessage { name: self.io.session.clone(), to: ChatId::from_trusted(r.chat_id), text: r.text, id: Some(message_id), typing };
+        let send = SendMessage {
+            name: self.io.records.session.clone(),
+            to: ChatId::from_trusted(r.chat_id),
+            text: r.text,
+            id: Some(message_id),
+            typing,
+        };
         let supervisor = self.supervisor.clone();
         let limit = self.config.whatsapp.send_timeout + typing + Duration::from_secs(10);
         let answer = async move { tokio::time::timeout(limit, supervisor.send(send)).await.ok().and_then(Result::ok) };
@@ -452,11 +212,10 @@ impl Campaign {
     }
 
     fn lookup(&mut self, idx: u32, message_id: String, ctx: &mut Context<Self>) {
-        let r = match self.io.store.recipient(&self.io.id, idx) {
-            Ok(Some(r)) => r,
-            _ => return self.inputs.push_back(Input::LookedUp { idx, result: LookupResult::Failed }),
+        let Ok(r) = self.io.records.read(idx) else {
+            return self.inputs.push_back(Input::LookedUp { idx, result: LookupResult::Failed });
         };
-        let lookup = LookupMessage { name: self.io.session.clone(), to: ChatId::from_trusted(r.chat_id), id: message_id };
+        let lookup = LookupMessage { name: self.io.records.session.clone(), to: ChatId::from_trusted(r.chat_id), id: message_id };
         let supervisor = self.supervisor.clone();
         ctx.spawn(actix::fut::wrap_future::<_, Self>(async move { supervisor.send(lookup).await }).map(move |answer, act, ctx| {
             act.feed(Input::LookedUp { idx, result: lookup_result(answer) }, ctx);
@@ -504,7 +263,7 @@ impl Handler<Replied> for Campaign {
     type Result = ();
 
     fn handle(&mut self, msg: Replied, ctx: &mut Self::Context) {
-        if let Some(&idx) = self.io.by_phone.get(&msg.phone) {
+        if let Some(&idx) = self.io.records.by_phone.get(&msg.phone) {
             self.feed(Input::Reply { idx, at_ms: msg.at_ms, opted_out: msg.opted_out }, ctx);
         }
     }

@@ -1,5 +1,7 @@
-//! The actors (actix): one file each. `actors.md` at the top of the
-//! repository is their map: who starts whom, the messages, the invariants.
+//! The actors (actix): one file each; the Supervisor's and the Campaign's
+//! parts live in a directory of the same name beside it. `actors.md` at the
+//! top of the repository is their map: who starts whom, the messages, the
+//! invariants.
 
 pub mod campaign;
 pub mod campaigns;

@@ -1,6 +1,7 @@
 //! One session's slot in the Supervisor, as pure code: its record and state
 //! bookkeeping (restart accounting on connect and disconnect), the restart
-//! policy's plan for the end of a run, and the verdicts on health reports.
+//! policy's plan for the end of a run, the plan for an operator's command,
+//! and the verdicts on health reports.
 //! Time and randomness are arguments. The Supervisor owns one per session
 //! and carries out what these return: store writes, events, alerts, timers,
 //! Session actors.
@@ -79,6 +80,52 @@ pub enum EndPlan {
     Relink,
     /// Enter this state (`CONFLICT`, `BLOCKED`, `FAILED`), no restart.
     Enter(SessionState),
+}
+
+/// An operator's command on one session (`POST /api/sessions/{name}/…`,
+/// `DELETE /api/sessions/{name}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Start,
+    Stop,
+    Restart,
+    Logout,
+    Delete,
+    /// Clear the restart budget and restart a `FAILED` or `BLOCKED` session.
+    Recover,
+}
+
+/// How the Supervisor carries out an operator's command, step by step in
+/// field order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandPlan {
+    /// Store this desired state first; if the write fails, the command fails
+    /// and nothing else happens (so a restart never brings back what the
+    /// operator was told is gone).
+    pub desired: Option<Desired>,
+    /// Clear the restart budget (once the desired state is stored).
+    pub clear_restarts: bool,
+    /// Ask the page to log out first (best effort: the profile is wiped
+    /// regardless).
+    pub logout_page: bool,
+    /// Stop the Session actor and wait for its browser to close.
+    pub stop: bool,
+    /// What follows.
+    pub then: Then,
+}
+
+/// The last step of a [`CommandPlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Start a Session unless one runs.
+    Start,
+    /// Enter `STOPPED(reason)`; start again if `start`.
+    Stopped { reason: &'static str, start: bool },
+    /// The credentials are void: wipe the profile, `LOGGED_OUT(reason)`, and
+    /// start afresh if the session should run.
+    Relink(&'static str),
+    /// Wipe the profile and forget the session, in memory and in the store.
+    Delete,
 }
 
 /// Health limits (from `[health]`).
@@ -207,6 +254,27 @@ impl SessionSlot {
         plan
     }
 
+    /// The plan for an operator's `command`. Errors: the command does not
+    /// apply to the session's state; the text says what it needs.
+    pub fn command(&self, command: Command) -> Result<CommandPlan, &'static str> {
+        let plan = |desired, then| CommandPlan { desired: Some(desired), clear_restarts: false, logout_page: false, stop: true, then };
+        Ok(match command {
+            Command::Start => CommandPlan { stop: false, ..plan(Desired::Running, Then::Start) },
+            Command::Stop => plan(Desired::Stopped, Then::Stopped { reason: "operator", start: false }),
+            Command::Restart => plan(Desired::Running, Then::Stopped { reason: "restart", start: true }),
+            Command::Recover => {
+                if !matches!(self.record.state, SessionState::Failed | SessionState::Blocked) {
+                    return Err("recover is for FAILED or BLOCKED sessions");
+                }
+                CommandPlan { clear_restarts: true, ..plan(Desired::Running, Then::Stopped { reason: "recover", start: true }) }
+            }
+            Command::Delete => plan(Desired::Stopped, Then::Delete),
+            // What the operator wants does not change: a running session
+            // comes back with a new QR.
+            Command::Logout => CommandPlan { desired: None, logout_page: true, ..plan(Desired::Running, Then::Relink("operator_logout")) },
+        })
+    }
+
     /// The profile was wiped: no account, no key-file warning pending.
     pub fn relinked(&mut self) {
         self.record.me = None;
@@ -306,6 +374,47 @@ mod tests {
         assert!(s.on_health(None, None, Some(170), LIMITS).purge);
         assert_eq!(s.on_health(None, None, Some(10), LIMITS), HealthPlan::default());
         assert_eq!(s.on_health(None, None, Some(150), LIMITS).key_files_crossed, Some((150, 100)));
+    }
+
+    #[test]
+    fn an_operators_command_stores_what_the_operator_wants_before_it_acts() {
+        let s = slot();
+        let start = s.command(Command::Start).expect("start applies");
+        assert_eq!((start.desired, start.stop, start.then), (Some(Desired::Running), false, Then::Start));
+        let stop = s.command(Command::Stop).expect("stop applies");
+        assert_eq!((stop.desired, stop.stop), (Some(Desired::Stopped), true));
+        assert_eq!(stop.then, Then::Stopped { reason: "operator", start: false });
+        assert_eq!(
+            s.command(Command::Restart).map(|p| (p.desired, p.then)),
+            Ok((Some(Desired::Running), Then::Stopped { reason: "restart", start: true }))
+        );
+        let delete = s.command(Command::Delete).expect("delete applies");
+        assert_eq!((delete.desired, delete.stop, delete.then), (Some(Desired::Stopped), true, Then::Delete));
+        // A logout keeps the desired state and asks the page first.
+        let logout = s.command(Command::Logout).expect("logout applies");
+        assert_eq!((logout.desired, logout.logout_page, logout.stop), (None, true, true));
+        assert_eq!(logout.then, Then::Relink("operator_logout"));
+        // Only stop-like plans ask the page to log out or clear the budget.
+        for command in [Command::Start, Command::Stop, Command::Restart, Command::Delete] {
+            let p = s.command(command).expect("applies");
+            assert!(!p.logout_page && !p.clear_restarts, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn recover_is_only_for_failed_or_blocked_sessions_and_clears_the_budget() {
+        let policy = policy();
+        let mut s = slot();
+        for state in [SessionState::Stopped, SessionState::Connected, SessionState::Reconnecting, SessionState::LoggedOut] {
+            s.set_state(&policy, state, None, 1);
+            assert_eq!(s.command(Command::Recover), Err("recover is for FAILED or BLOCKED sessions"), "{state}");
+        }
+        for state in [SessionState::Failed, SessionState::Blocked] {
+            s.set_state(&policy, state, None, 2);
+            let p = s.command(Command::Recover).expect("recover applies");
+            assert_eq!((p.desired, p.clear_restarts, p.stop), (Some(Desired::Running), true, true));
+            assert_eq!(p.then, Then::Stopped { reason: "recover", start: true });
+        }
     }
 
     #[test]
