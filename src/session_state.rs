@@ -85,6 +85,12 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// This daemon run's id: random, the same for the whole process.
+pub fn boot_id() -> u64 {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(rand::random)
+}
+
 /// Now as Unix epoch milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -406,6 +406,7 @@ impl Run {
             // Low, so that short runs reach it.
             max_opt_out_rate: 0.2,
             opt_out_min_sent: 2,
+            boot: 1,
         };
         let record = CampaignRecord {
             id: "c1".into(),
@@ -499,6 +500,8 @@ impl Run {
     fn restart(&mut self) {
         self.world.crash(&mut self.rng);
         let record = self.world.durable_campaign.clone();
+        // A new daemon run.
+        self.settings.boot += 1;
         self.machine = Machine::new(record.clone(), self.pacing.clone(), self.settings.clone());
         if record.state.is_final() || record.state == CampaignState::Draft {
             self.world.finished = true;

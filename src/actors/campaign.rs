@@ -93,6 +93,7 @@ pub fn settings_for(config: &Config) -> Settings {
         send_timeout: config.whatsapp.send_timeout + c.typing_max,
         max_opt_out_rate: c.max_opt_out_rate,
         opt_out_min_sent: c.opt_out_min_sent,
+        boot: crate::session_state::boot_id(),
     }
 }
 

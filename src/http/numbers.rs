@@ -273,7 +273,8 @@ pub fn number_view(state: &AppState, session: &str) -> Result<NumberView, ApiErr
         state.store.day_count(session, &d.to_string()).unwrap_or(DayCount { sent: u32::MAX, first_contacts: u32::MAX })
     };
     let slot = pacing.next(ts(now), ts(record.earliest_ms()), |d| rules.day_full(d, counts(d), false, &record));
-    let next_send_ms = u64::try_from(slot.at.as_millisecond()).unwrap_or(0).max(now);
+    let busy = record.busy(now, crate::session_state::boot_id());
+    let next_send_ms = u64::try_from(slot.at.as_millisecond()).unwrap_or(0).max(now).max(busy.unwrap_or(0));
     let warmup_day = rules.warmup.as_ref().map(|w| record.ramp_day_on(today, w));
     let warm_cap = rules.warmup.as_ref().zip(warmup_day).map(|(w, d)| w.cap(d));
     let cap_today = match (rules.daily_cap, warm_cap) {

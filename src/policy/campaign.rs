@@ -450,7 +450,8 @@ pub trait Shell {
     fn number(&self) -> Result<NumberRecord, String>;
     /// Stores the number's state after a send ended (not flushed). Errors
     /// are harmless and ignored: the gap then counts from the send's start
-    /// and the number stays busy for at most the send timeout, which only
+    /// and the number stays busy for at most the send timeout (within this
+    /// daemon run), which only
     /// slows it down.
     fn number_ended(&mut self, number: &NumberRecord);
     /// What the next send needs to know of recipient `idx`'s contact: on
@@ -513,6 +514,9 @@ pub struct Settings {
     /// `opt_out_min_sent` sends on.
     pub max_opt_out_rate: f64,
     pub opt_out_min_sent: u32,
+    /// This daemon run's id ([`crate::session_state::boot_id`]): a number
+    /// held by a send of an earlier run is free.
+    pub boot: u64,
 }
 
 /// A send or lookup under way.
@@ -1004,7 +1008,7 @@ impl Machine {
                 return self.pause_for_store(now_ms, shell);
             }
         };
-        if let Some(busy) = number.busy_until_ms.filter(|b| *b > now_ms) {
+        if let Some(busy) = number.busy(now_ms, self.settings.boot) {
             // Another campaign's send holds the number: look again soon (its
             // end starts the number's gap).
             self.hold_until(busy.min(now_ms.saturating_add(1000)), Hold::Gap, now_ms, shell);
@@ -1056,7 +1060,8 @@ impl Machine {
         // SENDING record that reached the store without its flush is looked
         // up as "not sent". None can cause a second send.
         let today = self.pacing.day(ts(now_ms));
-        let next = number.sending(now_ms, today, self.pacing.number.gap(rng), self.settings.send_timeout, &self.pacing.number);
+        let next =
+            number.sending(now_ms, today, self.pacing.number.gap(rng), self.settings.send_timeout, self.settings.boot, &self.pacing.number);
         if let Err(e) = shell.count_send(&today.to_string(), &next, contact.first_contact) {
             self.fault(e, shell);
             return self.step(now_ms, rng, shell);

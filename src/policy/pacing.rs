@@ -146,9 +146,12 @@ pub struct NumberRecord {
     /// The gap drawn for after the last send, ms.
     pub gap_ms: u64,
     /// A send is under way until then (its start plus the send timeout),
-    /// epoch ms; cleared when it ends. Outlives a crash by at most the send
-    /// timeout.
+    /// epoch ms; cleared when it ends.
     pub busy_until_ms: Option<u64>,
+    /// The daemon run (`boot` of [`NumberRecord::sending`]) whose send that
+    /// is: a send of an earlier run was abandoned when it stopped, so it
+    /// holds nothing.
+    pub busy_boot: u64,
     /// The ramp's sending day of `last_day` (0: the first).
     pub ramp_day: u32,
     /// The local date of the last send, `YYYY-MM-DD`.
@@ -156,10 +159,16 @@ pub struct NumberRecord {
 }
 
 impl NumberRecord {
-    /// The earliest time the number may send again, epoch ms.
+    /// The earliest time the number may send again after its last send,
+    /// epoch ms (a send under way aside: [`NumberRecord::busy`]).
     pub fn earliest_ms(&self) -> u64 {
-        let gap = self.last_send_ms.map_or(0, |l| l.saturating_add(self.gap_ms));
-        gap.max(self.busy_until_ms.unwrap_or(0))
+        self.last_send_ms.map_or(0, |l| l.saturating_add(self.gap_ms))
+    }
+
+    /// Until when a send of this daemon run (`boot`) holds the number, if
+    /// one does at `now_ms`.
+    pub fn busy(&self, now_ms: u64, boot: u64) -> Option<u64> {
+        self.busy_until_ms.filter(|until| *until > now_ms && self.busy_boot == boot)
     }
 
     /// The ramp's sending day if the number sends on `day`.
@@ -177,14 +186,16 @@ impl NumberRecord {
         }
     }
 
-    /// This record after a send starts at `now_ms` on `day`, with the next
-    /// `gap` drawn and the send under way for at most `busy_for`.
-    pub fn sending(&self, now_ms: u64, day: Date, gap: Duration, busy_for: Duration, rules: &NumberRules) -> Self {
+    /// This record after a send of daemon run `boot` starts at `now_ms` on
+    /// `day`, with the next `gap` drawn and the send under way for at most
+    /// `busy_for`.
+    pub fn sending(&self, now_ms: u64, day: Date, gap: Duration, busy_for: Duration, boot: u64, rules: &NumberRules) -> Self {
         let ramp_day = rules.warmup.as_ref().map_or(0, |w| self.ramp_day_on(day, w));
         Self {
             last_send_ms: Some(now_ms),
             gap_ms: u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
             busy_until_ms: Some(now_ms.saturating_add(u64::try_from(busy_for.as_millis()).unwrap_or(u64::MAX))),
+            busy_boot: boot,
             ramp_day,
             last_day: Some(day.to_string()),
         }
@@ -450,7 +461,7 @@ mod tests {
             // Send until the day is full, as the machine would.
             let mut sent = 0;
             while p.number.day_full(day, DayCount { sent, first_contacts: 0 }, false, &record).is_none() {
-                record = record.sending(1, day, Duration::ZERO, Duration::ZERO, &p.number);
+                record = record.sending(1, day, Duration::ZERO, Duration::ZERO, 7, &p.number);
                 sent += 1;
             }
             let why = p.number.day_full(day, DayCount { sent, first_contacts: 0 }, false, &record);
@@ -480,8 +491,11 @@ mod tests {
         assert_eq!(p.number.day_full(day, count, false, &r), None);
         // The gap counts from the end of the previous send, and a send under
         // way holds the number.
-        let r = NumberRecord::default().sending(1_000, day, Duration::from_secs(20), Duration::from_secs(120), &p.number);
-        assert_eq!(r.earliest_ms(), 121_000);
-        assert_eq!(r.ended(5_000).earliest_ms(), 25_000);
+        let r = NumberRecord::default().sending(1_000, day, Duration::from_secs(20), Duration::from_secs(120), 7, &p.number);
+        assert_eq!((r.earliest_ms(), r.busy(2_000, 7)), (21_000, Some(121_000)));
+        // A send of an earlier daemon run was abandoned: it holds nothing.
+        assert_eq!(r.busy(2_000, 8), None);
+        let ended = r.ended(5_000);
+        assert_eq!((ended.earliest_ms(), ended.busy(6_000, 7)), (25_000, None));
     }
 }
