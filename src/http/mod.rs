@@ -42,6 +42,7 @@ mod events;
 pub mod metrics;
 mod openapi;
 mod sessions;
+mod webhooks;
 
 use actix::Addr;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
@@ -65,6 +66,7 @@ const API_MODULES: &[RouteTable] = &[
     (sessions::routes, sessions::ROUTES),
     (campaigns::routes, campaigns::ROUTES),
     (events::routes, events::ROUTES),
+    (webhooks::routes, webhooks::ROUTES),
     (openapi::routes, openapi::ROUTES),
 ];
 
@@ -101,6 +103,8 @@ pub struct AppState {
     pub store: Store,
     pub config: std::sync::Arc<Config>,
     pub events: crate::events::Events,
+    /// The webhooks: hooks, counts, dead letters.
+    pub webhooks: crate::webhooks::Webhooks,
     /// `http.max_body_bytes`.
     pub max_body: usize,
     /// Recipient counts of every campaign.
