@@ -498,7 +498,10 @@ impl EventWebhookConfig {
             };
             if matched.is_empty() {
                 let known: Vec<&str> = EventName::ALL.iter().map(|e| e.as_str()).collect();
-                return Err(format!("unknown event {pattern:?}; use \"*\", a group such as \"campaign.*\", or one of {}", known.join(", ")));
+                return Err(format!(
+                    "unknown event {pattern:?}; use \"*\", a group such as \"campaign.*\", or one of {}",
+                    known.join(", ")
+                ));
             }
             names.extend(matched);
         }

@@ -35,7 +35,12 @@ fn check_signed(r: &Received, secret: &str) -> String {
     let sig = r.header("X-Wasup-Signature").expect("signature header");
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(&r.body);
-    assert_eq!(sig, format!("sha256={}", hex::encode(mac.finalize().into_bytes())), "bad signature on {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        sig,
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        "bad signature on {}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(r.header("Content-Type"), Some("application/json"));
     let id = r.header("X-Wasup-Delivery").expect("delivery id").to_string();
     assert!(id.len() == 20 && id.starts_with("dlv_") && id[4..].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
@@ -206,7 +211,11 @@ fn a_refused_delivery_is_a_dead_letter_until_replayed() {
     let dead = r.body.as_array().unwrap().clone();
     assert_eq!(dead.len(), attempts);
     for d in &dead {
-        assert_eq!((d["attempts"].as_u64(), d["last_status"].as_u64(), d["event"].as_str()), (Some(1), Some(400), Some("session.status")), "{d}");
+        assert_eq!(
+            (d["attempts"].as_u64(), d["last_status"].as_u64(), d["event"].as_str()),
+            (Some(1), Some(400), Some("session.status")),
+            "{d}"
+        );
         assert!(d["last_error"].as_str().unwrap().contains("400"), "{d}");
         assert_eq!(d["body"]["event"], "session.status");
         assert_eq!(d["webhook"], shown[0]["id"]);
@@ -223,7 +232,9 @@ fn a_refused_delivery_is_a_dead_letter_until_replayed() {
     let r = daemon.api("POST", &format!("/api/webhooks/dead-letters/{first}/replay"), None);
     assert_eq!(r.status, 202, "{:?}", r.body);
     assert_eq!((r.body["id"].as_str(), r.body["attempts"].as_u64()), (Some(first.as_str()), Some(0)));
-    let retried = |status: u16| receiver.received().iter().filter(|r| r.header("X-Wasup-Delivery") == Some(first.as_str()) && r.status == status).count();
+    let retried = |status: u16| {
+        receiver.received().iter().filter(|r| r.header("X-Wasup-Delivery") == Some(first.as_str()) && r.status == status).count()
+    };
     wait_for("two 503 answers", Duration::from_secs(20), || (retried(503) >= 2).then_some(()));
     receiver.answer(200);
     wait_for("the replay delivered", Duration::from_secs(20), || (retried(200) == 1).then_some(()));

@@ -131,7 +131,13 @@ async fn list(state: web::Data<AppState>) -> HttpResponse {
     let webhooks = w
         .hooks()
         .iter()
-        .map(|h| HookView { id: h.id.clone(), kind: h.kind, url: h.shown_url.clone(), events: h.events.clone(), pending: s.pending_of(&h.id) })
+        .map(|h| HookView {
+            id: h.id.clone(),
+            kind: h.kind,
+            url: h.shown_url.clone(),
+            events: h.events.clone(),
+            pending: s.pending_of(&h.id),
+        })
         .collect();
     HttpResponse::Ok().json(WebhooksView {
         webhooks,

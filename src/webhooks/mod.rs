@@ -250,8 +250,7 @@ impl Webhooks {
         let stored = store.deliveries()?;
         stats.dead_letters.store(store.dead_letter_count()?, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let worker =
-            worker::Worker::new(hooks.clone(), store.clone(), stats.clone(), &config.webhook_delivery, tx.clone(), rx, stored);
+        let worker = worker::Worker::new(hooks.clone(), store.clone(), stats.clone(), &config.webhook_delivery, tx.clone(), rx, stored);
         std::thread::Builder::new().name("webhook-delivery".into()).spawn(move || worker.run())?;
         let outbox = outbox::Outbox::start(hooks.clone(), store.clone(), stats.clone(), tx.clone())?;
         Ok(Self { hooks, stats, store, outbox: Arc::new(outbox), worker: tx })
@@ -291,13 +290,8 @@ impl Webhooks {
         let Some(dead) = self.store.dead_letter_entry(id)? else { return Ok(Replay::NotFound) };
         let Some(hook) = self.hooks.iter().position(|h| h.id == dead.hook) else { return Ok(Replay::HookGone) };
         let now = now_ms();
-        let revived = self.store.replay_dead_letter(id, |d| Delivery {
-            attempts: 0,
-            first_at_ms: now,
-            next_at_ms: now,
-            dead_at_ms: None,
-            ..d
-        })?;
+        let revived =
+            self.store.replay_dead_letter(id, |d| Delivery { attempts: 0, first_at_ms: now, next_at_ms: now, dead_at_ms: None, ..d })?;
         let Some(revived) = revived else { return Ok(Replay::NotFound) };
         self.stats.dead_letters.fetch_sub(1, Ordering::Relaxed);
         let pending = worker::Pending { hook, id: revived.id.clone(), next_at_ms: now, memory: None };

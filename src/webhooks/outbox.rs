@@ -28,7 +28,10 @@ pub const BATCH: usize = 512;
 
 enum Item {
     Event(Box<Event>),
-    Alert { event: EventName, body: String },
+    Alert {
+        event: EventName,
+        body: String,
+    },
     /// Store what came before, answer, and end.
     Stop(mpsc::Sender<()>),
 }
@@ -78,7 +81,11 @@ impl Outbox {
             if now.saturating_sub(*logged) >= 60_000 {
                 *logged = now;
                 let why = if matches!(e, mpsc::TrySendError::Full(_)) { "its queue is full" } else { "it has stopped" };
-                tracing::error!(event = "webhook.dropped", dropped = self.stats.dropped.load(Ordering::Relaxed), "the webhook outbox lost an event: {why}");
+                tracing::error!(
+                    event = "webhook.dropped",
+                    dropped = self.stats.dropped.load(Ordering::Relaxed),
+                    "the webhook outbox lost an event: {why}"
+                );
             }
         }
     }

@@ -101,11 +101,8 @@ impl Worker {
         rx: UnboundedReceiver<Msg>,
         stored: Vec<Delivery>,
     ) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(config.timeout)
-            .redirects(0)
-            .user_agent(concat!("wasup/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let agent =
+            ureq::AgentBuilder::new().timeout(config.timeout).redirects(0).user_agent(concat!("wasup/", env!("CARGO_PKG_VERSION"))).build();
         let mut worker = Self {
             lanes: hooks.iter().map(|_| Lane::default()).collect(),
             hooks,
@@ -134,7 +131,9 @@ impl Worker {
                         }
                         // Harmless: it stays in the stored outbox and is
                         // looked at again at the next start.
-                        Err(e) => tracing::error!(delivery = %d.id, error = %e, "cannot move a delivery of a removed webhook to the dead letters"),
+                        Err(e) => {
+                            tracing::error!(delivery = %d.id, error = %e, "cannot move a delivery of a removed webhook to the dead letters")
+                        }
                     }
                 }
             }
