@@ -62,6 +62,9 @@ struct WebhooksView {
     /// Events lost before the outbox since the daemon started (its queue
     /// was full); 0 unless the disk was stuck.
     dropped: u64,
+    /// Deliveries the store did not take (a full disk) since the daemon
+    /// started, attempted from memory only.
+    unstored: u64,
 }
 
 /// A delivery: pending, or a dead letter.
@@ -147,6 +150,7 @@ async fn list(state: web::Data<AppState>) -> HttpResponse {
         failed_attempts: s.failed_attempts.load(Relaxed),
         dead_lettered: s.dead_lettered.load(Relaxed),
         dropped: s.dropped.load(Relaxed),
+        unstored: s.unstored.load(Relaxed),
     })
 }
 

@@ -341,6 +341,89 @@ mod tests {
         assert_eq!(u64::from_str_radix(&a[0][4..], 16).unwrap() >> 20, t);
     }
 
+    /// A loopback receiver answering `status` (shared, changeable); keeps
+    /// `(X-Wasup-Delivery, status answered)` of every request.
+    fn receiver(listener: std::net::TcpListener, status: Arc<std::sync::atomic::AtomicU16>) -> Arc<Mutex<Vec<(String, u16)>>> {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(stream);
+                let (mut id, mut len, mut line) = (String::new(), 0, String::new());
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("x-wasup-delivery:") {
+                        id = v.trim().to_string();
+                    }
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                let status = status.load(Ordering::SeqCst);
+                sink.lock().unwrap().push((id, status));
+                let _ =
+                    reader.get_mut().write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+            }
+        });
+        got
+    }
+
+    fn wait(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Real sled, real HTTP on loopback: events published while nothing
+    /// listens are stored; a second outbox on the same store (a restart)
+    /// resumes them; a 503 is retried and a 200 delivers each once.
+    #[test]
+    fn stored_deliveries_survive_a_restart_and_are_retried_until_delivered() {
+        use crate::events::{Event, Events};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let config = Config::parse(
+            &format!("[[webhooks]]\nurl = \"http://127.0.0.1:{port}/h\"\nsecret = \"s\"\nevents = [\"session.*\"]\n[webhook_delivery]\nbackoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\n"),
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let first = Webhooks::start(&config, store.clone()).unwrap();
+        let bus = Events::new().with_sink(first.sink());
+        for i in 0..5 {
+            bus.publish(Event::session(EventName::SessionStatus, &format!("s{i}")));
+        }
+        bus.publish(Event::campaign(EventName::MessageSent, "cmp_1", "s0")); // not subscribed
+        wait("five pending, attempted", || {
+            first.stats().pending.load(Ordering::Relaxed) == 5 && first.stats().failed_attempts.load(Ordering::Relaxed) > 0
+        });
+        first.stop(Duration::from_secs(5));
+        assert_eq!(store.deliveries().unwrap().len(), 5);
+
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(503));
+        let got = receiver(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), status.clone());
+        let second = Webhooks::start(&config, store.clone()).unwrap();
+        assert_eq!(second.stats().pending.load(Ordering::Relaxed), 5, "the stored outbox is resumed");
+        wait("a 503 answered", || got.lock().unwrap().iter().any(|(_, s)| *s == 503));
+        status.store(200, Ordering::SeqCst);
+        wait("all delivered", || second.stats().pending.load(Ordering::Relaxed) == 0);
+        let got = got.lock().unwrap().clone();
+        let delivered: std::collections::BTreeSet<&str> = got.iter().filter(|(_, s)| *s == 200).map(|(id, _)| id.as_str()).collect();
+        assert_eq!(delivered.len(), 5, "{got:?}");
+        assert_eq!(got.iter().filter(|(_, s)| *s == 200).count(), 5, "each delivered once: {got:?}");
+        assert_eq!(second.stats().delivered.load(Ordering::Relaxed), 5);
+        wait("the outbox emptied", || store.deliveries().unwrap().is_empty());
+        second.stop(Duration::from_secs(5));
+    }
+
     #[test]
     fn shown_urls_lose_credentials_query_and_fragment() {
         assert_eq!(shown_url("https://user:pw@hooks.example.com:8443/a/b?token=x#f"), "https://hooks.example.com:8443/a/b");

@@ -195,6 +195,7 @@ impl Worker {
 
     /// Starts every due attempt there is room for.
     fn dispatch(&mut self, now: u64) {
+        let mut changed = false;
         for hook in 0..self.lanes.len() {
             while self.lanes[hook].in_flight < self.room(&self.lanes[hook]) {
                 let lane = &mut self.lanes[hook];
@@ -203,6 +204,7 @@ impl Worker {
                     break;
                 }
                 let ((_, id), memory) = entry.remove_entry();
+                changed = true;
                 let (delivery, stored) = match memory {
                     Some(d) => (*d, false),
                     None => match self.store.delivery(&id) {
@@ -221,6 +223,9 @@ impl Worker {
                 self.lanes[hook].in_flight += 1;
                 self.start(hook, delivery, stored);
             }
+        }
+        if changed {
+            self.count();
         }
     }
 
@@ -266,11 +271,13 @@ impl Worker {
             Verdict::Delivered => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(event = "webhook.delivered", hook = %hook_id, delivery = %delivery.id, attempts = delivery.attempts, "webhook delivered");
-                if stored {
-                    // Harmless if it fails: the delivery stays in the stored
-                    // outbox and is sent once more after a restart (at least
-                    // once; receivers de-duplicate on the id).
-                    if let Err(e) = self.store.remove_delivery(&delivery.id) {
+                // Also when only memory held it: a batch may reach the store
+                // even though its flush failed.
+                // Harmless if it fails: the delivery stays in the stored
+                // outbox and is sent once more after a restart (at least
+                // once; receivers de-duplicate on the id).
+                if let Err(e) = self.store.remove_delivery(&delivery.id) {
+                    if stored {
                         tracing::warn!(delivery = %delivery.id, error = %e, "cannot remove a delivered webhook delivery from the outbox");
                     }
                 }
@@ -278,7 +285,7 @@ impl Worker {
             Verdict::Retry { delay } => {
                 self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 delivery.last_error = Some(error.clone());
-                delivery.next_at_ms = now + delay.as_millis() as u64;
+                delivery.next_at_ms = now.saturating_add(delay.as_millis() as u64);
                 if !lane.failing {
                     lane.failing = true;
                     tracing::warn!(event = "webhook.failing", hook = %hook_id, delivery = %delivery.id, error = %error, "webhook delivery failed; retrying one at a time with backoff");
