@@ -111,11 +111,11 @@ pub struct Hook {
     url: String,
     secret: String,
     /// Bit `i` set: wants `EventName::ALL[i]`.
-    wants: u32,
+    wants: u64,
 }
 
 impl Hook {
-    fn new(kind: HookKind, url: &str, secret: &str, events: Vec<String>, wants: u32) -> Self {
+    fn new(kind: HookKind, url: &str, secret: &str, events: Vec<String>, wants: u64) -> Self {
         let digest = sha2::Sha256::digest(format!("{}\n{url}", kind.as_str()).as_bytes());
         Self {
             id: format!("wh_{}", &hex::encode(digest)[..16]),
@@ -139,8 +139,11 @@ impl Hook {
     }
 }
 
+// Every event name has a bit in a `u64` mask.
+const _: () = assert!(EventName::ALL.len() <= 64);
+
 /// `event`'s bit in a hook's subscription mask.
-fn bit(event: EventName) -> u32 {
+fn bit(event: EventName) -> u64 {
     EventName::ALL.iter().position(|e| *e == event).map_or(0, |i| 1 << i)
 }
 

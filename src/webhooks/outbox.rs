@@ -40,7 +40,7 @@ enum Item {
 pub struct Outbox {
     tx: mpsc::SyncSender<Item>,
     /// The union of the event hooks' masks.
-    wanted: u32,
+    wanted: u64,
     alert_hooks: bool,
     stats: Arc<Stats>,
     /// When the last "queue full" error was logged, Unix epoch ms.
@@ -183,8 +183,10 @@ impl Writer {
     /// worker: by id if stored, whole if not.
     fn hand_over(&mut self, deliveries: Vec<(usize, Delivery)>) {
         let records: Vec<Delivery> = deliveries.iter().map(|(_, d)| d.clone()).collect();
+        let started = std::time::Instant::now();
         let stored = match self.store.put_deliveries(&records) {
             Ok(()) => {
+                tracing::debug!(deliveries = records.len(), took_us = started.elapsed().as_micros() as u64, "webhook deliveries stored");
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(event = "webhook.outbox_stored", "the webhook outbox is stored again");
                 }
