@@ -26,6 +26,10 @@ pub struct Config {
     pub numbers: NumbersConfig,
     pub opt_outs: OptOutsConfig,
     pub limits: LimitsConfig,
+    /// `[[webhooks]]`: subscriptions to events, delivered through the
+    /// store's outbox.
+    pub webhooks: Vec<EventWebhookConfig>,
+    pub webhook_delivery: WebhookDeliveryConfig,
 }
 
 /// `[numbers]`: pacing per WhatsApp number (session), shared by all its
@@ -555,6 +559,97 @@ impl std::fmt::Debug for WebhookConfig {
     }
 }
 
+/// One `[[webhooks]]` entry: a subscription to events.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventWebhookConfig {
+    /// `http://` or `https://`; unique among `[[webhooks]]`.
+    pub url: String,
+    /// HMAC-SHA256 key, not empty: the body's MAC is sent as
+    /// `X-Wasup-Signature: sha256=<hex>`.
+    pub secret: String,
+    /// Dotted event names (`session.status`), a group (`campaign.*`: every
+    /// name starting with `campaign.`), or `*` for every event. Checked
+    /// against [`crate::events::EventName::ALL`] at start.
+    pub events: Vec<String>,
+}
+
+impl std::fmt::Debug for EventWebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventWebhookConfig").field("url", &self.url).field("events", &self.events).finish_non_exhaustive()
+    }
+}
+
+impl EventWebhookConfig {
+    /// The event names this hook subscribes to.
+    ///
+    /// Errors: a pattern that is not `*`, a known name, or `<group>.*` of a
+    /// group some known name has; the message lists the known names.
+    pub fn subscribed(&self) -> Result<std::collections::BTreeSet<crate::events::EventName>, String> {
+        use crate::events::EventName;
+        let mut names = std::collections::BTreeSet::new();
+        for pattern in &self.events {
+            let matched: Vec<EventName> = match pattern.as_str() {
+                "*" => EventName::ALL.to_vec(),
+                p => match p.strip_suffix(".*") {
+                    Some(group) => EventName::ALL.into_iter().filter(|e| e.as_str().split('.').next() == Some(group)).collect(),
+                    None => EventName::parse(p).into_iter().collect(),
+                },
+            };
+            if matched.is_empty() {
+                let known: Vec<&str> = EventName::ALL.iter().map(|e| e.as_str()).collect();
+                return Err(format!(
+                    "unknown event {pattern:?}; use \"*\", a group such as \"campaign.*\", or one of {}",
+                    known.join(", ")
+                ));
+            }
+            names.extend(matched);
+        }
+        Ok(names)
+    }
+}
+
+/// `[webhook_delivery]`: how deliveries to `[[webhooks]]` and
+/// `[[alerts.webhooks]]` are retried (see [`crate::policy::delivery`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookDeliveryConfig {
+    /// How long after its first attempt a delivery is still retried; then
+    /// it goes to the dead letters. Default 24 h.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// The first retry waits up to this long. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// No retry waits longer (a `Retry-After` aside). Default 10 min.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// One request, connect to last byte. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight per webhook (one while it fails). Default 4.
+    pub concurrency: usize,
+}
+
+impl Default for WebhookDeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_for: Duration::from_secs(24 * 3600),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(600),
+            timeout: Duration::from_secs(10),
+            concurrency: 4,
+        }
+    }
+}
+
+impl WebhookDeliveryConfig {
+    /// The pure policy's view of these settings.
+    pub fn policy(&self) -> crate::policy::delivery::RetryPolicy {
+        crate::policy::delivery::RetryPolicy { retry_for: self.retry_for, backoff_base: self.backoff_base, backoff_cap: self.backoff_cap }
+    }
+}
+
 /// Telegram Bot API destination (`sendMessage`).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -630,10 +725,38 @@ impl Config {
         {
             return Err("health.key_files.path must be relative to the profile, without '..'".into());
         }
+        let mut urls = std::collections::BTreeSet::new();
         for hook in &self.alerts.webhooks {
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
                 return Err(format!("alerts.webhooks: url must be http(s), got {:?}", hook.url));
             }
+            if !urls.insert(hook.url.as_str()) {
+                return Err("alerts.webhooks: the same url is listed twice".into());
+            }
+        }
+        let mut urls = std::collections::BTreeSet::new();
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            let at = format!("webhooks[{}]", i + 1);
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                return Err(format!("{at}: url must be http(s)"));
+            }
+            if !urls.insert(hook.url.as_str()) {
+                return Err(format!("{at}: the same url is listed twice in [[webhooks]]"));
+            }
+            if hook.secret.is_empty() {
+                return Err(format!("{at}: secret must not be empty"));
+            }
+            if hook.events.is_empty() {
+                return Err(format!("{at}: events must name at least one event (\"*\" for all)"));
+            }
+            hook.subscribed().map_err(|e| format!("{at}.events: {e}"))?;
+        }
+        let d = &self.webhook_delivery;
+        if d.retry_for.is_zero() || d.timeout.is_zero() || d.concurrency == 0 {
+            return Err("webhook_delivery.retry_for, timeout and concurrency must be > 0".into());
+        }
+        if d.backoff_base.is_zero() || d.backoff_cap < d.backoff_base {
+            return Err("webhook_delivery.backoff_base must be > 0 and <= webhook_delivery.backoff_cap".into());
         }
         self.campaigns.tz()?;
         self.campaigns.country()?;
@@ -738,6 +861,30 @@ mod tests {
         assert_eq!(c.restart.conflict, ConflictPolicy::Takeover);
         assert!(!format!("{:?}", c.alerts.webhooks[0]).contains("secret: \"s\""), "secrets stay out of Debug");
         assert!(Config::parse("[health.key_files]\npath = \"../etc\"\n", Path::new("t")).is_err());
+    }
+
+    #[test]
+    fn webhooks_subscribe_to_known_events() {
+        use crate::events::EventName;
+        let c = Config::parse(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:9/a\"\nsecret = \"s\"\nevents = [\"campaign.*\", \"message.ack\"]\n[[webhooks]]\nurl = \"http://127.0.0.1:9/b\"\nsecret = \"s\"\nevents = [\"*\"]\n[webhook_delivery]\nretry_for = \"1h\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        let a = c.webhooks[0].subscribed().unwrap();
+        assert_eq!(a.into_iter().collect::<Vec<_>>(), [EventName::CampaignStatus, EventName::CampaignProgress, EventName::MessageAck]);
+        assert_eq!(c.webhooks[1].subscribed().unwrap().len(), EventName::ALL.len());
+        assert_eq!(c.webhook_delivery.retry_for, Duration::from_secs(3600));
+        assert!(!format!("{:?}", c.webhooks[0]).contains("secret"), "secrets stay out of Debug");
+        let hook = |events: &str| format!("[[webhooks]]\nurl = \"http://127.0.0.1:9/a\"\nsecret = \"s\"\nevents = {events}\n");
+        for (events, needle) in [("[\"message.recieved\"]", "message.recieved"), ("[\"camp.*\"]", "camp.*"), ("[]", "at least one")] {
+            let err = Config::parse(&hook(events), Path::new("t")).unwrap_err().to_string();
+            assert!(err.contains(needle) && err.contains("webhooks[1]"), "{err}");
+        }
+        let err = Config::parse(&format!("{}{}", hook("[\"*\"]"), hook("[\"*\"]")), Path::new("t")).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+        assert!(Config::parse("[webhook_delivery]\nbackoff_base = \"1m\"\nbackoff_cap = \"1s\"\n", Path::new("t")).is_err());
+        assert!(Config::parse("[[webhooks]]\nurl = \"http://x/\"\nsecret = \"\"\nevents = [\"*\"]\n", Path::new("t")).is_err());
     }
 
     #[test]

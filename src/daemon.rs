@@ -48,7 +48,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if !config.http.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.http.listen, "the API listens on a non-loopback address: put it behind a TLS reverse proxy or a firewall; the bearer token travels in clear text");
     }
-    let events = Events::new();
+    // Before anything can publish: every event a webhook subscribes to goes
+    // through the outbox, and the stored outbox is resumed.
+    let webhooks = crate::webhooks::Webhooks::start(&config, store.clone()).context("cannot start the webhook outbox")?;
+    let events = Events::new().with_sink(webhooks.sink());
     for record in store.sessions().unwrap_or_default() {
         events.seed(&record.name, &store.history(&record.name).unwrap_or_default());
     }
@@ -64,7 +67,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let listener =
             std::net::TcpListener::bind(config.http.listen).with_context(|| format!("cannot listen on {}", config.http.listen))?;
         let driver = Driver::new(config.clone()).start();
-        let notifier = Notifier::new(config.alerts.clone()).start();
+        let notifier = Notifier::new(config.alerts.clone(), webhooks.clone()).start();
         let store_watch = spawn_store_watch(store.clone(), notifier.clone(), events.clone());
         // The Campaigns registry and the Supervisor need each other: the
         // registry's address exists before it runs.
@@ -81,6 +84,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             store: store.clone(),
             config: config.clone(),
             events: events.clone(),
+            webhooks: webhooks.clone(),
             max_body,
             tally,
             creates: Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_creates)),
@@ -160,6 +164,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let _ = server_task.await;
         drop(driver);
         store_watch.stop();
+        webhooks.stop(Duration::from_secs(5));
         store.flush().context("cannot flush the store")?;
         tracing::info!(event = "daemon.stopped", "stopped");
         Ok(())

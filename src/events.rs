@@ -2,6 +2,9 @@
 //! name, for the live streams (`GET /api/events`, `GET /api/ws`) and the
 //! metrics. Publishing never blocks: it is a tokio broadcast channel, and a
 //! subscriber that falls behind loses the oldest events (and is told).
+//!
+//! What must not lose an event (the webhook outbox) is not a subscriber: it
+//! is a [`Sink`] the bus calls synchronously in [`Events::publish`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -173,6 +176,14 @@ impl Event {
 /// Events kept for a subscriber that falls behind.
 const BACKLOG: usize = 1024;
 
+/// Takes every published event, synchronously, before the broadcast
+/// subscribers see it: unlike a subscriber it cannot lag and lose events.
+/// Called on the publisher's thread (actors, HTTP workers), so it must not
+/// block: hand the event on and return.
+pub trait Sink: Send + Sync {
+    fn accept(&self, event: &Event);
+}
+
 /// The bus; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
@@ -182,6 +193,8 @@ pub struct Events {
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Restarts and reconnects per session, for the metrics.
     sessions: Arc<Mutex<BTreeMap<String, SessionTally>>>,
+    /// Gets every event first (the webhook outbox), if set.
+    sink: Option<Arc<dyn Sink>>,
 }
 
 /// One day, ms.
@@ -240,7 +253,13 @@ impl Default for Events {
 
 impl Events {
     pub fn new() -> Self {
-        Self { tx: broadcast::channel(BACKLOG).0, counts: Arc::default(), sessions: Arc::default() }
+        Self { tx: broadcast::channel(BACKLOG).0, counts: Arc::default(), sessions: Arc::default(), sink: None }
+    }
+
+    /// The same bus, handing every event to `sink` before broadcasting it.
+    pub fn with_sink(mut self, sink: Arc<dyn Sink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Seeds a session's tally from its stored history (at boot).
@@ -268,6 +287,10 @@ impl Events {
                 sessions.entry(session.clone()).or_default().note(Some(event.event), event.session_state, event.at_ms);
             }
         }
+        if let Some(sink) = &self.sink {
+            sink.accept(&event);
+        }
+        // Harmless when it fails: it only fails when nobody listens.
         let _ = self.tx.send(event);
     }
 
@@ -317,6 +340,27 @@ mod tests {
         let f = Filter { session: Some("acme".into()), campaign: Some("cmp_1".into()) };
         assert!(!f.accepts(&e));
         assert!(f.accepts(&rx.recv().await.unwrap()));
+        let json = serde_json::to_value(Event::session(EventName::SessionQr, "a")).unwrap();
+        assert_eq!(json, serde_json::json!({"event": "session.qr", "at_ms": json["at_ms"], "session": "a"}));
+    }
+
+    #[test]
+    fn the_sink_gets_every_event_even_without_subscribers() {
+        struct Collect(Mutex<Vec<EventName>>);
+        impl Sink for Collect {
+            fn accept(&self, event: &Event) {
+                self.0.lock().unwrap().push(event.event);
+            }
+        }
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let bus = Events::new().with_sink(sink.clone());
+        for _ in 0..(BACKLOG + 10) {
+            bus.publish(Event::session(EventName::SessionStatus, "acme"));
+        }
+        bus.publish(Event::session(EventName::SessionQr, "acme"));
+        let got = sink.0.lock().unwrap();
+        assert_eq!(got.len(), BACKLOG + 11);
+        assert_eq!(got.last(), Some(&EventName::SessionQr));
         let json = serde_json::to_value(Event::session(EventName::SessionQr, "a")).unwrap();
         assert_eq!(json, serde_json::json!({"event": "session.qr", "at_ms": json["at_ms"], "session": "a"}));
     }

@@ -8,6 +8,7 @@
 //! - [`whatsapp`]: the page adapter and everything that knows WhatsApp Web.
 //! - [`sim`]: the WhatsApp Web simulator (`wasup sim`).
 //! - [`http`]: the control API; [`store`]: sled; [`config`]: `config.toml`.
+//! - [`webhooks`]: the durable outbox and delivery worker of the webhooks.
 
 pub mod actors;
 pub mod bench;
@@ -29,4 +30,5 @@ pub mod qr;
 pub mod session_state;
 pub mod sim;
 pub mod store;
+pub mod webhooks;
 pub mod whatsapp;

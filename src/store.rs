@@ -11,6 +11,8 @@
 //! | `recipients` | campaign id, `0x00`, idx (u32 BE) | [`RecipientRecord`] |
 //! | `messages` | message key id (`3EB0…`) | campaign id, `0x00`, idx (u32 BE) |
 //! | `daily` | session name, `0x00`, `YYYY-MM-DD` | sends started that day (u32 BE) |
+//! | `outbox` | delivery id (`dlv_…`) | [`Delivery`] waiting for its webhook |
+//! | `dead_letters` | delivery id (`dlv_…`) | [`Delivery`] given up on |
 //!
 //! Durability: sled syncs on its own every 500 ms, so a process crash loses
 //! nothing written before it; power loss may lose the last window. Writes that
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::campaign::{CampaignRecord, RecipientRecord};
 use crate::policy::pacing::{DayCount, NumberRecord};
 use crate::session_state::{Me, SessionState};
+use crate::webhooks::Delivery;
 
 /// Whether an operator wants the session to run; survives restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -116,6 +119,8 @@ struct Trees {
     numbers: sled::Tree,
     opt_outs: sled::Tree,
     contacts: sled::Tree,
+    outbox: sled::Tree,
+    dead_letters: sled::Tree,
 }
 
 impl Trees {
@@ -132,6 +137,8 @@ impl Trees {
             numbers: db.open_tree("numbers")?,
             opt_outs: db.open_tree("opt_outs")?,
             contacts: db.open_tree("contacts")?,
+            outbox: db.open_tree("outbox")?,
+            dead_letters: db.open_tree("dead_letters")?,
             db,
         })
     }
@@ -578,6 +585,120 @@ impl Store {
     /// The database's size on disk, bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.t()?.db.size_on_disk()?)
+    }
+}
+
+/// Webhook deliveries: the outbox and the dead letters (`crate::webhooks`).
+/// Keys are delivery ids; a delivery is in at most one of the two trees
+/// (moves between them are sled transactions).
+impl Store {
+    /// Stores new deliveries in one batch and flushes: once this returns
+    /// `Ok` they survive a crash.
+    pub fn put_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for d in deliveries {
+            batch.insert(d.id.as_bytes(), serde_json::to_vec(d)?);
+        }
+        self.write(|t| Ok(t.outbox.apply_batch(batch)?))?;
+        self.flush()
+    }
+
+    /// Updates a delivery in the outbox after a failed attempt (not
+    /// flushed: losing it to a crash only means an earlier retry).
+    pub fn put_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(d)?;
+        self.write(|t| Ok(t.outbox.insert(d.id.as_bytes(), value).map(drop)?))
+    }
+
+    /// One delivery of the outbox.
+    pub fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        match self.t()?.outbox.get(id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes a delivered delivery from the outbox (not flushed: losing it
+    /// to a crash only means one more delivery of the same id).
+    pub fn remove_delivery(&self, id: &str) -> Result<(), StoreError> {
+        self.write(|t| Ok(t.outbox.remove(id.as_bytes()).map(drop)?))
+    }
+
+    /// Every delivery of the outbox, oldest id first (at start).
+    pub fn deliveries(&self) -> Result<Vec<Delivery>, StoreError> {
+        self.t()?.outbox.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+    }
+
+    /// Moves `d` (its final attempt recorded) from the outbox to the dead
+    /// letters, in one transaction, and flushes.
+    pub fn dead_letter(&self, d: &Delivery) -> Result<(), StoreError> {
+        use sled::Transactional as _;
+        let value = serde_json::to_vec(d)?;
+        self.write(|t| {
+            (&t.outbox, &t.dead_letters)
+                .transaction(|(outbox, dead)| {
+                    outbox.remove(d.id.as_bytes())?;
+                    dead.insert(d.id.as_bytes(), value.as_slice())?;
+                    Ok(())
+                })
+                .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                    sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                    sled::transaction::TransactionError::Abort(()) => StoreError::Closed,
+                })
+        })?;
+        self.flush()
+    }
+
+    /// Dead letters, oldest id first, at most `limit`.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.t()?.dead_letters.iter().values().take(limit).map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+    }
+
+    /// One dead letter.
+    pub fn dead_letter_entry(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        match self.t()?.dead_letters.get(id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// How many dead letters there are (a scan: at start only).
+    pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        Ok(self.t()?.dead_letters.len() as u64)
+    }
+
+    /// Moves dead letter `id` back to the outbox as `revive` makes it (due
+    /// now, attempts from 0), in one transaction, and flushes. `None` when
+    /// there is no such dead letter (then nothing changed).
+    pub fn replay_dead_letter(&self, id: &str, revive: impl Fn(Delivery) -> Delivery) -> Result<Option<Delivery>, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional as _;
+        let moved = self.write(|t| {
+            (&t.dead_letters, &t.outbox)
+                .transaction(|(dead, outbox)| {
+                    let Some(v) = dead.remove(id.as_bytes())? else { return Ok(None) };
+                    let d: Delivery = serde_json::from_slice(&v).map_err(ConflictableTransactionError::Abort)?;
+                    let d = revive(d);
+                    outbox.insert(id.as_bytes(), serde_json::to_vec(&d).map_err(ConflictableTransactionError::Abort)?)?;
+                    Ok(Some(d))
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => StoreError::Sled(e),
+                    TransactionError::Abort(e) => StoreError::Corrupt(e),
+                })
+        })?;
+        if moved.is_some() {
+            self.flush()?;
+        }
+        Ok(moved)
+    }
+
+    /// Deletes dead letter `id` and flushes; the deleted one, or `None`.
+    pub fn delete_dead_letter(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let removed = self.write(|t| Ok(t.dead_letters.remove(id.as_bytes())?))?;
+        let Some(v) = removed else { return Ok(None) };
+        self.flush()?;
+        Ok(Some(serde_json::from_slice(&v)?))
     }
 }
 

@@ -1,12 +1,17 @@
-//! The Notifier actor: delivers alerts to webhooks and Telegram.
+//! The Notifier actor: hands alerts to the webhooks and Telegram.
 //!
-//! The Supervisor sends [`Alert`]s with `do_send` and never waits. Each
-//! delivery runs on the blocking pool with retries (doubling delays from
-//! `alerts.retry_base`, `alerts.attempts` tries), so a slow or dead receiver
-//! never holds up supervision. Webhook bodies are signed:
-//! `X-Wasup-Signature: sha256=<hex HMAC-SHA256 of the body, keyed with the
-//! hook's secret>`. Telegram gets the Bot API's `sendMessage`. Neither the
-//! secrets nor the bot token ever reach the log.
+//! The Supervisor sends [`Alert`]s with `do_send` and never waits.
+//! - `[[alerts.webhooks]]` are subscriptions to alerts: the alert's JSON
+//!   goes to the webhook outbox ([`crate::webhooks`]), which stores it and
+//!   delivers it signed (`X-Wasup-Signature: sha256=<hex HMAC-SHA256 of the
+//!   body, keyed with the hook's secret>`), at least once, across restarts,
+//!   with the `[webhook_delivery]` retries and dead letters.
+//! - Telegram gets the Bot API's `sendMessage`, from memory: on the
+//!   blocking pool with retries (doubling delays from `alerts.retry_base`,
+//!   `alerts.attempts` tries); a restart loses what was not yet sent.
+//!
+//! A slow or dead receiver never holds up supervision. Neither the secrets
+//! nor the bot token ever reach the log.
 
 use std::time::Duration;
 
@@ -46,11 +51,13 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 /// The Notifier. See the module docs.
 pub struct Notifier {
     config: AlertsConfig,
+    webhooks: crate::webhooks::Webhooks,
 }
 
 impl Notifier {
-    pub fn new(config: AlertsConfig) -> Self {
-        Self { config }
+    /// Telegram per `config.telegram`; the alert webhooks through `webhooks`.
+    pub fn new(config: AlertsConfig, webhooks: crate::webhooks::Webhooks) -> Self {
+        Self { config, webhooks }
     }
 }
 
@@ -61,18 +68,14 @@ impl Actor for Notifier {
 /// One destination's request, ready to send again on retry.
 #[derive(Clone)]
 struct Delivery {
-    /// For the log: "webhook 1", "telegram"; never the URL (it may hold a token).
+    /// For the log: "telegram"; never the URL (it holds the token).
     name: String,
     url: String,
     body: Vec<u8>,
-    headers: Vec<(&'static str, String)>,
 }
 
 fn post(delivery: &Delivery) -> Result<(), String> {
-    let mut req = ureq::post(&delivery.url).timeout(Duration::from_secs(10)).set("Content-Type", "application/json");
-    for (k, v) in &delivery.headers {
-        req = req.set(k, v);
-    }
+    let req = ureq::post(&delivery.url).timeout(Duration::from_secs(10)).set("Content-Type", "application/json");
     match req.send_bytes(&delivery.body) {
         Ok(_) => Ok(()),
         Err(ureq::Error::Status(code, _)) => Err(format!("HTTP {code}")),
@@ -84,26 +87,18 @@ impl Handler<Alert> for Notifier {
     type Result = ();
 
     fn handle(&mut self, alert: Alert, ctx: &mut Self::Context) {
-        let body = match serde_json::to_vec(&alert) {
-            Ok(body) => body,
-            Err(e) => return tracing::error!(error = %e, "cannot encode alert"),
-        };
-        let mut deliveries = Vec::new();
-        for (i, hook) in self.config.webhooks.iter().enumerate() {
-            deliveries.push(Delivery {
-                name: format!("webhook {}", i + 1),
-                url: hook.url.clone(),
-                headers: vec![("X-Wasup-Signature", signature(&hook.secret, &body))],
-                body: body.clone(),
-            });
+        match serde_json::to_string(&alert) {
+            Ok(body) => self.webhooks.alert(alert.event, body),
+            // An Alert is plain data; this cannot happen.
+            Err(e) => tracing::error!(error = %e, "cannot encode alert"),
         }
+        let mut deliveries = Vec::new();
         if let Some(tg) = &self.config.telegram {
             let text = format!("wasup: {} — {}", alert.session, alert.message);
             deliveries.push(Delivery {
                 name: "telegram".into(),
                 url: format!("{}/bot{}/sendMessage", tg.api_base.trim_end_matches('/'), tg.bot_token),
                 body: serde_json::json!({"chat_id": tg.chat_id, "text": text}).to_string().into_bytes(),
-                headers: Vec::new(),
             });
         }
         let attempts = self.config.attempts.max(1);

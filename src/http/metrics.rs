@@ -13,6 +13,9 @@
 //! - `wasup_campaign_recipients{campaign,session,state}`: progress.
 //! - `wasup_http_requests_total{route,status}`: `route` is the matched
 //!   pattern (`/api/sessions/{name}`), so names do not blow up the label set.
+//! - `wasup_webhook_deliveries_pending`, `wasup_webhook_dead_letters`
+//!   (gauges) and `wasup_webhook_deliveries_total{result}` (`delivered`,
+//!   `failed_attempt`, `dead_lettered`, `dropped`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -139,6 +142,23 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
             let n = counts[s.index()];
             let _ =
                 writeln!(out, "wasup_campaign_recipients{{campaign=\"{}\",session=\"{}\",state=\"{}\"}} {n}", c.id, c.session, s.as_str());
+        }
+    }
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let w = state.webhooks.stats();
+        header(&mut out, "wasup_webhook_deliveries_pending", "gauge", "Webhook deliveries waiting in the outbox.");
+        let _ = writeln!(out, "wasup_webhook_deliveries_pending {}", w.pending.load(Relaxed));
+        header(&mut out, "wasup_webhook_dead_letters", "gauge", "Webhook deliveries given up on, kept for replay.");
+        let _ = writeln!(out, "wasup_webhook_dead_letters {}", w.dead_letters.load(Relaxed));
+        header(&mut out, "wasup_webhook_deliveries_total", "counter", "Webhook delivery outcomes since the daemon started.");
+        for (result, n) in [
+            ("delivered", &w.delivered),
+            ("failed_attempt", &w.failed_attempts),
+            ("dead_lettered", &w.dead_lettered),
+            ("dropped", &w.dropped),
+        ] {
+            let _ = writeln!(out, "wasup_webhook_deliveries_total{{result=\"{result}\"}} {}", n.load(Relaxed));
         }
     }
     header(&mut out, "wasup_http_requests_total", "counter", "HTTP requests by route pattern and status.");

@@ -43,6 +43,7 @@ pub mod metrics;
 mod numbers;
 mod openapi;
 mod sessions;
+mod webhooks;
 
 use actix::Addr;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
@@ -67,6 +68,7 @@ const API_MODULES: &[RouteTable] = &[
     (campaigns::routes, campaigns::ROUTES),
     (numbers::routes, numbers::ROUTES),
     (events::routes, events::ROUTES),
+    (webhooks::routes, webhooks::ROUTES),
     (openapi::routes, openapi::ROUTES),
 ];
 
@@ -103,6 +105,8 @@ pub struct AppState {
     pub store: Store,
     pub config: std::sync::Arc<Config>,
     pub events: crate::events::Events,
+    /// The webhooks: hooks, counts, dead letters.
+    pub webhooks: crate::webhooks::Webhooks,
     /// `http.max_body_bytes`.
     pub max_body: usize,
     /// Recipient counts of every campaign.

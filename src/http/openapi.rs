@@ -75,6 +75,10 @@ const BEARER: &str = "bearer";
         super::campaigns::clear_queue,
         super::events::sse,
         super::events::ws,
+        super::webhooks::list,
+        super::webhooks::dead_letters,
+        super::webhooks::replay,
+        super::webhooks::delete,
     ),
     components(schemas(crate::events::Event, super::error::ErrorBody)),
     modifiers(&BearerUnderApi),
@@ -83,6 +87,7 @@ const BEARER: &str = "bearer";
         (name = "sessions", description = "WhatsApp Web sessions: create, control, pair by QR, send"),
         (name = "campaigns", description = "Paced, crash-safe campaigns and a session's queue"),
         (name = "events", description = "Live events"),
+        (name = "webhooks", description = "Durable, signed webhooks: the hooks, their outbox and dead letters"),
     ),
 )]
 pub struct ApiDoc;

@@ -5,6 +5,7 @@
 pub mod restart;
 
 pub mod campaign;
+pub mod delivery;
 pub mod health;
 pub mod pacing;
 pub mod slot;

@@ -340,6 +340,8 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -352,19 +354,32 @@ impl Received {
 }
 
 /// A minimal HTTP receiver on loopback (webhooks, Telegram's Bot API):
-/// answers 200 to every request and keeps them.
+/// answers every request with its current status (200 unless
+/// [`Receiver::answer`] changed it) and keeps them.
 pub struct Receiver {
     pub base: String,
     got: std::sync::Arc<Mutex<Vec<Received>>>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Self::listen(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// A receiver on `port` (one that was free: a webhook pointed at it
+    /// found nobody listening until now).
+    pub fn start_on(port: u16) -> Receiver {
+        Self::listen(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}")))
+    }
+
+    fn listen(listener: std::net::TcpListener) -> Receiver {
         use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
         let sink = got.clone();
+        let answer = status.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let mut reader = BufReader::new(stream);
@@ -390,11 +405,18 @@ impl Receiver {
                     .unwrap_or(0);
                 let mut body = vec![0; len];
                 let _ = reader.read_exact(&mut body);
-                sink.lock().unwrap().push(Received { path, headers, body });
-                let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+                let status = answer.load(std::sync::atomic::Ordering::SeqCst);
+                sink.lock().unwrap().push(Received { path, headers, body, status });
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}");
+                let _ = reader.get_mut().write_all(reply.as_bytes());
             }
         });
-        Receiver { base, got }
+        Receiver { base, got, status }
+    }
+
+    /// From now on, answers `status` (with a `{}` body).
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn received(&self) -> Vec<Received> {
