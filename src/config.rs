@@ -622,7 +622,9 @@ impl Config {
         }
         let page_max = crate::whatsapp::media::PAGE_MAX_BYTES;
         let m = &self.media;
-        for (name, v) in [("image_max", m.image_max), ("video_max", m.video_max), ("audio_max", m.audio_max), ("document_max", m.document_max)] {
+        for (name, v) in
+            [("image_max", m.image_max), ("video_max", m.video_max), ("audio_max", m.audio_max), ("document_max", m.document_max)]
+        {
             if v.as_u64() == 0 || v.as_u64() > page_max {
                 return Err(format!("media.{name} must be 1 byte to {page_max} bytes (what the page can carry), got {v}"));
             }

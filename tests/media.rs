@@ -34,9 +34,8 @@ fn png(width: u32, height: u32) -> Vec<u8> {
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let mut writer = encoder.write_header().expect("PNG header");
-        let pixels: Vec<u8> = (0..height)
-            .flat_map(|y| (0..width).flat_map(move |x| [(x * 255 / width) as u8, (y * 255 / height) as u8, 128]))
-            .collect();
+        let pixels: Vec<u8> =
+            (0..height).flat_map(|y| (0..width).flat_map(move |x| [(x * 255 / width) as u8, (y * 255 / height) as u8, 128])).collect();
         writer.write_image_data(&pixels).expect("PNG data");
     }
     out

@@ -400,8 +400,14 @@ impl Campaign {
             }
             Err(e) => return self.inputs.push_back(Input::Sent { idx, result: SendResult::NotSent(e.to_string()) }),
         };
-        let send =
-            SendMessage { name: self.io.session.clone(), to: ChatId::from_trusted(r.chat_id), text: r.text, id: Some(message_id), typing, media: None };
+        let send = SendMessage {
+            name: self.io.session.clone(),
+            to: ChatId::from_trusted(r.chat_id),
+            text: r.text,
+            id: Some(message_id),
+            typing,
+            media: None,
+        };
         let supervisor = self.supervisor.clone();
         let limit = self.config.whatsapp.send_timeout + typing + Duration::from_secs(10);
         let answer = async move { tokio::time::timeout(limit, supervisor.send(send)).await.ok().and_then(Result::ok) };

@@ -416,7 +416,12 @@ pub(super) fn is_send_path(path: &str) -> bool {
         (status = 502, description = "The page failed to send", body = ErrorBody),
     ),
 )]
-async fn send(state: web::Data<AppState>, path: web::Path<SessionName>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn send(
+    state: web::Data<AppState>,
+    path: web::Path<SessionName>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner().name;
     validate_name(&name).map_err(ApiError::bad_request)?;
     let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -552,7 +557,8 @@ async fn media_form(mut form: Multipart, config: &crate::config::Config) -> Resu
                 file = Some(Media { mimetype, filename: filename.chars().take(255).collect(), data: value.freeze() });
             }
             None => {
-                let text = String::from_utf8(value.to_vec()).map_err(|_| ApiError::bad_request(format!("form part {name:?} is not UTF-8")))?;
+                let text =
+                    String::from_utf8(value.to_vec()).map_err(|_| ApiError::bad_request(format!("form part {name:?} is not UTF-8")))?;
                 if name == "to" {
                     to = Some(text);
                 } else {
@@ -565,7 +571,10 @@ async fn media_form(mut form: Multipart, config: &crate::config::Config) -> Resu
     let file = file.ok_or_else(|| ApiError::bad_request("missing form part \"file\" (a text is sent as JSON)"))?;
     let caption = caption.unwrap_or_default();
     if caption.chars().count() > media::MAX_CAPTION_CHARS {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("caption is longer than {} characters", media::MAX_CAPTION_CHARS)));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("caption is longer than {} characters", media::MAX_CAPTION_CHARS),
+        ));
     }
     if file.data.is_empty() {
         return Err(ApiError::bad_request("the file is empty"));

@@ -263,9 +263,10 @@ pub enum ServerFrame {
         from: String,
         /// Text, or a media message's caption.
         body: String,
-        /// The attachment of a media message.
+        /// The attachment of a media message (boxed: most messages are
+        /// texts).
         #[serde(skip_serializing_if = "Option::is_none")]
-        media: Option<MediaFrame>,
+        media: Option<Box<MediaFrame>>,
         /// The message's timestamp, Unix seconds.
         t: i64,
         /// The sender's push name (may be empty).

@@ -1171,7 +1171,7 @@ fn msg_frame(m: &IncomingMessage) -> ServerFrame {
         id: m.id.clone(),
         from: m.from.clone(),
         body: m.body.clone(),
-        media: m.attachment.clone(),
+        media: m.attachment.clone().map(Box::new),
         t,
         pushname: m.pushname.clone(),
     }
@@ -1626,7 +1626,7 @@ mod tests {
         assert_eq!(msg.kind, "image");
         assert_eq!(msg.media.as_ref().and_then(|m| m.sha256.clone()), Some(hex::encode(media::sha256(&png))));
         let frame = frames_to(&w.take_effects(), c).into_iter().find_map(|f| match f {
-            ServerFrame::Msg { media, .. } => media,
+            ServerFrame::Msg { media, .. } => media.map(|m| *m),
             _ => None,
         });
         let frame = frame.unwrap_or_else(|| panic!("no media frame"));

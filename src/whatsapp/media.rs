@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn photos_must_be_what_they_say() {
-        let media = |mimetype: &str, data: &'static [u8]| Media { mimetype: mimetype.into(), filename: "f".into(), data: Bytes::from_static(data) };
+        let media =
+            |mimetype: &str, data: &'static [u8]| Media { mimetype: mimetype.into(), filename: "f".into(), data: Bytes::from_static(data) };
         assert!(media("image/png", b"\x89PNG\r\n\x1a\nrest").check_content().is_ok());
         assert!(media("image/png", b"\xff\xd8\xff\xe0").check_content().is_err());
         assert!(media("image/jpeg", b"\xff\xd8\xff\xe0").check_content().is_ok());

@@ -219,12 +219,23 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum PageEvent {
-    State { state: SocketState },
-    Synced { value: bool },
+    State {
+        state: SocketState,
+    },
+    Synced {
+        value: bool,
+    },
     Qr,
     Logout,
-    Ack { id: String, ack: i8 },
-    SendError { id: String, code: Option<i64>, result: Option<String> },
+    Ack {
+        id: String,
+        ack: i8,
+    },
+    SendError {
+        id: String,
+        code: Option<i64>,
+        result: Option<String>,
+    },
     /// A contact's message reached the account: `from` is the sender's
     /// number (digits), `kind` WhatsApp Web's message type (`chat`,
     /// `image`, `document`, …), `body` the text or a media message's
@@ -237,7 +248,9 @@ pub enum PageEvent {
         body: String,
         t: i64,
     },
-    Loaded { post_logout: bool },
+    Loaded {
+        post_logout: bool,
+    },
 }
 
 /// What one poll found.
