@@ -98,6 +98,10 @@ fn messages_from_contacts_are_message_received_events() {
         })
     };
 
+    // What the account itself sends is no message received.
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": CONTACT, "text": "our offer"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
     // A text.
     let r = sim.phone("POST", &format!("/_phone/devices/{device}/incoming"), Some(json!({"from": format!("+{CONTACT}"), "body": "stop"})));
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -128,7 +132,8 @@ fn messages_from_contacts_are_message_received_events() {
     let e = received(r.body["id"].as_str().unwrap());
     assert_eq!((&e["detail"]["type"], &e["detail"]["body"]), (&json!("image"), &json!("")));
 
-    // Each once; and the page told the sim it has them.
+    // Each once, none for the account's own message; and the page told the
+    // sim it has them.
     let count = events.lock().unwrap().iter().filter(|e| e["event"] == "message.received").count();
     assert_eq!(count, 3);
     wait_for("the sim to see every message delivered", Duration::from_secs(10), || {

@@ -111,8 +111,8 @@ pub struct SentMessage {
 pub struct MediaLog {
     /// The file's MIME type, as the message gives it.
     pub mimetype: String,
-    /// The file's name, as the message gives it (documents).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The file's name, as the message gives it (documents; `null` for
+    /// photos, which WhatsApp sends without a name).
     pub filename: Option<String>,
     /// Bytes of the file, as the message gives it.
     pub size: u64,
