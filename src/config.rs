@@ -30,6 +30,56 @@ pub struct Config {
     /// store's outbox.
     pub webhooks: Vec<EventWebhookConfig>,
     pub webhook_delivery: WebhookDeliveryConfig,
+    pub media: MediaConfig,
+}
+
+/// `[media]`: the largest file a media message may carry, per kind (see
+/// [`crate::whatsapp::media::MediaKind`]). Defaults are WhatsApp's
+/// published limits (the WhatsApp Business Platform's "Supported media
+/// types", MB read as 10^6 bytes); none may be above
+/// [`crate::whatsapp::media::PAGE_MAX_BYTES`]. A larger file gets 413
+/// naming the key, and nothing is sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// JPEG and PNG photos. Default `"5MB"`.
+    pub image_max: bytesize::ByteSize,
+    /// MP4 and 3GPP videos. Default `"16MB"`.
+    pub video_max: bytesize::ByteSize,
+    /// AAC, AMR, MPEG, MP4 and OGG audio. Default `"16MB"`.
+    pub audio_max: bytesize::ByteSize,
+    /// Any other file, sent as a document. Default `"100MB"`.
+    pub document_max: bytesize::ByteSize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        use crate::whatsapp::media as m;
+        Self {
+            image_max: bytesize::ByteSize::b(m::WHATSAPP_IMAGE_MAX),
+            video_max: bytesize::ByteSize::b(m::WHATSAPP_VIDEO_MAX),
+            audio_max: bytesize::ByteSize::b(m::WHATSAPP_AUDIO_MAX),
+            document_max: bytesize::ByteSize::b(m::WHATSAPP_DOCUMENT_MAX),
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The limit for files of `kind`, bytes.
+    pub fn limit(&self, kind: crate::whatsapp::media::MediaKind) -> u64 {
+        use crate::whatsapp::media::MediaKind;
+        match kind {
+            MediaKind::Image => self.image_max.as_u64(),
+            MediaKind::Video => self.video_max.as_u64(),
+            MediaKind::Audio => self.audio_max.as_u64(),
+            MediaKind::Document => self.document_max.as_u64(),
+        }
+    }
+
+    /// The largest of the limits, bytes.
+    pub fn largest(&self) -> u64 {
+        [self.image_max, self.video_max, self.audio_max, self.document_max].iter().map(|b| b.as_u64()).max().unwrap_or(0)
+    }
 }
 
 /// `[numbers]`: pacing per WhatsApp number (session), shared by all its
@@ -808,6 +858,15 @@ impl Config {
         if self.state.cache_capacity.as_u64() < 1024 * 1024 {
             return Err("state.cache_capacity must be at least 1MiB".into());
         }
+        let page_max = crate::whatsapp::media::PAGE_MAX_BYTES;
+        let m = &self.media;
+        for (name, v) in
+            [("image_max", m.image_max), ("video_max", m.video_max), ("audio_max", m.audio_max), ("document_max", m.document_max)]
+        {
+            if v.as_u64() == 0 || v.as_u64() > page_max {
+                return Err(format!("media.{name} must be 1 byte to {page_max} bytes (what the page can carry), got {v}"));
+            }
+        }
         Ok(())
     }
 
@@ -885,6 +944,18 @@ mod tests {
         assert!(err.contains("twice"), "{err}");
         assert!(Config::parse("[webhook_delivery]\nbackoff_base = \"1m\"\nbackoff_cap = \"1s\"\n", Path::new("t")).is_err());
         assert!(Config::parse("[[webhooks]]\nurl = \"http://x/\"\nsecret = \"\"\nevents = [\"*\"]\n", Path::new("t")).is_err());
+    }
+
+    #[test]
+    fn media_limits_default_to_whatsapps_and_stay_under_the_page_maximum() {
+        let c = Config::parse("", Path::new("t")).unwrap();
+        assert_eq!((c.media.image_max.as_u64(), c.media.document_max.as_u64()), (5_000_000, 100_000_000));
+        assert_eq!(c.media.largest(), 100_000_000);
+        let c = Config::parse("[media]\nimage_max = \"1MiB\"\n", Path::new("t")).unwrap();
+        assert_eq!(c.media.limit(crate::whatsapp::media::MediaKind::Image), 1024 * 1024);
+        let err = Config::parse("[media]\ndocument_max = \"2GB\"\n", Path::new("t")).unwrap_err().to_string();
+        assert!(err.contains("media.document_max"), "{err}");
+        assert!(Config::parse("[media]\naudio_max = 0\n", Path::new("t")).is_err());
     }
 
     #[test]

@@ -90,7 +90,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             creates: Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_creates)),
             streams: Arc::new(tokio::sync::Semaphore::new(config.limits.streams)),
         };
-        let body_limits = http::conventions::BodyLimits { max_bytes: max_body, timeout: config.limits.body_timeout };
+        let body_limits = http::conventions::BodyLimits {
+            max_bytes: max_body,
+            timeout: config.limits.body_timeout,
+            media_bytes: http::media_form_bytes(&config),
+        };
         let requests = http::metrics::RequestCounts::default();
         let app = move || {
             App::new()

@@ -112,7 +112,8 @@ impl Serialize for EventName {
 pub struct Event {
     /// `session.status`, `session.qr`, `session.restart_scheduled`,
     /// `session.health`, `campaign.status`, `campaign.progress`,
-    /// `message.sent`, `message.failed`, `message.ack`.
+    /// `message.sent`, `message.failed`, `message.ack`, `message.received`
+    /// (`detail`: `{"from", "id", "type", "body", "at_ms"}`), …
     #[schema(value_type = String)]
     pub event: EventName,
     /// Unix epoch ms.

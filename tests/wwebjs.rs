@@ -1,7 +1,8 @@
 //! whatsapp-web.js 1.34.7, unmodified, against `wasup sim`: the scenarios of
 //! `tests/wwebjs/scenarios.js` (pair by QR, `getState()`, `client.info`,
 //! every module the library requires, a send with its acks, an incoming
-//! message, a restart on the same `LocalAuth` profile, a phone logout),
+//! message, a photo and a document sent as `MessageMedia` (their SHA-256 in
+//! the sim's log), an incoming document downloaded, a restart on the same `LocalAuth` profile, a phone logout),
 //! run by Node with Debian's Chromium against a simulator this test starts.
 //!
 //! Needs Node 20+ and the packages of `tests/wwebjs/package-lock.json`
@@ -56,5 +57,5 @@ fn whatsapp_web_js_runs_unmodified_on_the_simulator() {
     println!("{output}");
     let passed = output.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(status.is_some_and(|s| s.success()), "the whatsapp-web.js scenarios failed (exit {status:?}):\n{output}");
-    assert_eq!(passed, 7, "every scenario reports ok:\n{output}");
+    assert_eq!(passed, 9, "every scenario reports ok:\n{output}");
 }

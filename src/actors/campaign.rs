@@ -203,6 +203,7 @@ impl Campaign {
             text: r.text,
             id: Some(message_id),
             typing,
+            media: None,
         };
         let supervisor = self.supervisor.clone();
         let limit = self.config.whatsapp.send_timeout + typing + Duration::from_secs(10);

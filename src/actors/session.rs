@@ -26,6 +26,7 @@ use crate::policy::EndReason;
 use crate::profile;
 use crate::session_state::now_ms;
 use crate::session_state::{Me, SessionState};
+use crate::whatsapp::media::Media;
 use crate::whatsapp::number::ChatId;
 use crate::whatsapp::observe::Observer;
 use crate::whatsapp::page::{Page, PageError, PageEvent, Poll, SendRefused, SocketState};
@@ -36,13 +37,18 @@ async fn kill_browsers(profile: PathBuf) -> usize {
     tokio::task::spawn_blocking(move || profile::kill_browsers(&profile)).await.unwrap_or(0)
 }
 
-/// Sends a text. Answered once the server acked it (ack ≥ 1) or
-/// `whatsapp.ack_wait` passed (then with ack 0, `PENDING`).
+/// Sends a text, or a media message with `body` as its caption. Answered
+/// once the server acked it (ack ≥ 1) or `whatsapp.ack_wait` passed (then
+/// with ack 0, `PENDING`).
 #[derive(Message)]
 #[rtype(result = "Result<SendOutcome, SendError>")]
 pub struct SendText {
     pub to: ChatId,
+    /// The text, or the caption of `media` (may be empty then).
     pub body: String,
+    /// A file to send as a media message (checked against `[media]` by the
+    /// caller).
+    pub media: Option<Media>,
     /// Key id chosen by the caller ([`crate::whatsapp::new_message_id`]).
     pub id: String,
     /// Show "typing…" this long before sending (zero: don't). The wait is
@@ -283,6 +289,17 @@ impl Session {
                             self.reports.acks.do_send(MessageAcked { id: id.clone(), ack: *ack });
                         }
                         PageEvent::SendError { id, code, .. } => self.ack(id, Err(SendError::Rejected { code: *code })),
+                        PageEvent::Incoming { id, from, kind, body, t } => {
+                            tracing::info!(session = %self.name, event = "message.received", id = %id, kind = %kind, "message received");
+                            self.reports.incoming.do_send(MessageReceived {
+                                session: self.name.clone(),
+                                from: from.clone(),
+                                id: id.clone(),
+                                kind: kind.clone(),
+                                body: body.clone(),
+                                at_ms: u64::try_from(*t).unwrap_or(0).saturating_mul(1000),
+                            });
+                        }
                         _ => {}
                     }
                 }
@@ -462,7 +479,7 @@ impl Handler<SendText> for Session {
             _ => return Box::pin(fut::ready(Err(SendError::NotConnected(self.state)))),
         };
         let ack_wait = self.config.whatsapp.ack_wait;
-        let SendText { to, body, id, typing } = msg;
+        let SendText { to, body, media, id, typing } = msg;
         Box::pin(
             async move {
                 if !typing.is_zero() {
@@ -470,7 +487,11 @@ impl Handler<SendText> for Session {
                     tokio::time::sleep(typing).await;
                 }
                 let started = Instant::now();
-                let result = page.send(to.as_str(), &body, &id).await.map(|r| (r, id));
+                let result = match &media {
+                    Some(media) => page.send_media(to.as_str(), &body, &id, media).await,
+                    None => page.send(to.as_str(), &body, &id).await,
+                };
+                let result = result.map(|r| (r, id));
                 tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, "send in page");
                 result
             }

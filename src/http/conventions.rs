@@ -5,7 +5,8 @@
 //!   makes itself (an extractor's 400, a 413) ([`headers_and_json_errors`]);
 //! - `X-Content-Type-Options: nosniff` and `Cache-Control: no-store`;
 //! - request bodies bounded in size (`http.max_body_bytes`, multipart part
-//!   headers and preamble included) and in time (`limits.body_timeout`)
+//!   headers and preamble included; a media send's form up to the largest
+//!   `[media]` limit instead) and in time (`limits.body_timeout`)
 //!   ([`guard_body`]): over the size a 413, too slow a 408.
 //!
 //! Answered by actix-http's codec before any of this runs, and given their
@@ -120,6 +121,10 @@ pub async fn headers_and_json_errors(
 pub struct BodyLimits {
     pub max_bytes: usize,
     pub timeout: Duration,
+    /// The bound of a media send's form (`multipart/form-data` on `POST
+    /// /api/sessions/{name}/messages`), bytes: see
+    /// [`super::media_form_bytes`]. Every other body keeps `max_bytes`.
+    pub media_bytes: usize,
 }
 
 /// Middleware for the whole app: bounds every request body that can have
@@ -130,8 +135,15 @@ pub async fn guard_body(mut req: ServiceRequest, next: Next<impl MessageBody>) -
     let limits = req.app_data::<web::Data<BodyLimits>>().map(|l| *l.get_ref());
     let has_body = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if let (Some(limits), true) = (limits, has_body) {
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+        let media = multipart && *req.method() == Method::POST && super::sessions::is_send_path(req.path());
+        let max = if media { limits.media_bytes.max(limits.max_bytes) } else { limits.max_bytes };
         let inner = actix_web::HttpMessage::take_payload(&mut req);
-        let guarded = BodyGuard { inner, seen: 0, limits, deadline: Box::pin(tokio::time::sleep(limits.timeout)), done: false };
+        let guarded = BodyGuard { inner, seen: 0, max, deadline: Box::pin(tokio::time::sleep(limits.timeout)), done: false };
         let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(guarded);
         req.set_payload(actix_web::dev::Payload::from(boxed));
     }
@@ -141,7 +153,7 @@ pub async fn guard_body(mut req: ServiceRequest, next: Next<impl MessageBody>) -
 struct BodyGuard {
     inner: actix_web::dev::Payload,
     seen: usize,
-    limits: BodyLimits,
+    max: usize,
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
@@ -164,7 +176,7 @@ impl Stream for BodyGuard {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.seen = self.seen.saturating_add(chunk.len());
-                if self.seen > self.limits.max_bytes {
+                if self.seen > self.max {
                     self.done = true;
                     return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }

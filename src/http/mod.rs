@@ -82,6 +82,16 @@ declare_routes! {
     get "/dashboard" => dashboard::page,
 }
 
+/// Bytes a media send's form may have beside its file: the `to` and
+/// `caption` parts, boundaries and part headers (64 KiB).
+pub const MEDIA_FORM_OVERHEAD: usize = 64 * 1024;
+
+/// The body bound of a media send's form: the largest `[media]` limit plus
+/// [`MEDIA_FORM_OVERHEAD`].
+pub fn media_form_bytes(config: &Config) -> usize {
+    usize::try_from(config.media.largest()).unwrap_or(usize::MAX).saturating_add(MEDIA_FORM_OVERHEAD)
+}
+
 /// Every documented route as `(method, full path)`, for the OpenAPI sync test.
 #[cfg(test)]
 fn registered_routes() -> Vec<(String, String)> {

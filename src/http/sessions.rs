@@ -1,7 +1,9 @@
 //! `/api/sessions`: create, inspect, control, pair (QR) and send.
 
+use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -11,6 +13,7 @@ use crate::actors::supervisor::{Command, CreateSession, GetQr, GetSession, ListS
 use crate::events::{Event, EventName};
 use crate::session_state::validate_name;
 use crate::store::HistoryEntry;
+use crate::whatsapp::media::{self, Media, MediaKind};
 use crate::whatsapp::{ack_name, number};
 
 declare_routes! {
@@ -339,6 +342,34 @@ struct SendBody {
     ignore_opt_out: bool,
 }
 
+/// `POST /api/sessions/{name}/messages` as `multipart/form-data`: a media
+/// message. Only documents the form; [`media_form`] reads it.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(as = NewMediaMessage)]
+struct SendForm {
+    /// `"+49 151 12345678"`, `"4915112345678"` or a chat id.
+    #[schema(example = "+49 151 12345678")]
+    to: String,
+    /// At most 1,024 characters; may be left out.
+    #[schema(example = "Our spring offer")]
+    caption: Option<String>,
+    /// The file, with its `filename` and its `Content-Type`, which is
+    /// required and decides the kind: `image/jpeg` and `image/png` a photo
+    /// (the bytes must be a JPEG or PNG), `video/mp4` and `video/3gpp` a
+    /// video, `audio/aac`, `audio/amr`, `audio/mpeg`, `audio/mp4` and
+    /// `audio/ogg` audio, anything else a document. At most the kind's
+    /// `[media]` limit (5 MB, 16 MB, 16 MB, 100 MB by default).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// `true`: send even if the number is on the session's opt-out list.
+    #[schema(example = "false")]
+    ignore_opt_out: Option<String>,
+}
+
+/// The parts [`SendForm`] documents.
+const SEND_FORM_PARTS: [&str; 4] = ["to", "caption", "file", "ignore_opt_out"];
+
 /// A message sent through the API.
 #[derive(Serialize, ToSchema)]
 struct SentView {
@@ -355,47 +386,81 @@ struct SentView {
 /// Longest text accepted, in characters (WhatsApp's own limit is 65,536).
 const MAX_TEXT_CHARS: usize = 65_536;
 
-/// Send a text
+/// Whether `path` is `/api/sessions/{name}/messages` (the send route,
+/// whose media form gets the `[media]` body bound).
+pub(super) fn is_send_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(""), Some("api"), Some("sessions"), Some(name), Some("messages"), None) if !name.is_empty()
+    )
+}
+
+/// Send a text or a file
 ///
-/// The session must be `CONNECTED`. Waits up to `whatsapp.ack_wait` for the
-/// server's ack.
+/// The session must be `CONNECTED`. A text is JSON; a photo, video, audio
+/// file or document is `multipart/form-data` with `to`, `caption`
+/// (optional) and `file`, sent through WhatsApp Web's media upload. Waits
+/// up to `whatsapp.ack_wait` for the server's ack.
 #[utoipa::path(
     post,
     operation_id = "send_message",
     path = "/api/sessions/{name}/messages",
     tag = "sessions",
     params(SessionName),
-    request_body = SendBody,
+    request_body(content(
+        (SendBody = "application/json"),
+        (SendForm = "multipart/form-data"),
+    )),
     responses(
         (status = 201, description = "Sent", body = SentView),
-        (status = 400, description = "Invalid JSON, an unknown field or an invalid session name", body = ErrorBody),
+        (status = 400, description = "Invalid JSON, an unknown field or form part, a missing part, a file without a Content-Type or empty, or an invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
+        (status = 408, description = "The body took longer than `limits.body_timeout`", body = ErrorBody),
         (status = 409, description = "The session is not `CONNECTED`, or the number is on its opt-out list (and `ignore_opt_out` is not set)", body = ErrorBody),
-        (status = 413, description = "Body over `http.max_body_bytes`, or text over 65,536 characters", body = ErrorBody),
-        (status = 422, description = "Empty text, or a number that is not valid E.164 or not on WhatsApp", body = ErrorBody),
+        (status = 413, description = "JSON over `http.max_body_bytes`, text over 65,536 characters, caption over 1,024, or a file over its kind's `[media]` limit (named in the message); nothing was sent", body = ErrorBody),
+        (status = 422, description = "Empty text, a photo whose bytes are not its Content-Type, or a number that is not valid E.164 or not on WhatsApp", body = ErrorBody),
         (status = 502, description = "The page failed to send", body = ErrorBody),
     ),
 )]
-async fn send(state: web::Data<AppState>, path: web::Path<SessionName>, body: web::Json<SendBody>) -> Result<HttpResponse, ApiError> {
+async fn send(
+    state: web::Data<AppState>,
+    path: web::Path<SessionName>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner().name;
     validate_name(&name).map_err(ApiError::bad_request)?;
-    let body = body.into_inner();
-    if body.text.trim().is_empty() {
-        return Err(ApiError::unprocessable("text is empty"));
-    }
-    if body.text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("text is longer than {MAX_TEXT_CHARS} characters")));
-    }
-    let to = number::parse_recipient(&body.to).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    if !body.ignore_opt_out && super::numbers::opted_out(&state, &name, to.as_str())? {
+    let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (to, text, media, ignore_opt_out) = match essence.as_str() {
+        "multipart/form-data" => {
+            let form = media_form(Multipart::new(req.headers(), payload), &state.config).await?;
+            (form.to, form.caption, Some(form.media), form.ignore_opt_out)
+        }
+        "application/json" => {
+            let body = json_body(payload, state.max_body).await?;
+            if body.text.trim().is_empty() {
+                return Err(ApiError::unprocessable("text is empty"));
+            }
+            if body.text.chars().count() > MAX_TEXT_CHARS {
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("text is longer than {MAX_TEXT_CHARS} characters")));
+            }
+            (body.to, body.text, None, body.ignore_opt_out)
+        }
+        _ => return Err(ApiError::bad_request("expected Content-Type: application/json (a text) or multipart/form-data (a file)")),
+    };
+    let to = number::parse_recipient(&to).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    if !ignore_opt_out && super::numbers::opted_out(&state, &name, to.as_str())? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("{} is on the session's opt-out list; send with \"ignore_opt_out\": true to send anyway", to.as_str()),
+            format!("{} is on the session's opt-out list; send with ignore_opt_out true to send anyway", to.as_str()),
         ));
     }
+    let kind = media.as_ref().map(|m| m.kind().as_str());
     let result = state
         .supervisor
-        .send(SendMessage { name: name.clone(), to: to.clone(), text: body.text, id: None, typing: std::time::Duration::ZERO })
+        .send(SendMessage { name: name.clone(), to: to.clone(), text, id: None, typing: std::time::Duration::ZERO, media })
         .await?;
     let sent = match result {
         Ok(sent) => sent,
@@ -406,10 +471,135 @@ async fn send(state: web::Data<AppState>, path: web::Path<SessionName>, body: we
             return Err(e.into());
         }
     };
-    let event =
-        Event::session(EventName::MessageSent, &name).detail(serde_json::json!({"id": sent.id, "to": sent.to, "ack": ack_name(sent.ack)}));
-    state.events.publish(event);
+    let mut detail = serde_json::json!({"id": sent.id, "to": sent.to, "ack": ack_name(sent.ack)});
+    if let Some(kind) = kind {
+        detail["type"] = serde_json::json!(kind);
+    }
+    state.events.publish(Event::session(EventName::MessageSent, &name).detail(detail));
     Ok(HttpResponse::Created().json(SentView { id: sent.id, to: sent.to, ack: ack_name(sent.ack) }))
+}
+
+/// A text send's JSON body, read up to `max` bytes (`http.max_body_bytes`).
+async fn json_body(mut payload: web::Payload, max: usize) -> Result<SendBody, ApiError> {
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| super::conventions::payload_error(&e))?;
+        if bytes.len() + chunk.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// A media send's form, read.
+struct MediaForm {
+    to: String,
+    caption: String,
+    media: Media,
+    ignore_opt_out: bool,
+}
+
+/// Reads a media send's form: `to`, `caption` (optional) and `file` (its
+/// `Content-Type` required). The file is refused with 413 as soon as it
+/// passes its kind's `[media]` limit, before the rest is read.
+async fn media_form(mut form: Multipart, config: &crate::config::Config) -> Result<MediaForm, ApiError> {
+    /// Bytes of the `to` part; of the caption (1,024 characters of up to 4 bytes).
+    const TO_BYTES: usize = 256;
+    const CAPTION_BYTES: usize = 4 * media::MAX_CAPTION_CHARS;
+    let over_body = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the largest [media] limit ({} bytes) plus {} bytes for the form",
+                config.media.largest(),
+                super::MEDIA_FORM_OVERHEAD
+            ),
+        )
+    };
+    let multipart_error = |e: actix_multipart::MultipartError| match e {
+        actix_multipart::MultipartError::Payload(actix_web::error::PayloadError::Overflow) => over_body(),
+        actix_multipart::MultipartError::Payload(p) => super::conventions::payload_error(&p),
+        other => ApiError::bad_request(format!("multipart: {other}")),
+    };
+    let (mut to, mut caption, mut file): (Option<String>, Option<String>, Option<Media>) = (None, None, None);
+    let mut ignore_opt_out: Option<bool> = None;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(multipart_error)?;
+        let name = field.name().unwrap_or("").to_string();
+        let (max, kind) = match name.as_str() {
+            "to" if to.is_none() => (TO_BYTES, None),
+            "ignore_opt_out" if ignore_opt_out.is_none() => (8, None),
+            "caption" if caption.is_none() => (CAPTION_BYTES, None),
+            "file" if file.is_none() => {
+                let mimetype = field.content_type().map(|m| m.to_string()).unwrap_or_default();
+                if !media::valid_mimetype(&mimetype) {
+                    return Err(ApiError::bad_request("the file part needs a Content-Type (the file's MIME type, type/subtype)"));
+                }
+                let kind = MediaKind::of(&mimetype);
+                let limit = usize::try_from(config.media.limit(kind)).unwrap_or(usize::MAX);
+                (limit, Some((kind, mimetype)))
+            }
+            "to" | "caption" | "file" | "ignore_opt_out" => return Err(ApiError::bad_request(format!("form part {name:?} is repeated"))),
+            _ => return Err(ApiError::bad_request(format!("unknown form part {name:?}; expected {SEND_FORM_PARTS:?}"))),
+        };
+        let mut value = web::BytesMut::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(multipart_error)?;
+            if value.len() + chunk.len() > max {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    match &kind {
+                        Some((kind, mimetype)) => format!(
+                            "the {mimetype} file is larger than {max} bytes, the limit for {}s ({}); nothing was sent",
+                            kind.as_str(),
+                            kind.limit_key()
+                        ),
+                        None => format!("form part {name:?} is larger than {max} bytes"),
+                    },
+                ));
+            }
+            value.extend_from_slice(&chunk);
+        }
+        match kind {
+            Some((_, mimetype)) => {
+                // The name without any folders a client put in front of it.
+                let filename = field.content_disposition().and_then(|d| d.get_filename()).unwrap_or("");
+                let filename = filename.rsplit(['/', '\\']).next().unwrap_or("").trim();
+                let filename = if filename.is_empty() || filename.chars().any(char::is_control) { "file" } else { filename };
+                file = Some(Media { mimetype, filename: filename.chars().take(255).collect(), data: value.freeze() });
+            }
+            None => {
+                let text =
+                    String::from_utf8(value.to_vec()).map_err(|_| ApiError::bad_request(format!("form part {name:?} is not UTF-8")))?;
+                if name == "to" {
+                    to = Some(text);
+                } else if name == "ignore_opt_out" {
+                    let flag = text.trim().parse::<bool>();
+                    ignore_opt_out = Some(flag.map_err(|_| ApiError::bad_request("form part \"ignore_opt_out\" must be true or false"))?);
+                } else {
+                    caption = Some(text);
+                }
+            }
+        }
+    }
+    let to = to.ok_or_else(|| ApiError::bad_request("missing form part \"to\""))?;
+    let file = file.ok_or_else(|| ApiError::bad_request("missing form part \"file\" (a text is sent as JSON)"))?;
+    let caption = caption.unwrap_or_default();
+    if caption.chars().count() > media::MAX_CAPTION_CHARS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("caption is longer than {} characters", media::MAX_CAPTION_CHARS),
+        ));
+    }
+    if file.data.is_empty() {
+        return Err(ApiError::bad_request("the file is empty"));
+    }
+    file.check_content().map_err(ApiError::unprocessable)?;
+    Ok(MediaForm { to, caption, media: file, ignore_opt_out: ignore_opt_out.unwrap_or(false) })
 }
 
 /// A session's history
@@ -435,4 +625,28 @@ async fn history(state: web::Data<AppState>, path: web::Path<SessionName>) -> Re
     state.supervisor.send(GetSession { name: name.clone() }).await??;
     let history = state.store.history(&name).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(history))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_path_is_told_apart() {
+        assert!(is_send_path("/api/sessions/acme/messages"));
+        assert!(!is_send_path("/api/sessions//messages"));
+        assert!(!is_send_path("/api/sessions/acme/messages/x"));
+        assert!(!is_send_path("/api/sessions"));
+        assert!(!is_send_path("/api/campaigns/acme/messages"));
+    }
+
+    #[test]
+    fn the_form_documents_exactly_the_parts_read() {
+        let doc = serde_json::to_value(<SendForm as utoipa::PartialSchema>::schema()).unwrap_or_default();
+        let mut documented: Vec<&str> = doc["properties"].as_object().map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+        documented.sort_unstable();
+        let mut read = SEND_FORM_PARTS.to_vec();
+        read.sort_unstable();
+        assert_eq!(documented, read);
+    }
 }

@@ -4,11 +4,14 @@
 //!
 //! Code map: `world` is the servers' state (pure, time passed in);
 //! `protocol` the frames between page and servers; `qr` ref rotation and
-//! the QR string; `wid` chat ids; `server` the HTTP/WebSocket shell;
-//! `phone` the control API; `page.html` + `page.js` the page itself.
+//! the QR string; `wid` chat ids; `media` media encryption and the media
+//! host's store; `server` the HTTP/WebSocket shell and the media host
+//! (`/mms/…` uploads, `/v/…` downloads); `phone` the control API;
+//! `page.html` + `page.js` the page itself.
 //! Invariant: the page learns everything over its one WebSocket, so closing
 //! that socket is a real loss of contact.
 
+mod media;
 mod phone;
 mod protocol;
 mod qr;

@@ -290,6 +290,78 @@
     return Uint8Array.from(s, (c) => c.charCodeAt(0));
   }
 
+  function concatBytes(a, b) {
+    const out = new Uint8Array(a.length + b.length);
+    out.set(a, 0);
+    out.set(b, a.length);
+    return out;
+  }
+
+  async function sha256(bytes) {
+    return new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  }
+
+  /** Base64url without padding (the media host's upload token). */
+  function b64url(bytes) {
+    return encodeB64(bytes).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
+  // ----- media: keys, encryption, the media host --------------------------
+  //
+  // As WhatsApp's clients do it (see src/sim/media.rs): a fresh 32-byte
+  // media key per file, expanded with HKDF-SHA256 (zero salt, an info
+  // string per type) into IV, cipher key and MAC key; the upload is the
+  // AES-256-CBC ciphertext and the first 10 bytes of its HMAC-SHA256.
+
+  const MEDIA_TYPES = ['image', 'video', 'audio', 'ptt', 'document', 'sticker'];
+  const MEDIA_KEY_INFO = {
+    image: 'WhatsApp Image Keys',
+    sticker: 'WhatsApp Image Keys',
+    video: 'WhatsApp Video Keys',
+    audio: 'WhatsApp Audio Keys',
+    ptt: 'WhatsApp Audio Keys',
+    document: 'WhatsApp Document Keys',
+  };
+  const MEDIA_MAC_BYTES = 10;
+  /** Photos larger than this (longer side, px) are scaled down and sent as JPEG. */
+  const PHOTO_MAX_PX = 1600;
+  /** The thumbnail's longer side, px. */
+  const THUMB_PX = 96;
+
+  async function mediaKeys(type, mediaKey) {
+    const info = MEDIA_KEY_INFO[type];
+    if (!info) throw new Error('media: unknown media type ' + type);
+    const base = await crypto.subtle.importKey('raw', mediaKey, 'HKDF', false, ['deriveBits']);
+    const params = { name: 'HKDF', hash: 'SHA-256', salt: new Uint8Array(32), info: new TextEncoder().encode(info) };
+    const bits = new Uint8Array(await crypto.subtle.deriveBits(params, base, 112 * 8));
+    const macKey = await crypto.subtle.importKey('raw', bits.slice(48, 80), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+    const cipherKey = await crypto.subtle.importKey('raw', bits.slice(16, 48), 'AES-CBC', false, ['encrypt', 'decrypt']);
+    return { iv: bits.slice(0, 16), cipherKey, macKey };
+  }
+
+  async function mediaMac(keys, ciphertext) {
+    const mac = new Uint8Array(await crypto.subtle.sign('HMAC', keys.macKey, concatBytes(keys.iv, ciphertext)));
+    return mac.slice(0, MEDIA_MAC_BYTES);
+  }
+
+  /** The upload for `plain`: ciphertext, then the truncated MAC. */
+  async function sealMedia(type, mediaKey, plain) {
+    const keys = await mediaKeys(type, mediaKey);
+    const enc = new Uint8Array(await crypto.subtle.encrypt({ name: 'AES-CBC', iv: keys.iv }, keys.cipherKey, plain));
+    return concatBytes(enc, await mediaMac(keys, enc));
+  }
+
+  /** The file inside a download; throws on a wrong MAC. */
+  async function openMedia(type, mediaKey, upload) {
+    if (upload.length < MEDIA_MAC_BYTES) throw new Error('media: the download is too short');
+    const keys = await mediaKeys(type, mediaKey);
+    const enc = upload.slice(0, upload.length - MEDIA_MAC_BYTES);
+    const mac = await mediaMac(keys, enc);
+    const got = upload.slice(upload.length - MEDIA_MAC_BYTES);
+    if (mac.some((b, i) => b !== got[i])) throw new Error('media: the MAC does not match');
+    return new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-CBC', iv: keys.iv }, keys.cipherKey, enc));
+  }
+
   // ----- the models the surface exposes ---------------------------------
 
   const Socket = new Model({ state: 'OPENING', hasSynced: false });
@@ -319,6 +391,171 @@
   };
   const prefs = { autoDownloadAudio: true, autoDownloadDocuments: false, autoDownloadPhotos: true, autoDownloadVideos: false, globalOfflineNotifications: true };
 
+  // ----- media models (WAWebMediaOpaqueData, media data, media objects) --------
+
+  /**
+   * `WAWebMediaOpaqueData`: a file the page holds (a Blob), with an object
+   * URL made on demand.
+   */
+  class OpaqueData {
+    constructor(blob, name) {
+      Object.defineProperty(this, '_blob', { value: blob });
+      Object.defineProperty(this, '_name', { value: name });
+      Object.defineProperty(this, '_url', { value: null, writable: true });
+    }
+    /** From a Blob, a File or bytes; `mimetype` wins over the Blob's own type. */
+    static async createFromData(data, mimetype) {
+      let blob;
+      if (data instanceof Blob) blob = data;
+      else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) blob = new Blob([data]);
+      else throw new TypeError('OpaqueData.createFromData: a Blob or bytes expected');
+      const name = typeof data.name === 'string' ? data.name : undefined;
+      const type = typeof mimetype === 'string' && mimetype ? mimetype : blob.type;
+      if (blob.type !== type) blob = blob.slice(0, blob.size, type);
+      return new OpaqueData(blob, name);
+    }
+    get type() { return this._blob.type; }
+    get size() { return this._blob.size; }
+    get name() { return this._name; }
+    url() {
+      if (!this._url) this._url = URL.createObjectURL(this._blob);
+      return this._url;
+    }
+    /** The object URL goes away a minute from now. */
+    autorelease() {
+      const url = this._url;
+      this._url = null;
+      if (url) setTimeout(() => URL.revokeObjectURL(url), 60000);
+    }
+    formData() { return this._blob; }
+    arrayBuffer() { return this._blob.arrayBuffer(); }
+  }
+
+  /** A prepared file (the result of `prepRawMedia`): a model, `toJSON()` gives its attributes. */
+  class MediaData extends Model {
+    toJSON() { return { ...this.attributes }; }
+  }
+
+  /** `WAWebMediaStorage`'s per-file record, keyed by the file's hash. */
+  class MediaObject {
+    constructor(filehash) {
+      this.filehash = filehash;
+      this.type = undefined;
+      this.mimetype = undefined;
+      this.size = undefined;
+      this.filename = undefined;
+      this.mediaBlob = null;
+      this.contentInfo = {};
+    }
+    consolidate(json) {
+      for (const k of ['type', 'mimetype', 'size', 'filename', 'mediaBlob', 'filehash']) {
+        if (json && json[k] !== undefined) this[k] = json[k];
+      }
+    }
+  }
+
+  const MEDIA_OBJECTS_KEPT = 200;
+  const mediaObjects = new Map();
+  function getOrCreateMediaObject(filehash) {
+    let obj = mediaObjects.get(filehash);
+    if (!obj) {
+      obj = new MediaObject(filehash);
+      mediaObjects.set(filehash, obj);
+      if (mediaObjects.size > MEDIA_OBJECTS_KEPT) mediaObjects.delete(mediaObjects.keys().next().value);
+    }
+    return obj;
+  }
+
+  /** Files prepared recently, by hash (`InMemoryMediaBlobCache`). */
+  const mediaBlobCache = new Map();
+  const InMemoryMediaBlobCache = {
+    put(filehash, blob) {
+      mediaBlobCache.set(filehash, blob);
+      if (mediaBlobCache.size > 20) mediaBlobCache.delete(mediaBlobCache.keys().next().value);
+    },
+    get: (filehash) => mediaBlobCache.get(filehash),
+  };
+
+  /** The MIME type without parameters, lower case. */
+  function essence(mimetype) {
+    return String(mimetype || '').split(';')[0].trim().toLowerCase();
+  }
+
+  /**
+   * A photo as WhatsApp Web sends it: decoded (an undecodable file is
+   * refused), scaled down to `maxPx` and re-encoded as JPEG when larger,
+   * else sent as it is; with a small JPEG thumbnail (base64).
+   */
+  async function prepPhoto(opaque, maxPx) {
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(opaque.formData());
+    } catch (e) {
+      throw new Error('media-fault: the image cannot be decoded');
+    }
+    try {
+      const { width, height } = bitmap;
+      const draw = async (w, h, quality) => {
+        const canvas = new OffscreenCanvas(w, h);
+        canvas.getContext('2d').drawImage(bitmap, 0, 0, w, h);
+        return canvas.convertToBlob({ type: 'image/jpeg', quality });
+      };
+      let out = opaque;
+      let [fullWidth, fullHeight] = [width, height];
+      if (Math.max(width, height) > maxPx) {
+        const scale = maxPx / Math.max(width, height);
+        [fullWidth, fullHeight] = [Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * scale))];
+        out = await OpaqueData.createFromData(await draw(fullWidth, fullHeight, 0.85), 'image/jpeg');
+      }
+      const t = Math.min(1, THUMB_PX / Math.max(width, height));
+      const thumb = await draw(Math.max(1, Math.round(width * t)), Math.max(1, Math.round(height * t)), 0.6);
+      const preview = encodeB64(new Uint8Array(await thumb.arrayBuffer()));
+      return { opaque: out, fullWidth, fullHeight, preview };
+    } finally {
+      bitmap.close();
+    }
+  }
+
+  /**
+   * `WAWebPrepRawMedia.prepRawMedia(opaqueData, {asDocument, isPtt, asGif,
+   * asSticker, maxDimension})` → `{waitForPrep}`: what the file is sent
+   * as (JPEG and PNG photos, MP4 and 3GPP videos, audio, anything else a
+   * document), its hash, size and, for photos, thumbnail and dimensions.
+   */
+  function prepRawMedia(opaque, params) {
+    const p = params || {};
+    const prepared = (async () => {
+      if (!(opaque instanceof OpaqueData)) throw new Error('prepRawMedia: OpaqueData expected');
+      if (p.asSticker) throw new Error('wasup sim: stickers are not simulated');
+      const kind = essence(opaque.type);
+      let type;
+      if (p.asDocument) type = 'document';
+      else if (kind === 'image/jpeg' || kind === 'image/png') type = 'image';
+      else if (kind === 'video/mp4' || kind === 'video/3gpp') type = 'video';
+      else if (kind.startsWith('audio/')) type = p.isPtt ? 'ptt' : 'audio';
+      else type = 'document';
+      const attrs = { type, isGif: false, mediaStage: 'PREPARED' };
+      let file = opaque;
+      if (type === 'image') {
+        const photo = await prepPhoto(opaque, p.maxDimension || PHOTO_MAX_PX);
+        file = photo.opaque;
+        Object.assign(attrs, { preview: photo.preview, fullWidth: photo.fullWidth, fullHeight: photo.fullHeight });
+      }
+      if (type === 'document') attrs.filename = opaque.name || 'file';
+      const bytes = new Uint8Array(await file.arrayBuffer());
+      Object.assign(attrs, {
+        mimetype: file.type || 'application/octet-stream',
+        size: bytes.length,
+        filehash: encodeB64(await sha256(bytes)),
+        mediaBlob: file,
+      });
+      return new MediaData(attrs);
+    })();
+    // Observed through waitForPrep; an unobserved failure is not an error.
+    prepared.catch(() => undefined);
+    return { waitForPrep: () => prepared };
+  }
+
   // ----- page state ------------------------------------------------------
 
   const page = {
@@ -337,6 +574,7 @@
     requests: new Map(),
     nextReq: 1,
     nextN: 1,
+    mediaConn: null,   // {auth, until} for uploads
     nonce: hex(randomBytes(4)),
   };
 
@@ -529,6 +767,14 @@
         }
         break;
       }
+      case 'media_conn': {
+        const r = page.requests.get(f.req);
+        if (r) {
+          page.requests.delete(f.req);
+          r.resolve({ auth: String(f.auth), ttl: Number(f.ttl) || 0 });
+        }
+        break;
+      }
       case 'logout':
       case 'logged_out':
         leaveLoggedOut();
@@ -591,9 +837,10 @@
         continue;
       }
       ensureChat(to, m.t);
-      Msg.add(new Model({
-        id: key, body: m.body, type: 'chat', from: page.me, to, t: m.t, ack: m.ack,
-      }));
+      const attrs = { id: key, body: m.body, type: 'chat', from: page.me, to, t: m.t, ack: m.ack };
+      if (m.media) Object.assign(attrs, mediaAttrs(m.media), { body: '', caption: m.body });
+      const msg = Msg.add(new Model(attrs));
+      if (m.media) withMediaData(msg, 'INIT');
     }
     Socket.set('hasSynced', true);
     Cmd.trigger('offline_progress_update_from_bridge');
@@ -647,6 +894,7 @@
   function endSession() {
     page.me = null;
     page.outbox = [];
+    page.mediaConn = null;
     Conn.set({ ref: null, connected: false, pushname: null, platform: null });
     Socket.set('hasSynced', false);
   }
@@ -735,19 +983,36 @@
       if (!(key instanceof MsgKey)) throw new Error('addAndSendMsgToChat: msg.id must be a MsgKey');
       if (!key.fromMe || !key.remote.equals(chat.id)) throw new Error('addAndSendMsgToChat: key does not belong to this chat');
       const type = msgData.type === undefined ? 'chat' : msgData.type;
-      if (type !== 'chat') throw new Error('addAndSendMsgToChat: unsupported message type ' + type);
-      if (typeof msgData.body !== 'string') throw new Error('addAndSendMsgToChat: body must be a string');
+      let media = null;
+      let body;
+      if (type === 'chat') {
+        if (typeof msgData.body !== 'string') throw new Error('addAndSendMsgToChat: body must be a string');
+        body = msgData.body;
+      } else if (MEDIA_TYPES.includes(type)) {
+        // A media message goes out with what its upload gave it; its body
+        // is the thumbnail, the caption travels apart.
+        media = attachmentOf(msgData, type);
+        if (msgData.caption !== undefined && msgData.caption !== null && typeof msgData.caption !== 'string') {
+          throw new Error('addAndSendMsgToChat: caption must be a string');
+        }
+        body = msgData.caption || '';
+      } else {
+        throw new Error('addAndSendMsgToChat: unsupported message type ' + type);
+      }
       requireLogin();
       const t = typeof msgData.t === 'number' ? msgData.t : Math.floor(Date.now() / 1000);
       Chat.add(chat);
       let msg = Msg.get(key);
       if (!msg) {
-        msg = Msg.add(new Model({ ...msgData, id: key, type, t, ack: 0 }));
+        // The file itself stays out of the message model.
+        const { mediaBlob, ...data } = msgData;
+        msg = Msg.add(new Model({ ...data, id: key, type, t, ack: 0 }));
+        if (media) withMediaData(msg, 'RESOLVED');
       }
       chat.set('t', t);
       const entry = {
         n: page.nonce + '-' + page.nextN++,
-        frame: { id: key.id, to: key.remote._serialized, body: msgData.body, t },
+        frame: { id: key.id, to: key.remote._serialized, body, media, t },
         attempts: 0,
         resolve: settle,
       };
@@ -757,6 +1022,156 @@
     });
     msgPromise.catch((e) => settle({ messageSendResult: 'ERROR', error: String(e && e.message) }));
     return [msgPromise, resultPromise];
+  }
+
+  /**
+   * The attachment of a media message about to be sent: what its upload
+   * gave it. Throws when the message was never uploaded.
+   */
+  function attachmentOf(m, type) {
+    const text = (k) => typeof m[k] === 'string' && m[k] !== '';
+    for (const k of ['directPath', 'mediaKey', 'filehash', 'encFilehash', 'mimetype']) {
+      if (!text(k)) throw new Error('addAndSendMsgToChat: a ' + type + ' message needs ' + k + ' (upload the media first)');
+    }
+    if (typeof m.size !== 'number' || !(m.size >= 0)) throw new Error('addAndSendMsgToChat: a ' + type + ' message needs its size');
+    const out = {
+      type,
+      mimetype: m.mimetype,
+      size: m.size,
+      filehash: m.filehash,
+      enc_filehash: m.encFilehash,
+      media_key: m.mediaKey,
+      media_key_timestamp: typeof m.mediaKeyTimestamp === 'number' ? m.mediaKeyTimestamp : Math.floor(Date.now() / 1000),
+      direct_path: m.directPath,
+    };
+    if (typeof m.filename === 'string' && m.filename) out.filename = m.filename;
+    return out;
+  }
+
+  /** A media message model's attributes from an attachment frame. */
+  function mediaAttrs(a) {
+    const attrs = {
+      type: MEDIA_TYPES.includes(a.type) ? a.type : 'document',
+      mimetype: a.mimetype,
+      size: a.size,
+      filehash: a.filehash,
+      encFilehash: a.enc_filehash,
+      mediaKey: a.media_key,
+      mediaKeyTimestamp: a.media_key_timestamp,
+      directPath: a.direct_path,
+      clientUrl: location.origin + a.direct_path,
+      deprecatedMms3Url: location.origin + a.direct_path,
+    };
+    if (a.filename) attrs.filename = a.filename;
+    return attrs;
+  }
+
+  /**
+   * Gives a media message model its `mediaData` (`mediaStage`: INIT until
+   * downloaded, then RESOLVED, or ERROR_MISSING / ERROR_UNKNOWN) and
+   * `downloadMedia()`, as WhatsApp Web's message models have them.
+   */
+  function withMediaData(msg, stage) {
+    const mediaData = new MediaData({ mediaStage: stage });
+    Object.defineProperty(msg, 'mediaData', { value: mediaData });
+    Object.defineProperty(msg, 'downloadMedia', {
+      value: async function downloadMedia() {
+        if (mediaData.mediaStage === 'RESOLVED' || mediaData.mediaStage === 'FETCHING') return;
+        mediaData.set('mediaStage', 'FETCHING');
+        try {
+          const buf = await downloadAndMaybeDecrypt({
+            directPath: msg.directPath, encFilehash: msg.encFilehash, filehash: msg.filehash, mediaKey: msg.mediaKey, type: msg.type,
+          });
+          mediaData.set({ mediaBlob: await OpaqueData.createFromData(buf, msg.mimetype), mediaStage: 'RESOLVED' });
+        } catch (e) {
+          mediaData.set('mediaStage', e && e.status === 404 ? 'ERROR_MISSING' : 'ERROR_UNKNOWN');
+        }
+      },
+    });
+  }
+
+  /** The upload credential (`media_conn`), asked anew when it runs out. */
+  async function mediaConn() {
+    const now = Date.now();
+    if (page.mediaConn && page.mediaConn.until > now + 60000) return page.mediaConn;
+    requireLogin();
+    const answer = await request({ type: 'media_conn' });
+    page.mediaConn = { auth: answer.auth, until: now + answer.ttl * 1000 };
+    return page.mediaConn;
+  }
+
+  /**
+   * `WAWebMediaMmsV4Upload.uploadMedia({mimetype, mediaObject, mediaType})`:
+   * encrypts the media object's file with a new media key, uploads it to
+   * the media host and answers `{mediaEntry}` (the URLs, direct path, key
+   * and hashes a message needs).
+   */
+  async function uploadMedia(opts) {
+    const o = opts || {};
+    const obj = o.mediaObject;
+    if (!(obj instanceof MediaObject) || !(obj.mediaBlob instanceof OpaqueData)) {
+      throw new Error('upload failed: the media object holds no file');
+    }
+    const type = o.mediaType === 'gif' ? 'video' : o.mediaType;
+    if (!MEDIA_TYPES.includes(type)) throw new Error('upload failed: unknown media type ' + o.mediaType);
+    const plain = new Uint8Array(await obj.mediaBlob.arrayBuffer());
+    const mediaKey = randomBytes(32);
+    const upload = await sealMedia(type, mediaKey, plain);
+    const encHash = await sha256(upload);
+    const token = b64url(encHash);
+    const conn = await mediaConn();
+    const res = await fetch('/mms/' + type + '/' + token + '?auth=' + encodeURIComponent(conn.auth) + '&token=' + token, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/octet-stream' },
+      body: upload,
+    });
+    if (!res.ok) {
+      // A refused credential is asked for anew next time.
+      if (res.status === 401) page.mediaConn = null;
+      throw new Error('upload failed: the media host answered HTTP ' + res.status);
+    }
+    const answer = await res.json();
+    const encFilehash = encodeB64(encHash);
+    return {
+      mediaEntry: {
+        mmsUrl: answer.url,
+        deprecatedMms3Url: answer.url,
+        directPath: answer.direct_path,
+        mediaKey: encodeB64(mediaKey),
+        mediaKeyTimestamp: Math.floor(Date.now() / 1000),
+        encFilehash,
+        uploadHash: encFilehash,
+        sidecar: undefined,
+        firstFrameSidecar: undefined,
+        handle: undefined,
+      },
+    };
+  }
+
+  /**
+   * `WAWebDownloadManager.downloadManager.downloadAndMaybeDecrypt({directPath,
+   * encFilehash, filehash, mediaKey, type, signal})`: the file, checked
+   * against both hashes and its MAC, as an ArrayBuffer. A missing file
+   * rejects with an error whose `status` is 404.
+   */
+  async function downloadAndMaybeDecrypt(o) {
+    const opts = o || {};
+    if (typeof opts.directPath !== 'string' || !opts.directPath.startsWith('/')) throw new Error('download failed: no direct path');
+    const res = await fetch(opts.directPath, { signal: opts.signal });
+    if (!res.ok) {
+      const e = new Error('download failed: the media host answered HTTP ' + res.status);
+      e.status = res.status;
+      throw e;
+    }
+    const upload = new Uint8Array(await res.arrayBuffer());
+    if (opts.encFilehash && encodeB64(await sha256(upload)) !== opts.encFilehash) {
+      throw new Error('download failed: the file does not match its encFilehash');
+    }
+    const plain = await openMedia(opts.type, decodeB64(opts.mediaKey), upload);
+    if (opts.filehash && encodeB64(await sha256(plain)) !== opts.filehash) {
+      throw new Error('download failed: the file does not match its filehash');
+    }
+    return plain.buffer;
   }
 
   /** `WAWebUpdateUnreadChatAction.sendSeen({chat})`: the chat is read. */
@@ -781,9 +1196,14 @@
     if (!Msg.get(key)) {
       const chat = ensureChat(from, f.t);
       if (f.pushname) Contact.gadd(from).set('pushname', f.pushname);
-      Msg.add(new Model({
+      const attrs = {
         id: key, body: f.body, type: 'chat', from, to: page.me, t: f.t, self: 'in', isNewMsg: true, notifyName: f.pushname || '',
-      }));
+      };
+      // A media message's body is its thumbnail on WhatsApp Web (the
+      // simulator sends none); the caption is apart.
+      if (f.media) Object.assign(attrs, mediaAttrs(f.media), { body: '', caption: f.body });
+      const msg = Msg.add(new Model(attrs));
+      if (f.media) withMediaData(msg, 'INIT');
       chat.set({ t: f.t, unreadCount: (chat.unreadCount || 0) + 1 });
     }
     sendFrame({ type: 'received', id: f.id, from: f.from });
@@ -957,6 +1377,23 @@
     WAWebQueryExistsJob: { queryWidExists },
     WAWebFindChatAction: { findOrCreateLatestChat },
     WAWebMsgKey: MsgKey,
+    WAWebMediaOpaqueData: OpaqueData,
+    WAWebPrepRawMedia: { prepRawMedia },
+    WAWebMediaStorage: { getOrCreateMediaObject },
+    WAWebMmsMediaTypes: {
+      msgToMediaType: ({ type, isGif } = {}) => {
+        if (!MEDIA_TYPES.includes(type)) throw new Error('msgToMediaType: not a media type: ' + type);
+        return type === 'video' && isGif ? 'gif' : type;
+      },
+      castToV4: (t) => t,
+    },
+    WAWebMediaDataUtils: { shouldUseMediaCache: (t) => t === 'image' },
+    WAWebMediaInMemoryBlobCache: { InMemoryMediaBlobCache },
+    WAWebMediaMmsV4Upload: {
+      uploadMedia,
+      uploadUnencryptedMedia: () => Promise.reject(new Error('wasup sim: newsletters (channels) are not simulated')),
+    },
+    WAWebDownloadManager: { downloadManager: { downloadAndMaybeDecrypt } },
     WAWebMsgDataFromModel: { msgDataFromMsgModel: (m) => m.serialize() },
     WAWebSendMsgChatAction: { addAndSendMsgToChat },
     WAWebUpdateUnreadChatAction: { sendSeen },

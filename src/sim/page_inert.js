@@ -1,5 +1,5 @@
 // The modules of WhatsApp Web features the simulator does not model: groups,
-// newsletters (channels), statuses, polls, events, calls, media, labels,
+// newsletters (channels), statuses, polls, events, calls, stickers, labels,
 // business catalogues, contacts' profile data. Spliced into page.js (where
 // `/*__INERT_MODULES__*/` stands) when the page is served.
 //
@@ -36,16 +36,8 @@ function inertModules(lib) {
     all: () => Promise.resolve([]),
   });
 
-  /** Media handles: the class exists (the library tests `instanceof`). */
-  class OpaqueData {
-    static createFromData() {
-      return Promise.reject(new Error(message('media')));
-    }
-  }
-
   const groups = 'groups';
   const newsletters = 'newsletters (channels)';
-  const media = 'media';
 
   return {
     // ----- groups ---------------------------------------------------------
@@ -145,20 +137,13 @@ function inertModules(lib) {
     WADeprecatedSendIq: { deprecatedCastStanza: rejects('raw IQ stanzas') },
     WAWap: { wap: throws('raw IQ stanzas'), generateId: throws('raw IQ stanzas') },
 
-    // ----- media -----------------------------------------------------------
-    WAWebMediaOpaqueData: OpaqueData,
-    WAWebPrepRawMedia: { prepRawMedia: throws(media) },
-    WAWebMediaStorage: { getOrCreateMediaObject: throws(media) },
-    WAWebMmsMediaTypes: { msgToMediaType: throws(media), castToV4: throws(media) },
-    WAWebMediaDataUtils: { shouldUseMediaCache: () => false },
-    WAWebMediaInMemoryBlobCache: { InMemoryMediaBlobCache: { put: throws(media), get: () => undefined } },
-    WAWebMediaMmsV4Upload: each(['uploadMedia', 'uploadUnencryptedMedia'], rejects(media)),
-    WAWebUploadManager: { encryptAndUpload: rejects(media) },
+    // ----- stickers, status and channel media (photos, videos, audio and
+    // documents are simulated: see page.js) ----------------------------------
+    WAWebUploadManager: { encryptAndUpload: rejects('stickers') },
     WAWebStartMediaUploadQpl: { startMediaUploadQpl: () => ({}) },
-    WAWebDownloadManager: { downloadManager: { downloadAndMaybeDecrypt: rejects(media) } },
-    WAWebMediaUpdateMsg: rejects(media),
+    WAWebMediaUpdateMsg: rejects('status media'),
     WAWebImageUtils: { toWebpSticker: rejects('stickers') },
-    WAMediaCalculateFilehash: { getRandomFilehash: throws(media) },
+    WAMediaCalculateFilehash: { getRandomFilehash: throws(newsletters) },
     WAWebContactProfilePicThumbBridge: each(['requestProfilePicFromServer', 'sendSetPicture', 'requestDeletePicture'], rejects('profile pictures')),
 
     // ----- contacts, blocking, vCards, business -------------------------------

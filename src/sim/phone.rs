@@ -5,19 +5,27 @@
 //! Loopback only, no authentication, JSON in and out. Bad input is a 4xx
 //! with `{"error": "<what was wrong>"}`; every action logs one line.
 
+use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::media::MAX_FILE_BYTES;
 use super::server::Hub;
-use super::world::PhoneError;
+use super::world::{IncomingMedia, PhoneError};
 
 /// Longest network drop or timelock the phone accepts, seconds (30 days).
 const MAX_SECONDS: u64 = 30 * 24 * 3600;
 /// Longest send delay the phone accepts, ms (10 minutes).
 const MAX_SLOW_MS: u64 = 600_000;
+/// Largest JSON body the phone takes, bytes.
+const MAX_JSON_BYTES: usize = 1 << 20;
+/// Largest text part of an incoming media form (`from`, `caption`,
+/// `pushname`), bytes.
+const MAX_FORM_TEXT_BYTES: usize = 128 * 1024;
 
 /// Routes of the control API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -43,17 +51,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn error(status: StatusCode, what: &str) -> HttpResponse {
+/// `{"error": what}` with `status`.
+pub(super) fn error(status: StatusCode, what: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": what }))
 }
 
-fn refused(e: &PhoneError) -> HttpResponse {
+/// The HTTP answer for a refused action.
+pub(super) fn refused(e: &PhoneError) -> HttpResponse {
     let status = match e {
         PhoneError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        PhoneError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         PhoneError::Forbidden(_) => StatusCode::FORBIDDEN,
         PhoneError::NotFound(_) => StatusCode::NOT_FOUND,
         PhoneError::Conflict(_) => StatusCode::CONFLICT,
         PhoneError::Gone(_) => StatusCode::GONE,
+        PhoneError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
     };
     error(status, &e.to_string())
 }
@@ -167,21 +179,89 @@ struct IncomingBody {
     pushname: String,
 }
 
-/// `POST /_phone/devices/{device}/incoming` `{"from", "body", "pushname"?}`
-/// → the held message `{"id", "from", "body", "pushname", "at_ms", "delivered"}`:
-/// a contact writes to the account.
-async fn incoming(hub: web::Data<Hub>, device: web::Path<String>, bytes: web::Bytes) -> HttpResponse {
-    let b: IncomingBody = match body(&bytes, false) {
-        Ok(b) => b,
+/// `POST /_phone/devices/{device}/incoming`: a contact writes to the
+/// account. A text is JSON `{"from", "body", "pushname"?}`; a media
+/// message is `multipart/form-data` with the parts `from`, `caption`
+/// (optional), `pushname` (optional) and `file` (its `filename` and
+/// `Content-Type` are the file's name and MIME type; the type decides the
+/// message type: JPEG and PNG images, MP4 and 3GPP videos, audio, else a
+/// document). Answers the held message `{"id", "from", "type", "body",
+/// "pushname", "at_ms", "delivered"}`, for media also `"mimetype",
+/// "filename", "size", "sha256"` (hex, of the file as sent).
+async fn incoming(req: HttpRequest, hub: web::Data<Hub>, device: web::Path<String>, payload: web::Payload) -> HttpResponse {
+    let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let parsed = if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
+        incoming_form(Multipart::new(req.headers(), payload)).await
+    } else {
+        match read_body(payload, MAX_JSON_BYTES).await {
+            Ok(bytes) => body::<IncomingBody>(&bytes, false).map(|b| (b, None)),
+            Err(e) => Err(e),
+        }
+    };
+    let (b, media) = match parsed {
+        Ok(p) => p,
         Err(e) => return refused(&e),
     };
-    match hub.act(|w, now| w.incoming(&device, &b.from, &b.body, &b.pushname, now, &mut rand::thread_rng())) {
+    match hub.act(|w, now| w.incoming(&device, &b.from, &b.body, &b.pushname, media, now, &mut rand::thread_rng())) {
         Ok(m) => {
-            tracing::info!(device = %device, id = %m.id, from = %m.from, "phone: a contact wrote to the account");
+            tracing::info!(device = %device, id = %m.id, from = %m.from, kind = %m.kind, "phone: a contact wrote to the account");
             HttpResponse::Ok().json(m)
         }
         Err(e) => refused(&e),
     }
+}
+
+/// A whole body of at most `max` bytes.
+async fn read_body(mut payload: web::Payload, max: usize) -> Result<web::Bytes, PhoneError> {
+    let mut out = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| PhoneError::BadRequest(format!("reading the body: {e}")))?;
+        if out.len() + chunk.len() > max {
+            return Err(PhoneError::TooLarge(format!("the body is over {max} bytes")));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// The parts of an incoming media form (see [`incoming`]).
+async fn incoming_form(mut form: Multipart) -> Result<(IncomingBody, Option<IncomingMedia>), PhoneError> {
+    let bad = |m: String| PhoneError::BadRequest(m);
+    let mut text: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut media: Option<IncomingMedia> = None;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(|e| bad(format!("multipart: {e}")))?;
+        let name = field.name().unwrap_or("").to_owned();
+        let is_file = name == "file";
+        if !["from", "caption", "pushname", "file"].contains(&name.as_str()) {
+            return Err(bad(format!("unknown form part {name:?}; expected from, caption, pushname and file")));
+        }
+        if text.contains_key(&name) || (is_file && media.is_some()) {
+            return Err(bad(format!("form part {name:?} is repeated")));
+        }
+        let max = if is_file { MAX_FILE_BYTES } else { MAX_FORM_TEXT_BYTES };
+        let mut value = web::BytesMut::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| bad(format!("multipart: {e}")))?;
+            if value.len() + chunk.len() > max {
+                return Err(PhoneError::TooLarge(format!("form part {name:?} is over {max} bytes")));
+            }
+            value.extend_from_slice(&chunk);
+        }
+        if is_file {
+            let mimetype = field.content_type().map(ToString::to_string).ok_or_else(|| bad("the file part needs a Content-Type".into()))?;
+            let filename = field.content_disposition().and_then(|d| d.get_filename()).filter(|f| !f.is_empty()).map(str::to_owned);
+            media = Some(IncomingMedia { mimetype, filename, data: value.freeze() });
+        } else {
+            let value = String::from_utf8(value.to_vec()).map_err(|_| bad(format!("form part {name:?} is not UTF-8")))?;
+            text.insert(name, value);
+        }
+    }
+    let media = media.ok_or_else(|| bad("missing form part \"file\" (a text message is sent as JSON)".into()))?;
+    let from = text.remove("from").ok_or_else(|| bad("missing form part \"from\"".into()))?;
+    let body = text.remove("caption").unwrap_or_default();
+    let pushname = text.remove("pushname").unwrap_or_default();
+    Ok((IncomingBody { from, body, pushname }, Some(media)))
 }
 
 /// `GET /_phone/devices/{device}/incoming` → what contacts sent to the

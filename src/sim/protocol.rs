@@ -25,6 +25,12 @@ pub enum ClientFrame {
     Logout,
     /// Send a text message.
     Send(SendFrame),
+    /// Where and with what to upload media: answered by
+    /// [`ServerFrame::MediaConn`] (WhatsApp's `media_conn` query).
+    MediaConn {
+        /// Request number chosen by the page, echoed back.
+        req: u64,
+    },
     /// Is this chat id on WhatsApp? Answered by [`ServerFrame::Exists`].
     Exists {
         /// Request number chosen by the page, echoed back.
@@ -72,7 +78,8 @@ pub struct Credential {
     pub secret: String,
 }
 
-/// A text message the page sends.
+/// A message the page sends: a text, or a media message whose `body` is
+/// its caption.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SendFrame {
     /// The page's handle for this outbox entry, echoed in [`ServerFrame::Sent`].
@@ -81,8 +88,11 @@ pub struct SendFrame {
     pub id: String,
     /// Serialized chat id of the recipient.
     pub to: String,
-    /// Text.
+    /// Text, or a media message's caption.
     pub body: String,
+    /// The attachment of a media message; `None` for a text.
+    #[serde(default)]
+    pub media: Option<MediaFrame>,
     /// The message's own timestamp, Unix seconds.
     #[serde(default)]
     pub t: i64,
@@ -90,6 +100,34 @@ pub struct SendFrame {
     /// outbox entry after the socket came back (idempotent on the server).
     #[serde(default)]
     pub attempt: u32,
+}
+
+/// A media message's attachment: where the media host keeps the encrypted
+/// file and what opens it (see [`super::media`]). The page sends it with a
+/// send; the servers send it with an incoming message and in history sync.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MediaFrame {
+    /// `image`, `video`, `audio`, `ptt`, `document` or `sticker`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The file's MIME type.
+    pub mimetype: String,
+    /// The file's name (documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Bytes of the file (not of the upload).
+    pub size: u64,
+    /// Base64 SHA-256 of the file.
+    pub filehash: String,
+    /// Base64 SHA-256 of the upload (the encrypted file and its MAC).
+    pub enc_filehash: String,
+    /// Base64 of the 32-byte media key.
+    pub media_key: String,
+    /// When the media key was made, Unix seconds.
+    #[serde(default)]
+    pub media_key_timestamp: i64,
+    /// The upload's path on the media host (`/v/t62.7118-24/…`).
+    pub direct_path: String,
 }
 
 /// Why the server ends a stream.
@@ -127,8 +165,11 @@ pub struct HistoryMsg {
     pub id: String,
     /// Serialized chat id.
     pub to: String,
-    /// Text.
+    /// Text, or a media message's caption.
     pub body: String,
+    /// The attachment of a media message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaFrame>,
     /// The message's timestamp, Unix seconds.
     pub t: i64,
     /// Current ack (1 SERVER, 2 DEVICE, 3 READ, 4 PLAYED).
@@ -202,6 +243,17 @@ pub enum ServerFrame {
         /// On WhatsApp?
         exists: bool,
     },
+    /// Answer to [`ClientFrame::MediaConn`]: uploads go to this origin's
+    /// `/mms/<type>/<token>?auth=<auth>&token=<token>` while `auth` is
+    /// valid.
+    MediaConn {
+        /// The request number.
+        req: u64,
+        /// Upload credential.
+        auth: String,
+        /// How long `auth` is valid, seconds.
+        ttl: u64,
+    },
     /// A contact wrote to the account. Sent until the page answers
     /// [`ClientFrame::Received`]; the page drops a key it already has.
     Msg {
@@ -209,8 +261,12 @@ pub enum ServerFrame {
         id: String,
         /// Serialized chat id of the sender, `<digits>@c.us`.
         from: String,
-        /// Text.
+        /// Text, or a media message's caption.
         body: String,
+        /// The attachment of a media message (boxed: most messages are
+        /// texts).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        media: Option<Box<MediaFrame>>,
         /// The message's timestamp, Unix seconds.
         t: i64,
         /// The sender's push name (may be empty).

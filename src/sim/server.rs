@@ -143,9 +143,68 @@ impl PageAssets {
     }
 }
 
-/// Routes of the page: `/`, `/page.js`, `/ws`.
+/// Routes of the page (`/`, `/page.js`, `/ws`) and of the media host:
+/// `POST /mms/{type}/{token}?auth=…` takes an upload and answers
+/// `{"url", "direct_path"}`; `GET /v/…` (a direct path) serves it back.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(page_html)).route("/page.js", web::get().to(page_js)).route("/ws", web::get().to(page_socket));
+    cfg.route("/", web::get().to(page_html))
+        .route("/page.js", web::get().to(page_js))
+        .route("/ws", web::get().to(page_socket))
+        .route("/mms/{kind}/{token}", web::post().to(upload))
+        .route("/v/{rest:.*}", web::get().to(download));
+}
+
+/// `?auth=…&token=…` of an upload (the token is also in the path).
+#[derive(Debug, serde::Deserialize)]
+struct UploadQuery {
+    #[serde(default)]
+    auth: String,
+}
+
+/// The media host takes an encrypted file: the world checks the auth and
+/// that the token is the upload's hash (computed here, outside the lock).
+async fn upload(
+    req: HttpRequest,
+    hub: web::Data<Hub>,
+    path: web::Path<(String, String)>,
+    query: web::Query<UploadQuery>,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    use futures_util::StreamExt as _;
+    let (kind, token) = path.into_inner();
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return super::phone::error(actix_web::http::StatusCode::BAD_REQUEST, "the upload broke off");
+        };
+        if body.len() + chunk.len() > super::media::MAX_UPLOAD_BYTES {
+            let e = super::world::PhoneError::TooLarge(format!("uploads are at most {} bytes", super::media::MAX_UPLOAD_BYTES));
+            return super::phone::refused(&e);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    let digest = super::media::sha256(&body);
+    let size = body.len();
+    match hub.act(|w, now| w.upload(&query.auth, &kind, &token, body, digest, now, &mut rand::thread_rng())) {
+        Ok(direct_path) => {
+            tracing::debug!(kind = %kind, size, "sim: media uploaded");
+            let host = req.connection_info().host().to_owned();
+            let url = format!("{}://{host}{direct_path}", req.connection_info().scheme());
+            HttpResponse::Ok().json(serde_json::json!({ "url": url, "direct_path": direct_path }))
+        }
+        Err(e) => super::phone::refused(&e),
+    }
+}
+
+/// The media host serves an upload by its direct path.
+async fn download(req: HttpRequest, hub: web::Data<Hub>) -> HttpResponse {
+    match hub.act(|w, _| w.download(req.path())) {
+        Some(bytes) => {
+            HttpResponse::Ok().content_type("application/octet-stream").insert_header((header::CACHE_CONTROL, "no-store")).body(bytes)
+        }
+        None => super::phone::error(actix_web::http::StatusCode::NOT_FOUND, "no media at this path"),
+    }
 }
 
 async fn page_html() -> HttpResponse {

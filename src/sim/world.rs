@@ -1,6 +1,7 @@
 //! The state of "WhatsApp's servers": linked devices and their credentials,
 //! the pages connected right now, the QR refs handed to unpaired pages, the
-//! numbers not on WhatsApp, and what each device sent.
+//! numbers not on WhatsApp, what each device sent, and the media host's
+//! uploads.
 //!
 //! Pure: no sockets, no clock, no logging. Time comes in as Unix epoch
 //! milliseconds, randomness as an argument. Every call may queue
@@ -11,12 +12,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use base64::engine::general_purpose::STANDARD as B64;
+use actix_web::web::Bytes;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use rand::RngCore;
 use serde::Serialize;
 
-use super::protocol::{ClientFrame, HistoryMsg, SendFrame, ServerFrame, StreamErrorKind};
+use super::media::{self, MediaStore, MediaType};
+use super::protocol::{ClientFrame, HistoryMsg, MediaFrame, SendFrame, ServerFrame, StreamErrorKind};
 use super::qr::{new_ref, PageKeys, QrString, RefSchedule, RefStatus};
 use super::wid::{normalize_phone, ChatId};
 
@@ -82,8 +85,18 @@ pub struct SentMessage {
     pub id: String,
     /// Chat id, `<digits>@c.us` or a group.
     pub to: String,
-    /// Text.
+    /// `chat` for a text; `image`, `video`, `audio`, `ptt`, `document` or
+    /// `sticker` for media.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Text, or a media message's caption.
     pub body: String,
+    /// A media message's file as the recipient's phone got it.
+    #[serde(flatten)]
+    pub media: Option<MediaLog>,
+    /// The attachment as the page sent it (for history sync).
+    #[serde(skip)]
+    pub attachment: Option<MediaFrame>,
     /// When the server accepted it, Unix epoch ms.
     pub at_ms: u64,
     /// Current ack: 1 SERVER, 2 DEVICE, 3 READ, 4 PLAYED.
@@ -91,6 +104,38 @@ pub struct SentMessage {
     /// The message's own timestamp (from the page), Unix seconds.
     #[serde(skip)]
     pub t: i64,
+}
+
+/// What the servers record of a media message's file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MediaLog {
+    /// The file's MIME type, as the message gives it.
+    pub mimetype: String,
+    /// The file's name, as the message gives it (documents; `null` for
+    /// photos, which WhatsApp sends without a name).
+    pub filename: Option<String>,
+    /// Bytes of the file, as the message gives it.
+    pub size: u64,
+    /// Hex SHA-256 of the file the recipient's phone got out of the
+    /// download (checked against the message's hashes, MAC and size);
+    /// `None` when it could not get the file.
+    pub sha256: Option<String>,
+    /// Why the recipient could not get the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_error: Option<String>,
+}
+
+/// A file a contact sends to the account (`POST
+/// /_phone/devices/{device}/incoming` with a `file` part).
+#[derive(Debug, Clone)]
+pub struct IncomingMedia {
+    /// MIME type (`image/png`); decides the message type (see
+    /// [`MediaType::for_mimetype`]).
+    pub mimetype: String,
+    /// File name, if the contact's file has one.
+    pub filename: Option<String>,
+    /// The file.
+    pub data: Bytes,
 }
 
 /// A message a contact sent to the account, as the servers hold it for one
@@ -101,8 +146,17 @@ pub struct IncomingMessage {
     pub id: String,
     /// Sender's chat id, `<digits>@c.us`.
     pub from: String,
-    /// Text.
+    /// `chat` for a text, else the media type (`image`, `document`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Text, or a media message's caption.
     pub body: String,
+    /// A media message's file: `sha256` is of the file the contact sent.
+    #[serde(flatten)]
+    pub media: Option<MediaLog>,
+    /// The attachment as the servers send it to the page.
+    #[serde(skip)]
+    pub attachment: Option<MediaFrame>,
     /// The sender's push name (may be empty).
     pub pushname: String,
     /// When the servers took it, Unix epoch ms.
@@ -183,6 +237,12 @@ pub enum PhoneError {
     /// 410: the ref was shown but is no longer valid.
     #[error("{0}")]
     Gone(String),
+    /// 401: no valid credential (a media upload's `auth`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 413: over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Which ref an unpaired page shows at the moment.
@@ -245,6 +305,10 @@ const MAX_DEVICES_PER_PHONE: usize = 4;
 const MAX_BODY_BYTES: usize = 65_536;
 /// Platforms a phone can report.
 pub const PHONE_PLATFORMS: [&str; 4] = ["android", "iphone", "smba", "smbi"];
+/// How long a media upload credential (`media_conn`'s `auth`) is valid, s.
+pub const MEDIA_AUTH_TTL_S: u64 = 3600;
+/// Longest MIME type or file name the servers take, characters.
+const MAX_MEDIA_NAME_CHARS: usize = 255;
 
 /// The servers' whole state. See the module docs.
 #[derive(Debug)]
@@ -260,6 +324,9 @@ pub struct World {
     next_conn: ConnId,
     next_batch: u64,
     effects: Vec<Effect>,
+    media: MediaStore,
+    /// Upload credentials: auth → (device, valid until Unix epoch ms).
+    media_auths: HashMap<String, (String, u64)>,
 }
 
 impl World {
@@ -277,6 +344,8 @@ impl World {
             next_conn: 1,
             next_batch: 1,
             effects: Vec::new(),
+            media: MediaStore::default(),
+            media_auths: HashMap::new(),
         }
     }
 
@@ -342,6 +411,10 @@ impl World {
                 if let Some(d) = self.devices.get_mut(&device) {
                     d.inbox.iter_mut().filter(|m| m.id == id && m.from == from).for_each(|m| m.delivered = true);
                 }
+            }
+            (ClientFrame::MediaConn { req }, Phase::Linked { device, .. }) => {
+                let auth = self.media_auth(&device, now_ms, rng);
+                self.effects.push(Effect::Send(conn, ServerFrame::MediaConn { req, auth, ttl: MEDIA_AUTH_TTL_S }));
             }
             (ClientFrame::Exists { req, jid }, Phase::Linked { .. }) => {
                 let exists = self.on_whatsapp(&jid);
@@ -564,40 +637,67 @@ impl World {
     }
 
     /// A contact (`from`: digits, optional `+`) writes `body` to the
-    /// device's account. The servers hold the message for the device until
-    /// its page confirms it; a page that is connected and synced gets it
-    /// now, any other on its next connection, after the history sync.
-    /// Returns the message. 400: bad number or body; 409: the device is
-    /// not active; 404: no such device.
+    /// device's account, or sends it `media` with `body` as the caption
+    /// (the contact's phone encrypts the file with a new media key and
+    /// uploads it to the media host). The servers hold the message for the
+    /// device until its page confirms it; a page that is connected and
+    /// synced gets it now, any other on its next connection, after the
+    /// history sync. Returns the message. 400: bad number, body, MIME type
+    /// or file name, or an empty file; 413: a file over
+    /// [`media::MAX_FILE_BYTES`]; 409: the device is not active; 404: no
+    /// such device.
+    #[allow(clippy::too_many_arguments)]
     pub fn incoming(
         &mut self,
         device: &str,
         from: &str,
         body: &str,
         pushname: &str,
+        media: Option<IncomingMedia>,
         now_ms: u64,
         rng: &mut impl RngCore,
     ) -> Result<IncomingMessage, PhoneError> {
         let digits = normalize_phone(from).ok_or_else(|| bad("from must be 5 to 20 digits, optionally after a +"))?;
-        if body.is_empty() || body.len() > MAX_BODY_BYTES {
-            return Err(bad(&format!("body must be 1 to {MAX_BODY_BYTES} bytes")));
+        let min_body = usize::from(media.is_none());
+        if body.len() < min_body || body.len() > MAX_BODY_BYTES {
+            return Err(bad(&format!("body must be {min_body} to {MAX_BODY_BYTES} bytes")));
         }
         if pushname.chars().count() > 25 || pushname.chars().any(char::is_control) {
             return Err(bad("pushname must be at most 25 characters, no control characters"));
+        }
+        if let Some(m) = &media {
+            check_media_names(&m.mimetype, m.filename.as_deref())?;
+            if m.data.is_empty() {
+                return Err(bad("the file is empty"));
+            }
+            if m.data.len() > media::MAX_FILE_BYTES {
+                return Err(PhoneError::TooLarge(format!("the file is over {} bytes", media::MAX_FILE_BYTES)));
+            }
         }
         let d = self.active_device(device)?;
         if d.phone == digits {
             return Err(bad("from is the account's own number"));
         }
         let id = format!("{:016X}{:016X}", rng.next_u64(), rng.next_u64());
+        let (kind, log, attachment) = match media {
+            None => ("chat".to_owned(), None, None),
+            Some(m) => {
+                let (log, frame) = self.host_incoming_file(m, now_ms, rng);
+                (frame.kind.clone(), Some(log), Some(frame))
+            }
+        };
         let msg = IncomingMessage {
             id,
             from: format!("{digits}@c.us"),
+            kind,
             body: body.to_owned(),
+            media: log,
+            attachment,
             pushname: pushname.to_owned(),
             at_ms: now_ms,
             delivered: false,
         };
+        let d = self.active_device(device)?;
         d.inbox.push(msg.clone());
         let synced: Vec<ConnId> = self
             .conns
@@ -609,6 +709,49 @@ impl World {
             self.effects.push(Effect::Send(conn, msg_frame(&msg)));
         }
         Ok(msg)
+    }
+
+    /// A page uploads media (`POST /mms/<kind>/<token>?auth=…`): `upload`
+    /// is the encrypted file and its MAC, `upload_sha256` its SHA-256, which
+    /// `token` (base64url, no padding) must name, as WhatsApp's media host
+    /// checks it. Returns the upload's direct path. 401: `auth` is unknown,
+    /// expired, or its device is no longer active; 400: an unknown type or
+    /// a token that is not the upload's hash; 413: over
+    /// [`media::MAX_UPLOAD_BYTES`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload(
+        &mut self,
+        auth: &str,
+        kind: &str,
+        token: &str,
+        upload: Bytes,
+        upload_sha256: [u8; 32],
+        now_ms: u64,
+        rng: &mut impl RngCore,
+    ) -> Result<String, PhoneError> {
+        let unauthorized = || PhoneError::Unauthorized("no valid media upload auth (ask media_conn for one)".into());
+        let (device, until) = self.media_auths.get(auth).cloned().ok_or_else(unauthorized)?;
+        if until <= now_ms || self.devices.get(&device).is_none_or(|d| d.state != DeviceState::Active) {
+            return Err(unauthorized());
+        }
+        if MediaType::parse(kind).is_none() {
+            return Err(bad(&format!("unknown media type {kind:?}")));
+        }
+        if upload.len() > media::MAX_UPLOAD_BYTES {
+            return Err(PhoneError::TooLarge(format!("uploads are at most {} bytes", media::MAX_UPLOAD_BYTES)));
+        }
+        if B64URL.encode(upload_sha256) != token {
+            return Err(bad("token is not the base64url SHA-256 of the upload"));
+        }
+        let path = format!("/v/t62.7118-24/{:016x}{:016x}.enc", rng.next_u64(), rng.next_u64());
+        self.media.put(path.clone(), upload);
+        Ok(path)
+    }
+
+    /// The upload at `direct_path`, as the media host serves it for a
+    /// download; `None` if it has none (never uploaded, or dropped).
+    pub fn download(&self, direct_path: &str) -> Option<Bytes> {
+        self.media.get(direct_path)
     }
 
     /// What contacts sent to the device's account, oldest first.
@@ -670,6 +813,84 @@ impl World {
             DeviceState::Active => Ok(d),
             other => Err(PhoneError::Conflict(format!("device {device} is {}", other.as_str()))),
         }
+    }
+
+    /// The device's upload credential: the one it has while valid, else a
+    /// new one (expired ones are forgotten).
+    fn media_auth(&mut self, device: &str, now_ms: u64, rng: &mut impl RngCore) -> String {
+        self.media_auths.retain(|_, (_, until)| *until > now_ms);
+        // Still valid for at least a minute: keep it.
+        let keep = now_ms + 60_000;
+        if let Some((auth, _)) = self.media_auths.iter().find(|(_, (d, until))| d == device && *until > keep) {
+            return auth.clone();
+        }
+        let mut raw = [0u8; 24];
+        rng.fill_bytes(&mut raw);
+        let auth = B64URL.encode(raw);
+        self.media_auths.insert(auth.clone(), (device.to_owned(), now_ms + MEDIA_AUTH_TTL_S * 1000));
+        auth
+    }
+
+    /// A contact's phone encrypts and uploads a file it sends: the log
+    /// entry and the attachment for the message.
+    fn host_incoming_file(&mut self, m: IncomingMedia, now_ms: u64, rng: &mut impl RngCore) -> (MediaLog, MediaFrame) {
+        let kind = MediaType::for_mimetype(&m.mimetype);
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        let digest = media::sha256(&m.data);
+        let upload = media::seal(kind, &key, &m.data);
+        let enc_digest = media::sha256(&upload);
+        let path = format!("/v/t62.7118-24/{:016x}{:016x}.enc", rng.next_u64(), rng.next_u64());
+        self.media.put(path.clone(), Bytes::from(upload));
+        let size = m.data.len() as u64;
+        let log = MediaLog {
+            mimetype: m.mimetype.clone(),
+            filename: m.filename.clone(),
+            size,
+            sha256: Some(hex::encode(digest)),
+            media_error: None,
+        };
+        let frame = MediaFrame {
+            kind: kind.as_str().to_owned(),
+            mimetype: m.mimetype,
+            filename: m.filename,
+            size,
+            filehash: B64.encode(digest),
+            enc_filehash: B64.encode(enc_digest),
+            media_key: B64.encode(key),
+            media_key_timestamp: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+            direct_path: path,
+        };
+        (log, frame)
+    }
+
+    /// What the recipient's phone gets of a media message's file: it
+    /// downloads the upload, checks its hash and MAC, decrypts it and
+    /// checks the file's size and hash, as a real phone does before it
+    /// shows the file.
+    fn receive_media(&self, m: &MediaFrame) -> MediaLog {
+        let got = (|| -> Result<String, String> {
+            let kind = MediaType::parse(&m.kind).ok_or("unknown media type")?;
+            let key = decode_32(&m.media_key).ok_or("the media key is not 32 bytes of base64")?;
+            let upload = self.media.get(&m.direct_path).ok_or("the media host has no file at this path")?;
+            if B64.encode(media::sha256(&upload)) != m.enc_filehash {
+                return Err("the download's SHA-256 is not the message's encFilehash".into());
+            }
+            let plain = media::open(kind, &key, &upload).map_err(|e| e.to_string())?;
+            if plain.len() as u64 != m.size {
+                return Err(format!("the file is {} bytes, the message says {}", plain.len(), m.size));
+            }
+            let digest = media::sha256(&plain);
+            if B64.encode(digest) != m.filehash {
+                return Err("the file's SHA-256 is not the message's filehash".into());
+            }
+            Ok(hex::encode(digest))
+        })();
+        let (sha256, media_error) = match got {
+            Ok(h) => (Some(h), None),
+            Err(e) => (None, Some(e)),
+        };
+        MediaLog { mimetype: m.mimetype.clone(), filename: m.filename.clone(), size: m.size, sha256, media_error }
     }
 
     fn linked_conns(&self, device: &str) -> Vec<ConnId> {
@@ -811,7 +1032,8 @@ impl World {
         let valid = ChatId::parse(&f.to).is_some()
             && (1..=64).contains(&f.id.len())
             && f.id.bytes().all(|b| b.is_ascii_alphanumeric())
-            && f.body.len() <= MAX_BODY_BYTES;
+            && f.body.len() <= MAX_BODY_BYTES
+            && f.media.as_ref().is_none_or(valid_attachment);
         if !valid {
             self.reply_sent(conn, device, &f, false, Some(400));
             return;
@@ -855,8 +1077,20 @@ impl World {
             return;
         }
         let deliverable = self.on_whatsapp(&f.to);
+        let media = f.media.as_ref().map(|m| self.receive_media(m));
+        let kind = f.media.as_ref().map_or_else(|| "chat".to_owned(), |m| m.kind.clone());
         if let Some(d) = self.devices.get_mut(device) {
-            d.log.push(SentMessage { id: f.id.clone(), to: f.to.clone(), body: f.body.clone(), at_ms: now_ms, ack: 1, t: f.t });
+            d.log.push(SentMessage {
+                id: f.id.clone(),
+                to: f.to.clone(),
+                kind,
+                body: f.body.clone(),
+                media,
+                attachment: f.media.clone(),
+                at_ms: now_ms,
+                ack: 1,
+                t: f.t,
+            });
         }
         self.reply_sent(conn, device, &f, true, None);
         if deliverable {
@@ -917,7 +1151,14 @@ impl World {
         for m in &d.log {
             match out.iter_mut().find(|h| h.id == m.id && h.to == m.to) {
                 Some(h) => h.ack = h.ack.max(m.ack),
-                None => out.push(HistoryMsg { id: m.id.clone(), to: m.to.clone(), body: m.body.clone(), t: m.t, ack: m.ack }),
+                None => out.push(HistoryMsg {
+                    id: m.id.clone(),
+                    to: m.to.clone(),
+                    body: m.body.clone(),
+                    media: m.attachment.clone(),
+                    t: m.t,
+                    ack: m.ack,
+                }),
             }
         }
         out
@@ -926,7 +1167,50 @@ impl World {
 
 fn msg_frame(m: &IncomingMessage) -> ServerFrame {
     let t = i64::try_from(m.at_ms / 1000).unwrap_or(i64::MAX);
-    ServerFrame::Msg { id: m.id.clone(), from: m.from.clone(), body: m.body.clone(), t, pushname: m.pushname.clone() }
+    ServerFrame::Msg {
+        id: m.id.clone(),
+        from: m.from.clone(),
+        body: m.body.clone(),
+        media: m.attachment.clone().map(Box::new),
+        t,
+        pushname: m.pushname.clone(),
+    }
+}
+
+/// `type/subtype` (parameters allowed), and a file name without control
+/// characters or path separators; each at most [`MAX_MEDIA_NAME_CHARS`].
+fn check_media_names(mimetype: &str, filename: Option<&str>) -> Result<(), PhoneError> {
+    let essence = mimetype.split(';').next().unwrap_or("").trim();
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    let well_formed = essence.split_once('/').is_some_and(|(t, s)| token(t) && token(s));
+    if !well_formed || mimetype.chars().count() > MAX_MEDIA_NAME_CHARS || mimetype.chars().any(char::is_control) {
+        return Err(bad(&format!("mimetype must be type/subtype, at most {MAX_MEDIA_NAME_CHARS} characters")));
+    }
+    if let Some(name) = filename {
+        let bad_char = |c: char| c.is_control() || c == '/' || c == '\\';
+        if name.is_empty() || name.chars().count() > MAX_MEDIA_NAME_CHARS || name.chars().any(bad_char) {
+            return Err(bad(&format!("filename must be 1 to {MAX_MEDIA_NAME_CHARS} characters, no control characters or slashes")));
+        }
+    }
+    Ok(())
+}
+
+/// An attachment the servers can carry: a known type, sane names and
+/// size, 32-byte key and hashes, a media host path.
+fn valid_attachment(m: &MediaFrame) -> bool {
+    MediaType::parse(&m.kind).is_some()
+        && check_media_names(&m.mimetype, m.filename.as_deref()).is_ok()
+        && m.size <= media::MAX_FILE_BYTES as u64
+        && decode_32(&m.media_key).is_some()
+        && decode_32(&m.filehash).is_some()
+        && decode_32(&m.enc_filehash).is_some()
+        && m.direct_path.starts_with("/v/")
+        && m.direct_path.len() <= 256
+}
+
+/// Base64 of exactly 32 bytes.
+fn decode_32(s: &str) -> Option<[u8; 32]> {
+    B64.decode(s).ok().and_then(|v| <[u8; 32]>::try_from(v).ok())
 }
 
 fn bad(what: &str) -> PhoneError {
@@ -1013,7 +1297,7 @@ mod tests {
     }
 
     fn send(n: &str, id: &str, to: &str, attempt: u32) -> ClientFrame {
-        ClientFrame::Send(SendFrame { n: n.into(), id: id.into(), to: to.into(), body: "hello".into(), t: 1, attempt })
+        ClientFrame::Send(SendFrame { n: n.into(), id: id.into(), to: to.into(), body: "hello".into(), media: None, t: 1, attempt })
     }
 
     #[test]
@@ -1201,7 +1485,7 @@ mod tests {
         let mut rng = rand::thread_rng();
         let (dev, secret, c) = linked(&mut w, T0);
         // Not synced yet: held, not sent.
-        let first = w.incoming(&dev, "+4917000000001", "hi", "Ann", T0, &mut rng);
+        let first = w.incoming(&dev, "+4917000000001", "hi", "Ann", None, T0, &mut rng);
         let first = first.map(|m| m.id).unwrap_or_default();
         assert!(frames_to(&w.take_effects(), c).is_empty());
         w.tick(T0 + 500);
@@ -1209,7 +1493,7 @@ mod tests {
         assert!(matches!(after_sync.as_slice(), [ServerFrame::History { .. }, ServerFrame::Msg { id, from, .. }]
             if *id == first && from == "4917000000001@c.us"));
         // Synced: the next one goes out at once.
-        assert!(w.incoming(&dev, "4917000000002", "again", "", T0 + 600, &mut rng).is_ok());
+        assert!(w.incoming(&dev, "4917000000002", "again", "", None, T0 + 600, &mut rng).is_ok());
         assert!(matches!(frames_to(&w.take_effects(), c).as_slice(), [ServerFrame::Msg { body, .. }] if body == "again"));
         w.frame(c, ClientFrame::Received { id: first.clone(), from: "4917000000001@c.us".into() }, T0 + 700, &mut rng);
         let delivered: Vec<bool> = w.inbox(&dev).unwrap_or_default().iter().map(|m| m.delivered).collect();
@@ -1222,10 +1506,144 @@ mod tests {
         let msgs: Vec<ServerFrame> =
             frames_to(&w.take_effects(), c2).into_iter().filter(|f| matches!(f, ServerFrame::Msg { .. })).collect();
         assert!(matches!(msgs.as_slice(), [ServerFrame::Msg { body, .. }] if body == "again"));
-        assert!(matches!(w.incoming(&dev, "12", "x", "", T0, &mut rng), Err(PhoneError::BadRequest(_))));
-        assert!(matches!(w.incoming(&dev, "4915112345678", "x", "", T0, &mut rng), Err(PhoneError::BadRequest(_))));
+        assert!(matches!(w.incoming(&dev, "12", "x", "", None, T0, &mut rng), Err(PhoneError::BadRequest(_))));
+        assert!(matches!(w.incoming(&dev, "4915112345678", "x", "", None, T0, &mut rng), Err(PhoneError::BadRequest(_))));
         assert_eq!(w.phone_logout(&dev, T0), Ok(()));
-        assert!(matches!(w.incoming(&dev, "4917000000001", "x", "", T0, &mut rng), Err(PhoneError::Conflict(_))));
+        assert!(matches!(w.incoming(&dev, "4917000000001", "x", "", None, T0, &mut rng), Err(PhoneError::Conflict(_))));
+    }
+
+    /// The page's side of a media send: a media_conn, an encrypted upload,
+    /// then the frame that names it.
+    fn upload_and_frame(w: &mut World, conn: ConnId, plain: &[u8], key: [u8; 32], now: u64) -> Result<MediaFrame, PhoneError> {
+        w.frame(conn, ClientFrame::MediaConn { req: 1 }, now, &mut rand::thread_rng());
+        let auth = frames_to(&w.take_effects(), conn)
+            .into_iter()
+            .find_map(|f| match f {
+                ServerFrame::MediaConn { auth, .. } => Some(auth),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let upload = media::seal(MediaType::Document, &key, plain);
+        let digest = media::sha256(&upload);
+        let path = w.upload(&auth, "document", &B64URL.encode(digest), Bytes::from(upload), digest, now, &mut rand::thread_rng())?;
+        Ok(MediaFrame {
+            kind: "document".into(),
+            mimetype: "application/pdf".into(),
+            filename: Some("offer.pdf".into()),
+            size: plain.len() as u64,
+            filehash: B64.encode(media::sha256(plain)),
+            enc_filehash: B64.encode(digest),
+            media_key: B64.encode(key),
+            media_key_timestamp: 1,
+            direct_path: path,
+        })
+    }
+
+    #[test]
+    fn media_sends_are_logged_with_what_the_recipient_decrypts() {
+        let mut w = World::new(timings());
+        let mut rng = rand::thread_rng();
+        let (dev, _, c) = linked(&mut w, T0);
+        let plain = b"%PDF-1.4 the offer".to_vec();
+        let frame = upload_and_frame(&mut w, c, &plain, [3; 32], T0).unwrap_or_else(|e| panic!("{e}"));
+        let media_send = |n: &str, id: &str, m: MediaFrame| {
+            ClientFrame::Send(SendFrame {
+                n: n.into(),
+                id: id.into(),
+                to: "4917000000001@c.us".into(),
+                body: "the offer".into(),
+                media: Some(m),
+                t: 1,
+                attempt: 0,
+            })
+        };
+        w.frame(c, media_send("a", "3EB0M1", frame.clone()), T0, &mut rng);
+        // The same message with another key, a missing file, a lying hash:
+        // logged, and the recipient cannot get the file.
+        w.frame(c, media_send("b", "3EB0M2", MediaFrame { media_key: B64.encode([4u8; 32]), ..frame.clone() }), T0, &mut rng);
+        w.frame(c, media_send("c", "3EB0M3", MediaFrame { direct_path: "/v/t62.7118-24/none.enc".into(), ..frame.clone() }), T0, &mut rng);
+        w.frame(c, media_send("d", "3EB0M4", MediaFrame { filehash: B64.encode([0u8; 32]), ..frame.clone() }), T0, &mut rng);
+        // Malformed: refused with 400 and not logged.
+        w.frame(c, media_send("e", "3EB0M5", MediaFrame { media_key: "short".into(), ..frame.clone() }), T0, &mut rng);
+        let refused = frames_to(&w.take_effects(), c)
+            .into_iter()
+            .any(|f| matches!(f, ServerFrame::Sent { n, ok: false, error: Some(400), .. } if n == "e"));
+        assert!(refused);
+        let log = w.messages(&dev).unwrap_or_default();
+        assert_eq!(log.len(), 4);
+        let first = log[0].media.clone().unwrap_or_else(|| panic!("no media in {:?}", log[0]));
+        assert_eq!((log[0].kind.as_str(), log[0].body.as_str()), ("document", "the offer"));
+        assert_eq!(first.sha256, Some(hex::encode(media::sha256(&plain))));
+        assert_eq!((first.filename.as_deref(), first.size), (Some("offer.pdf"), plain.len() as u64));
+        for m in &log[1..] {
+            let got = m.media.clone().unwrap_or_else(|| panic!("no media in {m:?}"));
+            assert!(got.sha256.is_none() && got.media_error.is_some(), "{got:?}");
+        }
+        let json = serde_json::to_value(&log[0]).unwrap_or_default();
+        assert_eq!(json["type"], "document");
+        assert_eq!(json["mimetype"], "application/pdf");
+        assert!(json.get("media_error").is_none() && json.get("attachment").is_none(), "{json}");
+        // History sync gives the page the attachment back.
+        assert!(w.history(&dev).first().is_some_and(|h| h.media.as_ref() == Some(&frame)));
+    }
+
+    #[test]
+    fn uploads_need_a_valid_auth_and_their_own_hash() {
+        let mut w = World::new(timings());
+        let mut rng = rand::thread_rng();
+        let (dev, _, c) = linked(&mut w, T0);
+        let body = Bytes::from_static(b"0123456789abcdef0123456789");
+        let digest = media::sha256(&body);
+        let token = B64URL.encode(digest);
+        let try_upload = |w: &mut World, auth: &str, kind: &str, token: &str, now: u64| {
+            w.upload(auth, kind, token, body.clone(), digest, now, &mut rand::thread_rng())
+        };
+        assert!(matches!(try_upload(&mut w, "nope", "image", &token, T0), Err(PhoneError::Unauthorized(_))));
+        let auth = w.media_auth(&dev, T0, &mut rng);
+        assert_eq!(w.media_auth(&dev, T0 + 1000, &mut rng), auth, "a valid auth is handed out again");
+        assert!(matches!(try_upload(&mut w, &auth, "gif", &token, T0), Err(PhoneError::BadRequest(_))));
+        assert!(matches!(try_upload(&mut w, &auth, "image", "AAAA", T0), Err(PhoneError::BadRequest(_))));
+        let path = try_upload(&mut w, &auth, "image", &token, T0);
+        assert!(path.as_ref().is_ok_and(|p| p.starts_with("/v/")), "{path:?}");
+        assert_eq!(path.ok().and_then(|p| w.download(&p)), Some(body.clone()));
+        assert!(matches!(try_upload(&mut w, &auth, "image", &token, T0 + MEDIA_AUTH_TTL_S * 1000), Err(PhoneError::Unauthorized(_))));
+        let auth = w.media_auth(&dev, T0, &mut rng);
+        assert_eq!(w.phone_logout(&dev, T0), Ok(()));
+        assert!(matches!(try_upload(&mut w, &auth, "image", &token, T0), Err(PhoneError::Unauthorized(_))));
+        let _ = c;
+    }
+
+    #[test]
+    fn incoming_media_is_encrypted_for_the_page_and_logged_with_its_hash() {
+        let mut w = World::new(timings());
+        let mut rng = rand::thread_rng();
+        let (dev, _, c) = linked(&mut w, T0);
+        w.tick(T0 + 500);
+        w.take_effects();
+        let png = Bytes::from_static(b"\x89PNG\r\n\x1a\n not really a picture");
+        let media = IncomingMedia { mimetype: "image/png".into(), filename: Some("cat.png".into()), data: png.clone() };
+        let msg = w.incoming(&dev, "4917000000001", "", "Ann", Some(media), T0 + 600, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(msg.kind, "image");
+        assert_eq!(msg.media.as_ref().and_then(|m| m.sha256.clone()), Some(hex::encode(media::sha256(&png))));
+        let frame = frames_to(&w.take_effects(), c).into_iter().find_map(|f| match f {
+            ServerFrame::Msg { media, .. } => media.map(|m| *m),
+            _ => None,
+        });
+        let frame = frame.unwrap_or_else(|| panic!("no media frame"));
+        let upload = w.download(&frame.direct_path).unwrap_or_default();
+        let key = decode_32(&frame.media_key).unwrap_or_default();
+        assert_eq!(media::open(MediaType::Image, &key, &upload).ok(), Some(png.to_vec()));
+        assert_eq!(frame.filehash, B64.encode(media::sha256(&png)));
+        assert_eq!(frame.enc_filehash, B64.encode(media::sha256(&upload)));
+        // Bad media input.
+        let with = |mimetype: &str, filename: Option<&str>, data: &'static [u8]| {
+            Some(IncomingMedia { mimetype: mimetype.into(), filename: filename.map(str::to_owned), data: Bytes::from_static(data) })
+        };
+        for bad_media in [with("image", None, b"x"), with("image/png", Some("a/b"), b"x"), with("image/png", None, b"")] {
+            assert!(matches!(w.incoming(&dev, "4917000000001", "", "", bad_media, T0, &mut rng), Err(PhoneError::BadRequest(_))));
+        }
+        // A text needs a body; a media message does not.
+        assert!(matches!(w.incoming(&dev, "4917000000001", "", "", None, T0, &mut rng), Err(PhoneError::BadRequest(_))));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 // It installs `window.__wasup`:
 //   drain()                -> {events: [...], snap: {...}} and empties the queue
 //   send(to, body, id)     -> Promise<{id, to, ack} | {error, message}>
+//   stage(token, seq, b64) -> bool: one piece of a file for sendMedia
+//   sendMedia(to, id, token, {mimetype, filename, caption, size, sha256, asDocument})
+//                          -> Promise<{id, to, ack} | {error, message}>
 //   composing(to)          -> Promise<bool>: "typing…" shown in the chat
 //   logout(), takeover(), refreshQR()
 //
@@ -18,7 +21,8 @@
 //
 // Event shapes: {k: "state", state}, {k: "synced", value}, {k: "qr"},
 // {k: "logout"}, {k: "ack", id, ack}, {k: "send_error", id, code, result},
-// {k: "loaded", post_logout}. Every event carries `at` (Unix epoch ms).
+// {k: "incoming", id, from, type, body, t}, {k: "loaded", post_logout}.
+// Every event carries `at` (Unix epoch ms).
 (function install(version) {
   "use strict";
   if (window.__wasup && window.__wasup.version === version) return;
@@ -93,13 +97,77 @@
     if (key && key.fromMe) push({ k: "ack", id: String(key.id), ack: Number(ack) });
   };
 
+  // Messages from contacts, as whatsapp-web.js's `message` event takes
+  // them: added to `Msg` as new (`isNewMsg`: not history replayed at load),
+  // not from this account, not a status, not in a group; a message still
+  // being decrypted (`ciphertext`) once its type is known.
+  const MEDIA = new Set(["image", "video", "audio", "ptt", "document", "sticker"]);
+  const NOT_MESSAGES = new Set([
+    "e2e_notification", "notification", "notification_template", "gp2", "protocol", "revoked", "call_log",
+    "broadcast_notification",
+  ]);
+  const REPORTED_KEY = "__wasup_reported";
+  let reported = [];
+  try {
+    reported = JSON.parse(window.sessionStorage.getItem(REPORTED_KEY) || "[]");
+    if (!Array.isArray(reported)) reported = [];
+  } catch (e) {
+    reported = [];
+  }
+  const wasReported = (id) => reported.includes(id);
+  const markReported = (id) => {
+    reported.push(id);
+    if (reported.length > 1000) reported.splice(0, reported.length - 1000);
+    try {
+      window.sessionStorage.setItem(REPORTED_KEY, JSON.stringify(reported));
+    } catch (e) {
+      /* storage full or disabled: duplicates are then possible after a re-injection */
+    }
+  };
+  // The sender's phone number (digits), or null: a LID is mapped to the
+  // phone number WhatsApp Web knows for it.
+  const senderDigits = (wid) => {
+    let w = wid;
+    if (w && w.server === "lid") {
+      try {
+        w = R("WAWebApiContact").getPhoneNumber(w) || R("WAWebLidMigrationUtils").toPn(w);
+      } catch (e) {
+        w = null;
+      }
+    }
+    if (!w || w.server !== "c.us" || !/^\d{5,20}$/.test(String(w.user))) return null;
+    return String(w.user);
+  };
+  const onIncoming = (msg) => {
+    const key = msg && msg.id;
+    if (!key || key.fromMe || !msg.isNewMsg) return;
+    const type = String(msg.type);
+    if (type === "ciphertext") {
+      msg.once("change:type", () => onIncoming(msg));
+      return;
+    }
+    if (NOT_MESSAGES.has(type) || msg.isStatusV3 || msg.broadcast) return;
+    const remote = key.remote;
+    if (!remote || remote.server === "broadcast" || remote.server === "g.us" || remote.server === "newsletter") return;
+    const id = String(key.id);
+    if (wasReported(id)) return;
+    const from = senderDigits(remote);
+    if (!from) return;
+    markReported(id);
+    const body = MEDIA.has(type) ? msg.caption || "" : msg.body || "";
+    push({ k: "incoming", id, from, type, body: String(body), t: Number(msg.t) || 0 });
+  };
+
   Socket.on("change:state", onState);
   Socket.on("change:hasSynced", onSynced);
   Conn.on("change:ref", onRef);
   Cmd.on("logout", onLogout);
   Cmd.on("logout_from_bridge", onLogout);
   Msg.on("change:ack", onAck);
+  Msg.on("add", onIncoming);
   onRef(Conn, Conn.ref);
+  // What arrived between the page's boot and this injection.
+  (Msg.getModelsArray ? Msg.getModelsArray() : []).forEach(onIncoming);
 
   const me = () => {
     try {
@@ -127,7 +195,9 @@
     };
   };
 
-  async function send(to, body, id) {
+  // The chat and the message key for a send to `to` with key id `id`, or
+  // {error, message}; `existing` when the page already holds that key.
+  async function target(to, id) {
     const mine = R("WAWebUserPrefsMeUser").getMaybeMePnUser();
     if (!mine) return { error: "not_logged_in", message: "the page has no logged-in account" };
     let wid;
@@ -149,22 +219,12 @@
     }
     const MsgKey = R("WAWebMsgKey");
     const key = new MsgKey({ from: mine, to: chat.id, id, selfDir: "out" });
-    const serialized = String(key._serialized || key.toString());
-    // Idempotent: a key the page already holds is never sent again.
-    const existing = Collections.Msg.get(serialized);
-    if (existing) return { id, to: String(chat.id._serialized || chat.id), ack: Number(existing.ack), existed: true };
-    const data = {
-      id: key,
-      body: String(body),
-      type: "chat",
-      t: Math.floor(Date.now() / 1000),
-      from: mine,
-      to: chat.id,
-      self: "out",
-      isNewMsg: true,
-      local: true,
-      ack: 0,
-    };
+    const existing = Collections.Msg.get(String(key._serialized || key.toString()));
+    return { mine, chat, key, chatId: String(chat.id._serialized || chat.id), existing };
+  }
+
+  // Hands a message to WhatsApp Web and reports its outcome as events.
+  async function dispatch(chat, data, id, chatId) {
     const [msgPromise, resultPromise] = R("WAWebSendMsgChatAction").addAndSendMsgToChat(chat, data);
     resultPromise.then(
       (result) => {
@@ -174,7 +234,119 @@
       (e) => push({ k: "send_error", id, code: null, result: String((e && e.message) || e) })
     );
     const model = await msgPromise;
-    return { id, to: String(chat.id._serialized || chat.id), ack: Number(model && model.ack) || 0 };
+    return { id, to: chatId, ack: Number(model && model.ack) || 0 };
+  }
+
+  async function send(to, body, id) {
+    const t = await target(to, id);
+    if (t.error) return t;
+    // Idempotent: a key the page already holds is never sent again.
+    if (t.existing) return { id, to: t.chatId, ack: Number(t.existing.ack), existed: true };
+    const data = {
+      id: t.key,
+      body: String(body),
+      type: "chat",
+      t: Math.floor(Date.now() / 1000),
+      from: t.mine,
+      to: t.chat.id,
+      self: "out",
+      isNewMsg: true,
+      local: true,
+      ack: 0,
+    };
+    return dispatch(t.chat, data, id, t.chatId);
+  }
+
+  // Files on their way into the page, in pieces (one WebDriver command
+  // each, so polls go on between them): token -> {parts, at}.
+  const staged = new Map();
+  const STAGE_TTL_MS = 10 * 60 * 1000;
+  function stage(token, seq, b64) {
+    const now = Date.now();
+    for (const [t, s] of staged) if (now - s.at > STAGE_TTL_MS) staged.delete(t);
+    if (seq === 0) staged.set(token, { parts: [], at: now });
+    const s = staged.get(token);
+    if (!s || s.parts.length !== seq) return false;
+    const bin = atob(b64);
+    const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    s.parts.push(bytes);
+    s.at = now;
+    return true;
+  }
+
+  const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
+  const failed = (e) => ({ error: "media_failed", message: String((e && e.message) || e) });
+
+  // Sends the staged file `token` as a media message, through WhatsApp
+  // Web's own media path: the file as OpaqueData, prepared (type, hash,
+  // thumbnail), recorded as a media object, encrypted and uploaded, then
+  // the message with what the upload gave it.
+  async function sendMedia(to, id, token, meta) {
+    const s = staged.get(token);
+    staged.delete(token);
+    if (!s) return { error: "not_staged", message: "the file is not in the page (did it reload?)" };
+    const file = new File(s.parts, meta.filename || "file", { type: meta.mimetype });
+    if (file.size !== meta.size) return { error: "bad_file", message: "the file arrived with " + file.size + " bytes, not " + meta.size };
+    if (hex(await crypto.subtle.digest("SHA-256", await file.arrayBuffer())) !== meta.sha256) {
+      return { error: "bad_file", message: "the file changed on its way into the page" };
+    }
+    const t = await target(to, id);
+    if (t.error) return t;
+    if (t.existing) return { id, to: t.chatId, ack: Number(t.existing.ack), existed: true };
+    let mediaData;
+    try {
+      const OpaqueData = R("WAWebMediaOpaqueData");
+      const opaque = await OpaqueData.createFromData(file, meta.mimetype);
+      mediaData = await R("WAWebPrepRawMedia").prepRawMedia(opaque, { asDocument: !!meta.asDocument }).waitForPrep();
+      if (!mediaData.filehash) throw new Error("media preparation gave no file hash");
+      const mediaObject = R("WAWebMediaStorage").getOrCreateMediaObject(mediaData.filehash);
+      const Types = R("WAWebMmsMediaTypes");
+      const mediaType = Types.msgToMediaType({ type: mediaData.type, isGif: mediaData.isGif });
+      if (!(mediaData.mediaBlob instanceof OpaqueData)) {
+        mediaData.mediaBlob = await OpaqueData.createFromData(mediaData.mediaBlob, mediaData.mediaBlob.type);
+      }
+      mediaData.renderableUrl = mediaData.mediaBlob.url();
+      mediaObject.consolidate(mediaData.toJSON());
+      mediaData.mediaBlob.autorelease();
+      if (R("WAWebMediaDataUtils").shouldUseMediaCache(Types.castToV4(mediaObject.type))) {
+        R("WAWebMediaInMemoryBlobCache").InMemoryMediaBlobCache.put(mediaObject.filehash, mediaData.mediaBlob.formData());
+      }
+      const uploaded = await R("WAWebMediaMmsV4Upload").uploadMedia({ mimetype: mediaData.mimetype, mediaObject, mediaType });
+      const entry = uploaded && uploaded.mediaEntry;
+      if (!entry) throw new Error("the upload gave no media entry");
+      mediaData.set({
+        clientUrl: entry.mmsUrl,
+        deprecatedMms3Url: entry.deprecatedMms3Url,
+        directPath: entry.directPath,
+        mediaKey: entry.mediaKey,
+        mediaKeyTimestamp: entry.mediaKeyTimestamp,
+        filehash: mediaObject.filehash,
+        encFilehash: entry.encFilehash,
+        uploadhash: entry.uploadHash,
+        size: mediaObject.size,
+        streamingSidecar: entry.sidecar,
+        firstFrameSidecar: entry.firstFrameSidecar,
+      });
+    } catch (e) {
+      return failed(e);
+    }
+    const data = {
+      ...mediaData.toJSON(),
+      id: t.key,
+      // A media message's body is its thumbnail; the caption is apart.
+      body: mediaData.preview || "",
+      caption: meta.caption ? String(meta.caption) : undefined,
+      type: mediaData.type,
+      t: Math.floor(Date.now() / 1000),
+      from: t.mine,
+      to: t.chat.id,
+      self: "out",
+      isNewMsg: true,
+      local: true,
+      ack: 0,
+    };
+    return dispatch(t.chat, data, id, t.chatId);
   }
 
   // Show "typing…" in a chat (whatsapp-web.js Chat.sendStateTyping uses the
@@ -208,6 +380,8 @@
       return { events, snap: snap() };
     },
     send,
+    stage,
+    sendMedia,
     lookup,
     composing,
     logout: () => Socket.logout(),

@@ -1,7 +1,9 @@
 //! Everything that knows WhatsApp Web: the page adapter (`adapter.js`), the
 //! WebDriver wrapper that runs it ([`page`]), what the page's states mean
-//! ([`observe`]) and how recipients are written ([`number`]).
+//! ([`observe`]), how recipients are written ([`number`]) and what media a
+//! message can carry ([`media`]).
 
+pub mod media;
 pub mod number;
 pub mod observe;
 pub mod page;

@@ -3,12 +3,14 @@
 //! [`Page`] is the only code that talks to chromedriver. It opens Chromium on
 //! a session's profile, loads the configured URL, injects the adapter
 //! (`adapter.js`) whenever a navigation removed it, drains the adapter's
-//! event queue, and sends texts. Every WebDriver failure is classified into a
+//! event queue, and sends texts and media. Every WebDriver failure is classified into a
 //! [`PageError`], so the Session actor branches on a variant, not on text.
 
 use std::path::Path;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use fantoccini::error::{CmdError, ErrorStatus, NewSessionError};
 use fantoccini::{Client, ClientBuilder};
 use serde::Deserialize;
@@ -16,11 +18,16 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::policy::EndReason;
+use crate::whatsapp::media::{Media, MediaKind};
 
 /// The adapter's source; `ADAPTER_VERSION` changes whenever it does, so a
 /// page holding an older adapter gets the new one.
 const ADAPTER: &str = include_str!("adapter.js");
-const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-2");
+const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-3");
+/// Bytes of a file copied into the page per WebDriver command (1 MiB of
+/// base64): polls run between the pieces, so a large file never holds
+/// WebDriver for long.
+const STAGE_BYTES: usize = 768 * 1024;
 
 /// One poll's script: drain if the adapter is there, else say why not.
 /// While a new page loads, the previous adapter's queue is already in
@@ -212,13 +219,38 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum PageEvent {
-    State { state: SocketState },
-    Synced { value: bool },
+    State {
+        state: SocketState,
+    },
+    Synced {
+        value: bool,
+    },
     Qr,
     Logout,
-    Ack { id: String, ack: i8 },
-    SendError { id: String, code: Option<i64>, result: Option<String> },
-    Loaded { post_logout: bool },
+    Ack {
+        id: String,
+        ack: i8,
+    },
+    SendError {
+        id: String,
+        code: Option<i64>,
+        result: Option<String>,
+    },
+    /// A contact's message reached the account: `from` is the sender's
+    /// number (digits), `kind` WhatsApp Web's message type (`chat`,
+    /// `image`, `document`, …), `body` the text or a media message's
+    /// caption, `t` WhatsApp's timestamp (Unix seconds).
+    Incoming {
+        id: String,
+        from: String,
+        #[serde(rename = "type")]
+        kind: String,
+        body: String,
+        t: i64,
+    },
+    Loaded {
+        post_logout: bool,
+    },
 }
 
 /// What one poll found.
@@ -353,15 +385,39 @@ if (!window.__wasup) { done({error: "not_ready", message: "the page adapter is n
 window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", message: String((e && e.message) || e)}));
 "#;
         let value = self.client.execute_async(SCRIPT, vec![json!(to), json!(body), json!(id)]).await.map_err(classify)?;
-        if let Some(error) = value.get("error").and_then(Value::as_str) {
-            let message = value.get("message").and_then(Value::as_str).unwrap_or(error).to_string();
-            return Ok(Err(match error {
-                "not_on_whatsapp" => SendRefused::NotOnWhatsApp(to.to_string()),
-                "invalid_wid" => SendRefused::InvalidWid(message),
-                _ => SendRefused::Other(message),
-            }));
+        sent_or_refused(to, value)
+    }
+
+    /// Sends `media` to `to` with the key id `id` and `caption` (may be
+    /// empty), through WhatsApp Web's media path (prepare, encrypt, upload,
+    /// send). The file is copied into the page first, [`STAGE_BYTES`] per
+    /// command, and checked there against its SHA-256. Returns like
+    /// [`Page::send`].
+    pub async fn send_media(&self, to: &str, caption: &str, id: &str, media: &Media) -> Result<Result<Sent, SendRefused>, PageError> {
+        const STAGE: &str = "return window.__wasup ? window.__wasup.stage(arguments[0], arguments[1], arguments[2]) : false;";
+        const SCRIPT: &str = r#"
+const [to, id, token, meta, done] = arguments;
+if (!window.__wasup) { done({error: "not_ready", message: "the page adapter is not loaded (page reloading)"}); return; }
+window.__wasup.sendMedia(to, id, token, meta).then(done, (e) => done({error: "send_failed", message: String((e && e.message) || e)}));
+"#;
+        let empty: [&[u8]; 1] = [&[]];
+        let pieces: Vec<&[u8]> = if media.data.is_empty() { empty.to_vec() } else { media.data.chunks(STAGE_BYTES).collect() };
+        for (seq, piece) in pieces.into_iter().enumerate() {
+            let staged = self.client.execute(STAGE, vec![json!(id), json!(seq), json!(B64.encode(piece))]).await.map_err(classify)?;
+            if staged != json!(true) {
+                return Ok(Err(SendRefused::Other("the page lost the file while it was copied in (it reloaded)".into())));
+            }
         }
-        serde_json::from_value(value).map(Ok).map_err(|e| PageError::Transient(format!("send returned an unexpected shape: {e}")))
+        let meta = json!({
+            "mimetype": media.mimetype,
+            "filename": media.filename,
+            "caption": caption,
+            "size": media.data.len(),
+            "sha256": media.sha256_hex(),
+            "asDocument": media.kind() == MediaKind::Document,
+        });
+        let value = self.client.execute_async(SCRIPT, vec![json!(to), json!(id), json!(id), meta]).await.map_err(classify)?;
+        sent_or_refused(to, value)
     }
 
     /// Looks a message this account sent up by its key id (after a crash:
@@ -402,6 +458,19 @@ window.__wasup.send(to, body, id).then(done, (e) => done({error: "send_failed", 
     }
 }
 
+/// A send's answer from the adapter: the message, or why it was refused.
+fn sent_or_refused(to: &str, value: Value) -> Result<Result<Sent, SendRefused>, PageError> {
+    if let Some(error) = value.get("error").and_then(Value::as_str) {
+        let message = value.get("message").and_then(Value::as_str).unwrap_or(error).to_string();
+        return Ok(Err(match error {
+            "not_on_whatsapp" => SendRefused::NotOnWhatsApp(to.to_string()),
+            "invalid_wid" => SendRefused::InvalidWid(message),
+            _ => SendRefused::Other(message),
+        }));
+    }
+    serde_json::from_value(value).map(Ok).map_err(|e| PageError::Transient(format!("send returned an unexpected shape: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,12 +491,24 @@ mod tests {
             {"k": "state", "state": "CONNECTED", "at": 1},
             {"k": "ack", "id": "3EB0AA", "ack": 2, "at": 1},
             {"k": "logout", "at": 1},
+            {"k": "incoming", "id": "AB12", "from": "4915199990000", "type": "image", "body": "a caption", "t": 1700000000, "at": 1},
             {"k": "something_new", "at": 1}
         ]);
         let events: Vec<PageEvent> = v.as_array().unwrap().iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect();
         assert_eq!(
             events,
-            [PageEvent::State { state: "CONNECTED".into() }, PageEvent::Ack { id: "3EB0AA".into(), ack: 2 }, PageEvent::Logout]
+            [
+                PageEvent::State { state: "CONNECTED".into() },
+                PageEvent::Ack { id: "3EB0AA".into(), ack: 2 },
+                PageEvent::Logout,
+                PageEvent::Incoming {
+                    id: "AB12".into(),
+                    from: "4915199990000".into(),
+                    kind: "image".into(),
+                    body: "a caption".into(),
+                    t: 1_700_000_000
+                },
+            ]
         );
     }
 }

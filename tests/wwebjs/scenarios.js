@@ -11,6 +11,8 @@
 
 const fs = require('fs');
 const path = require('path');
+const zlib = require('zlib');
+const crypto = require('crypto');
 const assert = require('assert/strict');
 const { loadLibrary, newClient, phone, nextEvent, until } = require('./sim');
 
@@ -33,6 +35,52 @@ async function scenario(name, body) {
   const started = Date.now();
   await body();
   console.log(`ok ${step} - ${name} (${Date.now() - started} ms)`);
+}
+
+/** A `width` × `height` RGB PNG with a colour gradient (a picture the page can decode). */
+function png(width, height) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc(body));
+    return Buffer.concat([len, body, sum]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const rows = [];
+  for (let y = 0; y < height; y++) {
+    const row = Buffer.alloc(1 + width * 3);
+    for (let x = 0; x < width; x++) row.set([(x * 255) / width, (y * 255) / height, 128], 1 + x * 3);
+    rows.push(row);
+  }
+  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([signature, chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(Buffer.concat(rows))), chunk('IEND', Buffer.alloc(0))]);
+}
+
+const sha256hex = (buf) => crypto.createHash('sha256').update(buf).digest('hex');
+
+/** A multipart/form-data body: text parts, then one file part. */
+function form(fields, file) {
+  const boundary = 'wasup-scenarios-' + crypto.randomBytes(8).toString('hex');
+  const parts = Object.entries(fields).map(([k, v]) => Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
+  parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${file.filename}"\r\nContent-Type: ${file.mimetype}\r\n\r\n`));
+  parts.push(file.data, Buffer.from(`\r\n--${boundary}--\r\n`));
+  return { type: `multipart/form-data; boundary=${boundary}`, body: Buffer.concat(parts) };
 }
 
 /** Every `WA…` module name whatsapp-web.js's own source asks `window.require` for. */
@@ -114,6 +162,12 @@ async function main() {
     assert.ok(sent, 'sendMessage returned a message');
     assert.equal(sent.id._serialized, `true_${FRIEND}@c.us_${sent.id.id}`);
     assert.equal(sent.fromMe, true);
+    // sendMessage resolves once the message is in the page; the servers
+    // take it a moment later.
+    await until('the message in the sim', 10_000, async () => {
+      const log = await phone(SIM, 'GET', `/devices/${device}/messages`);
+      return log.some((m) => m.id === sent.id.id);
+    });
     const log = await phone(SIM, 'GET', `/devices/${device}/messages`);
     const copies = log.filter((m) => m.id === sent.id.id);
     assert.equal(copies.length, 1, `the sim has ${copies.length} copies`);
@@ -139,6 +193,52 @@ async function main() {
       const inbox = await phone(SIM, 'GET', `/devices/${device}/incoming`);
       return inbox.some((m) => m.id === held.id && m.delivered);
     });
+  });
+
+  await scenario('sendMessage with a MessageMedia photo and a document: the sim logs each with the SHA-256 of the bytes sent', async () => {
+    const photo = png(64, 48);
+    const pdf = Buffer.from('%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n');
+    const { MessageMedia } = lib;
+    const sentPhoto = await client.sendMessage(`${FRIEND}@c.us`, new MessageMedia('image/png', photo.toString('base64'), 'gradient.png'), { caption: 'a gradient' });
+    const sentPdf = await client.sendMessage(`${FRIEND}@c.us`, new MessageMedia('application/pdf', pdf.toString('base64'), 'offer.pdf'), { caption: 'the offer' });
+    assert.equal(sentPhoto.type, 'image');
+    assert.equal(sentPhoto.hasMedia, true);
+    assert.equal(sentPhoto.body, 'a gradient');
+    assert.equal(sentPdf.type, 'document');
+    const log = await until('both media messages in the sim', 20_000, async () => {
+      const all = await phone(SIM, 'GET', `/devices/${device}/messages`);
+      const mine = all.filter((m) => m.id === sentPhoto.id.id || m.id === sentPdf.id.id);
+      return mine.length === 2 ? mine : null;
+    });
+    const byId = Object.fromEntries(log.map((m) => [m.id, m]));
+    const p = byId[sentPhoto.id.id];
+    assert.deepEqual([p.type, p.mimetype, p.size, p.sha256, p.body], ['image', 'image/png', photo.length, sha256hex(photo), 'a gradient']);
+    const d = byId[sentPdf.id.id];
+    assert.deepEqual(
+      [d.type, d.mimetype, d.filename, d.size, d.sha256, d.body],
+      ['document', 'application/pdf', 'offer.pdf', pdf.length, sha256hex(pdf), 'the offer'],
+    );
+    // The sent message downloads again from the media host, unchanged.
+    const back = await sentPdf.downloadMedia();
+    assert.equal(Buffer.from(back.data, 'base64').equals(pdf), true);
+  });
+
+  await scenario('a document the phone delivers raises message with hasMedia, the caption as body, and downloadMedia gives the bytes', async () => {
+    const file = Buffer.from(crypto.randomBytes(3000));
+    const got = nextEvent(client, 'message', 20_000, (m) => m.from === `${STRANGER}@c.us` && m.hasMedia);
+    const { type, body } = form({ from: STRANGER, caption: 'the report', pushname: 'Ann' }, { filename: 'report.bin', mimetype: 'application/octet-stream', data: file });
+    const res = await fetch(`${SIM}/_phone/devices/${device}/incoming`, { method: 'POST', headers: { 'content-type': type }, body });
+    const held = await res.json();
+    assert.equal(res.status, 200, JSON.stringify(held));
+    assert.deepEqual([held.type, held.size, held.sha256], ['document', file.length, sha256hex(file)]);
+    const [msg] = await got;
+    assert.equal(msg.id.id, held.id);
+    assert.equal(msg.type, 'document');
+    assert.equal(msg.body, 'the report');
+    const media = await msg.downloadMedia();
+    assert.ok(media, 'downloadMedia gave the file');
+    assert.deepEqual([media.mimetype, media.filename, media.filesize], ['application/octet-stream', 'report.bin', file.length]);
+    assert.equal(Buffer.from(media.data, 'base64').equals(file), true);
   });
 
   await scenario('a restart with the same LocalAuth directory reaches ready without a qr', async () => {

@@ -32,7 +32,7 @@ pub struct GetQr {
     pub name: String,
 }
 
-/// Sends a text through a session.
+/// Sends a text, or a media message, through a session.
 #[derive(Message)]
 #[rtype(result = "Reply<SendOutcome>")]
 pub struct SendMessage {
@@ -44,6 +44,8 @@ pub struct SendMessage {
     pub id: Option<String>,
     /// "typing…" time before the send.
     pub typing: Duration,
+    /// A file to send as a media message, `text` its caption.
+    pub media: Option<crate::whatsapp::media::Media>,
 }
 
 /// Looks a sent message up in a session's page (see [`session::Lookup`]).
@@ -103,7 +105,7 @@ impl Handler<SendMessage> for Supervisor {
         };
         let id = msg.id.unwrap_or_else(crate::whatsapp::new_message_id);
         Box::pin(async move {
-            addr.send(SendText { to: msg.to, body: msg.text, id, typing: msg.typing })
+            addr.send(SendText { to: msg.to, body: msg.text, media: msg.media, id, typing: msg.typing })
                 .await
                 .map_err(|e| SupervisorError::Internal(format!("session actor unavailable: {e}")))?
                 .map_err(SupervisorError::from)
