@@ -20,6 +20,7 @@
 //! going `SENDING` before its send, `SENT` after it) are flushed before the
 //! call returns.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -178,6 +179,10 @@ pub struct Store {
     trees: Arc<RwLock<Option<Arc<Trees>>>>,
     failure: Arc<Mutex<Option<StoreFailure>>>,
     reopening: Arc<Mutex<()>>,
+    /// Opt-outs the store did not take (a failing disk), by key: checked
+    /// like stored ones, and written with the next addition or before the
+    /// next campaign send. Lost if the daemon stops before that.
+    unstored_opt_outs: Arc<Mutex<BTreeMap<Vec<u8>, OptOut>>>,
 }
 
 /// How many history entries are kept per session; older ones are dropped.
@@ -204,6 +209,7 @@ impl Store {
             trees: Arc::new(RwLock::new(Some(Arc::new(trees)))),
             failure: Arc::new(Mutex::new(None)),
             reopening: Arc::new(Mutex::new(())),
+            unstored_opt_outs: Arc::default(),
         })
     }
 
@@ -499,6 +505,7 @@ impl Store {
     /// and stores the number's pacing state, then flushes: all of it must
     /// be on disk before the send.
     pub fn count_number_send(&self, session: &str, day: &str, number: &NumberRecord, first_contact: bool) -> Result<(), StoreError> {
+        self.store_unstored_opt_outs()?;
         self.count_send(session, day)?;
         if first_contact {
             self.count_send(session, &format!("{day}:first"))?;
@@ -527,7 +534,11 @@ impl Store {
 
     /// The session's opt-out entry for `phone` (E.164 digits, no `+`).
     pub fn opt_out(&self, session: &str, phone: &str) -> Result<Option<OptOut>, StoreError> {
-        match self.t()?.opt_outs.get(contact_key(session, phone))? {
+        let key = contact_key(session, phone);
+        if let Some(e) = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?.get(&key) {
+            return Ok(Some(e.clone()));
+        }
+        match self.t()?.opt_outs.get(key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -535,36 +546,73 @@ impl Store {
 
     /// The session's opt-out list, by phone.
     pub fn opt_outs(&self, session: &str) -> Result<Vec<OptOut>, StoreError> {
-        self.t()?.opt_outs.scan_prefix(prefix(session)).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        let mut all: BTreeMap<Vec<u8>, OptOut> = BTreeMap::new();
+        for kv in self.t()?.opt_outs.scan_prefix(prefix(session)) {
+            let (k, v) = kv?;
+            all.insert(k.to_vec(), serde_json::from_slice(&v)?);
+        }
+        let unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?;
+        for (k, e) in unstored.range(prefix(session)..).take_while(|(k, _)| k.starts_with(&prefix(session))) {
+            all.entry(k.clone()).or_insert_with(|| e.clone());
+        }
+        Ok(all.into_values().collect())
     }
 
     /// Adds entries to the session's opt-out list, flushed (an entry that
     /// is already there keeps its first time and source). Returns how many
-    /// were new.
+    /// were new. If the store does not take them, they are kept in memory
+    /// (checked by [`Store::opt_out`] all the same) and written later; the
+    /// error is returned.
     pub fn add_opt_outs(&self, session: &str, entries: &[OptOut]) -> Result<usize, StoreError> {
         let mut added = 0;
-        for chunk in entries.chunks(1000) {
-            let mut batch = sled::Batch::default();
-            let t = self.t()?;
-            for e in chunk {
+        {
+            let mut unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?;
+            let t = self.t();
+            for e in entries {
                 let key = contact_key(session, &e.phone);
-                if t.opt_outs.get(&key)?.is_none() {
-                    batch.insert(key, serde_json::to_vec(e)?);
+                let stored = t.as_ref().ok().and_then(|t| t.opt_outs.get(&key).ok().flatten()).is_some();
+                if !stored && !unstored.contains_key(&key) {
+                    unstored.insert(key, e.clone());
                     added += 1;
                 }
+            }
+        }
+        self.store_unstored_opt_outs()?;
+        Ok(added)
+    }
+
+    /// Writes the opt-outs kept in memory (see [`Store::add_opt_outs`]),
+    /// flushed; they leave memory once on disk.
+    fn store_unstored_opt_outs(&self) -> Result<(), StoreError> {
+        let pending: Vec<(Vec<u8>, OptOut)> =
+            self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for chunk in pending.chunks(1000) {
+            let mut batch = sled::Batch::default();
+            for (k, e) in chunk {
+                batch.insert(k.clone(), serde_json::to_vec(e)?);
             }
             self.write(|t| Ok(t.opt_outs.apply_batch(batch)?))?;
         }
         self.flush()?;
-        Ok(added)
+        let mut unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?;
+        for (k, _) in &pending {
+            unstored.remove(k);
+        }
+        Ok(())
     }
 
     /// Removes `phone` from the session's opt-out list, flushed; `false`
     /// if it was not on it.
     pub fn remove_opt_out(&self, session: &str, phone: &str) -> Result<bool, StoreError> {
-        let had = self.write(|t| Ok(t.opt_outs.remove(contact_key(session, phone))?))?;
+        let key = contact_key(session, phone);
+        let had = self.write(|t| Ok(t.opt_outs.remove(&key)?))?;
         self.flush()?;
-        Ok(had.is_some())
+        // Only once the removal is on disk: a failed one leaves it listed.
+        let was_unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?.remove(&key).is_some();
+        Ok(had.is_some() || was_unstored)
     }
 
     /// Notes that `phone` wrote to the session's account at `at_ms` (the

@@ -196,7 +196,8 @@ impl Shell for Io<'_> {
         if self.0.write_fails() {
             return Err("No space left on device".into());
         }
-        let DayCount { sent, first_contacts } = self.day_count(day);
+        let get = |k: &str| self.0.volatile_days.get(k).or_else(|| self.0.durable_days.get(k)).copied().unwrap_or(0);
+        let (sent, first_contacts) = (get(day), get(&format!("{day}:first")));
         self.0.volatile_days.insert(day.to_string(), sent + 1);
         if first_contact {
             self.0.volatile_days.insert(format!("{day}:first"), first_contacts + 1);
@@ -209,9 +210,12 @@ impl Shell for Io<'_> {
         Ok(())
     }
 
-    fn day_count(&self, day: &str) -> DayCount {
+    fn day_count(&self, day: &str) -> Result<DayCount, String> {
+        if self.0.failing {
+            return Err("read failed".into());
+        }
         let get = |k: &str| self.0.volatile_days.get(k).or_else(|| self.0.durable_days.get(k)).copied().unwrap_or(0);
-        DayCount { sent: get(day), first_contacts: get(&format!("{day}:first")) }
+        Ok(DayCount { sent: get(day), first_contacts: get(&format!("{day}:first")) })
     }
 
     fn number(&self) -> Result<NumberRecord, String> {

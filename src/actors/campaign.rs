@@ -90,7 +90,9 @@ pub fn settings_for(config: &Config) -> Settings {
         timelock_cooldown: c.timelock_cooldown,
         store_retry: Duration::from_secs(1),
         lookup_retry: Duration::from_secs(2),
-        send_timeout: config.whatsapp.send_timeout + c.typing_max,
+        // At least as long as the actor waits for a send's answer (see
+        // `Campaign::send`), so the number's busy mark never ends first.
+        send_timeout: config.whatsapp.send_timeout + c.typing_max + config.whatsapp.ack_wait + Duration::from_secs(10),
         max_opt_out_rate: c.max_opt_out_rate,
         opt_out_min_sent: c.opt_out_min_sent,
         boot: crate::session_state::boot_id(),

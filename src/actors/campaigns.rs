@@ -291,10 +291,14 @@ impl Handler<MessageReceived> for Campaigns {
                     self.events.publish(Event::session(EventName::ContactOptedOut, &msg.session).detail(detail));
                 }
                 Err(e) => {
-                    // Not on the list: campaigns would still send to it. The
-                    // store is failing, so no campaign sends until it
-                    // recovers; the operator is told to add it by hand.
-                    tracing::error!(session = %msg.session, phone = %msg.from, error = %e, "an opt-out could not be stored; add it with POST /api/sessions/{{name}}/opt-outs");
+                    // Not on disk yet, but on the list: the store keeps it in
+                    // memory, checks it before every send like a stored one,
+                    // and writes it before the next campaign send (no send
+                    // happens while writes fail). Only a daemon stop before
+                    // then loses it, so the operator is told.
+                    tracing::error!(session = %msg.session, phone = %msg.from, error = %e, "an opt-out is not on disk yet (kept in memory until the store takes it); if the daemon stops first, add it with POST /api/sessions/{{name}}/opt-outs");
+                    let detail = serde_json::json!({"phone": msg.from, "at_ms": msg.at_ms, "source": "reply", "message_id": msg.id, "stored": false});
+                    self.events.publish(Event::session(EventName::ContactOptedOut, &msg.session).detail(detail));
                 }
             }
         }

@@ -32,11 +32,13 @@ fn known_session(state: &AppState, name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A number as the opt-out list keys it: E.164 digits without `+`.
-/// Errors: not a valid international number (with its country code).
-pub fn list_key(phone: &str) -> Result<String, String> {
-    let chat = number::parse_recipient(phone).map_err(|e| format!("{phone:?}: {e}"))?;
-    chat.as_str().strip_suffix("@c.us").map(str::to_string).ok_or_else(|| format!("{phone:?} is a group, not a number"))
+/// A number as the opt-out list keys it: E.164 digits without `+`. A
+/// number without a country code uses `campaigns.default_country`, as
+/// campaign input does. Errors: not a valid number.
+pub fn list_key(state: &AppState, phone: &str) -> Result<String, String> {
+    let country = state.config.campaigns.country()?;
+    let e164 = number::normalize(phone, country).map_err(|e| format!("{phone:?}: {e}"))?;
+    Ok(e164.trim_start_matches('+').to_string())
 }
 
 /// Whether `phone` (a chat id) is on `session`'s opt-out list: the send
@@ -135,7 +137,7 @@ async fn add(
     let mut keys = Vec::with_capacity(phones.len());
     let mut bad = Vec::new();
     for p in &phones {
-        match list_key(p) {
+        match list_key(&state, p) {
             Ok(k) => keys.push(k),
             Err(e) => bad.push(e),
         }
@@ -213,8 +215,15 @@ struct PhoneQuery {
 async fn remove(state: web::Data<AppState>, path: web::Path<SessionName>, query: web::Query<PhoneQuery>) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner().name;
     known_session(&state, &name)?;
-    let key = list_key(&query.phone).map_err(ApiError::bad_request)?;
-    if state.store.remove_opt_out(&name, &key)? {
+    let key = list_key(&state, &query.phone).map_err(ApiError::bad_request)?;
+    let store = state.store.clone();
+    let removed = {
+        let key = key.clone();
+        web::block(move || store.remove_opt_out(&name, &key))
+            .await
+            .map_err(|e| ApiError::internal(format!("removing the opt-out: {e}")))??
+    };
+    if removed {
         Ok(HttpResponse::Ok().json(serde_json::json!({"removed": key})))
     } else {
         Err(ApiError::new(actix_web::http::StatusCode::NOT_FOUND, format!("{key} is not on the opt-out list")))

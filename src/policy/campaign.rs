@@ -443,9 +443,9 @@ pub trait Shell {
     /// pacing's zone; a first contact counted as such too) and stores the
     /// number's state `number`, flushed.
     fn count_send(&mut self, day: &str, number: &NumberRecord, first_contact: bool) -> Result<(), String>;
-    /// The number's sends on `day`; `u32::MAX` for both if it cannot be
-    /// read (a failing store never lets a cap be exceeded).
-    fn day_count(&self, day: &str) -> DayCount;
+    /// The number's sends on `day`. Errors: the store cannot be read (no
+    /// send then).
+    fn day_count(&self, day: &str) -> Result<DayCount, String>;
     /// The number's stored pacing state. Errors: the store cannot be read.
     fn number(&self) -> Result<NumberRecord, String>;
     /// Stores the number's state after a send ended (not flushed). Errors
@@ -546,6 +546,8 @@ pub struct Machine {
     finish_after: Option<(CampaignState, Option<Reason>)>,
     store_fault: bool,
     done: bool,
+    /// The busy mark of this campaign's send under way on the number.
+    number_mark: Option<u64>,
 }
 
 /// `ms` as a jiff timestamp, clamped to the latest one jiff holds.
@@ -579,6 +581,7 @@ impl Machine {
             finish_after: None,
             store_fault: false,
             done: false,
+            number_mark: None,
         }
     }
 
@@ -664,7 +667,7 @@ impl Machine {
                 self.flight = None;
                 // The number's gap counts from the end of its send.
                 if let Ok(number) = shell.number() {
-                    shell.number_ended(&number.ended(now_ms));
+                    shell.number_ended(&number.ended(now_ms, self.number_mark.take()));
                 }
                 self.sent(idx, result, now_ms, shell);
                 self.settled(now_ms, rng, shell);
@@ -1010,14 +1013,20 @@ impl Machine {
         };
         if let Some(busy) = number.busy(now_ms, self.settings.boot) {
             // Another campaign's send holds the number: look again soon (its
-            // end starts the number's gap).
-            self.hold_until(busy.min(now_ms.saturating_add(1000)), Hold::Gap, now_ms, shell);
-            return;
+            // end starts the number's gap). Nothing is stored for this.
+            return shell.schedule(Timer::Pace, busy.min(now_ms.saturating_add(1000)));
+        }
+        // Today's count must be readable before a send; a later day's that
+        // is not counts as full (it only delays).
+        if let Err(e) = shell.day_count(&self.pacing.day(ts(now_ms)).to_string()) {
+            self.fault(e, shell);
+            return self.pause_for_store(now_ms, shell);
         }
         let own = self.record.last_send_ms.map_or(now_ms, |last| last.saturating_add(ms(self.gap)));
         let earliest = own.max(number.earliest_ms());
         let slot = self.pacing.next(ts(now_ms), ts(earliest), |day| {
-            self.pacing.number.day_full(day, shell.day_count(&day.to_string()), contact.first_contact, &number)
+            let count = shell.day_count(&day.to_string()).unwrap_or(DayCount { sent: u32::MAX, first_contacts: u32::MAX });
+            self.pacing.number.day_full(day, count, contact.first_contact, &number)
         });
         let at = u64::try_from(slot.at.as_millisecond()).unwrap_or(0);
         if at > now_ms {
@@ -1060,12 +1069,12 @@ impl Machine {
         // SENDING record that reached the store without its flush is looked
         // up as "not sent". None can cause a second send.
         let today = self.pacing.day(ts(now_ms));
-        let next =
-            number.sending(now_ms, today, self.pacing.number.gap(rng), self.settings.send_timeout, self.settings.boot, &self.pacing.number);
+        let next = number.sending(now_ms, self.pacing.number.gap(rng), self.settings.send_timeout, self.settings.boot);
         if let Err(e) = shell.count_send(&today.to_string(), &next, contact.first_contact) {
             self.fault(e, shell);
             return self.step(now_ms, rng, shell);
         }
+        self.number_mark = next.busy_until_ms;
         self.record.last_send_ms = Some(now_ms);
         self.record.next_send_ms = None;
         self.record.next_send_hold = None;
@@ -1145,6 +1154,13 @@ impl Machine {
     fn mark_sent(&mut self, idx: u32, ack: i8, resolved: bool, now_ms: u64, shell: &mut impl Shell) {
         let ack = ack.max(self.early_ack(idx));
         if self.write_recipient(idx, &Change::Sent { ack }, now_ms, shell) {
+            // A delivered message makes a sending day of the warm-up ramp
+            // (stored unflushed: a lost write only keeps the ramp lower).
+            if self.pacing.number.warmup.is_some() {
+                if let Ok(number) = shell.number() {
+                    shell.number_ended(&number.delivered(self.pacing.day(ts(now_ms)), &self.pacing.number));
+                }
+            }
             self.moved(idx, RecipientState::Sending, RecipientState::Sent, shell);
             self.set_ack(idx, ack);
             shell.note(Note::Sent { idx, resolved }, &self.record);

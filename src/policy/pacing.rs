@@ -104,9 +104,9 @@ impl NumberRules {
 }
 
 /// A warm-up ramp: on the first day a number sends, its cap is `start`;
-/// each further day it sends, the cap grows by `growth` (rounded down),
-/// up to the daily cap. A number idle for more than `idle_reset` days starts
-/// the ramp again.
+/// each further day it sends (a day with a message WhatsApp got), the cap
+/// grows by `growth` (rounded down), up to the daily cap. A number idle for
+/// more than `idle_reset_days` whole days starts the ramp again.
 ///
 /// Defaults (`campaigns.warmup`): 20 a day, growing 1.5× per sending day,
 /// reset after 14 idle days. Sources: community-reported thresholds that
@@ -186,25 +186,32 @@ impl NumberRecord {
         }
     }
 
-    /// This record after a send of daemon run `boot` starts at `now_ms` on
-    /// `day`, with the next `gap` drawn and the send under way for at most
-    /// `busy_for`.
-    pub fn sending(&self, now_ms: u64, day: Date, gap: Duration, busy_for: Duration, boot: u64, rules: &NumberRules) -> Self {
-        let ramp_day = rules.warmup.as_ref().map_or(0, |w| self.ramp_day_on(day, w));
+    /// This record after a send of daemon run `boot` starts at `now_ms`,
+    /// with the next `gap` drawn and the send under way for at most
+    /// `busy_for` (its mark: the new `busy_until_ms`).
+    pub fn sending(&self, now_ms: u64, gap: Duration, busy_for: Duration, boot: u64) -> Self {
         Self {
             last_send_ms: Some(now_ms),
             gap_ms: u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
             busy_until_ms: Some(now_ms.saturating_add(u64::try_from(busy_for.as_millis()).unwrap_or(u64::MAX))),
             busy_boot: boot,
-            ramp_day,
-            last_day: Some(day.to_string()),
+            ..self.clone()
         }
     }
 
-    /// This record after the send under way ended at `now_ms`: the gap
-    /// counts from now.
-    pub fn ended(&self, now_ms: u64) -> Self {
-        Self { last_send_ms: Some(now_ms.max(self.last_send_ms.unwrap_or(0))), busy_until_ms: None, ..self.clone() }
+    /// This record after the send marked `mark` (its `busy_until_ms`)
+    /// ended at `now_ms`: the gap counts from now, and its busy mark (only
+    /// its own) is cleared.
+    pub fn ended(&self, now_ms: u64, mark: Option<u64>) -> Self {
+        let busy_until_ms = if self.busy_until_ms == mark { None } else { self.busy_until_ms };
+        Self { last_send_ms: Some(now_ms.max(self.last_send_ms.unwrap_or(0))), busy_until_ms, ..self.clone() }
+    }
+
+    /// This record after a message reached WhatsApp on `day`: the warm-up
+    /// ramp counts the day (only delivered sends make a sending day).
+    pub fn delivered(&self, day: Date, rules: &NumberRules) -> Self {
+        let ramp_day = rules.warmup.as_ref().map_or(0, |w| self.ramp_day_on(day, w));
+        Self { ramp_day, last_day: Some(day.to_string()), ..self.clone() }
     }
 }
 
@@ -461,7 +468,7 @@ mod tests {
             // Send until the day is full, as the machine would.
             let mut sent = 0;
             while p.number.day_full(day, DayCount { sent, first_contacts: 0 }, false, &record).is_none() {
-                record = record.sending(1, day, Duration::ZERO, Duration::ZERO, 7, &p.number);
+                record = record.sending(1, Duration::ZERO, Duration::ZERO, 7).delivered(day, &p.number);
                 sent += 1;
             }
             let why = p.number.day_full(day, DayCount { sent, first_contacts: 0 }, false, &record);
@@ -491,11 +498,15 @@ mod tests {
         assert_eq!(p.number.day_full(day, count, false, &r), None);
         // The gap counts from the end of the previous send, and a send under
         // way holds the number.
-        let r = NumberRecord::default().sending(1_000, day, Duration::from_secs(20), Duration::from_secs(120), 7, &p.number);
+        let _ = day;
+        let r = NumberRecord::default().sending(1_000, Duration::from_secs(20), Duration::from_secs(120), 7);
         assert_eq!((r.earliest_ms(), r.busy(2_000, 7)), (21_000, Some(121_000)));
         // A send of an earlier daemon run was abandoned: it holds nothing.
         assert_eq!(r.busy(2_000, 8), None);
-        let ended = r.ended(5_000);
+        let ended = r.ended(5_000, Some(121_000));
         assert_eq!((ended.earliest_ms(), ended.busy(6_000, 7)), (25_000, None));
+        // A send's end clears only its own mark.
+        let other = r.sending(3_000, Duration::from_secs(20), Duration::from_secs(120), 7);
+        assert_eq!(other.ended(5_000, Some(121_000)).busy(6_000, 7), Some(123_000));
     }
 }

@@ -71,10 +71,9 @@ impl Records {
         self.store.count_number_send(&self.session, day, number, first_contact).map_err(|e| e.to_string())
     }
 
-    /// The number's sends on `day`; `u32::MAX` if unreadable (a failing
-    /// store never lets a cap be exceeded).
-    pub(super) fn day_count(&self, day: &str) -> DayCount {
-        self.store.day_count(&self.session, day).unwrap_or(DayCount { sent: u32::MAX, first_contacts: u32::MAX })
+    /// The number's sends on `day`.
+    pub(super) fn day_count(&self, day: &str) -> Result<DayCount, String> {
+        self.store.day_count(&self.session, day).map_err(|e| e.to_string())
     }
 
     /// The number's stored pacing state.

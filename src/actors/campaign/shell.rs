@@ -54,7 +54,7 @@ impl Shell for Io {
         self.records.count_send(day, number, first_contact)
     }
 
-    fn day_count(&self, day: &str) -> DayCount {
+    fn day_count(&self, day: &str) -> Result<DayCount, String> {
         self.records.day_count(day)
     }
 
