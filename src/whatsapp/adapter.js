@@ -242,10 +242,15 @@
     if (t.error) return t;
     // Idempotent: a key the page already holds is never sent again.
     if (t.existing) return { id, to: t.chatId, ack: Number(t.existing.ack), existed: true };
-    const data = {
+    const data = { ...outgoing(t), body: String(body), type: "chat" };
+    return dispatch(t.chat, data, id, t.chatId);
+  }
+
+  // The fields every message this account sends carries (as WhatsApp Web's
+  // own composer fills them): its key id, time, sender and chat.
+  function outgoing(t) {
+    return {
       id: t.key,
-      body: String(body),
-      type: "chat",
       t: Math.floor(Date.now() / 1000),
       from: t.mine,
       to: t.chat.id,
@@ -254,7 +259,6 @@
       local: true,
       ack: 0,
     };
-    return dispatch(t.chat, data, id, t.chatId);
   }
 
   // Files on their way into the page, in pieces (one WebDriver command
@@ -333,18 +337,11 @@
     }
     const data = {
       ...mediaData.toJSON(),
-      id: t.key,
+      ...outgoing(t),
       // A media message's body is its thumbnail; the caption is apart.
       body: mediaData.preview || "",
       caption: meta.caption ? String(meta.caption) : undefined,
       type: mediaData.type,
-      t: Math.floor(Date.now() / 1000),
-      from: t.mine,
-      to: t.chat.id,
-      self: "out",
-      isNewMsg: true,
-      local: true,
-      ack: 0,
     };
     return dispatch(t.chat, data, id, t.chatId);
   }
