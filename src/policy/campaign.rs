@@ -747,6 +747,11 @@ impl Machine {
             }
             map.insert(idx, e);
         }
+        // The reply counts as the recipients have them (a crash between a
+        // recipient's write and the record's may have left the record short).
+        let (replies, opt_outs) = map.values().fold((0u32, 0u32), |(r, o), e| (r + u32::from(e.replied), o + u32::from(e.opted_out)));
+        self.record.replies = self.record.replies.max(replies);
+        self.record.opt_outs = self.record.opt_outs.max(opt_outs);
         self.entries = Some(map);
         shell.counts(self.counts);
         true
