@@ -307,7 +307,7 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
     let body = if content_type.starts_with("multipart/form-data") {
         from_multipart(Multipart::new(req.headers(), payload), max).await?
     } else if content_type.starts_with("application/json") {
-        let bytes = read_limited(payload, max).await?;
+        let bytes = super::conventions::read_limited(payload, max).await?;
         serde_json::from_slice::<CreateBody>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     } else {
         return Err(ApiError::bad_request("expected Content-Type: application/json or multipart/form-data (with a csv part)"));
@@ -400,21 +400,6 @@ fn batch_priority() {
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
     }
-}
-
-async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ApiError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| super::conventions::payload_error(&e))?;
-        if body.len() + chunk.len() > max {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, ApiError> {

@@ -201,6 +201,25 @@ pub fn payload_error(e: &PayloadError) -> ApiError {
     }
 }
 
+/// Reads a whole request body of at most `max` bytes
+/// (`http.max_body_bytes`). Errors: 413 past `max`, else as
+/// [`payload_error`].
+pub async fn read_limited(mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt as _;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| payload_error(&e))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

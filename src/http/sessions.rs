@@ -480,18 +480,8 @@ async fn send(
 }
 
 /// A text send's JSON body, read up to `max` bytes (`http.max_body_bytes`).
-async fn json_body(mut payload: web::Payload, max: usize) -> Result<SendBody, ApiError> {
-    let mut bytes = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| super::conventions::payload_error(&e))?;
-        if bytes.len() + chunk.len() > max {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than the limit of {max} bytes (http.max_body_bytes)"),
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+async fn json_body(payload: web::Payload, max: usize) -> Result<SendBody, ApiError> {
+    let bytes = super::conventions::read_limited(payload, max).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
