@@ -233,6 +233,31 @@ pub struct CampaignRecord {
 }
 
 impl CampaignRecord {
+    /// A new `DRAFT` campaign at `now_ms`: nothing sent, nothing scheduled,
+    /// no recipients counted yet (`total` and `duplicates` 0).
+    pub fn draft(id: String, name: String, session: String, template: String, pacing: PacingSpec, now_ms: u64) -> Self {
+        Self {
+            id,
+            name,
+            session,
+            template,
+            pacing,
+            state: CampaignState::Draft,
+            reason: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            waiting_since_ms: None,
+            resume_at_ms: None,
+            last_send_ms: None,
+            next_send_ms: None,
+            next_send_hold: None,
+            replies: 0,
+            opt_outs: 0,
+            total: 0,
+            duplicates: 0,
+        }
+    }
+
     /// This record in `state` for `reason` at `now_ms`: the one rule for the
     /// fields a state change resets (a wait or a cooldown ends when the
     /// campaign leaves PAUSED; a final state has no next send).

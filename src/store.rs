@@ -842,24 +842,8 @@ mod tests {
         .unwrap();
         let (mut rs, _) = recipients(rows, "hi", None, InvalidNumbers::Reject, 0, &Default::default()).unwrap();
         let record = CampaignRecord {
-            id: new_id(),
-            name: "spring".into(),
-            session: "acme".into(),
-            template: "hi".into(),
-            pacing: PacingSpec::default(),
-            state: CampaignState::Draft,
-            reason: None,
-            created_ms: 0,
-            updated_ms: 0,
-            waiting_since_ms: None,
-            resume_at_ms: None,
-            last_send_ms: None,
-            next_send_ms: None,
-            next_send_hold: None,
-            replies: 0,
-            opt_outs: 0,
             total: 2,
-            duplicates: 0,
+            ..CampaignRecord::draft(new_id(), "spring".into(), "acme".into(), "hi".into(), PacingSpec::default(), 0)
         };
         store.create_campaign(&record, &rs).unwrap();
         rs[1].message_id = Some("3EB0AAAAAAAAAAAAAAAA".into());

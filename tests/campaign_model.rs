@@ -413,24 +413,9 @@ impl Run {
             boot: 1,
         };
         let record = CampaignRecord {
-            id: "c1".into(),
-            name: "model".into(),
-            session: "s".into(),
-            template: "Hi".into(),
-            pacing: PacingSpec::default(),
             state: CampaignState::Running,
-            reason: None,
-            created_ms: now,
-            updated_ms: now,
-            waiting_since_ms: None,
-            resume_at_ms: None,
-            last_send_ms: None,
-            next_send_ms: None,
-            next_send_hold: None,
-            replies: 0,
-            opt_outs: 0,
             total: n,
-            duplicates: 0,
+            ..CampaignRecord::draft("c1".into(), "model".into(), "s".into(), "Hi".into(), PacingSpec::default(), now)
         };
         let durable = (0..n)
             .map(|idx| {

@@ -350,24 +350,9 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
         Checked::Rows(rows) => return Ok(bad_rows(rows)),
     };
     let record = CampaignRecord {
-        id: campaign::new_id(),
-        name,
-        session: body.session,
-        template: body.template,
-        pacing: body.pacing,
-        state: CampaignState::Draft,
-        reason: None,
-        created_ms: now,
-        updated_ms: now,
-        waiting_since_ms: None,
-        resume_at_ms: None,
-        last_send_ms: None,
-        next_send_ms: None,
-        next_send_hold: None,
-        replies: 0,
-        opt_outs: 0,
         total: recipients.len() as u32,
         duplicates,
+        ..CampaignRecord::draft(campaign::new_id(), name, body.session, body.template, body.pacing, now)
     };
     // How many it will skip for now: the list may change before their turn.
     let opted_out = {
