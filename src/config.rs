@@ -138,6 +138,31 @@ impl Default for WarmupConfig {
     }
 }
 
+impl Config {
+    /// The pacing every number runs under, with no campaign's own gap or
+    /// typing: its rules, `campaigns.quiet_hours` and `campaigns.timezone`.
+    /// A campaign's pacing starts from it (`actors::campaign::pacing_for`).
+    ///
+    /// Errors: an unknown time zone, or quiet hours not `"HH:MM-HH:MM"`
+    /// (both checked at start).
+    pub fn number_pacing(&self) -> Result<crate::policy::pacing::Pacing, String> {
+        let c = &self.campaigns;
+        let mut quiet_hours = Vec::new();
+        if !c.quiet_hours.trim().is_empty() {
+            quiet_hours.push(c.quiet_hours.parse().map_err(|e| format!("campaigns.quiet_hours: {e}"))?);
+        }
+        Ok(crate::policy::pacing::Pacing {
+            min_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+            typing_per_char: None,
+            typing_max: c.typing_max,
+            quiet_hours,
+            tz: c.tz()?,
+            number: self.numbers.rules(c),
+        })
+    }
+}
+
 impl NumbersConfig {
     /// The rules every number runs under.
     pub fn rules(&self, campaigns: &CampaignsConfig) -> crate::policy::pacing::NumberRules {
@@ -810,9 +835,7 @@ impl Config {
         }
         self.campaigns.tz()?;
         self.campaigns.country()?;
-        if !self.campaigns.quiet_hours.trim().is_empty() {
-            self.campaigns.quiet_hours.parse::<crate::policy::pacing::QuietHours>().map_err(|e| format!("campaigns.quiet_hours: {e}"))?;
-        }
+        self.number_pacing()?;
         if !(0.0..=1.0).contains(&self.campaigns.max_opt_out_rate) {
             return Err("campaigns.max_opt_out_rate must be between 0 and 1".into());
         }

@@ -494,11 +494,7 @@ impl Store {
 
     /// A session's sends on `day`: all, and first contacts.
     pub fn day_count(&self, session: &str, day: &str) -> Result<DayCount, StoreError> {
-        let t = self.t()?;
-        let read = |key: Vec<u8>| -> Result<u32, StoreError> {
-            Ok(t.daily.get(key)?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
-        };
-        Ok(DayCount { sent: read(daily_key(session, day))?, first_contacts: read(daily_key(session, &format!("{day}:first")))? })
+        Ok(DayCount { sent: self.sent_on(session, day)?, first_contacts: self.sent_on(session, &first_contacts_day(day))? })
     }
 
     /// Counts a campaign send on `day` (and a first contact, if it is one)
@@ -508,7 +504,7 @@ impl Store {
         self.store_unstored_opt_outs()?;
         self.count_send(session, day)?;
         if first_contact {
-            self.count_send(session, &format!("{day}:first"))?;
+            self.count_send(session, &first_contacts_day(day))?;
         }
         self.put_number(session, number, false)?;
         self.flush()
@@ -754,6 +750,12 @@ fn recipient_key(campaign: &str, idx: u32) -> Vec<u8> {
     let mut key = prefix(campaign);
     key.extend_from_slice(&idx.to_be_bytes());
     key
+}
+
+/// The `daily` tree's day under which a day's first contacts are counted
+/// (beside the day itself, which counts every send).
+fn first_contacts_day(day: &str) -> String {
+    format!("{day}:first")
 }
 
 /// The key of a session's contact: its E.164 digits.

@@ -61,23 +61,16 @@ pub struct Halt;
 
 /// Builds the pacing a campaign runs under.
 pub fn pacing_for(record: &CampaignRecord, config: &Config) -> Result<Pacing, String> {
-    let c = &config.campaigns;
-    // The number's quiet hours and the campaign's own both hold.
-    let mut quiet_hours = Vec::new();
-    for q in [c.quiet_hours.as_str(), record.pacing.quiet_hours.as_deref().unwrap_or_default()] {
-        if !q.trim().is_empty() {
-            quiet_hours.push(q.parse::<QuietHours>()?);
-        }
+    // The number's pacing, slowed down by the campaign's own: its gap, its
+    // typing, and its quiet hours besides the number's.
+    let mut pacing = config.number_pacing()?;
+    if let Some(q) = record.pacing.quiet_hours.as_deref().filter(|q| !q.trim().is_empty()) {
+        pacing.quiet_hours.push(q.parse::<QuietHours>()?);
     }
-    Ok(Pacing {
-        min_delay: record.pacing.min_delay,
-        max_delay: record.pacing.max_delay,
-        typing_per_char: record.pacing.typing.then_some(c.typing_per_char),
-        typing_max: c.typing_max,
-        quiet_hours,
-        tz: c.tz()?,
-        number: config.numbers.rules(c),
-    })
+    pacing.min_delay = record.pacing.min_delay;
+    pacing.max_delay = record.pacing.max_delay;
+    pacing.typing_per_char = record.pacing.typing.then_some(config.campaigns.typing_per_char);
+    Ok(pacing)
 }
 
 /// The machine's settings from `[campaigns]`.

@@ -205,9 +205,6 @@ struct CampaignView {
 fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiError> {
     let tally = state.tally.get(&state.store, &record.id)?;
     let counts: BTreeMap<&'static str, u32> = RecipientState::ALL.iter().map(|s| (s.as_str(), tally[s.index()])).collect();
-    let tz = state.config.campaigns.tz().map_err(ApiError::internal)?;
-    let today = jiff::Timestamp::now().to_zoned(tz).date().to_string();
-    let sent_today = state.store.sent_on(&record.session, &today)?;
     let left = counts["PENDING"] + counts["SENDING"];
     let eta_ms = (record.state == CampaignState::Running && left > 0).then(|| {
         let mean_gap = u64::try_from(record.pacing.min_delay.saturating_add(record.pacing.max_delay).as_millis() / 2).unwrap_or(u64::MAX);
@@ -225,7 +222,7 @@ fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiErr
         total: record.total,
         duplicates: record.duplicates,
         counts,
-        sent_today,
+        sent_today: number.sent_today,
         next_send_ms: record.next_send_ms,
         next_send_why: record.next_send_hold,
         number,

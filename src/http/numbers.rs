@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::sessions::SessionName;
 use super::AppState;
-use crate::policy::pacing::{DayCount, NumberRecord, Pacing, QuietHours};
+use crate::policy::pacing::{timestamp as ts, DayCount, NumberRecord};
 use crate::session_state::{now_ms, validate_name};
 use crate::store::OptOut;
 use crate::whatsapp::number;
@@ -257,25 +257,10 @@ pub struct NumberView {
 /// Errors: the store cannot be read, or the config's zone or quiet hours
 /// are invalid (checked at start, so never).
 pub fn number_view(state: &AppState, session: &str) -> Result<NumberView, ApiError> {
-    let c = &state.config.campaigns;
-    let rules = state.config.numbers.rules(c);
-    let tz = c.tz().map_err(ApiError::internal)?;
-    let mut quiet_hours = Vec::new();
-    if !c.quiet_hours.trim().is_empty() {
-        quiet_hours.push(c.quiet_hours.parse::<QuietHours>().map_err(ApiError::internal)?);
-    }
+    let pacing = state.config.number_pacing().map_err(ApiError::internal)?;
+    let rules = &pacing.number;
     let record: NumberRecord = state.store.number(session)?;
     let now = now_ms();
-    let pacing = Pacing {
-        min_delay: Default::default(),
-        max_delay: Default::default(),
-        typing_per_char: None,
-        typing_max: Default::default(),
-        quiet_hours,
-        tz,
-        number: rules.clone(),
-    };
-    let ts = |ms: u64| jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or(jiff::Timestamp::MAX);
     let today = pacing.day(ts(now));
     let count = state.store.day_count(session, &today.to_string())?;
     let counts = |d: jiff::civil::Date| {

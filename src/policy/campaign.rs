@@ -36,7 +36,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::campaign::{CampaignRecord, CampaignState, Counts, RecipientRecord, RecipientState};
-use crate::policy::pacing::{DayCount, Hold, NumberRecord, Pacing};
+use crate::policy::pacing::{timestamp as ts, DayCount, Hold, NumberRecord, Pacing};
 use crate::session_state::SessionState;
 
 /// Why a campaign is `PAUSED`, `FAILED` or `CANCELLED`. Stored and shown as
@@ -548,12 +548,6 @@ pub struct Machine {
     done: bool,
     /// The busy mark of this campaign's send under way on the number.
     number_mark: Option<u64>,
-}
-
-/// `ms` as a jiff timestamp, clamped to the latest one jiff holds.
-fn ts(ms: u64) -> jiff::Timestamp {
-    let max = jiff::Timestamp::MAX.as_millisecond();
-    jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(max).min(max)).unwrap_or(jiff::Timestamp::MAX)
 }
 
 /// `d` in ms, saturating.

@@ -259,6 +259,13 @@ pub struct Slot {
     pub hold: Hold,
 }
 
+/// `ms` (Unix epoch ms) as a timestamp, clamped to the latest one jiff
+/// holds.
+pub fn timestamp(ms: u64) -> Timestamp {
+    let max = Timestamp::MAX.as_millisecond();
+    Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(max).min(max)).unwrap_or(Timestamp::MAX)
+}
+
 /// A uniform random duration in `[min, max]` (`min` if `max <= min`).
 pub fn uniform(min: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
     if max <= min {
