@@ -95,6 +95,11 @@ fn day_of(ms: u64) -> jiff::civil::Date {
 }
 
 impl World {
+    /// A day counter as the store reads it (unflushed over flushed).
+    fn day_value(&self, key: &str) -> u32 {
+        self.volatile_days.get(key).or_else(|| self.durable_days.get(key)).copied().unwrap_or(0)
+    }
+
     fn view(&self, idx: u32) -> Option<RecipientRecord> {
         self.volatile.get(&idx).or_else(|| self.durable.get(&idx)).cloned()
     }
@@ -196,8 +201,7 @@ impl Shell for Io<'_> {
         if self.0.write_fails() {
             return Err("No space left on device".into());
         }
-        let get = |k: &str| self.0.volatile_days.get(k).or_else(|| self.0.durable_days.get(k)).copied().unwrap_or(0);
-        let (sent, first_contacts) = (get(day), get(&format!("{day}:first")));
+        let (sent, first_contacts) = (self.0.day_value(day), self.0.day_value(&format!("{day}:first")));
         self.0.volatile_days.insert(day.to_string(), sent + 1);
         if first_contact {
             self.0.volatile_days.insert(format!("{day}:first"), first_contacts + 1);
@@ -214,8 +218,7 @@ impl Shell for Io<'_> {
         if self.0.failing {
             return Err("read failed".into());
         }
-        let get = |k: &str| self.0.volatile_days.get(k).or_else(|| self.0.durable_days.get(k)).copied().unwrap_or(0);
-        Ok(DayCount { sent: get(day), first_contacts: get(&format!("{day}:first")) })
+        Ok(DayCount { sent: self.0.day_value(day), first_contacts: self.0.day_value(&format!("{day}:first")) })
     }
 
     fn number(&self) -> Result<NumberRecord, String> {

@@ -284,12 +284,9 @@ impl Handler<MessageReceived> for Campaigns {
         let opted_out = crate::optout::is_opt_out(&msg.body, &self.config.opt_outs.keywords);
         if opted_out {
             let entry = OptOut { phone: msg.from.clone(), at_ms: msg.at_ms, source: "reply".into() };
+            let mut detail = serde_json::json!({"phone": msg.from, "at_ms": msg.at_ms, "source": "reply", "message_id": msg.id});
             match self.store.add_opt_outs(&msg.session, std::slice::from_ref(&entry)) {
-                Ok(_) => {
-                    tracing::info!(session = %msg.session, event = "contact.opted_out", phone = %msg.from, "contact opted out");
-                    let detail = serde_json::json!({"phone": msg.from, "at_ms": msg.at_ms, "source": "reply", "message_id": msg.id});
-                    self.events.publish(Event::session(EventName::ContactOptedOut, &msg.session).detail(detail));
-                }
+                Ok(_) => tracing::info!(session = %msg.session, event = "contact.opted_out", phone = %msg.from, "contact opted out"),
                 Err(e) => {
                     // Not on disk yet, but on the list: the store keeps it in
                     // memory, checks it before every send like a stored one,
@@ -297,10 +294,10 @@ impl Handler<MessageReceived> for Campaigns {
                     // happens while writes fail). Only a daemon stop before
                     // then loses it, so the operator is told.
                     tracing::error!(session = %msg.session, phone = %msg.from, error = %e, "an opt-out is not on disk yet (kept in memory until the store takes it); if the daemon stops first, add it with POST /api/sessions/{{name}}/opt-outs");
-                    let detail = serde_json::json!({"phone": msg.from, "at_ms": msg.at_ms, "source": "reply", "message_id": msg.id, "stored": false});
-                    self.events.publish(Event::session(EventName::ContactOptedOut, &msg.session).detail(detail));
+                    detail["stored"] = serde_json::Value::Bool(false);
                 }
             }
+            self.events.publish(Event::session(EventName::ContactOptedOut, &msg.session).detail(detail));
         }
         let replied = Replied { phone: msg.from.clone(), at_ms: msg.at_ms, opted_out };
         for (session, addr) in self.running.values() {
