@@ -741,11 +741,13 @@ impl Machine {
             }
             map.insert(idx, e);
         }
-        // The reply counts as the recipients have them (a crash between a
-        // recipient's write and the record's may have left the record short).
+        // The reply counts are derived from the recipients, which are the
+        // truth: the two are written apart, so after a crash the record's
+        // copy may be short or, with a recipient's write lost, ahead (and
+        // that reply would then be counted twice).
         let (replies, opt_outs) = map.values().fold((0u32, 0u32), |(r, o), e| (r + u32::from(e.replied), o + u32::from(e.opted_out)));
-        self.record.replies = self.record.replies.max(replies);
-        self.record.opt_outs = self.record.opt_outs.max(opt_outs);
+        self.record.replies = replies;
+        self.record.opt_outs = opt_outs;
         self.entries = Some(map);
         shell.counts(self.counts);
         true
