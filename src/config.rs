@@ -401,10 +401,19 @@ pub struct WhatsAppConfig {
     /// Default 30 s (whatsapp-web.js's `authTimeoutMs`).
     #[serde(with = "humantime_serde")]
     pub load_timeout: Duration,
-    /// How often the session drains the page adapter's event queue.
-    /// Default 250 ms: a logout is seen within about that long.
+    /// How the page's events reach the session. Default [`EventMode::Bidi`].
+    pub events: EventMode,
+    /// `events = "poll"` (or BiDi unavailable): how often the session drains
+    /// the page adapter's event queue. Default 250 ms: a logout is seen
+    /// within about that long.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// `events = "bidi"`: how often a classic WebDriver round trip drains
+    /// the queue anyway and proves browser and chromedriver alive (it alone
+    /// notices a crash that took chromedriver's BiDi mapper with it).
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
     /// How long a send may take in the page before it is reported as failed.
     /// Default 2 min (the seeds' message timeout).
     #[serde(with = "humantime_serde")]
@@ -420,7 +429,9 @@ impl Default for WhatsAppConfig {
         Self {
             url: "https://web.whatsapp.com/".into(),
             load_timeout: Duration::from_secs(30),
+            events: EventMode::Bidi,
             poll_interval: Duration::from_millis(250),
+            check_interval: Duration::from_secs(5),
             send_timeout: Duration::from_secs(120),
             ack_wait: Duration::from_secs(10),
         }
@@ -486,6 +497,30 @@ pub struct RestartConfig {
     /// Delay before taking over when `conflict = "takeover"`. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub takeover_after: Duration,
+}
+
+/// How the page's events (state changes, QR, logouts, acks, incoming
+/// messages) reach the Session (`whatsapp.events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventMode {
+    /// The page pushes them over WebDriver BiDi (`script.message`): an idle
+    /// session costs nothing until something happens. Falls back to `poll`
+    /// when chromedriver offers no BiDi.
+    Bidi,
+    /// The session drains the adapter's queue every `poll_interval` with a
+    /// classic `execute`.
+    Poll,
+}
+
+impl EventMode {
+    /// The config's name for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventMode::Bidi => "bidi",
+            EventMode::Poll => "poll",
+        }
+    }
 }
 
 /// What a session does when its account is opened elsewhere.
@@ -785,6 +820,9 @@ impl Config {
         }
         if self.whatsapp.poll_interval < Duration::from_millis(20) {
             return Err("whatsapp.poll_interval must be at least 20ms".into());
+        }
+        if self.whatsapp.check_interval < Duration::from_millis(100) {
+            return Err("whatsapp.check_interval must be at least 100ms".into());
         }
         if self.restart.backoff_base.is_zero() || self.restart.backoff_cap < self.restart.backoff_base {
             return Err("restart.backoff_base must be > 0 and <= restart.backoff_cap".into());

@@ -20,6 +20,8 @@ pub struct SessionStatus {
     pub me: Option<Me>,
     /// The QR string while `SCAN_QR`. Kept in memory only, never logged.
     pub qr: Option<String>,
+    /// How the page's events reach the Session, once a page is open.
+    pub events: Option<crate::config::EventMode>,
 }
 
 /// From a Session: its page's run is over; it has closed its browser.

@@ -1,9 +1,12 @@
 //! The Session actor: one WhatsApp account, one Chromium, one profile.
 //!
-//! It opens the page (through the [`Driver`]'s chromedriver), polls the
-//! page adapter every `whatsapp.poll_interval` with one short `execute`,
-//! turns what it sees into a session state ([`Observer`]) and reports every
-//! change to the [`Supervisor`]. When the page's run is over (browser gone,
+//! It opens the page (through the [`Driver`]'s chromedriver) and hears
+//! from the page adapter: with `whatsapp.events = "bidi"` the page pushes
+//! each event over WebDriver BiDi as it happens and a classic `execute`
+//! every `whatsapp.check_interval` drains the queue anyway and proves
+//! browser and driver alive; with `"poll"` that `execute` runs every
+//! `whatsapp.poll_interval`. It turns what it hears into a session state
+//! ([`Observer`]) and reports every change to the [`Supervisor`]. When the page's run is over (browser gone,
 //! logout, block) it closes the browser, reports [`SessionEnded`] with a
 //! typed [`EndReason`] and stops: what happens next is the Supervisor's
 //! decision. Sends run beside the polls (messages interleave), and a send
@@ -20,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::driver::{Driver, GetDriverUrl};
 use crate::actors::messages::{MessageAcked, MessageReceived, SessionEnded, SessionHealth, SessionStatus};
-use crate::config::{Config, ConflictPolicy};
+use crate::config::{Config, ConflictPolicy, EventMode};
 use crate::policy::health::{self, Beat, Heartbeat};
 use crate::policy::EndReason;
 use crate::profile;
@@ -28,8 +31,9 @@ use crate::session_state::now_ms;
 use crate::session_state::{Me, SessionState};
 use crate::whatsapp::media::Media;
 use crate::whatsapp::number::ChatId;
-use crate::whatsapp::observe::Observer;
-use crate::whatsapp::page::{Page, PageError, PageEvent, Poll, SendRefused, SocketState};
+use crate::whatsapp::bidi::BidiEvent;
+use crate::whatsapp::observe::{Observer, Seen};
+use crate::whatsapp::page::{self, Page, PageError, PageEvent, PageEvents, Poll, SendRefused, SocketState};
 
 /// [`profile::kill_browsers`] (a `/proc` scan and signals) on the blocking
 /// pool; the number killed (0 if the pool could not run it).
@@ -111,6 +115,24 @@ impl Handler<InjectPanic> for Session {
     }
 }
 
+/// Fault injection for tests (debug builds only): the page's BiDi
+/// connection is closed, as a network fault would close it. Answers false
+/// if the page has none (polled).
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DropBidi;
+
+#[cfg(debug_assertions)]
+impl Handler<DropBidi> for Session {
+    type Result = bool;
+
+    fn handle(&mut self, _msg: DropBidi, _ctx: &mut Self::Context) -> bool {
+        tracing::warn!(session = %self.name, "fault injection: the BiDi connection is closed");
+        self.page.as_ref().is_some_and(Page::drop_bidi)
+    }
+}
+
 /// Closes the browser (profile kept) and stops the actor without reporting
 /// an end: the Supervisor asked for it.
 #[derive(Message)]
@@ -157,6 +179,12 @@ pub struct Session {
     /// The page's `Socket.state` at the last poll (`LOADING` while loading).
     page_state: SocketState,
     takeover_pending: bool,
+    /// The page pushes its events (BiDi); polled otherwise.
+    pushes: bool,
+    /// Event ids handled lately (an event can arrive pushed and drained).
+    seen: Seen,
+    /// `(load, seq)` of the newest snapshot applied.
+    last_snap: Option<(String, u64)>,
 }
 
 /// Poll period while a send waits for its ack: the ack is seen within a few
@@ -190,6 +218,9 @@ impl Session {
             answered: false,
             page_state: SocketState::Loading,
             takeover_pending: false,
+            pushes: false,
+            seen: Seen::default(),
+            last_snap: None,
             config,
         }
     }
@@ -235,6 +266,7 @@ impl Session {
             reason: reason.map(str::to_string),
             me: self.me.clone(),
             qr: if state == SessionState::ScanQr { self.qr.clone() } else { None },
+            events: self.page.as_ref().map(|p| if p.pushes() { EventMode::Bidi } else { EventMode::Poll }),
         });
     }
 
@@ -277,6 +309,15 @@ impl Session {
             }
             Ok(Poll::Ready { events, snap, injected }) => {
                 self.answered = true;
+                let events: Vec<PageEvent> =
+                    events.into_iter().filter(|e| e.n.as_deref().is_none_or(|n| self.seen.first(n))).map(|e| e.event).collect();
+                if events.is_empty() && snap.older_than(self.last_snap.as_ref()) {
+                    // A drain answered after a later push: nothing new.
+                    return;
+                }
+                if let (Some(load), Some(seq)) = (&snap.load, snap.seq) {
+                    self.last_snap = Some((load.clone(), seq));
+                }
                 self.page_state = snap.state.clone();
                 self.loading_since = None;
                 if injected {
@@ -396,9 +437,10 @@ impl Session {
         });
     }
 
-    /// Polls every [`FAST_POLL`] while any send waits for its ack.
+    /// Polls every [`FAST_POLL`] while any send waits for its ack (a page
+    /// that pushes its acks needs no polling).
     fn fast_poll(&mut self, ctx: &mut Context<Self>) {
-        if self.fast_polling {
+        if self.fast_polling || self.pushes {
             return;
         }
         self.fast_polling = true;
@@ -450,16 +492,24 @@ impl Actor for Session {
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
-                Ok(page) => {
+                Ok((page, events)) => {
                     if act.ended {
                         ctx.spawn(async move { page.close(Duration::from_secs(10)).await }.into_actor(act));
                         return;
                     }
+                    act.pushes = page.pushes();
                     act.page = Some(page);
                     act.loading_since = Some(Instant::now());
                     act.report(SessionState::Starting, Some("loading page"), false, false);
+                    let every = if let Some(events) = events {
+                        ctx.add_stream(pushed(events));
+                        act.config.whatsapp.check_interval
+                    } else {
+                        act.config.whatsapp.poll_interval
+                    };
+                    tracing::info!(session = %act.name, events = if act.pushes { "bidi" } else { "poll" }, "page opened");
                     act.tick(ctx);
-                    ctx.run_interval(act.config.whatsapp.poll_interval, |act, ctx| act.tick(ctx));
+                    ctx.run_interval(every, |act, ctx| act.tick(ctx));
                     ctx.run_interval(act.config.heartbeat.interval, |act, ctx| act.heartbeat(ctx));
                     ctx.run_interval(act.config.health.key_files.interval, |act, ctx| act.measure(true, false, ctx));
                     ctx.run_interval(act.config.health.memory.interval, |act, ctx| act.measure(false, true, ctx));
@@ -467,6 +517,59 @@ impl Actor for Session {
                 Err((reason, detail)) => act.end(reason, detail, ctx),
             }),
         );
+    }
+}
+
+/// The page's pushed events as a stream the actor's context can take.
+fn pushed(mut events: PageEvents) -> impl futures_util::Stream<Item = BidiEvent> {
+    futures_util::stream::poll_fn(move |cx| events.poll_recv(cx))
+}
+
+impl StreamHandler<BidiEvent> for Session {
+    fn handle(&mut self, event: BidiEvent, ctx: &mut Self::Context) {
+        if self.ended {
+            return;
+        }
+        match event {
+            BidiEvent::Page(text) => match page::pushed(&text) {
+                Ok(poll) => self.on_poll(Ok(poll), ctx),
+                // A message this build cannot read: the classic drain will
+                // read the same events from the queue.
+                Err(e) => tracing::debug!(session = %self.name, error = %e, "unreadable pushed message"),
+            },
+            BidiEvent::Crashed => self.end(EndReason::PageCrashed, "the renderer crashed (Inspector.targetCrashed)".into(), ctx),
+            BidiEvent::Navigation(url) => {
+                // The preload script reports the new document; this only
+                // tells the journal that the page navigated (the URL may
+                // hold a token: only its length is logged).
+                tracing::debug!(session = %self.name, url_len = url.len(), "page navigating");
+            }
+            BidiEvent::Closed(why) => self.bidi_closed(why, ctx),
+        }
+    }
+
+    /// The stream ends after [`BidiEvent::Closed`]; the actor goes on (the
+    /// default would stop it).
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Session {
+    /// The BiDi connection is gone: a classic round trip tells whether
+    /// browser or chromedriver went with it (their reason) or the
+    /// connection alone dropped ([`EndReason::BidiLost`]). Either way this
+    /// page's run is over: without the connection nothing is pushed.
+    fn bidi_closed(&mut self, why: String, ctx: &mut Context<Self>) {
+        let Some(page) = self.page.clone() else { return };
+        tracing::warn!(session = %self.name, error = %why, "the BiDi connection dropped");
+        ctx.spawn(async move { tokio::time::timeout(Duration::from_secs(5), page.probe()).await }.into_actor(self).map(
+            move |probe, act, ctx| {
+                let (reason, detail) = match probe {
+                    Ok(Err(e)) if e.end_reason().is_some() => (e.end_reason().unwrap_or(EndReason::BidiLost), e.to_string()),
+                    _ => (EndReason::BidiLost, why),
+                };
+                act.end(reason, detail, ctx);
+            },
+        ));
     }
 }
 

@@ -36,7 +36,7 @@ use actix::prelude::*;
 
 pub use self::commands::{CreateSession, SessionCommand};
 #[cfg(debug_assertions)]
-pub use self::faults::{InjectPanic, Wedge};
+pub use self::faults::{DropBidi, InjectPanic, Wedge};
 pub use self::routing::{GetQr, GetSession, ListSessions, LookupMessage, SendMessage};
 use crate::actors::driver::Driver;
 use crate::actors::messages::CampaignLinks;
@@ -179,6 +179,7 @@ impl Supervisor {
                 ctx.cancel_future(timer);
             }
             slot.session.next_attempt_ms = None;
+            slot.session.events = None;
             slot.addr.take()
         });
         async move {
@@ -193,6 +194,7 @@ impl Supervisor {
     fn on_end(&mut self, name: &str, reason: EndReason, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get_mut(name) else { return };
         slot.addr = None;
+        slot.session.events = None;
         let plan = slot.session.on_end(&self.policy, reason, now_ms(), &mut rand::thread_rng());
         let text = Some(reason.as_str().to_string());
         match plan {

@@ -42,6 +42,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     #[cfg(debug_assertions)]
     if std::env::var("WASUP_FAULT_INJECTION").as_deref() == Ok("1") {
         cfg.route("/sessions/{name}/_fault/panic", web::post().to(inject_panic));
+        cfg.route("/sessions/{name}/_fault/bidi-drop", web::post().to(drop_bidi));
         cfg.route("/_fault/wedge/{seconds}", web::post().to(wedge));
     }
 }
@@ -57,6 +58,13 @@ async fn inject_panic(state: web::Data<AppState>, name: web::Path<String>) -> Re
     use crate::actors::supervisor::InjectPanic;
     state.supervisor.send(InjectPanic { name: name.into_inner() }).await??;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": "panic"})))
+}
+
+#[cfg(debug_assertions)]
+async fn drop_bidi(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    use crate::actors::supervisor::DropBidi;
+    let dropped = state.supervisor.send(DropBidi { name: name.into_inner() }).await??;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": "bidi-drop", "had_bidi": dropped})))
 }
 
 /// The `{name}` in a session's path.

@@ -28,6 +28,9 @@ pub enum EndReason {
     BrowserDied,
     /// chromedriver went away (connection refused).
     DriverDied,
+    /// The WebDriver BiDi connection the page pushes its events through
+    /// dropped while browser and chromedriver still answered.
+    BidiLost,
     /// Too many heartbeats in a row went unanswered.
     HeartbeatMissed,
     /// A health check failed (the browser's memory over `health.memory.max`).
@@ -72,7 +75,7 @@ impl EndReason {
     pub fn action(self) -> Action {
         use EndReason::*;
         match self {
-            ConnectionLost | PageCrashed | BrowserDied | DriverDied | HeartbeatMissed | HealthCheckFailed | ActorDied | StartFailed => {
+            ConnectionLost | PageCrashed | BrowserDied | DriverDied | BidiLost | HeartbeatMissed | HealthCheckFailed | ActorDied | StartFailed => {
                 Action::RestartWithBackoff
             }
             PhoneLogout | DeviceRemoved => Action::Relink,
@@ -90,6 +93,7 @@ impl EndReason {
             PageCrashed => "page_crashed",
             BrowserDied => "browser_died",
             DriverDied => "driver_died",
+            BidiLost => "bidi_lost",
             HeartbeatMissed => "heartbeat_missed",
             HealthCheckFailed => "health_check_failed",
             ActorDied => "actor_died",

@@ -11,6 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde::Serialize;
 
+use crate::config::EventMode;
 use crate::policy::{health, Decision, EndReason, Policy, Restarts};
 use crate::session_state::{Me, SessionState};
 use crate::store::{Desired, HistoryEntry, SessionRecord};
@@ -41,6 +42,10 @@ pub struct SessionView {
     pub key_files: Option<u64>,
     /// PSS of the browser's process tree at the last reading, bytes.
     pub browser_pss_bytes: Option<u64>,
+    /// How the page's events reach the daemon: `bidi` (pushed) or `poll`
+    /// (`poll` also when `whatsapp.events = "bidi"` but chromedriver
+    /// offered no BiDi). Absent while no page is open.
+    pub events: Option<EventMode>,
 }
 
 /// One session's state and bookkeeping.
@@ -59,6 +64,8 @@ pub struct SessionSlot {
     /// The key-file count is over its threshold (alerted once per crossing).
     key_files_over: bool,
     pub browser_pss_bytes: Option<u64>,
+    /// How the running page's events arrive (see [`SessionView::events`]).
+    pub events: Option<EventMode>,
 }
 
 /// A state change to record.
@@ -166,6 +173,7 @@ impl SessionSlot {
             key_files: None,
             key_files_over: false,
             browser_pss_bytes: None,
+            events: None,
         }
     }
 
@@ -295,6 +303,7 @@ impl SessionSlot {
             last_heartbeat_ms: self.last_heartbeat_ms,
             key_files: self.key_files,
             browser_pss_bytes: self.browser_pss_bytes,
+            events: self.events,
         }
     }
 }

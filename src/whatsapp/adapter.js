@@ -1,7 +1,10 @@
-// wasup's page adapter: injected into WhatsApp Web (or `wasup sim`) by the
-// Session actor after every navigation. It uses only the module surface that
-// whatsapp-web.js relies on (see design/whatsapp-web.md) and never reads the
-// DOM.
+// wasup's page adapter. With `whatsapp.events = "bidi"` it is installed by
+// a BiDi preload script (page.rs, BOOT) in every document the page loads, as
+// soon as WhatsApp Web's modules are there, and gets a `channel` function
+// through which it pushes every event at once. With "poll" the Session
+// injects it after every navigation and drains its queue. It uses only the
+// module surface that whatsapp-web.js relies on (see design/whatsapp-web.md)
+// and never reads the DOM.
 //
 // It installs `window.__wasup`:
 //   drain()                -> {events: [...], snap: {...}} and empties the queue
@@ -14,16 +17,22 @@
 //
 // Events are queued in the page and mirrored to sessionStorage, so that an
 // event raised just before a navigation (the phone's logout navigates to
-// `?post_logout=1`) is still delivered by the adapter injected into the next
-// page. The daemon drains the queue every poll interval with one short
-// `execute`; nothing here ever waits long inside a WebDriver command, because
-// chromedriver runs a session's commands one at a time.
+// `?post_logout=1`) is still delivered by the adapter of the next page: with
+// a channel, the new adapter pushes the whole stored queue again when it is
+// installed; the daemon drops what it has seen by each event's `n`. With a
+// channel every event is also pushed at once, as `{events: [event], snap}`;
+// the queue is then emptied by the slow classic drain. Nothing here ever
+// waits long inside a WebDriver command, because chromedriver runs a
+// session's commands one at a time.
 //
 // Event shapes: {k: "state", state}, {k: "synced", value}, {k: "qr"},
 // {k: "logout"}, {k: "ack", id, ack}, {k: "send_error", id, code, result},
 // {k: "incoming", id, from, type, body, t}, {k: "loaded", post_logout}.
-// Every event carries `at` (Unix epoch ms).
-(function install(version) {
+// Every event carries `at` (Unix epoch ms) and `n`, unique to the event
+// (this document's load id and a sequence number). A snapshot carries the
+// same `load` id and `seq`, the number of events pushed before it, so that
+// the daemon can tell an older snapshot that arrives late from a newer one.
+(function install(version, channel) {
   "use strict";
   if (window.__wasup && window.__wasup.version === version) return;
   const R = (name) => window.require(name);
@@ -43,12 +52,20 @@
       /* storage full or disabled: the in-memory queue still works */
     }
   };
+  const load = Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
+  let seq = 0;
+  // Set once the adapter is installed: from then on each event is pushed
+  // through the channel as it happens (before, they wait in the queue).
+  let live = false;
   const push = (event) => {
     event.at = Date.now();
+    event.n = load + "." + seq;
+    seq += 1;
     queue.push(event);
     // A runaway page must not grow the queue without bound.
     if (queue.length > 5000) queue.splice(0, queue.length - 5000);
     persist();
+    if (live && channel) channel({ events: [event], snap: snap() });
   };
 
   const Socket = R("WAWebSocketModel").Socket;
@@ -192,6 +209,8 @@
       pushname,
       qr,
       post_logout: /[?&]post_logout=1/.test(window.location.search),
+      load,
+      seq,
     };
   };
 
@@ -386,4 +405,8 @@
     refreshQR: () => Cmd.refreshQR(),
   };
   push({ k: "loaded", post_logout: /[?&]post_logout=1/.test(window.location.search) });
+  live = true;
+  // Everything queued so far (this page's first events, and what the page
+  // before it stored but nobody drained) in one message.
+  if (channel) channel({ events: queue.slice(), snap: snap() });
 })

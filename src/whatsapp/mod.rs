@@ -1,8 +1,10 @@
 //! Everything that knows WhatsApp Web: the page adapter (`adapter.js`), the
-//! WebDriver wrapper that runs it ([`page`]), what the page's states mean
+//! WebDriver wrapper that runs it ([`page`]) and its BiDi connection
+//! ([`bidi`]), what the page's states mean
 //! ([`observe`]), how recipients are written ([`number`]) and what media a
 //! message can carry ([`media`]).
 
+pub mod bidi;
 pub mod media;
 pub mod number;
 pub mod observe;

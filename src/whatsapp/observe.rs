@@ -8,6 +8,8 @@
 //! device being revoked (`device_removed`); `TOS_BLOCK` and friends are
 //! terminal until a human acts.
 
+use std::collections::{HashSet, VecDeque};
+
 use crate::policy::EndReason;
 use crate::session_state::SessionState;
 
@@ -100,6 +102,36 @@ impl Observer {
     }
 }
 
+/// The ids (`n`) of the events seen lately: an event pushed and then
+/// drained, or pushed again by the adapter of the next document after a
+/// reload, is handled once. Remembers the last [`Seen::CAPACITY`] ids.
+#[derive(Debug, Default)]
+pub struct Seen {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    /// Ids remembered; the adapter's queue holds at most 5,000 events and a
+    /// reload replays only what was not drained, far fewer in practice.
+    pub const CAPACITY: usize = 8192;
+
+    /// True the first time `n` is seen (and remembers it).
+    pub fn first(&mut self, n: &str) -> bool {
+        if self.ids.contains(n) {
+            return false;
+        }
+        self.ids.insert(n.to_string());
+        self.order.push_back(n.to_string());
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +199,19 @@ mod tests {
         o.observe(&[], &snap("CONNECTED", true));
         assert_eq!(o.loading(false), None);
         assert_eq!(o.loading(true), Some(EndReason::PhoneLogout));
+    }
+
+    #[test]
+    fn an_event_is_handled_once() {
+        let mut seen = Seen::default();
+        assert!(seen.first("a.0"));
+        assert!(!seen.first("a.0"), "pushed, then drained");
+        assert!(seen.first("b.0"));
+        for i in 0..Seen::CAPACITY {
+            seen.first(&format!("c.{i}"));
+        }
+        assert!(seen.first("a.0"), "the oldest ids are forgotten");
+        assert!(seen.ids.len() <= Seen::CAPACITY);
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! One WhatsApp Web page in one Chromium, driven through WebDriver.
 //!
 //! [`Page`] is the only code that talks to chromedriver. It opens Chromium on
-//! a session's profile, loads the configured URL, injects the adapter
-//! (`adapter.js`) whenever a navigation removed it, drains the adapter's
-//! event queue, and sends texts and media. Every WebDriver failure is classified into a
+//! a session's profile and loads the configured URL. With
+//! `whatsapp.events = "bidi"` it first installs the adapter (`adapter.js`)
+//! as a WebDriver BiDi preload script ([`BOOT`]), present in every document
+//! the page loads, which pushes each event as it happens ([`PageEvents`]);
+//! with `"poll"` (or a chromedriver without BiDi) it injects the adapter
+//! whenever a navigation removed it. Either way [`Page::poll`] drains the
+//! adapter's queue with one classic command, and texts and media are sent
+//! with classic commands. Every WebDriver failure is classified into a
 //! [`PageError`], so the Session actor branches on a variant, not on text.
 
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -16,14 +22,15 @@ use fantoccini::{Client, ClientBuilder};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, EventMode};
 use crate::policy::EndReason;
+use crate::whatsapp::bidi::{Bidi, BidiEvent, CHANNEL, SUBSCRIBED};
 use crate::whatsapp::media::{Media, MediaKind};
 
 /// The adapter's source; `ADAPTER_VERSION` changes whenever it does, so a
 /// page holding an older adapter gets the new one.
 const ADAPTER: &str = include_str!("adapter.js");
-const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-3");
+const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-4");
 /// Bytes of a file copied into the page per WebDriver command (1 MiB of
 /// base64): polls run between the pieces, so a large file never holds
 /// WebDriver for long.
@@ -32,7 +39,9 @@ const STAGE_BYTES: usize = 768 * 1024;
 /// One poll's script: drain if the adapter is there, else say why not.
 /// While a new page loads, the previous adapter's queue is already in
 /// sessionStorage: a logout queued there (or `?post_logout=1`) is reported
-/// at once rather than after the new page has booted.
+/// at once rather than after the new page has booted. `arguments[1]`:
+/// whether to ask for an injection when the page is ready without the
+/// adapter (in BiDi mode the preload script installs it).
 const TICK: &str = r#"
 const v = arguments[0];
 if (window.__wasup && window.__wasup.version === v) return window.__wasup.drain();
@@ -43,8 +52,44 @@ try {
 } catch (e) { /* no storage: only the URL tells */ }
 if (!(window.Debug && window.Debug.VERSION)) return {loading: true, logout};
 try { window.require('WAWebSocketModel'); } catch (e) { return {loading: true, logout}; }
-return {inject: true};
+return {inject: true, logout};
 "#;
+
+/// The BiDi preload script: a function of the channel, run in every
+/// document before the page's own scripts. It says at once that a page is
+/// loading (and whether the page being left had queued a logout), then
+/// installs the adapter with the channel as soon as WhatsApp Web's modules
+/// are there (checked every 50 ms while the page boots, every second after
+/// 30 s). Idempotent: a second call in the same document does nothing.
+pub static BOOT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"(channel) => {{
+  const version = {version};
+  const install = {ADAPTER};
+  const send = (m) => {{ try {{ channel(JSON.stringify(m)); }} catch (e) {{ /* the connection is gone: the classic drain still reads the queue */ }} }};
+  if (window.__wasup_boot === version) return;
+  window.__wasup_boot = version;
+  let logout = /[?&]post_logout=1/.test(window.location.search);
+  try {{
+    const q = JSON.parse(window.sessionStorage.getItem("__wasup_queue") || "[]");
+    logout = logout || (Array.isArray(q) && q.some((e) => e && e.k === "logout"));
+  }} catch (e) {{ /* no storage: only the URL tells */ }}
+  send({{loading: true, logout}});
+  const ready = () => {{
+    try {{ return !!(window.Debug && window.Debug.VERSION) && !!window.require("WAWebSocketModel"); }} catch (e) {{ return false; }}
+  }};
+  let tries = 0;
+  const attempt = () => {{
+    if (window.__wasup && window.__wasup.version === version) return;
+    if (ready()) {{ install(version, send); return; }}
+    tries += 1;
+    setTimeout(attempt, tries < 600 ? 50 : 1000);
+  }};
+  attempt();
+}}"#,
+        version = json!(ADAPTER_VERSION)
+    )
+});
 
 /// What went wrong talking to the page.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +258,25 @@ pub struct Snapshot {
     /// The page was reached through `?post_logout=1`.
     #[serde(default)]
     pub post_logout: bool,
+    /// The adapter's load id (one per document it was installed in).
+    #[serde(default)]
+    pub load: Option<String>,
+    /// Events the adapter had raised in this document when it took the
+    /// snapshot: of two snapshots of one load, the higher is the newer.
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+impl Snapshot {
+    /// Whether this snapshot is older than `last` (`(load, seq)` of the
+    /// newest one applied): a drained snapshot can arrive after a pushed
+    /// one taken later.
+    pub fn older_than(&self, last: Option<&(String, u64)>) -> bool {
+        match (last, &self.load, self.seq) {
+            (Some((load, seq)), Some(mine), Some(my_seq)) => load == mine && my_seq < *seq,
+            _ => false,
+        }
+    }
 }
 
 /// One event queued by the adapter.
@@ -253,17 +317,58 @@ pub enum PageEvent {
     },
 }
 
-/// What one poll found.
+/// An event with the adapter's id for it (`n`: unique per event, kept
+/// across the reload that may deliver it twice; `None` from an adapter that
+/// gives none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Numbered {
+    pub n: Option<String>,
+    pub event: PageEvent,
+}
+
+/// What one poll found, or one message the page pushed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Poll {
     /// The page is (re)loading: `window.Debug.VERSION` is not there yet.
     /// `logout`: the page being left had queued a logout, or this is the
     /// `?post_logout=1` page.
     Loading { logout: bool },
-    /// The adapter's queue and the current state. `injected` is true when
-    /// this poll had to inject the adapter (a navigation happened).
-    Ready { events: Vec<PageEvent>, snap: Snapshot, injected: bool },
+    /// Events and the current state. `injected` is true when this poll had
+    /// to install the adapter (a navigation happened).
+    Ready { events: Vec<Numbered>, snap: Snapshot, injected: bool },
 }
+
+/// What the page pushed through the BiDi channel: the same shapes a poll
+/// reads, as JSON text.
+///
+/// Errors: [`PageError::Transient`] for a text that is not one of them.
+pub fn pushed(text: &str) -> Result<Poll, PageError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| PageError::Transient(format!("the page pushed something that is not JSON: {e}")))?;
+    if value.get("loading").is_some() {
+        return Ok(Poll::Loading { logout: value.get("logout") == Some(&json!(true)) });
+    }
+    ready(value, false)
+}
+
+/// A drained or pushed `{events, snap}`; an event this build does not know
+/// is skipped, not fatal.
+fn ready(value: Value, injected: bool) -> Result<Poll, PageError> {
+    let drained: Drained =
+        serde_json::from_value(value).map_err(|e| PageError::Transient(format!("adapter returned an unexpected shape: {e}")))?;
+    let events = drained
+        .events
+        .into_iter()
+        .filter_map(|v| {
+            let n = v.get("n").and_then(Value::as_str).map(str::to_string);
+            serde_json::from_value(v).ok().map(|event| Numbered { n, event })
+        })
+        .collect();
+    Ok(Poll::Ready { events, snap: drained.snap, injected })
+}
+
+/// What the page pushes, as the Session reads it (see
+/// [`crate::whatsapp::bidi`]).
+pub type PageEvents = tokio::sync::mpsc::Receiver<BidiEvent>;
 
 #[derive(Deserialize)]
 struct Drained {
@@ -296,16 +401,30 @@ pub enum SendRefused {
 }
 
 /// A Chromium with one WhatsApp Web page. Clones share the WebDriver
-/// session.
+/// session (and its BiDi connection).
 #[derive(Clone)]
 pub struct Page {
     client: Client,
+    bidi: Option<Arc<Pushing>>,
 }
+
+/// The BiDi side of a page: the connection and the page's browsing context.
+struct Pushing {
+    bidi: Bidi,
+    context: String,
+}
+
+/// How long a BiDi setup command may take.
+const BIDI_COMMAND: Duration = Duration::from_secs(10);
 
 impl Page {
     /// Starts Chromium on `profile` through the chromedriver at
-    /// `webdriver_url` and loads `config.whatsapp.url`.
-    pub async fn open(webdriver_url: &str, profile: &Path, config: &Config) -> Result<Page, PageError> {
+    /// `webdriver_url` and loads `config.whatsapp.url`. With
+    /// `whatsapp.events = "bidi"` the adapter is installed as a preload
+    /// script first and what the page pushes comes out of the returned
+    /// [`PageEvents`]; `None` when the page is polled (configured so, or
+    /// chromedriver offered no BiDi: logged as a warning).
+    pub async fn open(webdriver_url: &str, profile: &Path, config: &Config) -> Result<(Page, Option<PageEvents>), PageError> {
         let mut args = vec![
             format!("--user-data-dir={}", profile.display()),
             "--no-first-run".into(),
@@ -333,13 +452,26 @@ impl Page {
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), json!({"binary": config.browser.chromium, "args": args}));
         caps.insert("pageLoadStrategy".into(), json!("eager"));
+        if config.whatsapp.events == EventMode::Bidi {
+            caps.insert("webSocketUrl".into(), json!(true));
+        }
         caps.insert(
             "timeouts".into(),
             json!({"script": config.whatsapp.send_timeout.as_millis() as u64, "pageLoad": config.whatsapp.load_timeout.as_millis() as u64}),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = ClientBuilder::new(connector).capabilities(caps).connect(webdriver_url).await.map_err(classify_new)?;
-        let page = Page { client };
+        let (bidi, events) = match config.whatsapp.events {
+            EventMode::Poll => (None, None),
+            EventMode::Bidi => match Self::push_events(&client).await {
+                Ok((pushing, events)) => (Some(Arc::new(pushing)), Some(events)),
+                Err(why) => {
+                    tracing::warn!(error = %why, "no WebDriver BiDi: the page is polled every whatsapp.poll_interval instead");
+                    (None, None)
+                }
+            },
+        };
+        let page = Page { client, bidi };
         if let Err(e) = page.client.goto(&config.whatsapp.url).await {
             let err = classify(e);
             // A page that failed to load still holds a browser: close it.
@@ -349,30 +481,85 @@ impl Page {
                 gone => gone,
             });
         }
-        Ok(page)
+        Ok((page, events))
     }
 
-    /// Drains the adapter's queue, injecting the adapter first if a
-    /// navigation removed it. One short `execute` when nothing changed.
+    /// Connects to the session's BiDi WebSocket, subscribes to what the
+    /// Session listens to and installs [`BOOT`] as a preload script.
+    /// Errors: why BiDi cannot be used (the caller falls back to polling).
+    async fn push_events(client: &Client) -> Result<(Pushing, PageEvents), String> {
+        let url = client
+            .capabilities()
+            .and_then(|caps| caps.get("webSocketUrl"))
+            .and_then(Value::as_str)
+            .ok_or("chromedriver answered no webSocketUrl")?
+            .to_string();
+        let (bidi, events) = Bidi::connect(&url).await?;
+        bidi.command("session.subscribe", json!({"events": SUBSCRIBED}), BIDI_COMMAND).await.map_err(|e| e.to_string())?;
+        let tree = bidi.command("browsingContext.getTree", json!({"maxDepth": 0}), BIDI_COMMAND).await.map_err(|e| e.to_string())?;
+        let context = tree
+            .pointer("/contexts/0/context")
+            .and_then(Value::as_str)
+            .ok_or("browsingContext.getTree named no context")?
+            .to_string();
+        let channel = json!([{"type": "channel", "value": {"channel": CHANNEL}}]);
+        let params = json!({"functionDeclaration": BOOT.as_str(), "arguments": channel});
+        bidi.command("script.addPreloadScript", params, BIDI_COMMAND).await.map_err(|e| e.to_string())?;
+        Ok((Pushing { bidi, context }, events))
+    }
+
+    /// Whether the page pushes its events (BiDi) rather than being polled.
+    pub fn pushes(&self) -> bool {
+        self.bidi.is_some()
+    }
+
+    /// Runs [`BOOT`] in the current document now (the page got there
+    /// without the preload script, e.g. a document that existed before it).
+    async fn boot(&self, pushing: &Pushing) -> Result<(), PageError> {
+        let params = json!({
+            "functionDeclaration": BOOT.as_str(),
+            "arguments": [{"type": "channel", "value": {"channel": CHANNEL}}],
+            "target": {"context": pushing.context},
+            "awaitPromise": false,
+        });
+        pushing.bidi.command("script.callFunction", params, BIDI_COMMAND).await.map(|_| ()).map_err(|e| PageError::Transient(format!("boot: {e}")))
+    }
+
+    /// One classic round trip (a trivial `execute`), for telling why a BiDi
+    /// connection dropped: `Err(Gone)` if browser or chromedriver are gone.
+    pub async fn probe(&self) -> Result<(), PageError> {
+        self.client.execute("return 1", vec![]).await.map(|_| ()).map_err(classify)
+    }
+
+    /// Closes the BiDi connection alone, as a network fault would (fault
+    /// injection for tests). False if the page has none.
+    #[cfg(debug_assertions)]
+    pub fn drop_bidi(&self) -> bool {
+        self.bidi.as_ref().is_some_and(|p| p.bidi.close())
+    }
+
+    /// Drains the adapter's queue with one short `execute`. A polled page
+    /// without the adapter (a navigation removed it) gets it injected; a
+    /// pushing page gets [`BOOT`] run over BiDi instead, if the preload
+    /// script did not install it.
     pub async fn poll(&self) -> Result<Poll, PageError> {
         let value = self.client.execute(TICK, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?;
         if value.get("loading").is_some() {
             return Ok(Poll::Loading { logout: value.get("logout") == Some(&json!(true)) });
         }
-        let (value, injected) = if value.get("inject").is_some() {
-            let script = format!("({ADAPTER})(arguments[0]); return window.__wasup ? window.__wasup.drain() : {{loading: true}};");
-            (self.client.execute(&script, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?, true)
-        } else {
-            (value, false)
-        };
+        if value.get("inject").is_none() {
+            return ready(value, false);
+        }
+        if let Some(pushing) = &self.bidi {
+            self.boot(pushing).await?;
+            return Ok(Poll::Loading { logout: value.get("logout") == Some(&json!(true)) });
+        }
+        let script = format!("({ADAPTER})(arguments[0]); return window.__wasup ? window.__wasup.drain() : {{loading: true}};");
+        let value = self.client.execute(&script, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?;
         if value.get("loading").is_some() {
             return Ok(Poll::Loading { logout: false });
         }
-        let drained: Drained =
-            serde_json::from_value(value).map_err(|e| PageError::Transient(format!("adapter returned an unexpected shape: {e}")))?;
-        // An event this build does not know is skipped, not fatal.
-        let events = drained.events.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
-        Ok(Poll::Ready { events, snap: drained.snap, injected })
+        ready(value, true)
     }
 
     /// Sends `body` to `to` (a chat id) with the key id `id`. Returns once

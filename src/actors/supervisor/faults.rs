@@ -1,6 +1,7 @@
 //! Fault injection for the tests of supervision (debug builds only; the
 //! routes `POST /api/sessions/{name}/_fault/panic` and
-//! `/api/_fault/wedge/{seconds}` exist only with `WASUP_FAULT_INJECTION=1`).
+//! `/api/_fault/wedge/{seconds}`, `POST /api/sessions/{name}/_fault/bidi-drop`
+//! exist only with `WASUP_FAULT_INJECTION=1`).
 
 use actix::prelude::*;
 
@@ -22,6 +23,28 @@ impl Handler<InjectPanic> for Supervisor {
         let addr = addr.ok_or_else(|| SupervisorError::Internal("session is not running".into()))?;
         addr.do_send(session::InjectPanic);
         Ok(())
+    }
+}
+
+/// Closes the session's BiDi connection; answers whether it had one.
+#[derive(Message)]
+#[rtype(result = "Reply<bool>")]
+pub struct DropBidi {
+    pub name: String,
+}
+
+impl Handler<DropBidi> for Supervisor {
+    type Result = ResponseFuture<Reply<bool>>;
+
+    fn handle(&mut self, msg: DropBidi, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = match self.slot(&msg.name) {
+            Ok(slot) => slot.addr.clone(),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        Box::pin(async move {
+            let addr = addr.ok_or_else(|| SupervisorError::Internal("session is not running".into()))?;
+            addr.send(session::DropBidi).await.map_err(|e| SupervisorError::Internal(e.to_string()))
+        })
     }
 }
 

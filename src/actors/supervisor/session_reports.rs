@@ -23,6 +23,7 @@ impl Handler<SessionStatus> for Supervisor {
             return;
         }
         let (new_qr, me_changed) = slot.session.on_status(msg.qr, msg.me);
+        slot.session.events = msg.events;
         if new_qr {
             self.reporter.new_qr(&msg.name);
         }
