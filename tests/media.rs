@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 const PHONE: &str = "4915112345678";
@@ -66,30 +64,13 @@ fn form(fields: &[(&str, &str)], file: Option<(&str, &str, &[u8])>) -> (String, 
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-/// Every event the daemon's SSE stream delivers, collected by a thread.
-fn collect_events(daemon: &Daemon) -> Arc<Mutex<Vec<Value>>> {
-    let events: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = events.clone();
-    let resp = daemon.client().stream("/api/events?session=acme", None).expect("SSE stream");
-    assert_eq!((resp.status, resp.content_type.as_str()), (200, "text/event-stream"));
-    std::thread::spawn(move || {
-        for line in BufReader::new(resp.reader).lines() {
-            let Ok(line) = line else { break };
-            if let Some(v) = line.strip_prefix("data: ").and_then(|d| serde_json::from_str::<Value>(d).ok()) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
-    events
-}
-
 #[test]
 fn messages_from_contacts_are_message_received_events() {
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
     let daemon = Daemon::start(&sim, "");
     let device = daemon.pair(&sim, "acme", PHONE);
-    let events = collect_events(&daemon);
+    let events = collect_events(&daemon, "acme");
     let received = |id: &str| {
         let id = id.to_string();
         let events = events.clone();

@@ -309,8 +309,12 @@ impl Session {
             }
             Ok(Poll::Ready { events, snap, injected }) => {
                 self.answered = true;
+                let all = events.len();
                 let events: Vec<PageEvent> =
                     events.into_iter().filter(|e| e.n.as_deref().is_none_or(|n| self.seen.first(n))).map(|e| e.event).collect();
+                if events.len() < all {
+                    tracing::debug!(session = %self.name, again = all - events.len(), "events handled already (pushed before, or replayed after a reload)");
+                }
                 if events.is_empty() && snap.older_than(self.last_snap.as_ref()) {
                     // A drain answered after a later push: nothing new.
                     return;

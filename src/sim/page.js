@@ -779,6 +779,13 @@
       case 'logged_out':
         leaveLoggedOut();
         break;
+      case 'reload':
+        // A new version was deployed: the page reloads itself at once,
+        // under the URL it has.
+        page.leaving = true;
+        clearTimeout(page.retryTimer);
+        location.reload();
+        break;
       case 'stream_error':
         onStreamError(f);
         break;

@@ -46,6 +46,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/devices/{device}/timelock", web::post().to(timelock))
             .route("/devices/{device}/network-drop", web::post().to(network_drop))
             .route("/devices/{device}/slow", web::post().to(slow))
+            .route("/devices/{device}/reload", web::post().to(reload))
             .route("/devices/{device}/ack", web::post().to(ack))
             .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "no such phone action") })),
     );
@@ -277,6 +278,14 @@ async fn logout(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse 
     let r = hub.act(|w, now| w.phone_logout(&device, now));
     if r.is_ok() {
         tracing::info!(device = %device, "phone: logged the device out");
+    }
+    ok_or_refused(r)
+}
+
+async fn reload(hub: web::Data<Hub>, device: web::Path<String>) -> HttpResponse {
+    let r = hub.act(|w, _| w.reload(&device));
+    if r.is_ok() {
+        tracing::info!(device = %device, "phone: the device's page reloads itself");
     }
     ok_or_refused(r)
 }

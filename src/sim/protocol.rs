@@ -274,6 +274,9 @@ pub enum ServerFrame {
     },
     /// The phone logged this device out (the page emits `Cmd` `logout`).
     Logout,
+    /// The page reloads itself, as WhatsApp Web does when a new version was
+    /// deployed (its service worker updated) or the tab resumes.
+    Reload,
     /// Confirms a page-initiated logout.
     LoggedOut,
     /// The stream ends; the server closes right after.

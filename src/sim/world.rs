@@ -179,6 +179,7 @@ struct Device {
     offline_until_ms: Option<u64>,
     slow_send_ms: u64,
     linked_at_ms: u64,
+    logins: u64,
     log: Vec<SentMessage>,
     chat_states: Vec<ChatStateEvent>,
     inbox: Vec<IncomingMessage>,
@@ -211,6 +212,9 @@ pub struct DeviceView {
     pub state: DeviceState,
     /// A page holds a live, accepted connection for it.
     pub online: bool,
+    /// Connections a page opened with its credential and the server
+    /// accepted (each page load, reconnect or restart counts one).
+    pub logins: u64,
     /// When it was linked, Unix epoch ms.
     pub linked_at_ms: u64,
     /// Opened elsewhere; a page must take over.
@@ -560,6 +564,7 @@ impl World {
                 timelocked_until_ms: None,
                 offline_until_ms: None,
                 slow_send_ms: 0,
+                logins: 0,
                 linked_at_ms: now_ms,
                 log: Vec::new(),
                 chat_states: Vec::new(),
@@ -615,6 +620,15 @@ impl World {
         for conn in self.linked_conns(device) {
             self.conns.insert(conn, Phase::Closing);
             self.effects.push(Effect::Drop(conn));
+        }
+        Ok(())
+    }
+
+    /// The device's pages reload themselves (a new WhatsApp Web version).
+    pub fn reload(&mut self, device: &str) -> Result<(), PhoneError> {
+        self.device_mut(device)?;
+        for conn in self.linked_conns(device) {
+            self.effects.push(Effect::Send(conn, ServerFrame::Reload));
         }
         Ok(())
     }
@@ -782,6 +796,7 @@ impl World {
                 pushname: d.pushname.clone(),
                 state: d.state,
                 online: !self.linked_conns(id).is_empty(),
+                logins: d.logins,
                 linked_at_ms: d.linked_at_ms,
                 conflict: d.conflict,
                 timelocked_until_ms: d.timelocked_until_ms.filter(|&u| u > now_ms),
@@ -951,6 +966,7 @@ impl World {
             }
             d.conflict = false;
         }
+        d.logins += 1;
         let frame = ServerFrame::Connected { me: format!("{}@c.us", d.phone), pushname: d.pushname.clone(), platform: d.platform.clone() };
         let sync_at_ms = Some(now_ms + self.timings.sync_delay_ms);
         self.conns.insert(conn, Phase::Linked { device: device.to_owned(), sync_at_ms });

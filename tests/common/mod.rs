@@ -185,8 +185,15 @@ impl Daemon {
     pub fn start_full(sim: &Sim, extra_config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         prepare(&dir.path().join("state"));
+        // WASUP_TEST_EVENTS=poll runs a suite with the page polled instead
+        // of pushing its events (scripts/test runs the fault matrix and the
+        // campaign scenarios in both modes).
+        let events = match std::env::var("WASUP_TEST_EVENTS") {
+            Ok(mode) => format!("events = \"{mode}\"\n"),
+            Err(_) => String::new(),
+        };
         let extra = format!(
-            "poll_interval = \"100ms\"\n[restart]\nboot_stagger = \"100ms\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n{extra_config}"
+            "{events}poll_interval = \"100ms\"\n[restart]\nboot_stagger = \"100ms\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n{extra_config}"
         );
         let mut setup = DaemonSetup::new(dir.path(), &sim.base, &extra).unwrap().with_token("test-token-0123456789");
         setup.api = setup.api.unpooled();
@@ -332,6 +339,25 @@ impl Drop for Daemon {
             }
         }
     }
+}
+
+/// Every event the daemon's SSE stream delivers for `session`, collected
+/// by a thread as they come.
+pub fn collect_events(daemon: &Daemon, session: &str) -> std::sync::Arc<Mutex<Vec<Value>>> {
+    use std::io::BufRead as _;
+    let events: std::sync::Arc<Mutex<Vec<Value>>> = Default::default();
+    let sink = events.clone();
+    let resp = daemon.client().stream(&format!("/api/events?session={session}"), None).expect("SSE stream");
+    assert_eq!((resp.status, resp.content_type.as_str()), (200, "text/event-stream"));
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(resp.reader).lines() {
+            let Ok(line) = line else { break };
+            if let Some(v) = line.strip_prefix("data: ").and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    events
 }
 
 /// One request a [`Receiver`] got.

@@ -1,0 +1,110 @@
+//! How the page's events reach the daemon (`whatsapp.events`): pushed over
+//! WebDriver BiDi by default. What is in flight when WhatsApp Web reloads
+//! itself arrives once; a BiDi connection that drops is an end of its own,
+//! restarted like the others.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const PHONE: &str = "4915112345678";
+const CONTACT: &str = "4915199990000";
+
+fn logins(sim: &Sim, device: &str) -> u64 {
+    sim.devices().into_iter().find(|d| d["device"] == device).and_then(|d| d["logins"].as_u64()).unwrap_or(0)
+}
+
+fn count(events: &std::sync::Mutex<Vec<Value>>, pred: impl Fn(&Value) -> bool) -> usize {
+    events.lock().unwrap().iter().filter(|e| pred(e)).count()
+}
+
+/// The page reloads itself (a new WhatsApp Web version) right after an ack
+/// and a contact's message arrived, then the phone logs the device out,
+/// which navigates the page again. The ack, the message and the logout each
+/// come out once (the adapter of each new document pushes again what the
+/// previous one had stored), and nothing is restarted.
+#[test]
+fn what_is_in_flight_across_a_reload_arrives_once() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let expected_mode = std::env::var("WASUP_TEST_EVENTS").unwrap_or_else(|_| "bidi".into());
+    assert_eq!(daemon.session("acme")["events"], expected_mode.as_str());
+    let stream = collect_events(&daemon, "acme");
+
+    // A campaign that sends its first message and then waits a minute: it
+    // is still running when that message's ack comes.
+    let campaign = daemon.campaign(json!({
+        "name": "reload", "session": "acme", "template": "hello",
+        "recipients": [{"phone": "+4915120000001"}, {"phone": "+4915120000002"}],
+        "pacing": {"min_delay": "60s", "max_delay": "60s"}, "start": true,
+    }));
+    daemon.wait_sent(&campaign, 1, Duration::from_secs(60));
+    let message_id = daemon.recipients(&campaign)[0]["message_id"].as_str().unwrap().to_string();
+    let before = logins(&sim, &device);
+
+    // Back to back: the frames reach the page in this order.
+    sim.device_action(&device, "ack", Some(json!({"id": message_id, "ack": "READ"})));
+    let r = sim.phone("POST", &format!("/_phone/devices/{device}/incoming"), Some(json!({"from": format!("+{CONTACT}"), "body": "hi there"})));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let incoming = r.body["id"].as_str().unwrap().to_string();
+    sim.device_action(&device, "reload", None);
+
+    wait_for("the reloaded page to log in again", Duration::from_secs(30), || (logins(&sim, &device) > before).then_some(()));
+    wait_for("ack READ on the recipient", Duration::from_secs(20), || {
+        daemon.recipients(&campaign).iter().any(|r| r["ack"] == "READ").then_some(())
+    });
+    wait_for("message.received", Duration::from_secs(20), || {
+        (count(&stream, |e| e["event"] == "message.received" && e["detail"]["id"] == incoming.as_str()) > 0).then_some(())
+    });
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(30));
+
+    // The phone logs the device out: the page queues the logout and
+    // navigates to `?post_logout=1`.
+    sim.device_action(&device, "logout", None);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+
+    let acks = count(&stream, |e| e["event"] == "message.ack" && e["detail"]["message_id"] == message_id.as_str() && e["detail"]["ack"] == "READ");
+    assert_eq!(acks, 1, "the READ ack");
+    let received = count(&stream, |e| e["event"] == "message.received" && e["detail"]["id"] == incoming.as_str());
+    assert_eq!(received, 1, "the contact's message");
+    let states = daemon.history_states("acme");
+    assert_eq!(states.iter().filter(|s| *s == "LOGGED_OUT(phone_logout)").count(), 1, "{states:?}");
+    assert!(!states.iter().any(|s| s.starts_with("RECONNECTING")), "{states:?}");
+    assert!(events(&daemon, "acme", "session.restart_scheduled").is_empty());
+}
+
+/// The BiDi connection alone drops (browser and chromedriver still answer):
+/// the session's run ends with `bidi_lost`, it is restarted with backoff on
+/// the same profile and comes back pushing its events, without a QR.
+#[test]
+fn a_dropped_bidi_connection_is_detected_and_recovered() {
+    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
+        return; // Nothing to drop when the page is polled.
+    }
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start_with_env(&sim, "", &[("WASUP_FAULT_INJECTION", "1")]);
+    daemon.pair(&sim, "acme", PHONE);
+    assert_eq!(daemon.session("acme")["events"], "bidi");
+
+    let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
+    assert_eq!((r.status, &r.body["had_bidi"]), (202, &json!(true)), "{:?}", r.body);
+    wait_for("RECONNECTING(bidi_lost)", Duration::from_secs(30), || {
+        daemon.history_states("acme").iter().any(|s| s == "RECONNECTING(bidi_lost)").then_some(())
+    });
+    let view = daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert_eq!((&view["attempt"], &view["events"]), (&json!(1), &json!("bidi")), "{view}");
+    assert_eq!(sim.devices().len(), 1, "a dropped connection must not link a new device");
+    let states = daemon.history_states("acme");
+    let lost = states.iter().position(|s| s == "RECONNECTING(bidi_lost)").unwrap();
+    assert!(!states[lost..].iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")), "{states:?}");
+
+    // Sends work through the new connection, their acks pushed.
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "still here"})));
+    assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+}
