@@ -95,6 +95,10 @@ fn a_daemon_killed_three_times_completes_the_campaign_exactly_once() {
     let sim = Sim::start(&[]);
     let mut daemon = Daemon::start(&sim, "");
     let device = daemon.pair(&sim, "acme", PHONE);
+    // WhatsApp takes 400 ms to accept each message, so that a recipient
+    // stays SENDING long enough for the test to see it (pushed acks make a
+    // send take a few ms otherwise).
+    sim.device_action(&device, "slow", Some(json!({"ms": 400})));
     let id = daemon.campaign(body("acme", &numbers(9, 40_000_000), 300, 600));
 
     // 1: between sends.
