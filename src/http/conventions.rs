@@ -6,7 +6,8 @@
 //! - `X-Content-Type-Options: nosniff` and `Cache-Control: no-store`;
 //! - request bodies bounded in size (`http.max_body_bytes`, multipart part
 //!   headers and preamble included; a media send's form up to the largest
-//!   `[media]` limit instead) and in time (`limits.body_timeout`)
+//!   `[media]` limit instead, a campaign's form up to both together, as it
+//!   may carry an attachment) and in time (`limits.body_timeout`)
 //!   ([`guard_body`]): over the size a 413, too slow a 408.
 //!
 //! Answered by actix-http's codec before any of this runs, and given their
@@ -123,7 +124,9 @@ pub struct BodyLimits {
     pub timeout: Duration,
     /// The bound of a media send's form (`multipart/form-data` on `POST
     /// /api/sessions/{name}/messages`), bytes: see
-    /// [`super::media_form_bytes`]. Every other body keeps `max_bytes`.
+    /// [`super::media_form_bytes`]. A campaign's form (`multipart/form-data`
+    /// on `POST /api/campaigns`: a CSV and an attachment) may have
+    /// `max_bytes` more. Every other body keeps `max_bytes`.
     pub media_bytes: usize,
 }
 
@@ -140,8 +143,15 @@ pub async fn guard_body(mut req: ServiceRequest, next: Next<impl MessageBody>) -
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
-        let media = multipart && *req.method() == Method::POST && super::sessions::is_send_path(req.path());
-        let max = if media { limits.media_bytes.max(limits.max_bytes) } else { limits.max_bytes };
+        let post = multipart && *req.method() == Method::POST;
+        let max = if post && super::sessions::is_send_path(req.path()) {
+            limits.media_bytes.max(limits.max_bytes)
+        } else if post && req.path().strip_prefix(super::API_PREFIX) == Some("/campaigns") {
+            // Each part keeps its own bound (`campaigns::from_multipart`).
+            limits.media_bytes.saturating_add(limits.max_bytes)
+        } else {
+            limits.max_bytes
+        };
         let inner = actix_web::HttpMessage::take_payload(&mut req);
         let guarded = BodyGuard { inner, seen: 0, max, deadline: Box::pin(tokio::time::sleep(limits.timeout)), done: false };
         let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(guarded);
