@@ -338,7 +338,8 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
     let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let max = state.max_body;
     let (body, attachment) = if content_type.starts_with("multipart/form-data") {
-        from_multipart(Multipart::new(req.headers(), payload), max, &state.config).await?
+        let allowance = actix_web::HttpMessage::extensions(&req).get::<super::conventions::BodyAllowance>().cloned();
+        from_multipart(Multipart::new(req.headers(), payload), max, &state.config, allowance).await?
     } else if content_type.starts_with("application/json") {
         let bytes = super::conventions::read_limited(payload, max).await?;
         (serde_json::from_slice::<CreateBody>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?, None)
@@ -423,8 +424,14 @@ fn batch_priority() {
 
 /// Reads the multipart form: its text parts (together at most `max`
 /// bytes, `http.max_body_bytes`) and the `file` part, if any (at most its
-/// kind's `[media]` limit; read and checked as a media send's file is).
-async fn from_multipart(mut form: Multipart, max: usize, config: &Config) -> Result<(CreateBody, Option<Media>), ApiError> {
+/// kind's `[media]` limit, which `allowance` adds to the body's bound; read
+/// and checked as a media send's file is).
+async fn from_multipart(
+    mut form: Multipart,
+    max: usize,
+    config: &Config,
+    allowance: Option<super::conventions::BodyAllowance>,
+) -> Result<(CreateBody, Option<Media>), ApiError> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     let mut file: Option<Media> = None;
     let mut total = 0usize;
@@ -442,7 +449,7 @@ async fn from_multipart(mut form: Multipart, max: usize, config: &Config) -> Res
             return Err(ApiError::bad_request(format!("form part {name:?} is repeated")));
         }
         if name == "file" {
-            file = Some(super::upload::file_part(&mut field, config, "nothing was created", multipart_error).await?);
+            file = Some(super::upload::file_part(&mut field, config, "nothing was created", allowance.as_ref(), multipart_error).await?);
             continue;
         }
         let mut value = Vec::new();

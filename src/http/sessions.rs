@@ -525,7 +525,7 @@ async fn media_form(mut form: Multipart, config: &crate::config::Config) -> Resu
             "ignore_opt_out" if ignore_opt_out.is_none() => 8,
             "caption" if caption.is_none() => CAPTION_BYTES,
             "file" if file.is_none() => {
-                file = Some(super::upload::file_part(&mut field, config, "nothing was sent", &multipart_error).await?);
+                file = Some(super::upload::file_part(&mut field, config, "nothing was sent", None, &multipart_error).await?);
                 continue;
             }
             "to" | "caption" | "file" | "ignore_opt_out" => return Err(ApiError::bad_request(format!("form part {name:?} is repeated"))),

@@ -13,13 +13,17 @@ use actix_web::http::StatusCode;
 use actix_web::web;
 use futures_util::StreamExt as _;
 
+use super::conventions::BodyAllowance;
 use super::error::ApiError;
 use crate::config::Config;
 use crate::whatsapp::media::{self, Media, MediaKind};
 
 /// Reads the `file` part `field` into a [`Media`], with the name the client
 /// gave (without folders; `file` if none, or if it has control characters;
-/// at most 255 characters).
+/// at most 255 characters). A form whose body bound does not cover the
+/// file yet gets its `allowance`: the file's limit, and
+/// [`super::MEDIA_FORM_OVERHEAD`] for the part's headers and the rest of
+/// the form.
 ///
 /// Errors: no `Content-Type`, or not `type/subtype` (400); more bytes than
 /// its kind's `[media]` limit (413, naming the limit and ending with
@@ -29,6 +33,7 @@ pub(super) async fn file_part(
     field: &mut Field,
     config: &Config,
     consequence: &str,
+    allowance: Option<&BodyAllowance>,
     multipart_error: impl Fn(MultipartError) -> ApiError,
 ) -> Result<Media, ApiError> {
     let mimetype = field.content_type().map(|m| m.to_string()).unwrap_or_default();
@@ -37,6 +42,9 @@ pub(super) async fn file_part(
     }
     let kind = MediaKind::of(&mimetype);
     let max = usize::try_from(config.media.limit(kind)).unwrap_or(usize::MAX);
+    if let Some(allowance) = allowance {
+        allowance.grant(max.saturating_add(super::MEDIA_FORM_OVERHEAD));
+    }
     let mut value = web::BytesMut::new();
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(&multipart_error)?;
