@@ -143,7 +143,8 @@ impl BodyAllowance {
     /// Lets the body have `bytes` more.
     pub fn grant(&self, bytes: usize) {
         // Only a bound, read by the same request's guard: no ordering
-        // with other memory is needed.
+        // with other memory is needed. Never an error: the update always
+        // gives a value.
         let _ = self
             .0
             .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |b| Some(b.saturating_add(bytes)));
