@@ -119,6 +119,12 @@ fn a_campaign_sends_its_pdf_to_every_recipient_once_with_its_own_caption_across_
     assert_eq!((&v["counts"]["SENT"], &v["attachment"]), (&json!(4), &meta), "{v}");
     let log = sim.messages(&device);
     assert_eq!(log.len(), 4, "every recipient once, nothing else: {log:?}");
+    let at: Vec<u64> = log.iter().filter_map(|m| m["at_ms"].as_u64()).collect();
+    eprintln!(
+        "{} bytes to 4 recipients; gaps between arrivals (ms; pacing 500-800 ms from send start): {:?}",
+        doc.len(),
+        at.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+    );
     for (i, p) in to.iter().enumerate() {
         let chat = format!("{p}@c.us");
         let got: Vec<&Value> = log.iter().filter(|m| m["to"] == chat.as_str()).collect();
