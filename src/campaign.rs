@@ -230,11 +230,17 @@ pub struct CampaignRecord {
     pub total: u32,
     /// Rows dropped at creation because their number was already listed.
     pub duplicates: u32,
+    /// The file sent to every recipient (the rendered template is its
+    /// caption), kept beside the store ([`crate::attachments`]); `None`:
+    /// texts only.
+    #[serde(default)]
+    pub attachment: Option<crate::attachments::AttachmentMeta>,
 }
 
 impl CampaignRecord {
     /// A new `DRAFT` campaign at `now_ms`: nothing sent, nothing scheduled,
-    /// no recipients counted yet (`total` and `duplicates` 0).
+    /// no recipients counted yet (`total` and `duplicates` 0), no
+    /// attachment.
     pub fn draft(id: String, name: String, session: String, template: String, pacing: PacingSpec, now_ms: u64) -> Self {
         Self {
             id,
@@ -255,6 +261,7 @@ impl CampaignRecord {
             opt_outs: 0,
             total: 0,
             duplicates: 0,
+            attachment: None,
         }
     }
 

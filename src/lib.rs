@@ -8,9 +8,11 @@
 //! - [`whatsapp`]: the page adapter and everything that knows WhatsApp Web.
 //! - [`sim`]: the WhatsApp Web simulator (`wasup sim`).
 //! - [`http`]: the control API; [`store`]: sled; [`config`]: `config.toml`.
+//! - [`attachments`]: campaign attachments, files beside the store.
 //! - [`webhooks`]: the durable outbox and delivery worker of the webhooks.
 
 pub mod actors;
+pub mod attachments;
 pub mod bench;
 pub mod bench_versus;
 pub mod campaign;

@@ -536,6 +536,8 @@ impl Run {
                         5 if how % 3 == 0 => SendResult::NotSent("read failed".into()),
                         5 if how % 3 == 1 => SendResult::SessionDeleted,
                         5 => SendResult::Unknown("page crashed".into()),
+                        // The attachment could not be read: nothing left.
+                        6 if how % 4 == 0 => SendResult::AttachmentUnreadable("the attachment file is missing".into()),
                         6 => SendResult::Refused { state: RecipientState::Skipped, reason: RecipientReason::NotOnWhatsApp },
                         _ => {
                             if how % 3 == 0 {
@@ -698,7 +700,11 @@ impl Run {
             if self.machine.record().state == CampaignState::Paused
                 && matches!(
                     self.machine.reason(),
-                    Some(wasup::policy::campaign::Reason::Operator | wasup::policy::campaign::Reason::OptOutRate)
+                    Some(
+                        wasup::policy::campaign::Reason::Operator
+                            | wasup::policy::campaign::Reason::OptOutRate
+                            | wasup::policy::campaign::Reason::AttachmentUnreadable(_)
+                    )
                 )
                 && self.machine.finishing().is_none()
             {

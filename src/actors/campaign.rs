@@ -27,6 +27,7 @@ use self::report::Report;
 use self::shell::{lookup_result, send_result, session_input, Action, Io};
 use crate::actors::messages::{Finished, SessionChanged};
 use crate::actors::supervisor::{GetSession, LookupMessage, SendMessage, Supervisor};
+use crate::attachments::Attachments;
 use crate::campaign::{CampaignRecord, Tally};
 use crate::config::Config;
 use crate::events::Events;
@@ -34,6 +35,7 @@ use crate::policy::campaign::{CommandError, Input, LookupResult, Machine, SendRe
 use crate::policy::pacing::{Pacing, QuietHours};
 use crate::session_state::now_ms;
 use crate::store::Store;
+use crate::whatsapp::media::Media;
 use crate::whatsapp::number::ChatId;
 
 /// An operator's command on a campaign.
@@ -73,8 +75,21 @@ pub fn pacing_for(record: &CampaignRecord, config: &Config) -> Result<Pacing, St
     Ok(pacing)
 }
 
-/// The machine's settings from `[campaigns]`.
-pub fn settings_for(config: &Config) -> Settings {
+/// The longest a send of this campaign may take, "typing…" excluded: the
+/// page's commands (one for a text; for an attachment, one per piece the
+/// file is copied into the page in, and the send), each bounded by
+/// `whatsapp.send_timeout`, then the wait for the ack, plus 10 s. The actor
+/// waits this long for a send's answer: one given up on while the Session
+/// still copies the file would be looked up before it can have arrived,
+/// and sent again.
+pub fn send_bound(config: &Config, record: &CampaignRecord) -> Duration {
+    let commands = record.attachment.as_ref().map_or(1, |a| crate::whatsapp::page::media_send_commands(a.size));
+    config.whatsapp.send_timeout.saturating_mul(commands) + config.whatsapp.ack_wait + Duration::from_secs(10)
+}
+
+/// The machine's settings from `[campaigns]` (and the campaign's send
+/// bound, [`send_bound`]).
+pub fn settings_for(config: &Config, record: &CampaignRecord) -> Settings {
     let c = &config.campaigns;
     Settings {
         send_attempts: c.send_attempts,
@@ -85,7 +100,7 @@ pub fn settings_for(config: &Config) -> Settings {
         lookup_retry: Duration::from_secs(2),
         // At least as long as the actor waits for a send's answer (see
         // `Campaign::send`), so the number's busy mark never ends first.
-        send_timeout: config.whatsapp.send_timeout + c.typing_max + config.whatsapp.ack_wait + Duration::from_secs(10),
+        send_timeout: send_bound(config, record) + c.typing_max,
         max_opt_out_rate: c.max_opt_out_rate,
         opt_out_min_sent: c.opt_out_min_sent,
         boot: crate::session_state::boot_id(),
@@ -107,6 +122,12 @@ pub struct Campaign {
     /// after the current actions: never a call back into the machine from
     /// inside one.
     inputs: VecDeque<Input>,
+    /// Where the campaign's attachment is kept.
+    attachments: Attachments,
+    /// The attachment, read and checked at the first send of this actor's
+    /// run and kept (one copy, shared with every send) until it stops;
+    /// `None` before, and for a campaign without one.
+    attachment: Option<Media>,
 }
 
 impl Campaign {
@@ -124,8 +145,20 @@ impl Campaign {
         tally: Tally,
     ) -> Self {
         let io = Io { records: Records::new(&record, store), report: Report::new(&record, events), tally, actions: VecDeque::new() };
-        let machine = Machine::new(record, pacing, settings_for(&config));
-        Self { machine, io, config, supervisor, registry, timers: HashMap::new(), waiters: Vec::new(), inputs: VecDeque::new() }
+        let machine = Machine::new(record.clone(), pacing, settings_for(&config, &record));
+        let attachments = Attachments::new(&config.state.dir);
+        Self {
+            machine,
+            io,
+            config,
+            supervisor,
+            registry,
+            timers: HashMap::new(),
+            waiters: Vec::new(),
+            inputs: VecDeque::new(),
+            attachments,
+            attachment: None,
+        }
     }
 
     /// Feeds the machine one input, then carries out what it asked.
@@ -187,6 +220,11 @@ impl Campaign {
         }
     }
 
+    /// Sends recipient `idx` (already stored `SENDING` under `message_id`):
+    /// its text, or the attachment with the text as its caption. The
+    /// attachment is read first if this run has not read it yet; if it
+    /// cannot be read as uploaded, nothing is sent
+    /// ([`SendResult::AttachmentUnreadable`]).
     fn send(&mut self, idx: u32, message_id: String, typing: Duration, ctx: &mut Context<Self>) {
         let r = match self.io.records.for_send(idx, &message_id) {
             Ok(r) => r,
@@ -198,10 +236,42 @@ impl Campaign {
             text: r.text,
             id: Some(message_id),
             typing,
-            media: None,
+            media: self.attachment.clone(),
         };
+        let Some(meta) = self.machine.record().attachment.clone().filter(|_| self.attachment.is_none()) else {
+            return self.dispatch(idx, send, ctx);
+        };
+        // Read on the blocking pool (up to 100 MB, and its SHA-256); the
+        // machine waits for this send's outcome meanwhile.
+        let (attachments, id) = (self.attachments.clone(), self.io.records.id.clone());
+        let read = async move { tokio::task::spawn_blocking(move || attachments.read(&id, &meta)).await };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(read).map(move |read, act, ctx| {
+            if act.machine.is_done() {
+                // Halted meanwhile: the recipient stays SENDING, and the
+                // next start's lookup finds it was not sent.
+                return;
+            }
+            match read {
+                Ok(Ok(media)) => {
+                    act.attachment = Some(media.clone());
+                    act.dispatch(idx, SendMessage { media: Some(media), ..send }, ctx);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(campaign = %act.io.records.id, recipient = idx, error = %e, "attachment unreadable: nothing sent");
+                    act.feed(Input::Sent { idx, result: SendResult::AttachmentUnreadable(e.to_string()) }, ctx);
+                }
+                Err(e) => {
+                    let e = format!("reading the attachment: {e}");
+                    act.feed(Input::Sent { idx, result: SendResult::AttachmentUnreadable(e) }, ctx);
+                }
+            }
+        }));
+    }
+
+    /// Hands a send to the Supervisor; its answer is the machine's input.
+    fn dispatch(&mut self, idx: u32, send: SendMessage, ctx: &mut Context<Self>) {
         let supervisor = self.supervisor.clone();
-        let limit = self.config.whatsapp.send_timeout + typing + Duration::from_secs(10);
+        let limit = send_bound(&self.config, self.machine.record()) + send.typing;
         let answer = async move { tokio::time::timeout(limit, supervisor.send(send)).await.ok().and_then(Result::ok) };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(answer).map(move |answer, act, ctx| {
             act.feed(Input::Sent { idx, result: send_result(answer) }, ctx);

@@ -15,12 +15,14 @@ use actix::prelude::*;
 use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt, Replied};
 use crate::actors::messages::{Finished, MessageAcked, MessageReceived, SessionChanged};
 use crate::actors::supervisor::{GetSession, Supervisor, SupervisorError};
+use crate::attachments::Attachments;
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
 use crate::config::Config;
 use crate::events::{Event, EventName, Events};
 use crate::policy::campaign::{ack_applies, transition, Change, CommandError};
 use crate::session_state::now_ms;
 use crate::store::{OptOut, Store};
+use crate::whatsapp::media::Media;
 
 /// Why a campaign request failed; the HTTP layer maps each to a status.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +39,25 @@ pub enum CampaignError {
     /// An operator's command the store did not take; nothing changed.
     #[error("{0}")]
     Unrecorded(String),
+    /// A new campaign's attachment could not be written; nothing was
+    /// created.
+    #[error("storing the attachment: {0}; nothing was created")]
+    Attachment(std::io::Error),
     #[error("{0}")]
     Internal(String),
 }
 
-/// Stores a new campaign and starts it if `start`.
+/// Stores a new campaign (its attachment first, durably, then its record
+/// and recipients) and starts it if `start`.
 #[derive(Message)]
 #[rtype(result = "Result<CampaignRecord, CampaignError>")]
 pub struct CreateCampaign {
     pub record: CampaignRecord,
     pub recipients: Vec<RecipientRecord>,
     pub start: bool,
+    /// The file sent to every recipient, the rendered text its caption
+    /// (checked by the API: type, `[media]` limit, content).
+    pub attachment: Option<Media>,
 }
 
 /// An operator's command on a campaign.
@@ -111,10 +121,25 @@ impl Actor for Campaigns {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let records = self.store.campaigns().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read campaigns from the store");
-            Vec::new()
-        });
+        let records = match self.store.campaigns() {
+            Ok(records) => {
+                // Before any creation can run (this actor creates them):
+                // attachments a crash left without their record. A few
+                // directory entries, so on this thread.
+                let known = records.iter().map(|r| r.id.clone()).collect();
+                match Attachments::new(&self.config.state.dir).sweep(&known) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "removed attachments of campaigns that were never created"),
+                    // Harmless: the orphans only take disk space.
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep campaign attachments"),
+                }
+                records
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read campaigns from the store");
+                Vec::new()
+            }
+        };
         for record in records {
             if matches!(record.state, CampaignState::Running | CampaignState::Paused) {
                 tracing::info!(campaign = %record.id, session = %record.session, state = %record.state, "restoring campaign");
@@ -149,14 +174,30 @@ impl Handler<CreateCampaign> for Campaigns {
                 }
                 // On the blocking pool: a 100,000-recipient write takes
                 // seconds, and this actor's thread also runs the Supervisor.
-                let recipients = msg.recipients;
-                // The counts go in before the record is stored, so no view
-                // or `/metrics` ever finds a campaign it must count itself.
+                let (recipients, attachment) = (msg.recipients, msg.attachment);
+                let attachments = Attachments::new(&config.state.dir);
                 tokio::task::spawn_blocking(move || {
+                    // The file is on disk before the record that names it:
+                    // no campaign ever has an attachment it cannot find
+                    // (unless the file is lost later, which its send
+                    // detects).
+                    if let Some(media) = attachment {
+                        record.attachment = Some(attachments.write(&record.id, &media).map_err(CampaignError::Attachment)?);
+                    }
+                    // The counts go in before the record is stored, so no
+                    // view or `/metrics` ever finds a campaign it must
+                    // count itself.
                     tally.set(&record.id, Tally::count(&recipients));
                     let stored = store.create_campaign(&record, &recipients);
                     if stored.is_err() {
                         tally.remove(&record.id);
+                        if record.attachment.is_some() {
+                            if let Err(e) = attachments.remove(&record.id) {
+                                // Harmless: the next start's sweep removes
+                                // it (no record names it).
+                                tracing::warn!(campaign = %record.id, error = %e, "cannot remove the attachment of a campaign not created");
+                            }
+                        }
                     }
                     drop(recipients);
                     crate::procfs::release_free_memory();

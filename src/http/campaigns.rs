@@ -15,10 +15,13 @@ use super::sessions::SessionName;
 use super::AppState;
 use crate::actors::campaign::CampaignCommand;
 use crate::actors::campaigns::{CampaignError, ClearQueue, Command, CreateCampaign};
+use crate::attachments::AttachmentMeta;
 use crate::campaign::{
     self, CampaignRecord, CampaignState, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row, RowError,
 };
+use crate::config::Config;
 use crate::session_state::{now_ms, validate_name};
+use crate::whatsapp::media::{self, Media};
 
 declare_routes! {
     pub fn routes;
@@ -51,14 +54,17 @@ impl From<CampaignError> for ApiError {
             CampaignError::NoSession(_) => StatusCode::UNPROCESSABLE_ENTITY,
             CampaignError::WrongState(_) => StatusCode::CONFLICT,
             CampaignError::Store(_) | CampaignError::Unrecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CampaignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CampaignError::Attachment(io) if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            CampaignError::Attachment(_) | CampaignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }
 }
 
 /// `POST /api/campaigns` (JSON form; the multipart form has the same fields
-/// as text parts plus a `csv` file part).
+/// as text parts plus a `csv` file part, and may carry an attachment).
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = NewCampaign, example = json!({
@@ -101,11 +107,12 @@ struct CreateBody {
 }
 
 /// The parts `POST /api/campaigns` takes as `multipart/form-data`.
-pub(super) const FORM_PARTS: [&str; 11] = [
+pub(super) const FORM_PARTS: [&str; 12] = [
     "name",
     "session",
     "template",
     "csv",
+    "file",
     "start",
     "min_delay",
     "max_delay",
@@ -116,7 +123,7 @@ pub(super) const FORM_PARTS: [&str; 11] = [
 ];
 
 /// `POST /api/campaigns` as `multipart/form-data`: text parts plus the
-/// `csv` file part.
+/// `csv` file part, and optionally the `file` sent to every recipient.
 // Only documents the form: `from_multipart` reads it, and a unit test
 // checks that these fields are `FORM_PARTS`.
 #[allow(dead_code)]
@@ -133,6 +140,13 @@ struct CreateForm {
     /// A CSV file: a `phone` column plus the template's variables.
     #[schema(value_type = String, format = Binary, content_media_type = "text/csv")]
     csv: Vec<u8>,
+    /// The attachment: one file (a photo, video, audio file or document)
+    /// sent to every recipient, with the rendered template as its caption
+    /// (at most 1,024 characters). Its part's `Content-Type` is its MIME
+    /// type (required); at most its kind's `[media]` limit (`image_max`
+    /// 5 MB, `video_max` and `audio_max` 16 MB, `document_max` 100 MB).
+    #[schema(value_type = Option<String>, format = Binary)]
+    file: Option<Vec<u8>>,
     /// `true`, `1` or `on` to start now.
     #[schema(example = "false")]
     start: Option<String>,
@@ -193,6 +207,9 @@ struct CampaignView {
     /// created: they will be skipped (only in the answer to its creation).
     #[serde(skip_serializing_if = "Option::is_none")]
     will_skip_opted_out: Option<u32>,
+    /// The file sent to every recipient (the rendered template its
+    /// caption); `null` for texts only.
+    attachment: Option<AttachmentMeta>,
     /// Estimated end, Unix epoch ms, from the mean gap.
     eta_ms: Option<u64>,
     created_ms: u64,
@@ -229,6 +246,7 @@ fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiErr
         replies: record.replies,
         opt_outs: record.opt_outs,
         will_skip_opted_out: None,
+        attachment: record.attachment,
         eta_ms,
         created_ms: record.created_ms,
         updated_ms: record.updated_ms,
@@ -255,8 +273,16 @@ enum Checked {
 }
 
 /// Parses and checks every row and renders every message: CPU-bound,
-/// bounded by `[limits]`; runs on the blocking pool.
-fn check_input(body: &CreateBody, country: Option<phonenumber::country::Id>, limits: &campaign::InputLimits, now: u64) -> Checked {
+/// bounded by `[limits]`; runs on the blocking pool. With an attachment
+/// (`captions`), every message is a caption and must fit WhatsApp's
+/// caption limit.
+fn check_input(
+    body: &CreateBody,
+    country: Option<phonenumber::country::Id>,
+    limits: &campaign::InputLimits,
+    now: u64,
+    captions: bool,
+) -> Checked {
     let parsed = match (&body.recipients, &body.csv) {
         (Some(items), None) => campaign::rows_from_json(items, limits),
         (None, Some(csv)) => campaign::rows_from_csv(csv, limits),
@@ -268,6 +294,11 @@ fn check_input(body: &CreateBody, country: Option<phonenumber::country::Id>, lim
         Err(InputError::Rows(rows)) => return Checked::Rows(rows),
     };
     match campaign::recipients(rows, &body.template, country, body.invalid_numbers, now, limits) {
+        Ok((r, _)) if captions && r.iter().any(|r| r.text.chars().count() > media::MAX_CAPTION_CHARS) => {
+            let long = r.iter().filter(|r| r.text.chars().count() > media::MAX_CAPTION_CHARS);
+            let error = format!("the caption is longer than {} characters (WhatsApp's limit for media captions)", media::MAX_CAPTION_CHARS);
+            Checked::Rows(long.map(|r| RowError { line: r.line, error: error.clone() }).collect())
+        }
         Ok((r, d)) => Checked::Ok(r, d),
         Err(InputError::Invalid(m)) => Checked::Invalid(m),
         Err(InputError::Rows(rows)) => Checked::Rows(rows),
@@ -277,8 +308,11 @@ fn check_input(body: &CreateBody, country: Option<phonenumber::country::Id>, lim
 /// Create a campaign
 ///
 /// From JSON (recipients as `recipients` or `csv` text) or from a
-/// `multipart/form-data` upload with a `csv` file part. Every row is checked
-/// before anything is stored. A `DRAFT` unless `start`.
+/// `multipart/form-data` upload with a `csv` file part and optionally a
+/// `file` part: an attachment sent to every recipient, the rendered
+/// template its caption. Every row and the file are checked before
+/// anything is stored; the file is stored (durably) before the campaign.
+/// A `DRAFT` unless `start`.
 #[utoipa::path(
     post,
     operation_id = "create_campaign",
@@ -290,22 +324,25 @@ fn check_input(body: &CreateBody, country: Option<phonenumber::country::Id>, lim
     )),
     responses(
         (status = 201, description = "Created", body = CampaignView),
-        (status = 400, description = "Invalid input or over a `[limits]` bound (named in the message); `rows` lists the bad rows (the first 100). Nothing was stored", body = InputErrorBody),
+        (status = 400, description = "Invalid input or over a `[limits]` bound (named in the message); `rows` lists the bad rows (the first 100; with an attachment, also captions over 1,024 characters); a file part without a `Content-Type`, or empty. Nothing was stored", body = InputErrorBody),
         (status = 408, description = "The body took longer than `limits.body_timeout`", body = ErrorBody),
         (status = 409, description = "The pacing cannot be applied", body = ErrorBody),
-        (status = 413, description = "Body over `http.max_body_bytes`, or template over `limits.template_bytes`", body = ErrorBody),
-        (status = 422, description = "No such session", body = ErrorBody),
+        (status = 413, description = "Parts other than `file` over `http.max_body_bytes`, template over `limits.template_bytes`, or the file over its kind's `[media]` limit (named in the message). Nothing was stored", body = ErrorBody),
+        (status = 422, description = "No such session, or a photo whose bytes are not its `Content-Type`", body = ErrorBody),
+        (status = 500, description = "The attachment could not be written. Nothing was stored", body = ErrorBody),
         (status = 503, description = "The store does not take writes now. Nothing was stored", body = ErrorBody),
+        (status = 507, description = "The disk is full: the attachment could not be written. Nothing was stored", body = ErrorBody),
     ),
 )]
 async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let max = state.max_body;
-    let body = if content_type.starts_with("multipart/form-data") {
-        from_multipart(Multipart::new(req.headers(), payload), max).await?
+    let (body, attachment) = if content_type.starts_with("multipart/form-data") {
+        let allowance = actix_web::HttpMessage::extensions(&req).get::<super::conventions::BodyAllowance>().cloned();
+        from_multipart(Multipart::new(req.headers(), payload), max, &state.config, allowance).await?
     } else if content_type.starts_with("application/json") {
         let bytes = super::conventions::read_limited(payload, max).await?;
-        serde_json::from_slice::<CreateBody>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        (serde_json::from_slice::<CreateBody>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?, None)
     } else {
         return Err(ApiError::bad_request("expected Content-Type: application/json or multipart/form-data (with a csv part)"));
     };
@@ -331,9 +368,10 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
     // One creation per permit; the rest wait here (async: no worker is
     // held) so hostile uploads cannot take every blocking thread.
     let _permit = state.creates.clone().acquire_owned().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let captions = attachment.is_some();
     let (checked, body) = web::block(move || {
         batch_priority();
-        let checked = check_input(&body, country, &limits, now);
+        let checked = check_input(&body, country, &limits, now, captions);
         // Renders may have built strings of up to minijinja's 100 MB
         // before being refused.
         crate::procfs::release_free_memory();
@@ -366,7 +404,7 @@ async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payl
         .await
         .map_err(|e| ApiError::internal(format!("checking the opt-out list: {e}")))??
     };
-    let record = state.campaigns.send(CreateCampaign { record, recipients, start: body.start }).await??;
+    let record = state.campaigns.send(CreateCampaign { record, recipients, start: body.start, attachment }).await??;
     let mut created = view(&state, record)?;
     created.will_skip_opted_out = Some(opted_out);
     Ok(HttpResponse::Created().json(created))
@@ -384,8 +422,18 @@ fn batch_priority() {
     }
 }
 
-async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, ApiError> {
+/// Reads the multipart form: its text parts (together at most `max`
+/// bytes, `http.max_body_bytes`) and the `file` part, if any (at most its
+/// kind's `[media]` limit, which `allowance` adds to the body's bound; read
+/// and checked as a media send's file is).
+async fn from_multipart(
+    mut form: Multipart,
+    max: usize,
+    config: &Config,
+    allowance: Option<super::conventions::BodyAllowance>,
+) -> Result<(CreateBody, Option<Media>), ApiError> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut file: Option<Media> = None;
     let mut total = 0usize;
     let multipart_error = |e: actix_multipart::MultipartError| match e {
         actix_multipart::MultipartError::Payload(p) => super::conventions::payload_error(&p),
@@ -397,8 +445,12 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
         if !FORM_PARTS.contains(&name.as_str()) {
             return Err(ApiError::bad_request(format!("unknown form part {name:?}; expected {FORM_PARTS:?}")));
         }
-        if fields.contains_key(&name) {
+        if fields.contains_key(&name) || (name == "file" && file.is_some()) {
             return Err(ApiError::bad_request(format!("form part {name:?} is repeated")));
+        }
+        if name == "file" {
+            file = Some(super::upload::file_part(&mut field, config, "nothing was created", allowance.as_ref(), multipart_error).await?);
+            continue;
         }
         let mut value = Vec::new();
         while let Some(chunk) = field.next().await {
@@ -435,8 +487,11 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
             Some(other) => Err(ApiError::bad_request(format!("{k}: expected true or false, got {other:?}"))),
         }
     };
+    if let Some(file) = &file {
+        super::upload::check_file(file)?;
+    }
     let defaults = PacingSpec::default();
-    Ok(CreateBody {
+    let body = CreateBody {
         name: required("name")?,
         session: required("session")?,
         template: required("template")?,
@@ -455,7 +510,8 @@ async fn from_multipart(mut form: Multipart, max: usize) -> Result<CreateBody, A
             Some("fail") => InvalidNumbers::Fail,
             Some(other) => return Err(ApiError::bad_request(format!("invalid_numbers: expected reject or fail, got {other:?}"))),
         },
-    })
+    };
+    Ok((body, file))
 }
 
 fn checked_id(id: &str) -> Result<(), ApiError> {

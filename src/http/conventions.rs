@@ -6,7 +6,9 @@
 //! - `X-Content-Type-Options: nosniff` and `Cache-Control: no-store`;
 //! - request bodies bounded in size (`http.max_body_bytes`, multipart part
 //!   headers and preamble included; a media send's form up to the largest
-//!   `[media]` limit instead) and in time (`limits.body_timeout`)
+//!   `[media]` limit instead; a campaign's form more once its file part
+//!   begins, by that file's limit: [`BodyAllowance`]) and in time
+//!   (`limits.body_timeout`)
 //!   ([`guard_body`]): over the size a 413, too slow a 408.
 //!
 //! Answered by actix-http's codec before any of this runs, and given their
@@ -123,8 +125,34 @@ pub struct BodyLimits {
     pub timeout: Duration,
     /// The bound of a media send's form (`multipart/form-data` on `POST
     /// /api/sessions/{name}/messages`), bytes: see
-    /// [`super::media_form_bytes`]. Every other body keeps `max_bytes`.
+    /// [`super::media_form_bytes`]. Every other body keeps `max_bytes`
+    /// (plus what its handler grants: [`BodyAllowance`]).
     pub media_bytes: usize,
+}
+
+/// Bytes a handler adds to its body's bound once it knows what it is
+/// reading: a campaign's form (`multipart/form-data` on `POST
+/// /api/campaigns`) keeps `http.max_body_bytes` for its preamble, part
+/// headers, CSV and other text parts, and gets its file's `[media]` limit
+/// more when the `file` part begins. [`guard_body`] puts one in the
+/// request's extensions for that form. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct BodyAllowance(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl BodyAllowance {
+    /// Lets the body have `bytes` more.
+    pub fn grant(&self, bytes: usize) {
+        // Only a bound, read by the same request's guard: no ordering
+        // with other memory is needed. Never an error: the update always
+        // gives a value.
+        let _ = self
+            .0
+            .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |b| Some(b.saturating_add(bytes)));
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Middleware for the whole app: bounds every request body that can have
@@ -140,10 +168,16 @@ pub async fn guard_body(mut req: ServiceRequest, next: Next<impl MessageBody>) -
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
-        let media = multipart && *req.method() == Method::POST && super::sessions::is_send_path(req.path());
-        let max = if media { limits.media_bytes.max(limits.max_bytes) } else { limits.max_bytes };
+        let post = multipart && *req.method() == Method::POST;
+        let max =
+            if post && super::sessions::is_send_path(req.path()) { limits.media_bytes.max(limits.max_bytes) } else { limits.max_bytes };
+        let allowance = (post && req.path().strip_prefix(super::API_PREFIX) == Some("/campaigns")).then(BodyAllowance::default);
+        if let Some(a) = &allowance {
+            actix_web::HttpMessage::extensions_mut(&req).insert(a.clone());
+        }
         let inner = actix_web::HttpMessage::take_payload(&mut req);
-        let guarded = BodyGuard { inner, seen: 0, max, deadline: Box::pin(tokio::time::sleep(limits.timeout)), done: false };
+        let deadline = Box::pin(tokio::time::sleep(limits.timeout));
+        let guarded = BodyGuard { inner, seen: 0, max, allowance, deadline, done: false };
         let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(guarded);
         req.set_payload(actix_web::dev::Payload::from(boxed));
     }
@@ -154,6 +188,7 @@ struct BodyGuard {
     inner: actix_web::dev::Payload,
     seen: usize,
     max: usize,
+    allowance: Option<BodyAllowance>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
@@ -176,7 +211,8 @@ impl Stream for BodyGuard {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.seen = self.seen.saturating_add(chunk.len());
-                if self.seen > self.max {
+                let max = self.max.saturating_add(self.allowance.as_ref().map_or(0, BodyAllowance::bytes));
+                if self.seen > max {
                     self.done = true;
                     return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }

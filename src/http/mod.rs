@@ -43,6 +43,7 @@ pub mod metrics;
 mod numbers;
 mod openapi;
 mod sessions;
+mod upload;
 mod webhooks;
 
 use actix::Addr;

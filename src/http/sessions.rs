@@ -13,7 +13,7 @@ use crate::actors::supervisor::{Command, CreateSession, GetQr, GetSession, ListS
 use crate::events::{Event, EventName};
 use crate::session_state::validate_name;
 use crate::store::HistoryEntry;
-use crate::whatsapp::media::{self, Media, MediaKind};
+use crate::whatsapp::media::{self, Media};
 use crate::whatsapp::{ack_name, number};
 
 declare_routes! {
@@ -528,18 +528,13 @@ async fn media_form(mut form: Multipart, config: &crate::config::Config) -> Resu
     while let Some(field) = form.next().await {
         let mut field = field.map_err(multipart_error)?;
         let name = field.name().unwrap_or("").to_string();
-        let (max, kind) = match name.as_str() {
-            "to" if to.is_none() => (TO_BYTES, None),
-            "ignore_opt_out" if ignore_opt_out.is_none() => (8, None),
-            "caption" if caption.is_none() => (CAPTION_BYTES, None),
+        let max = match name.as_str() {
+            "to" if to.is_none() => TO_BYTES,
+            "ignore_opt_out" if ignore_opt_out.is_none() => 8,
+            "caption" if caption.is_none() => CAPTION_BYTES,
             "file" if file.is_none() => {
-                let mimetype = field.content_type().map(|m| m.to_string()).unwrap_or_default();
-                if !media::valid_mimetype(&mimetype) {
-                    return Err(ApiError::bad_request("the file part needs a Content-Type (the file's MIME type, type/subtype)"));
-                }
-                let kind = MediaKind::of(&mimetype);
-                let limit = usize::try_from(config.media.limit(kind)).unwrap_or(usize::MAX);
-                (limit, Some((kind, mimetype)))
+                file = Some(super::upload::file_part(&mut field, config, "nothing was sent", None, &multipart_error).await?);
+                continue;
             }
             "to" | "caption" | "file" | "ignore_opt_out" => return Err(ApiError::bad_request(format!("form part {name:?} is repeated"))),
             _ => return Err(ApiError::bad_request(format!("unknown form part {name:?}; expected {SEND_FORM_PARTS:?}"))),
@@ -548,40 +543,18 @@ async fn media_form(mut form: Multipart, config: &crate::config::Config) -> Resu
         while let Some(chunk) = field.next().await {
             let chunk = chunk.map_err(multipart_error)?;
             if value.len() + chunk.len() > max {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    match &kind {
-                        Some((kind, mimetype)) => format!(
-                            "the {mimetype} file is larger than {max} bytes, the limit for {}s ({}); nothing was sent",
-                            kind.as_str(),
-                            kind.limit_key()
-                        ),
-                        None => format!("form part {name:?} is larger than {max} bytes"),
-                    },
-                ));
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("form part {name:?} is larger than {max} bytes")));
             }
             value.extend_from_slice(&chunk);
         }
-        match kind {
-            Some((_, mimetype)) => {
-                // The name without any folders a client put in front of it.
-                let filename = field.content_disposition().and_then(|d| d.get_filename()).unwrap_or("");
-                let filename = filename.rsplit(['/', '\\']).next().unwrap_or("").trim();
-                let filename = if filename.is_empty() || filename.chars().any(char::is_control) { "file" } else { filename };
-                file = Some(Media { mimetype, filename: filename.chars().take(255).collect(), data: value.freeze() });
-            }
-            None => {
-                let text =
-                    String::from_utf8(value.to_vec()).map_err(|_| ApiError::bad_request(format!("form part {name:?} is not UTF-8")))?;
-                if name == "to" {
-                    to = Some(text);
-                } else if name == "ignore_opt_out" {
-                    let flag = text.trim().parse::<bool>();
-                    ignore_opt_out = Some(flag.map_err(|_| ApiError::bad_request("form part \"ignore_opt_out\" must be true or false"))?);
-                } else {
-                    caption = Some(text);
-                }
-            }
+        let text = String::from_utf8(value.to_vec()).map_err(|_| ApiError::bad_request(format!("form part {name:?} is not UTF-8")))?;
+        if name == "to" {
+            to = Some(text);
+        } else if name == "ignore_opt_out" {
+            let flag = text.trim().parse::<bool>();
+            ignore_opt_out = Some(flag.map_err(|_| ApiError::bad_request("form part \"ignore_opt_out\" must be true or false"))?);
+        } else {
+            caption = Some(text);
         }
     }
     let to = to.ok_or_else(|| ApiError::bad_request("missing form part \"to\""))?;
@@ -593,10 +566,7 @@ async fn media_form(mut form: Multipart, config: &crate::config::Config) -> Resu
             format!("caption is longer than {} characters", media::MAX_CAPTION_CHARS),
         ));
     }
-    if file.data.is_empty() {
-        return Err(ApiError::bad_request("the file is empty"));
-    }
-    file.check_content().map_err(ApiError::unprocessable)?;
+    super::upload::check_file(&file)?;
     Ok(MediaForm { to, caption, media: file, ignore_opt_out: ignore_opt_out.unwrap_or(false) })
 }
 

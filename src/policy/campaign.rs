@@ -57,6 +57,11 @@ pub enum Reason {
     /// Opt-outs among its sent recipients passed
     /// `campaigns.max_opt_out_rate`; an operator decides (resume or cancel).
     OptOutRate,
+    /// The campaign's attachment could not be read back as uploaded
+    /// (missing, or another size or SHA-256): no send, not even the text
+    /// alone, until an operator resumes it (the file is read again then).
+    /// Shown as `attachment_unreadable: <why>`.
+    AttachmentUnreadable(String),
     /// The session did not come back within `campaigns.resume_grace`.
     SessionLost,
     /// Its session was deleted.
@@ -76,6 +81,7 @@ impl Reason {
             Self::Timelock => "timelock".into(),
             Self::StoreError => "store_error".into(),
             Self::OptOutRate => "opt_out_rate".into(),
+            Self::AttachmentUnreadable(why) => format!("attachment_unreadable: {why}"),
             Self::SessionLost => "session_lost".into(),
             Self::SessionDeleted => "session_deleted".into(),
             Self::SessionEnded { state, detail } => format!("session_{}: {detail}", state.as_str().to_ascii_lowercase()),
@@ -94,6 +100,9 @@ impl Reason {
             "session_lost" => return Self::SessionLost,
             "session_deleted" => return Self::SessionDeleted,
             _ => {}
+        }
+        if let Some(why) = s.strip_prefix("attachment_unreadable: ") {
+            return Self::AttachmentUnreadable(why.to_string());
         }
         let ended = s.strip_prefix("session_").and_then(|rest| rest.split_once(": ")).and_then(|(state, detail)| {
             let state = SessionState::ALL.into_iter().find(|st| st.as_str().eq_ignore_ascii_case(state))?;
@@ -345,6 +354,9 @@ pub enum SendResult {
     Unknown(String),
     /// The shell could not send (it could not read the recipient): not sent.
     NotSent(String),
+    /// The campaign's attachment could not be read back as uploaded: not
+    /// sent (never as a text alone).
+    AttachmentUnreadable(String),
 }
 
 /// How a lookup of a `SENDING` recipient's message id ended.
@@ -460,8 +472,10 @@ pub trait Shell {
     fn contact(&self, idx: u32) -> Result<Contact, String>;
     /// No store write has failed since the last successful flush.
     fn store_ok(&self) -> bool;
-    /// Sends recipient `idx`'s text under `message_id`, "typing…" first for
-    /// `typing`; the outcome comes back as [`Input::Sent`], exactly once.
+    /// Sends recipient `idx`'s text under `message_id` (with the campaign's
+    /// attachment, if it has one, the text its caption), "typing…" first
+    /// for `typing`; the outcome comes back as [`Input::Sent`], exactly
+    /// once.
     fn send(&mut self, idx: u32, message_id: &str, typing: Duration);
     /// Looks `message_id` up in recipient `idx`'s chat; the outcome comes
     /// back as [`Input::LookedUp`], exactly once.
@@ -1115,6 +1129,15 @@ impl Machine {
                 self.back_to_pending(idx, None, true, now_ms, shell);
                 self.fault(error, shell);
             }
+            SendResult::AttachmentUnreadable(why) => {
+                // Nothing left: the attempt is given back, and the campaign
+                // waits for an operator (the file will not mend itself).
+                self.back_to_pending(idx, None, true, now_ms, shell);
+                if self.record.state == CampaignState::Running && self.finish_after.is_none() {
+                    shell.cancel(Timer::Pace);
+                    self.enter(CampaignState::Paused, Some(Reason::AttachmentUnreadable(why)), now_ms, shell);
+                }
+            }
             SendResult::SessionDeleted => {
                 self.back_to_pending(idx, None, true, now_ms, shell);
                 self.enter(CampaignState::Failed, Some(Reason::SessionDeleted), now_ms, shell);
@@ -1310,6 +1333,8 @@ mod tests {
             Reason::WaitingForSession,
             Reason::Timelock,
             Reason::StoreError,
+            Reason::OptOutRate,
+            Reason::AttachmentUnreadable("the attachment file is missing".into()),
             Reason::SessionLost,
             Reason::SessionDeleted,
             Reason::SessionEnded { state: SessionState::LoggedOut, detail: "device_removed".into() },

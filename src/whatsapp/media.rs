@@ -8,6 +8,8 @@
 //! 16 MB, audio (AAC, AMR, MPEG, MP4, OGG) 16 MB, documents 100 MB. "MB"
 //! is read as 10^6 bytes, the stricter reading.
 
+use std::sync::{Arc, OnceLock};
+
 use actix_web::web::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -80,7 +82,8 @@ fn essence(mimetype: &str) -> String {
     mimetype.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
-/// A file to send: its MIME type, name and bytes. Cheap to clone.
+/// A file to send: its MIME type, name and bytes. Cheap to clone (the
+/// bytes and their digest are shared by every clone).
 #[derive(Debug, Clone)]
 pub struct Media {
     /// `type/subtype`, as the client gave it.
@@ -90,17 +93,32 @@ pub struct Media {
     pub filename: String,
     /// The file.
     pub data: Bytes,
+    /// Hex SHA-256 of `data`, computed once: a campaign sends one file to
+    /// every recipient, and hashing 100 MB takes a good part of a second.
+    digest: Arc<OnceLock<String>>,
 }
 
 impl Media {
+    /// A file whose digest is computed when first asked for.
+    pub fn new(mimetype: String, filename: String, data: Bytes) -> Self {
+        Self { mimetype, filename, data, digest: Arc::default() }
+    }
+
+    /// A file whose hex SHA-256 the caller has just checked (a campaign's
+    /// attachment read back from disk), so it is never computed again.
+    pub fn with_sha256(mimetype: String, filename: String, data: Bytes, sha256_hex: String) -> Self {
+        Self { mimetype, filename, data, digest: Arc::new(OnceLock::from(sha256_hex)) }
+    }
+
     /// What WhatsApp sends it as.
     pub fn kind(&self) -> MediaKind {
         MediaKind::of(&self.mimetype)
     }
 
-    /// Hex SHA-256 of the file (the page checks the copy it got against it).
+    /// Hex SHA-256 of the file (the page checks the copy it got against
+    /// it); computed on the first call, shared by clones.
     pub fn sha256_hex(&self) -> String {
-        hex::encode(Sha256::digest(&self.data))
+        self.digest.get_or_init(|| sha256_hex(&self.data)).clone()
     }
 
     /// Whether the bytes are what the MIME type says, for the types whose
@@ -118,6 +136,11 @@ impl Media {
             Err(format!("the file is {} by its Content-Type but its bytes are not", self.mimetype))
         }
     }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// `type/subtype` with token characters (RFC 6838), parameters allowed, at
@@ -146,8 +169,7 @@ mod tests {
 
     #[test]
     fn photos_must_be_what_they_say() {
-        let media =
-            |mimetype: &str, data: &'static [u8]| Media { mimetype: mimetype.into(), filename: "f".into(), data: Bytes::from_static(data) };
+        let media = |mimetype: &str, data: &'static [u8]| Media::new(mimetype.into(), "f".into(), Bytes::from_static(data));
         assert!(media("image/png", b"\x89PNG\r\n\x1a\nrest").check_content().is_ok());
         assert!(media("image/png", b"\xff\xd8\xff\xe0").check_content().is_err());
         assert!(media("image/jpeg", b"\xff\xd8\xff\xe0").check_content().is_ok());

@@ -36,6 +36,14 @@ const ADAPTER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-4");
 /// WebDriver for long.
 const STAGE_BYTES: usize = 768 * 1024;
 
+/// How many WebDriver commands [`Page::send_media`] runs for a file of
+/// `bytes`: one per piece copied in (at least one), and the send. Each is
+/// bounded by `whatsapp.send_timeout`.
+pub fn media_send_commands(bytes: u64) -> u32 {
+    let pieces = bytes.div_ceil(STAGE_BYTES as u64).max(1);
+    u32::try_from(pieces.saturating_add(1)).unwrap_or(u32::MAX)
+}
+
 /// One poll's script: drain if the adapter is there, else say why not.
 /// While a new page loads, the previous adapter's queue is already in
 /// sessionStorage: a logout queued there (or `?post_logout=1`) is reported
@@ -670,6 +678,14 @@ mod tests {
         assert_eq!(classify(script).end_reason(), None);
         let gone = CmdError::Lost(std::io::Error::other("connection refused"));
         assert_eq!(classify(gone).end_reason(), Some(EndReason::DriverDied));
+    }
+
+    #[test]
+    fn a_media_send_takes_a_command_per_piece_and_one_to_send() {
+        let piece = STAGE_BYTES as u64;
+        assert_eq!([0, 1, piece, piece + 1].map(media_send_commands), [2, 2, 2, 3]);
+        // WhatsApp's 100 MB document limit: 128 pieces.
+        assert_eq!(media_send_commands(100_000_000), 129);
     }
 
     #[test]
