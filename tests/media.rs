@@ -19,7 +19,6 @@ use serde_json::json;
 const PHONE: &str = "4915112345678";
 const CONTACT: &str = "4915199990000";
 
-
 #[test]
 fn messages_from_contacts_are_message_received_events() {
     let _permit = browser_permit();

@@ -49,7 +49,8 @@ fn what_is_in_flight_across_a_reload_arrives_once() {
 
     // Back to back: the frames reach the page in this order.
     sim.device_action(&device, "ack", Some(json!({"id": message_id, "ack": "READ"})));
-    let r = sim.phone("POST", &format!("/_phone/devices/{device}/incoming"), Some(json!({"from": format!("+{CONTACT}"), "body": "hi there"})));
+    let r =
+        sim.phone("POST", &format!("/_phone/devices/{device}/incoming"), Some(json!({"from": format!("+{CONTACT}"), "body": "hi there"})));
     assert_eq!(r.status, 200, "{:?}", r.body);
     let incoming = r.body["id"].as_str().unwrap().to_string();
     sim.device_action(&device, "reload", None);
@@ -68,7 +69,8 @@ fn what_is_in_flight_across_a_reload_arrives_once() {
     sim.device_action(&device, "logout", None);
     daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
 
-    let acks = count(&stream, |e| e["event"] == "message.ack" && e["detail"]["message_id"] == message_id.as_str() && e["detail"]["ack"] == "READ");
+    let acks =
+        count(&stream, |e| e["event"] == "message.ack" && e["detail"]["message_id"] == message_id.as_str() && e["detail"]["ack"] == "READ");
     assert_eq!(acks, 1, "the READ ack");
     let received = count(&stream, |e| e["event"] == "message.received" && e["detail"]["id"] == incoming.as_str());
     assert_eq!(received, 1, "the contact's message");

@@ -29,9 +29,9 @@ use crate::policy::EndReason;
 use crate::profile;
 use crate::session_state::now_ms;
 use crate::session_state::{Me, SessionState};
+use crate::whatsapp::bidi::BidiEvent;
 use crate::whatsapp::media::Media;
 use crate::whatsapp::number::ChatId;
-use crate::whatsapp::bidi::BidiEvent;
 use crate::whatsapp::observe::{Observer, Seen};
 use crate::whatsapp::page::{self, Page, PageError, PageEvent, PageEvents, Poll, SendRefused, SocketState};
 
@@ -567,9 +567,11 @@ impl Session {
         tracing::warn!(session = %self.name, error = %why, "the BiDi connection dropped");
         ctx.spawn(async move { tokio::time::timeout(Duration::from_secs(5), page.probe()).await }.into_actor(self).map(
             move |probe, act, ctx| {
-                let (reason, detail) = match probe {
-                    Ok(Err(e)) if e.end_reason().is_some() => (e.end_reason().unwrap_or(EndReason::BidiLost), e.to_string()),
-                    _ => (EndReason::BidiLost, why),
+                // A probe that answers, fails transiently or times out
+                // leaves the connection alone to blame.
+                let (reason, detail) = match probe.ok().and_then(Result::err).and_then(|e| Some((e.end_reason()?, e.to_string()))) {
+                    Some(gone) => gone,
+                    None => (EndReason::BidiLost, why),
                 };
                 act.end(reason, detail, ctx);
             },

@@ -75,9 +75,8 @@ impl EndReason {
     pub fn action(self) -> Action {
         use EndReason::*;
         match self {
-            ConnectionLost | PageCrashed | BrowserDied | DriverDied | BidiLost | HeartbeatMissed | HealthCheckFailed | ActorDied | StartFailed => {
-                Action::RestartWithBackoff
-            }
+            ConnectionLost | PageCrashed | BrowserDied | DriverDied | BidiLost | HeartbeatMissed | HealthCheckFailed | ActorDied
+            | StartFailed => Action::RestartWithBackoff,
             PhoneLogout | DeviceRemoved => Action::Relink,
             Conflict => Action::Conflict,
             TosBlock | Timelock => Action::Block,

@@ -109,7 +109,10 @@ impl Bidi {
                     None => break "the connection was closed".to_string(),
                     Some(Err(e)) => break format!("read failed: {e}"),
                     Some(Ok(Message::Close(frame))) => {
-                        break format!("closed by the remote end{}", frame.map(|f| format!(": {} {}", f.code, f.reason)).unwrap_or_default())
+                        break format!(
+                            "closed by the remote end{}",
+                            frame.map(|f| format!(": {} {}", f.code, f.reason)).unwrap_or_default()
+                        )
                     }
                     Some(Ok(Message::Text(text))) => text,
                     // Pings are answered by tungstenite; nothing else is sent.
@@ -215,9 +218,11 @@ mod tests {
             "channel": "wasup", "data": {"type": "string", "value": "{\"loading\":true}"},
             "source": {"context": "3A60", "realm": "-1.-2", "userContext": "default"}}});
         assert_eq!(event(&message), Some(BidiEvent::Page("{\"loading\":true}".into())));
-        let other_channel = json!({"method": "script.message", "type": "event", "params": {"channel": "x", "data": {"type": "string", "value": "1"}}});
+        let other_channel =
+            json!({"method": "script.message", "type": "event", "params": {"channel": "x", "data": {"type": "string", "value": "1"}}});
         assert_eq!(event(&other_channel), None);
-        let not_a_string = json!({"method": "script.message", "type": "event", "params": {"channel": "wasup", "data": {"type": "number", "value": 1}}});
+        let not_a_string =
+            json!({"method": "script.message", "type": "event", "params": {"channel": "wasup", "data": {"type": "number", "value": 1}}});
         assert_eq!(event(&not_a_string), None);
         let crash = json!({"method": "goog:cdp.Inspector.targetCrashed", "type": "event", "params": {"event": "Inspector.targetCrashed", "params": {}, "session": "92B2"}});
         assert_eq!(event(&crash), Some(BidiEvent::Crashed));

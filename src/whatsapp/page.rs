@@ -351,7 +351,8 @@ pub enum Poll {
 ///
 /// Errors: [`PageError::Transient`] for a text that is not one of them.
 pub fn pushed(text: &str) -> Result<Poll, PageError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| PageError::Transient(format!("the page pushed something that is not JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| PageError::Transient(format!("the page pushed something that is not JSON: {e}")))?;
     if value.get("loading").is_some() {
         return Ok(Poll::Loading { logout: value.get("logout") == Some(&json!(true)) });
     }
@@ -505,11 +506,8 @@ impl Page {
         let (bidi, events) = Bidi::connect(&url).await?;
         bidi.command("session.subscribe", json!({"events": SUBSCRIBED}), BIDI_COMMAND).await.map_err(|e| e.to_string())?;
         let tree = bidi.command("browsingContext.getTree", json!({"maxDepth": 0}), BIDI_COMMAND).await.map_err(|e| e.to_string())?;
-        let context = tree
-            .pointer("/contexts/0/context")
-            .and_then(Value::as_str)
-            .ok_or("browsingContext.getTree named no context")?
-            .to_string();
+        let context =
+            tree.pointer("/contexts/0/context").and_then(Value::as_str).ok_or("browsingContext.getTree named no context")?.to_string();
         let channel = json!([{"type": "channel", "value": {"channel": CHANNEL}}]);
         let params = json!({"functionDeclaration": BOOT.as_str(), "arguments": channel});
         bidi.command("script.addPreloadScript", params, BIDI_COMMAND).await.map_err(|e| e.to_string())?;
@@ -530,7 +528,12 @@ impl Page {
             "target": {"context": pushing.context},
             "awaitPromise": false,
         });
-        pushing.bidi.command("script.callFunction", params, BIDI_COMMAND).await.map(|_| ()).map_err(|e| PageError::Transient(format!("boot: {e}")))
+        pushing
+            .bidi
+            .command("script.callFunction", params, BIDI_COMMAND)
+            .await
+            .map(|_| ())
+            .map_err(|e| PageError::Transient(format!("boot: {e}")))
     }
 
     /// One classic round trip (a trivial `execute`), for telling why a BiDi
