@@ -68,14 +68,16 @@ return {inject: true, logout};
 /// loading (and whether the page being left had queued a logout), then
 /// installs the adapter with the channel as soon as WhatsApp Web's modules
 /// are there (checked every 50 ms while the page boots, every second after
-/// 30 s). Idempotent: a second call in the same document does nothing.
+/// 30 s). Idempotent: a second call in the same document does nothing;
+/// in a frame (preload scripts run in every document, frames included) it
+/// does nothing either.
 pub static BOOT: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"(channel) => {{
   const version = {version};
   const install = {ADAPTER};
   const send = (m) => {{ try {{ channel(JSON.stringify(m)); }} catch (e) {{ /* the connection is gone: the classic drain still reads the queue */ }} }};
-  if (window.__wasup_boot === version) return;
+  if (window !== window.top || window.__wasup_boot === version) return;
   window.__wasup_boot = version;
   let logout = /[?&]post_logout=1/.test(window.location.search);
   try {{
