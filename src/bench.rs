@@ -69,6 +69,19 @@ impl EventMode {
     }
 }
 
+/// [`DaemonSetup::new`] with `mode`'s `events` line and then `extra`, and
+/// the config checked as the daemon will check it (the daemon would only
+/// fail to listen).
+///
+/// Errors: the file could not be written, or the daemon's parser refuses
+/// it (e.g. a build that does not know `[whatsapp] events`).
+pub fn daemon_setup(dir: &std::path::Path, sim_base: &str, mode: Option<EventMode>, extra: &str) -> anyhow::Result<DaemonSetup> {
+    let setup = DaemonSetup::new(dir, sim_base, &format!("{}{extra}", EventMode::config_line(mode)))?;
+    crate::config::Config::load(&setup.config)
+        .with_context(|| format!("the daemon would refuse the bench's config{}", EventMode::tag(mode)))?;
+    Ok(setup)
+}
+
 /// One row of the table: figure, measured, target.
 pub type Row = (String, String, String);
 
@@ -319,14 +332,8 @@ fn single_session(
     let dir = dir.join(format!("single-{}", mode.map_or("default", EventMode::name)));
     std::fs::create_dir_all(&dir)?;
     let sim = Sim::start(exe, &[], Log::Discard)?;
-    let setup = DaemonSetup::new(
-        &dir,
-        &sim.base,
-        &format!(
-            "{}[restart]\nboot_stagger = \"0s\"\nbackoff_base = \"500ms\"\nbackoff_cap = \"2s\"\nmax_restarts = 1000\n",
-            EventMode::config_line(mode)
-        ),
-    )?;
+    let extra = "[restart]\nboot_stagger = \"0s\"\nbackoff_base = \"500ms\"\nbackoff_cap = \"2s\"\nmax_restarts = 1000\n";
+    let setup = daemon_setup(&dir, &sim.base, mode, extra)?;
     let api = &setup.api;
     let quiet = |_: &str| {};
     let log_path = dir.join("daemon.log");

@@ -42,7 +42,7 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 use crate::bench::{mib, BenchArgs, EventMode, Row};
-use crate::launch::{wait_until, Api, ChildGuard, DaemonSetup, Log, Sim};
+use crate::launch::{wait_until, Api, ChildGuard, Log, Sim};
 use crate::procfs::{self, CpuReading, CpuUse};
 use crate::session_state::now_ms;
 
@@ -352,6 +352,11 @@ impl Drop for Teardown {
     }
 }
 
+/// `d` to the second: `30s`, `10m`.
+fn secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs_f64().round() as u64)).to_string()
+}
+
 fn pct(share: f64) -> String {
     format!("{:.2} %", share * 100.0)
 }
@@ -396,8 +401,7 @@ fn run_one(
     let run_dir = dir.join(format!("idle-{}-{n}", mode.map_or("default", EventMode::name)));
     std::fs::create_dir_all(&run_dir)?;
     let sim = Sim::start(exe, &[], Log::Discard)?;
-    let extra = format!("{}[restart]\nboot_stagger = \"0s\"\n", EventMode::config_line(mode));
-    let setup = DaemonSetup::new(&run_dir, &sim.base, &extra)?;
+    let setup = crate::bench::daemon_setup(&run_dir, &sim.base, mode, "[restart]\nboot_stagger = \"0s\"\n")?;
     let api = &setup.api;
     let daemon = setup.start_logging(exe, Log::File(run_dir.join("daemon.log"), "info"))?;
     let pid = daemon.pid().context("the daemon is gone")?;
@@ -428,11 +432,11 @@ fn run_one(
     rows.push((
         format!("idle CPU per connected session, all processes, {n} sessions{tag}"),
         format!(
-            "{} of one core (all: {} = {}; over {:?}; {} processes, {} appeared, {} vanished)",
+            "{} of one core (all: {} = {}; over {}; {} processes, {} appeared, {} vanished)",
             pct(per(idle.share(None))),
             pct(idle.share(None)),
             breakdown(&|r| pct(idle.share(Some(r)))),
-            idle.elapsed,
+            secs(idle.elapsed),
             idle.processes,
             idle.appeared(),
             idle.vanished()
@@ -441,7 +445,7 @@ fn run_one(
     ));
     rows.push((
         format!("daemon CPU, {n} idle connected sessions{tag}"),
-        format!("{} of one core (over {:?})", pct(idle.share(Some(Role::Daemon))), idle.elapsed),
+        format!("{} of one core (over {})", pct(idle.share(Some(Role::Daemon))), secs(idle.elapsed)),
         "≤ 2 %".into(),
     ));
     let pss_all: u64 = pss.iter().sum();
@@ -467,15 +471,21 @@ fn run_one(
     ));
 
     if !args.hold.is_zero() {
-        eprintln!("bench: holding {n} sessions{tag} for {:?}", args.hold);
+        eprintln!("bench: holding {n} sessions{tag} for {}", secs(args.hold));
     }
     let held = hold(api, &names, args, pid, &profiles, connected_ms);
     let connected = if args.hold.is_zero() {
         "not held (--hold 0s)".to_string()
     } else if held.off == 0 {
-        format!("all {n} CONNECTED at each of {} checks over {:?}", held.checks, args.hold)
+        format!("all {n} CONNECTED at each of {} checks over {}", held.checks, secs(args.hold))
     } else {
-        format!("{} times not CONNECTED at {} checks over {:?} (first: {})", held.off, held.checks, args.hold, held.first_off.join(", "))
+        format!(
+            "{} times not CONNECTED at {} checks over {} (first: {})",
+            held.off,
+            held.checks,
+            secs(args.hold),
+            held.first_off.join(", ")
+        )
     };
     let over_hold = held.cpu.as_ref().map_or(String::new(), |cpu| {
         format!(
