@@ -211,10 +211,11 @@ fn pair(sim: &Sim, api: &Api, names: &[String], at_once: usize) -> anyhow::Resul
                 continue;
             }
             if state == "SCAN_QR" {
-                let qr = api.call("GET", &format!("/api/sessions/{}/qr?format=raw", f.name), None)?;
+                // No QR (the state moved on since the list) or a refused
+                // scan (the QR expired or rotated in between) is harmless:
+                // the next round asks again; the deadline below bounds it.
+                let qr = api.call("GET", &format!("/api/sessions/{}/qr?format=raw", f.name), None).unwrap_or_default();
                 if let Some(qr) = qr["qr"].as_str().filter(|q| f.scanned.as_deref() != Some(*q)) {
-                    // A refused scan (the QR expired or rotated in between)
-                    // is harmless: the next round scans the QR shown then.
                     if sim.scan(qr, &phone(f.i), f.name).is_ok() {
                         f.scanned = Some(qr.to_string());
                     }

@@ -12,6 +12,7 @@
 
 pub mod actors;
 pub mod bench;
+pub mod bench_hostile;
 pub mod bench_idle;
 pub mod bench_versus;
 pub mod campaign;
