@@ -309,7 +309,7 @@ pub fn run(args: &BenchArgs, versus: &str) -> anyhow::Result<()> {
     let setup = DaemonSetup::new(&dir.0, &sim, "")?;
     let api = &setup.api;
     let quiet = |_: &str| {};
-    let n = args.sessions.max(1);
+    let n = args.sessions.iter().copied().max().unwrap_or(1);
     let data = dir.0.join("wwebjs");
     std::fs::create_dir_all(&data)?;
     let keep = std::env::var_os("WASUP_KEEP_BENCH_LOGS").is_some();

@@ -14,6 +14,8 @@
 pub mod actors;
 pub mod attachments;
 pub mod bench;
+pub mod bench_hostile;
+pub mod bench_idle;
 pub mod bench_versus;
 pub mod campaign;
 pub mod cli;

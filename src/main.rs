@@ -50,7 +50,7 @@ enum Command {
         #[command(subcommand)]
         command: cli::CampaignCommand,
     },
-    /// Measure reconnect time, send latency and memory; print a table.
+    /// Measure reconnect time, send latency, detection, and the idle CPU and memory of every process; print a table.
     Bench(bench::BenchArgs),
 }
 
