@@ -824,6 +824,11 @@ impl Config {
         if self.whatsapp.check_interval < Duration::from_millis(100) {
             return Err("whatsapp.check_interval must be at least 100ms".into());
         }
+        // An idle pushing page answers only the check: at least one must
+        // fall in every heartbeat interval.
+        if self.whatsapp.check_interval >= self.heartbeat.interval {
+            return Err("whatsapp.check_interval must be shorter than heartbeat.interval".into());
+        }
         if self.restart.backoff_base.is_zero() || self.restart.backoff_cap < self.restart.backoff_base {
             return Err("restart.backoff_base must be > 0 and <= restart.backoff_cap".into());
         }

@@ -191,13 +191,10 @@ impl Handler<CreateCampaign> for Campaigns {
                     let stored = store.create_campaign(&record, &recipients);
                     if stored.is_err() {
                         tally.remove(&record.id);
-                        if record.attachment.is_some() {
-                            if let Err(e) = attachments.remove(&record.id) {
-                                // Harmless: the next start's sweep removes
-                                // it (no record names it).
-                                tracing::warn!(campaign = %record.id, error = %e, "cannot remove the attachment of a campaign not created");
-                            }
-                        }
+                        // The attachment stays: the record may be in the
+                        // store even so (a failed flush after the insert)
+                        // and would come back without its file. The next
+                        // start's sweep removes a file no record names.
                     }
                     drop(recipients);
                     crate::procfs::release_free_memory();

@@ -183,8 +183,10 @@ pub struct Session {
     pushes: bool,
     /// Event ids handled lately (an event can arrive pushed and drained).
     seen: Seen,
-    /// `(load, seq)` of the newest snapshot applied.
-    last_snap: Option<(String, u64)>,
+    /// `(load_no, seq)` of the newest snapshot applied.
+    last_snap: Option<(u64, u64)>,
+    /// The newest snapshot applied.
+    applied: Option<page::Snapshot>,
 }
 
 /// Poll period while a send waits for its ack: the ack is seen within a few
@@ -221,6 +223,7 @@ impl Session {
             pushes: false,
             seen: Seen::default(),
             last_snap: None,
+            applied: None,
             config,
         }
     }
@@ -315,13 +318,24 @@ impl Session {
                 if events.len() < all {
                     tracing::debug!(session = %self.name, again = all - events.len(), "events handled already (pushed before, or replayed after a reload)");
                 }
-                if events.is_empty() && snap.older_than(self.last_snap.as_ref()) {
-                    // A drain answered after a later push: nothing new.
-                    return;
-                }
-                if let (Some(load), Some(seq)) = (&snap.load, snap.seq) {
-                    self.last_snap = Some((load.clone(), seq));
-                }
+                // A drain answered after later pushes (even the next
+                // document's): its events count if new, its state is out
+                // of date, so the newest state applied stands in for it.
+                let snap = match &self.applied {
+                    Some(newer) if snap.older_than(self.last_snap) => {
+                        if events.is_empty() {
+                            return;
+                        }
+                        newer.clone()
+                    }
+                    _ => {
+                        if let Some(order) = snap.order() {
+                            self.last_snap = Some(order);
+                        }
+                        self.applied = Some(snap.clone());
+                        snap
+                    }
+                };
                 self.page_state = snap.state.clone();
                 self.loading_since = None;
                 if injected {

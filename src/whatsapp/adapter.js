@@ -30,8 +30,10 @@
 // {k: "incoming", id, from, type, body, t}, {k: "loaded", post_logout}.
 // Every event carries `at` (Unix epoch ms) and `n`, unique to the event
 // (this document's load id and a sequence number). A snapshot carries the
-// same `load` id and `seq`, the number of events pushed before it, so that
-// the daemon can tell an older snapshot that arrives late from a newer one.
+// same `load` id, `load_no` (this tab's documents counted in sessionStorage)
+// and `seq`, the number of events raised before it, so that the daemon can
+// tell an older snapshot that arrives late (a drain answered after later
+// pushes, even from the document before) from a newer one.
 (function install(version, channel) {
   "use strict";
   if (window.__wasup && window.__wasup.version === version) return;
@@ -53,6 +55,15 @@
     }
   };
   const load = Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
+  // The documents of this tab, counted in sessionStorage: a snapshot of a
+  // later document is newer than any of an earlier one.
+  let loadNo = 0;
+  try {
+    loadNo = (Number(window.sessionStorage.getItem("__wasup_loads")) || 0) + 1;
+    window.sessionStorage.setItem("__wasup_loads", String(loadNo));
+  } catch (e) {
+    /* no storage: snapshots are ordered within a document only */
+  }
   let seq = 0;
   // Set once the adapter is installed: from then on each event is pushed
   // through the channel as it happens (before, they wait in the queue).
@@ -210,6 +221,7 @@
       qr,
       post_logout: /[?&]post_logout=1/.test(window.location.search),
       load,
+      load_no: loadNo,
       seq,
     };
   };

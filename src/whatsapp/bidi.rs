@@ -36,7 +36,9 @@ pub const CHANNEL: &str = "wasup";
 pub const SUBSCRIBED: [&str; 3] = ["script.message", "goog:cdp.Inspector.targetCrashed", "browsingContext.navigationStarted"];
 
 /// How many events may wait for the Session before chromedriver's socket is
-/// no longer read (the page then waits: nothing is dropped).
+/// no longer read. Nothing is dropped then: what follows queues up in
+/// chromedriver and the socket (command answers behind it, so a command may
+/// time out) until the Session catches up.
 const EVENT_BUFFER: usize = 1024;
 
 /// Something the browser pushed.

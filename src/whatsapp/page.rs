@@ -73,11 +73,11 @@ return {inject: true, logout};
 /// does nothing either.
 pub static BOOT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        r#"(channel) => {{
+        r#"(channel, force) => {{
   const version = {version};
   const install = {ADAPTER};
   const send = (m) => {{ try {{ channel(JSON.stringify(m)); }} catch (e) {{ /* the connection is gone: the classic drain still reads the queue */ }} }};
-  if (window !== window.top || window.__wasup_boot === version) return;
+  if (window !== window.top || (window.__wasup_boot === version && !force)) return;
   window.__wasup_boot = version;
   let logout = /[?&]post_logout=1/.test(window.location.search);
   try {{
@@ -91,7 +91,11 @@ pub static BOOT: LazyLock<String> = LazyLock::new(|| {
   let tries = 0;
   const attempt = () => {{
     if (window.__wasup && window.__wasup.version === version) return;
-    if (ready()) {{ install(version, send); return; }}
+    if (ready()) {{
+      // A module the adapter needs may come a moment after the socket
+      // model: a failed install is tried again, never given up.
+      try {{ install(version, send); return; }} catch (e) {{ /* retried below */ }}
+    }}
     tries += 1;
     setTimeout(attempt, tries < 600 ? 50 : 1000);
   }};
@@ -271,21 +275,29 @@ pub struct Snapshot {
     /// The adapter's load id (one per document it was installed in).
     #[serde(default)]
     pub load: Option<String>,
+    /// The tab's documents counted up to this one (1 for the first; 0 when
+    /// the page has no sessionStorage).
+    #[serde(default)]
+    pub load_no: Option<u64>,
     /// Events the adapter had raised in this document when it took the
-    /// snapshot: of two snapshots of one load, the higher is the newer.
+    /// snapshot.
     #[serde(default)]
     pub seq: Option<u64>,
 }
 
 impl Snapshot {
-    /// Whether this snapshot is older than `last` (`(load, seq)` of the
-    /// newest one applied): a drained snapshot can arrive after a pushed
-    /// one taken later.
-    pub fn older_than(&self, last: Option<&(String, u64)>) -> bool {
-        match (last, &self.load, self.seq) {
-            (Some((load, seq)), Some(mine), Some(my_seq)) => load == mine && my_seq < *seq,
-            _ => false,
-        }
+    /// Where this snapshot stands among the page's: `(load_no, seq)`,
+    /// ordered (a later document's snapshots are newer than any of an
+    /// earlier one's). `None` from an adapter that gives no order.
+    pub fn order(&self) -> Option<(u64, u64)> {
+        Some((self.load_no?, self.seq?))
+    }
+
+    /// Whether this snapshot is older than `last` (the order of the newest
+    /// one applied): a drain can be answered after pushes taken later, even
+    /// after the next document's.
+    pub fn older_than(&self, last: Option<(u64, u64)>) -> bool {
+        matches!((last, self.order()), (Some(last), Some(mine)) if mine < last)
     }
 }
 
@@ -505,13 +517,17 @@ impl Page {
             .and_then(Value::as_str)
             .ok_or("chromedriver answered no webSocketUrl")?
             .to_string();
-        let (bidi, events) = Bidi::connect(&url).await?;
+        let (bidi, events) = tokio::time::timeout(BIDI_COMMAND, Bidi::connect(&url))
+            .await
+            .map_err(|_| format!("BiDi connect: no answer within {BIDI_COMMAND:?}"))??;
         bidi.command("session.subscribe", json!({"events": SUBSCRIBED}), BIDI_COMMAND).await.map_err(|e| e.to_string())?;
         let tree = bidi.command("browsingContext.getTree", json!({"maxDepth": 0}), BIDI_COMMAND).await.map_err(|e| e.to_string())?;
         let context =
             tree.pointer("/contexts/0/context").and_then(Value::as_str).ok_or("browsingContext.getTree named no context")?.to_string();
         let channel = json!([{"type": "channel", "value": {"channel": CHANNEL}}]);
-        let params = json!({"functionDeclaration": BOOT.as_str(), "arguments": channel});
+        // Only the page's own tab: a tab WhatsApp Web opens for a link must
+        // not get the adapter (nor speak on its channel).
+        let params = json!({"functionDeclaration": BOOT.as_str(), "arguments": channel, "contexts": [context]});
         bidi.command("script.addPreloadScript", params, BIDI_COMMAND).await.map_err(|e| e.to_string())?;
         Ok((Pushing { bidi, context }, events))
     }
@@ -521,12 +537,13 @@ impl Page {
         self.bidi.is_some()
     }
 
-    /// Runs [`BOOT`] in the current document now (the page got there
-    /// without the preload script, e.g. a document that existed before it).
+    /// Runs [`BOOT`] in the current document now, even if it ran there
+    /// already (the page is ready and still has no adapter: the preload
+    /// script did not run, or its install keeps failing).
     async fn boot(&self, pushing: &Pushing) -> Result<(), PageError> {
         let params = json!({
             "functionDeclaration": BOOT.as_str(),
-            "arguments": [{"type": "channel", "value": {"channel": CHANNEL}}],
+            "arguments": [{"type": "channel", "value": {"channel": CHANNEL}}, {"type": "boolean", "value": true}],
             "target": {"context": pushing.context},
             "awaitPromise": false,
         });
@@ -691,6 +708,27 @@ mod tests {
         assert_eq!([0, 1, piece, piece + 1].map(media_send_commands), [2, 2, 2, 3]);
         // WhatsApp's 100 MB document limit: 128 pieces.
         assert_eq!(media_send_commands(100_000_000), 129);
+    }
+
+    #[test]
+    fn a_late_snapshot_is_older_even_from_the_document_before() {
+        let snap = |load_no, seq| Snapshot { load_no: Some(load_no), seq: Some(seq), ..Snapshot::default() };
+        assert!(snap(2, 3).older_than(Some((2, 5))), "a drain answered after later pushes");
+        assert!(snap(1, 9).older_than(Some((2, 0))), "the document before, answered after the next one pushed");
+        assert!(!snap(2, 5).older_than(Some((2, 5))), "the same point is not older");
+        assert!(!snap(3, 0).older_than(Some((2, 5))));
+        assert!(!Snapshot::default().older_than(Some((2, 5))), "an adapter without order is taken as it comes");
+        assert!(!snap(1, 0).older_than(None));
+    }
+
+    #[test]
+    fn pushed_messages_parse() {
+        assert_eq!(pushed(r#"{"loading": true, "logout": true}"#).unwrap(), Poll::Loading { logout: true });
+        let ready = pushed(r#"{"events": [{"k": "ack", "id": "3EB0AA", "ack": 1, "at": 1, "n": "x.0"}], "snap": {"state": "CONNECTED", "synced": true, "load": "x", "load_no": 1, "seq": 1}}"#).unwrap();
+        let Poll::Ready { events, snap, injected } = ready else { panic!("{ready:?}") };
+        assert_eq!((events[0].n.as_deref(), snap.order(), injected), (Some("x.0"), Some((1, 1)), false));
+        assert!(pushed("not json").is_err());
+        assert!(pushed(r#"{"events": []}"#).is_err(), "no snapshot");
     }
 
     #[test]
