@@ -301,6 +301,7 @@ impl Session {
                 self.answered = true;
                 self.page_state = SocketState::Loading;
                 if let Some(reason) = self.observer.loading(logout) {
+                    self.logged_out_now(SessionState::LoggedOut, reason);
                     self.state = SessionState::LoggedOut;
                     return self.end(reason, "logout queued by the page being left".into(), ctx);
                 }
@@ -371,6 +372,7 @@ impl Session {
                 let qr_changed = snap.qr != self.qr;
                 self.qr = snap.qr;
                 if let Some(reason) = verdict.end {
+                    self.logged_out_now(verdict.state, reason);
                     self.state = verdict.state;
                     return self.end(reason, format!("page state {}", snap.state), ctx);
                 }
@@ -384,6 +386,15 @@ impl Session {
                 }
                 self.report(verdict.state, verdict.reason, qr_changed, me_changed);
             }
+        }
+    }
+
+    /// A logout or a revoked device is reported the moment it is seen, not
+    /// after the browser has closed: campaigns stop sending to it at once,
+    /// and the Supervisor's relink later records the same state (so once).
+    fn logged_out_now(&mut self, state: SessionState, reason: EndReason) {
+        if state == SessionState::LoggedOut {
+            self.report(state, Some(reason.as_str()), false, false);
         }
     }
 
