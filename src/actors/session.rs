@@ -179,12 +179,8 @@ pub struct Session {
     /// The page's `Socket.state` at the last poll (`LOADING` while loading).
     page_state: SocketState,
     takeover_pending: bool,
-    /// The page pushes its events (BiDi); polled otherwise.
-    pushes: bool,
     /// Event ids handled lately (an event can arrive pushed and drained).
     seen: Seen,
-    /// `(load_no, seq)` of the newest snapshot applied.
-    last_snap: Option<(u64, u64)>,
     /// The newest snapshot applied.
     applied: Option<page::Snapshot>,
 }
@@ -220,9 +216,7 @@ impl Session {
             answered: false,
             page_state: SocketState::Loading,
             takeover_pending: false,
-            pushes: false,
             seen: Seen::default(),
-            last_snap: None,
             applied: None,
             config,
         }
@@ -269,7 +263,7 @@ impl Session {
             reason: reason.map(str::to_string),
             me: self.me.clone(),
             qr: if state == SessionState::ScanQr { self.qr.clone() } else { None },
-            events: self.page.as_ref().map(|p| if p.pushes() { EventMode::Bidi } else { EventMode::Poll }),
+            events: self.page.as_ref().map(Page::events),
         });
     }
 
@@ -323,16 +317,13 @@ impl Session {
                 // document's): its events count if new, its state is out
                 // of date, so the newest state applied stands in for it.
                 let snap = match &self.applied {
-                    Some(newer) if snap.older_than(self.last_snap) => {
+                    Some(newer) if snap.older_than(newer) => {
                         if events.is_empty() {
                             return;
                         }
                         newer.clone()
                     }
                     _ => {
-                        if let Some(order) = snap.order() {
-                            self.last_snap = Some(order);
-                        }
                         self.applied = Some(snap.clone());
                         snap
                     }
@@ -469,7 +460,7 @@ impl Session {
     /// Polls every [`FAST_POLL`] while any send waits for its ack (a page
     /// that pushes its acks needs no polling).
     fn fast_poll(&mut self, ctx: &mut Context<Self>) {
-        if self.fast_polling || self.pushes {
+        if self.fast_polling || self.page.as_ref().is_some_and(|p| p.events() == EventMode::Bidi) {
             return;
         }
         self.fast_polling = true;
@@ -526,7 +517,7 @@ impl Actor for Session {
                         ctx.spawn(async move { page.close(Duration::from_secs(10)).await }.into_actor(act));
                         return;
                     }
-                    act.pushes = page.pushes();
+                    let mode = page.events();
                     act.page = Some(page);
                     act.loading_since = Some(Instant::now());
                     act.report(SessionState::Starting, Some("loading page"), false, false);
@@ -536,7 +527,7 @@ impl Actor for Session {
                     } else {
                         act.config.whatsapp.poll_interval
                     };
-                    tracing::info!(session = %act.name, events = if act.pushes { "bidi" } else { "poll" }, "page opened");
+                    tracing::info!(session = %act.name, events = mode.as_str(), "page opened");
                     act.tick(ctx);
                     ctx.run_interval(every, |act, ctx| act.tick(ctx));
                     ctx.run_interval(act.config.heartbeat.interval, |act, ctx| act.heartbeat(ctx));

@@ -44,33 +44,40 @@ pub fn media_send_commands(bytes: u64) -> u32 {
     u32::try_from(pieces.saturating_add(1)).unwrap_or(u32::MAX)
 }
 
-/// One poll's script: drain if the adapter is there, else say why not.
-/// While a new page loads, the previous adapter's queue is already in
-/// sessionStorage: a logout queued there (or `?post_logout=1`) is reported
-/// at once rather than after the new page has booted. `arguments[1]`:
-/// whether to ask for an injection when the page is ready without the
-/// adapter (in BiDi mode the preload script installs it).
-const TICK: &str = r#"
+/// A JS expression: whether the page being left queued a logout (its
+/// adapter's queue is in sessionStorage) or this is the `?post_logout=1`
+/// page. Without storage only the URL tells.
+const QUEUED_LOGOUT: &str = r#"(() => {
+  if (/[?&]post_logout=1/.test(window.location.search)) return true;
+  try {
+    const q = JSON.parse(window.sessionStorage.getItem("__wasup_queue") || "[]");
+    return Array.isArray(q) && q.some((e) => e && e.k === "logout");
+  } catch (e) { return false; }
+})()"#;
+
+/// A JS expression: whether WhatsApp Web's modules are there
+/// (`window.Debug.VERSION` and `WAWebSocketModel`), so the adapter can be
+/// installed.
+const MODULES_READY: &str = r#"(() => {
+  try { return !!(window.Debug && window.Debug.VERSION) && !!window.require("WAWebSocketModel"); } catch (e) { return false; }
+})()"#;
+
+/// One poll's script (`arguments[0]`: the adapter's version): drain if the
+/// adapter is there, else say why not. While a new page loads, the previous
+/// adapter's queue is already in sessionStorage: a logout queued there (or
+/// `?post_logout=1`) is reported at once rather than after the new page
+/// has booted. A page ready without the adapter answers `inject`.
+static TICK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
 const v = arguments[0];
 if (window.__wasup && window.__wasup.version === v) return window.__wasup.drain();
-let logout = /[?&]post_logout=1/.test(window.location.search);
-try {
-  const q = JSON.parse(window.sessionStorage.getItem("__wasup_queue") || "[]");
-  logout = logout || (Array.isArray(q) && q.some((e) => e && e.k === "logout"));
-} catch (e) { /* no storage: only the URL tells */ }
-if (!(window.Debug && window.Debug.VERSION)) return {loading: true, logout};
-try { window.require('WAWebSocketModel'); } catch (e) { return {loading: true, logout}; }
-return {inject: true, logout};
-"#;
+const logout = {QUEUED_LOGOUT};
+return {MODULES_READY} ? {{inject: true, logout}} : {{loading: true, logout}};
+"#
+    )
+});
 
-/// The BiDi preload script: a function of the channel, run in every
-/// document before the page's own scripts. It says at once that a page is
-/// loading (and whether the page being left had queued a logout), then
-/// installs the adapter with the channel as soon as WhatsApp Web's modules
-/// are there (checked every 50 ms while the page boots, every second after
-/// 30 s). Idempotent: a second call in the same document does nothing;
-/// in a frame (preload scripts run in every document, frames included) it
-/// does nothing either.
 pub static BOOT: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"(channel, force) => {{
@@ -79,15 +86,8 @@ pub static BOOT: LazyLock<String> = LazyLock::new(|| {
   const send = (m) => {{ try {{ channel(JSON.stringify(m)); }} catch (e) {{ /* the connection is gone: the classic drain still reads the queue */ }} }};
   if (window !== window.top || (window.__wasup_boot === version && !force)) return;
   window.__wasup_boot = version;
-  let logout = /[?&]post_logout=1/.test(window.location.search);
-  try {{
-    const q = JSON.parse(window.sessionStorage.getItem("__wasup_queue") || "[]");
-    logout = logout || (Array.isArray(q) && q.some((e) => e && e.k === "logout"));
-  }} catch (e) {{ /* no storage: only the URL tells */ }}
-  send({{loading: true, logout}});
-  const ready = () => {{
-    try {{ return !!(window.Debug && window.Debug.VERSION) && !!window.require("WAWebSocketModel"); }} catch (e) {{ return false; }}
-  }};
+  send({{loading: true, logout: {QUEUED_LOGOUT}}});
+  const ready = () => {MODULES_READY};
   let tries = 0;
   const attempt = () => {{
     if (window.__wasup && window.__wasup.version === version) return;
@@ -293,11 +293,11 @@ impl Snapshot {
         Some((self.load_no?, self.seq?))
     }
 
-    /// Whether this snapshot is older than `last` (the order of the newest
-    /// one applied): a drain can be answered after pushes taken later, even
+    /// Whether this snapshot was taken before `newer` (the newest one
+    /// applied): a drain can be answered after pushes taken later, even
     /// after the next document's.
-    pub fn older_than(&self, last: Option<(u64, u64)>) -> bool {
-        matches!((last, self.order()), (Some(last), Some(mine)) if mine < last)
+    pub fn older_than(&self, newer: &Snapshot) -> bool {
+        matches!((newer.order(), self.order()), (Some(newer), Some(mine)) if mine < newer)
     }
 }
 
@@ -532,9 +532,13 @@ impl Page {
         Ok((Pushing { bidi, context }, events))
     }
 
-    /// Whether the page pushes its events (BiDi) rather than being polled.
-    pub fn pushes(&self) -> bool {
-        self.bidi.is_some()
+    /// How the page's events arrive: pushed (BiDi) or polled.
+    pub fn events(&self) -> EventMode {
+        if self.bidi.is_some() {
+            EventMode::Bidi
+        } else {
+            EventMode::Poll
+        }
     }
 
     /// Runs [`BOOT`] in the current document now, even if it ran there
@@ -573,7 +577,7 @@ impl Page {
     /// pushing page gets [`BOOT`] run over BiDi instead, if the preload
     /// script did not install it.
     pub async fn poll(&self) -> Result<Poll, PageError> {
-        let value = self.client.execute(TICK, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?;
+        let value = self.client.execute(&TICK, vec![json!(ADAPTER_VERSION)]).await.map_err(classify)?;
         if value.get("loading").is_some() {
             return Ok(Poll::Loading { logout: value.get("logout") == Some(&json!(true)) });
         }
@@ -713,12 +717,12 @@ mod tests {
     #[test]
     fn a_late_snapshot_is_older_even_from_the_document_before() {
         let snap = |load_no, seq| Snapshot { load_no: Some(load_no), seq: Some(seq), ..Snapshot::default() };
-        assert!(snap(2, 3).older_than(Some((2, 5))), "a drain answered after later pushes");
-        assert!(snap(1, 9).older_than(Some((2, 0))), "the document before, answered after the next one pushed");
-        assert!(!snap(2, 5).older_than(Some((2, 5))), "the same point is not older");
-        assert!(!snap(3, 0).older_than(Some((2, 5))));
-        assert!(!Snapshot::default().older_than(Some((2, 5))), "an adapter without order is taken as it comes");
-        assert!(!snap(1, 0).older_than(None));
+        assert!(snap(2, 3).older_than(&snap(2, 5)), "a drain answered after later pushes");
+        assert!(snap(1, 9).older_than(&snap(2, 0)), "the document before, answered after the next one pushed");
+        assert!(!snap(2, 5).older_than(&snap(2, 5)), "the same point is not older");
+        assert!(!snap(3, 0).older_than(&snap(2, 5)));
+        assert!(!Snapshot::default().older_than(&snap(2, 5)), "an adapter without order is taken as it comes");
+        assert!(!snap(1, 0).older_than(&Snapshot::default()));
     }
 
     #[test]
