@@ -228,10 +228,12 @@ impl Shell for Io<'_> {
         Ok(self.0.volatile_number.clone().unwrap_or_else(|| self.0.durable_number.clone()))
     }
 
-    fn number_ended(&mut self, number: &NumberRecord) {
-        if !self.0.write_fails() {
-            self.0.volatile_number = Some(number.clone());
+    fn number_ended(&mut self, number: &NumberRecord) -> bool {
+        if self.0.write_fails() {
+            return false;
         }
+        self.0.volatile_number = Some(number.clone());
+        true
     }
 
     fn contact(&self, idx: u32) -> Result<Contact, String> {

@@ -460,12 +460,13 @@ pub trait Shell {
     fn day_count(&self, day: &str) -> Result<DayCount, String>;
     /// The number's stored pacing state. Errors: the store cannot be read.
     fn number(&self) -> Result<NumberRecord, String>;
-    /// Stores the number's state after a send ended (not flushed). Errors
-    /// are harmless and ignored: the gap then counts from the send's start
-    /// and the number stays busy for at most the send timeout (within this
-    /// daemon run), which only
-    /// slows it down.
-    fn number_ended(&mut self, number: &NumberRecord);
+    /// Stores the number's state after a send ended (not flushed); false
+    /// if the store did not take it. A lost end only slows the number down:
+    /// its gap counts from the send's start, and other campaigns find it
+    /// busy for at most the send timeout (within this daemon run); the
+    /// campaign whose send it was stores the end again before its next
+    /// send.
+    fn number_ended(&mut self, number: &NumberRecord) -> bool;
     /// What the next send needs to know of recipient `idx`'s contact: on
     /// the session's opt-out list, and whether it ever wrote to the
     /// account. Errors: the store cannot be read (no send then).
@@ -560,7 +561,8 @@ pub struct Machine {
     finish_after: Option<(CampaignState, Option<Reason>)>,
     store_fault: bool,
     done: bool,
-    /// The busy mark of this campaign's send under way on the number.
+    /// The busy mark of this campaign's send on the number, while the send
+    /// is under way or its end is not stored yet.
     number_mark: Option<u64>,
 }
 
@@ -675,7 +677,9 @@ impl Machine {
                 self.flight = None;
                 // The number's gap counts from the end of its send.
                 if let Ok(number) = shell.number() {
-                    shell.number_ended(&number.ended(now_ms, self.number_mark.take()));
+                    if shell.number_ended(&number.ended(now_ms, self.number_mark)) {
+                        self.number_mark = None;
+                    }
                 }
                 self.sent(idx, result, now_ms, shell);
                 self.settled(now_ms, rng, shell);
@@ -1019,13 +1023,22 @@ impl Machine {
                 return self.pause_for_store(now_ms, shell);
             }
         };
-        let number = match shell.number() {
+        let mut number = match shell.number() {
             Ok(n) => n,
             Err(e) => {
                 self.fault(e, shell);
                 return self.pause_for_store(now_ms, shell);
             }
         };
+        if self.number_mark.is_some() && number.busy_until_ms == self.number_mark {
+            // This campaign's last send is over but its end was not stored
+            // (the store failed then): store it now. Stored or not, that
+            // mark no longer holds the number for this campaign.
+            number = number.ended(now_ms, self.number_mark);
+            if shell.number_ended(&number) {
+                self.number_mark = None;
+            }
+        }
         if let Some(busy) = number.busy(now_ms, self.settings.boot) {
             // Another campaign's send holds the number: look again soon (its
             // end starts the number's gap). Nothing is stored for this.
@@ -1182,7 +1195,8 @@ impl Machine {
             // (stored unflushed: a lost write only keeps the ramp lower).
             if self.pacing.number.warmup.is_some() {
                 if let Ok(number) = shell.number() {
-                    shell.number_ended(&number.delivered(self.pacing.day(ts(now_ms)), &self.pacing.number));
+                    // A lost write only keeps the ramp lower (above).
+                    let _ = shell.number_ended(&number.delivered(self.pacing.day(ts(now_ms)), &self.pacing.number));
                 }
             }
             self.moved(idx, RecipientState::Sending, RecipientState::Sent, shell);

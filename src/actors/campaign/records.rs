@@ -81,10 +81,10 @@ impl Records {
         self.store.number(&self.session).map_err(|e| e.to_string())
     }
 
-    /// Stores the number's state after a send ended, not flushed. Harmless
-    /// if it fails (see `Shell::number_ended`).
-    pub(super) fn number_ended(&self, number: &NumberRecord) {
-        let _ = self.store.put_number(&self.session, number, false);
+    /// Stores the number's state after a send ended, not flushed; false if
+    /// the store did not take it (see `Shell::number_ended`).
+    pub(super) fn number_ended(&self, number: &NumberRecord) -> bool {
+        self.store.put_number(&self.session, number, false).is_ok()
     }
 
     /// Whether recipient `idx`'s contact is on the opt-out list, and

@@ -62,8 +62,8 @@ impl Shell for Io {
         self.records.number()
     }
 
-    fn number_ended(&mut self, number: &NumberRecord) {
-        self.records.number_ended(number);
+    fn number_ended(&mut self, number: &NumberRecord) -> bool {
+        self.records.number_ended(number)
     }
 
     fn contact(&self, idx: u32) -> Result<Contact, String> {
