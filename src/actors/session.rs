@@ -25,7 +25,7 @@ use crate::actors::driver::{Driver, GetDriverUrl};
 use crate::actors::messages::{MessageAcked, MessageReceived, SessionEnded, SessionHealth, SessionStatus};
 use crate::config::{Config, ConflictPolicy, EventMode};
 use crate::policy::health::{self, Beat, Heartbeat};
-use crate::policy::EndReason;
+use crate::policy::{Action, EndReason};
 use crate::profile;
 use crate::session_state::now_ms;
 use crate::session_state::{Me, SessionState};
@@ -229,6 +229,13 @@ impl Session {
         }
         self.ended = true;
         tracing::warn!(session = %self.name, event = "session.ended", reason = %reason, detail = %detail, "session ended");
+        // An end the policy restarts is recorded now, not after the browser
+        // has closed (about 170 ms): campaigns pause at once and detection
+        // is the event's own latency. The Supervisor's restart records the
+        // same state and reason, so the history holds it once.
+        if reason.action() == Action::RestartWithBackoff {
+            self.report(SessionState::Reconnecting, Some(reason.as_str()), false, false);
+        }
         for (_, waiter) in self.waiting.drain() {
             let _ = waiter.send(Err(SendError::Page(format!("session ended: {reason}"))));
         }
