@@ -24,7 +24,8 @@ use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use wasup::campaign::{CampaignRecord, CampaignState, Counts, PacingSpec, RecipientRecord, RecipientState};
 use wasup::policy::campaign::{
-    Change, Command, CommandError, Contact, Entry, Input, LookupResult, Machine, Note, RecipientReason, SendResult, Settings, Shell, Timer,
+    outlook, Change, Command, CommandError, Contact, Entry, Input, LookupResult, Machine, Note, Reason, RecipientReason, SendResult,
+    SessionOutlook, Settings, Shell, Timer,
 };
 use wasup::policy::pacing::{DayCount, NumberRecord, NumberRules, Pacing, QuietHours, Warmup};
 use wasup::session_state::SessionState;
@@ -416,6 +417,7 @@ impl Run {
             max_opt_out_rate: 0.2,
             opt_out_min_sent: 2,
             boot: 1,
+            conflict_takeover: seed % 2 == 0,
         };
         let record = CampaignRecord {
             state: CampaignState::Running,
@@ -585,17 +587,19 @@ impl Run {
                 self.settle(i, how, false);
             }
             Op::Session(s) => {
-                let state = match s % 10 {
+                let state = match s % 12 {
                     0..=4 => SessionState::Connected,
                     5 | 6 => SessionState::Reconnecting,
                     7 => SessionState::Starting,
                     8 => SessionState::ScanQr,
-                    _ if s % 40 == 9 => SessionState::LoggedOut,
-                    _ if s % 40 == 19 => SessionState::Blocked,
-                    _ => SessionState::Connected,
+                    9 => SessionState::Stopped,
+                    10 => SessionState::Conflict,
+                    _ => [SessionState::LoggedOut, SessionState::Blocked, SessionState::Failed][usize::from(s / 12 % 3)],
                 };
                 self.world.session = state;
+                let (before, reason) = (self.machine.record().state, self.machine.reason().cloned());
                 self.feed(Input::Session { state, detail: "model".into() });
+                self.check_session_outlook(state, before, reason);
             }
             Op::Ack(i, ack) => {
                 let in_flight = self.world.outstanding.iter().any(|o| matches!(o, Outstanding::Send { idx, .. } if *idx == i));
@@ -665,6 +669,31 @@ impl Run {
         }
     }
 
+    /// After the session entered `state` (the campaign was `before`, for
+    /// `reason`): one that only a person can mend fails a campaign that has
+    /// not ended at once (entered, or waiting for its flight or the store),
+    /// except an operator's pause across a relink; one that comes back
+    /// never fails it.
+    fn check_session_outlook(&mut self, state: SessionState, before: CampaignState, reason: Option<Reason>) {
+        if before.is_final() || self.world.finished {
+            return;
+        }
+        let now = self.machine.record().state;
+        let failing = now == CampaignState::Failed || self.machine.finishing().is_some();
+        let relink_while_paused = matches!(state, SessionState::LoggedOut | SessionState::ScanQr)
+            && before == CampaignState::Paused
+            && reason == Some(Reason::Operator);
+        match outlook(state, self.settings.conflict_takeover) {
+            SessionOutlook::NeedsHuman if !failing && !relink_while_paused => {
+                self.world.violations.push(format!("session {state}: the campaign is {now:?}, not FAILED at once"));
+            }
+            SessionOutlook::Returns | SessionOutlook::Ready if now == CampaignState::Failed && before != CampaignState::Failed => {
+                self.world.violations.push(format!("session {state}, which comes back: the campaign FAILED ({:?})", self.machine.reason()));
+            }
+            _ => {}
+        }
+    }
+
     /// A sound store and a connected session, until the campaign ends.
     /// The session's change is pushed once, as the Supervisor does; from
     /// then on only outstanding answers and timers move the campaign, so a
@@ -700,14 +729,7 @@ impl Run {
                 continue;
             }
             if self.machine.record().state == CampaignState::Paused
-                && matches!(
-                    self.machine.reason(),
-                    Some(
-                        wasup::policy::campaign::Reason::Operator
-                            | wasup::policy::campaign::Reason::OptOutRate
-                            | wasup::policy::campaign::Reason::AttachmentUnreadable(_)
-                    )
-                )
+                && matches!(self.machine.reason(), Some(Reason::Operator | Reason::OptOutRate | Reason::AttachmentUnreadable(_)))
                 && self.machine.finishing().is_none()
             {
                 let now = self.world.now;

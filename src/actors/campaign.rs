@@ -104,6 +104,7 @@ pub fn settings_for(config: &Config, record: &CampaignRecord) -> Settings {
         max_opt_out_rate: c.max_opt_out_rate,
         opt_out_min_sent: c.opt_out_min_sent,
         boot: crate::session_state::boot_id(),
+        conflict_takeover: config.restart.conflict == crate::config::ConflictPolicy::Takeover,
     }
 }
 

@@ -11,15 +11,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
 
 use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt, Replied};
 use crate::actors::messages::{Finished, MessageAcked, MessageReceived, SessionChanged};
 use crate::actors::supervisor::{GetSession, Supervisor, SupervisorError};
 use crate::attachments::Attachments;
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
-use crate::config::Config;
+use crate::config::{Config, ConflictPolicy};
 use crate::events::{Event, EventName, Events};
-use crate::policy::campaign::{ack_applies, transition, Change, CommandError};
+use crate::policy::campaign::{ack_applies, start_refusal, transition, Change, Command as Cmd, CommandError};
 use crate::session_state::now_ms;
 use crate::store::{OptOut, Store};
 use crate::whatsapp::media::Media;
@@ -159,13 +160,21 @@ impl Handler<CreateCampaign> for Campaigns {
         let (supervisor, store, config, tally) = (self.supervisor.clone(), self.store.clone(), self.config.clone(), self.tally.clone());
         Box::pin(
             async move {
-                match supervisor.send(GetSession { name: msg.record.session.clone() }).await {
-                    Ok(Ok(_)) => {}
+                let session = match supervisor.send(GetSession { name: msg.record.session.clone() }).await {
+                    Ok(Ok(view)) => view,
                     Ok(Err(SupervisorError::NotFound(name) | SupervisorError::InvalidName(name))) => {
                         return Err(CampaignError::NoSession(name))
                     }
                     Ok(Err(e)) => return Err(CampaignError::Internal(e.to_string())),
                     Err(e) => return Err(CampaignError::Internal(e.to_string())),
+                };
+                // A start that waiting cannot help is refused before
+                // anything is stored: nothing is created.
+                let takeover = config.restart.conflict == ConflictPolicy::Takeover;
+                if msg.start {
+                    if let Some(refused) = start_refusal(&session.name, session.state, takeover, Cmd::Start) {
+                        return Err(CampaignError::WrongState(refused));
+                    }
                 }
                 let mut record = msg.record;
                 pacing_for(&record, &config).map_err(CampaignError::WrongState)?;
@@ -217,9 +226,55 @@ impl Handler<CreateCampaign> for Campaigns {
 }
 
 impl Handler<Command> for Campaigns {
-    type Result = ResponseFuture<Result<CampaignRecord, CampaignError>>;
+    type Result = ResponseActFuture<Self, Result<CampaignRecord, CampaignError>>;
 
+    /// A start or resume first asks the Supervisor for the session's
+    /// state: one that only a person can mend (or a stopped one) refuses
+    /// the command ([`start_refusal`]: 409, nothing changed). A command
+    /// the campaign's state does not allow is refused first, with its own
+    /// message.
     fn handle(&mut self, msg: Command, ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(msg.command, Cmd::Start | Cmd::Resume) {
+            return Box::pin(self.command(msg, ctx).into_actor(self));
+        }
+        let session = match self.running.get(&msg.id) {
+            Some((session, _)) => session.clone(),
+            None => {
+                let checked = self.stored(&msg.id).and_then(|r| {
+                    transition(r.state, msg.command).map_err(CampaignError::WrongState)?;
+                    Ok(r.session)
+                });
+                match checked {
+                    Ok(session) => session,
+                    Err(e) => return Box::pin(fut::ready(Err(e))),
+                }
+            }
+        };
+        let supervisor = self.supervisor.clone();
+        let takeover = self.config.restart.conflict == ConflictPolicy::Takeover;
+        let ask = GetSession { name: session.clone() };
+        Box::pin(async move { supervisor.send(ask).await }.into_actor(self).then(move |answer, act, ctx| {
+            let refused = match answer {
+                Ok(Ok(view)) => start_refusal(&session, view.state, takeover, msg.command).map(CampaignError::WrongState),
+                Ok(Err(SupervisorError::NotFound(_))) => Some(CampaignError::WrongState(format!(
+                    "session {session} no longer exists: create the campaign again on a session that does"
+                ))),
+                Ok(Err(e)) => Some(CampaignError::Internal(e.to_string())),
+                Err(e) => Some(CampaignError::Internal(e.to_string())),
+            };
+            let done: actix::fut::LocalBoxActorFuture<Self, _> = match refused {
+                Some(e) => Box::pin(fut::ready(Err(e))),
+                None => Box::pin(act.command(msg, ctx).into_actor(act)),
+            };
+            done
+        }))
+    }
+}
+
+impl Campaigns {
+    /// Carries out an operator's command: through the campaign's actor if
+    /// it runs, else on the stored record (one that starts gets an actor).
+    fn command(&mut self, msg: Command, ctx: &mut Context<Self>) -> LocalBoxFuture<'static, Result<CampaignRecord, CampaignError>> {
         if let Some((_, addr)) = self.running.get(&msg.id) {
             let addr = addr.clone();
             return Box::pin(async move {

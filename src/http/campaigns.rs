@@ -312,7 +312,9 @@ fn check_input(
 /// `file` part: an attachment sent to every recipient, the rendered
 /// template its caption. Every row and the file are checked before
 /// anything is stored; the file is stored (durably) before the campaign.
-/// A `DRAFT` unless `start`.
+/// A `DRAFT` unless `start`. With `start`, the session must be `CONNECTED`
+/// or on its way back (`STARTING`, `RECONNECTING`: the campaign waits for
+/// it up to `campaigns.resume_grace`); otherwise 409 and nothing is created.
 #[utoipa::path(
     post,
     operation_id = "create_campaign",
@@ -326,7 +328,7 @@ fn check_input(
         (status = 201, description = "Created", body = CampaignView),
         (status = 400, description = "Invalid input or over a `[limits]` bound (named in the message); `rows` lists the bad rows (the first 100; with an attachment, also captions over 1,024 characters); a file part without a `Content-Type`, or empty. Nothing was stored", body = InputErrorBody),
         (status = 408, description = "The body took longer than `limits.body_timeout`", body = ErrorBody),
-        (status = 409, description = "The pacing cannot be applied", body = ErrorBody),
+        (status = 409, description = "The pacing cannot be applied; or `start` on a session that waiting cannot bring back (`SCAN_QR`, `LOGGED_OUT`, `BLOCKED`, `FAILED`, `STOPPED`, or `CONFLICT` unless `restart.conflict = \"takeover\"`): the message says what to do first. Nothing was stored", body = ErrorBody),
         (status = 413, description = "Parts other than `file` over `http.max_body_bytes`, template over `limits.template_bytes`, or the file over its kind's `[media]` limit (named in the message). Nothing was stored", body = ErrorBody),
         (status = 422, description = "No such session, or a photo whose bytes are not its `Content-Type`", body = ErrorBody),
         (status = 500, description = "The attachment could not be written. Nothing was stored", body = ErrorBody),
@@ -566,7 +568,10 @@ async fn command(state: web::Data<AppState>, id: String, command: CampaignComman
 
 /// Start a campaign
 ///
-/// A `DRAFT` starts sending.
+/// A `DRAFT` starts sending. Its session must be `CONNECTED` or on its way
+/// back (`STARTING`, `RECONNECTING`: the campaign waits for it up to
+/// `campaigns.resume_grace`); a session that only a person can bring back
+/// is refused at once, with what to do.
 #[utoipa::path(
     post,
     operation_id = "start_campaign",
@@ -576,7 +581,7 @@ async fn command(state: web::Data<AppState>, id: String, command: CampaignComman
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
         (status = 404, description = "No such campaign", body = ErrorBody),
-        (status = 409, description = "The campaign's state does not allow it", body = ErrorBody),
+        (status = 409, description = "The campaign's state does not allow it; or its session is `SCAN_QR`, `LOGGED_OUT`, `BLOCKED`, `FAILED`, `STOPPED`, `CONFLICT` (unless `restart.conflict = \"takeover\"`) or deleted: the message says what to do first (`session acme is SCAN_QR: scan its QR (GET /api/sessions/acme/qr) before starting a campaign`). Nothing changed", body = ErrorBody),
     ),
 )]
 async fn start(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
@@ -602,7 +607,8 @@ async fn pause(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Resul
 }
 /// Resume a campaign
 ///
-/// A `PAUSED` or `FAILED` campaign runs again.
+/// A `PAUSED` or `FAILED` campaign runs again; its session must be as for a
+/// start.
 #[utoipa::path(
     post,
     operation_id = "resume_campaign",
@@ -612,7 +618,7 @@ async fn pause(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Resul
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
         (status = 404, description = "No such campaign", body = ErrorBody),
-        (status = 409, description = "The campaign's state does not allow it", body = ErrorBody),
+        (status = 409, description = "The campaign's state does not allow it; or its session is one a start refuses (the message says what to do first). Nothing changed", body = ErrorBody),
     ),
 )]
 async fn resume(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {

@@ -66,7 +66,11 @@ pub enum Reason {
     SessionLost,
     /// Its session was deleted.
     SessionDeleted,
-    /// The session logged out, was blocked or failed for good.
+    /// The session reached a state only a person can mend
+    /// ([`SessionOutlook::NeedsHuman`]: logged out, waiting for its QR,
+    /// blocked, failed for good, or opened elsewhere without a takeover);
+    /// `detail` is the session's reason. Shown as
+    /// `session_<state>: <detail>` (`session_logged_out: phone_logout`).
     SessionEnded { state: SessionState, detail: String },
     /// A stored reason this version does not know (shown as it is).
     Other(String),
@@ -212,6 +216,76 @@ pub fn transition(state: CampaignState, command: Command) -> Result<(CampaignSta
         (Command::Cancel, S::Draft | S::Running | S::Paused | S::Failed) => Ok((S::Cancelled, Some(Reason::Operator))),
         _ => Err(format!("cannot {command:?} a campaign that is {state}").to_lowercase()),
     }
+}
+
+/// What a session's state means for a campaign on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOutlook {
+    /// `CONNECTED`: sends go.
+    Ready,
+    /// It comes back by itself, or may be brought back by the operator's
+    /// next command: a running campaign waits (`PAUSED(waiting_for_session)`)
+    /// for at most `campaigns.resume_grace`.
+    Returns,
+    /// Only a person can bring it back: waiting cannot help, so a running
+    /// campaign fails at once and a start is refused.
+    NeedsHuman,
+}
+
+/// The outlook of a session in `state` for a running campaign. `takeover`:
+/// `restart.conflict = "takeover"`, under which the page takes an account
+/// opened elsewhere back by itself after `restart.takeover_after`.
+///
+/// - `STARTING`, `RECONNECTING`: on their way back ([`SessionOutlook::Returns`]).
+/// - `STOPPED` returns too: an operator's restart or recover passes
+///   through it (`STOPPED(restart)`, then `STARTING`), and an operator who
+///   stopped the session may start it again within the grace period. A
+///   start on a stopped session is refused all the same
+///   ([`start_refusal`]): nothing would start it.
+/// - `CONFLICT` returns under `takeover`; under `stay` (the default) it
+///   waits for a person (WhatsApp Web's "Use here"), as `SCAN_QR`,
+///   `LOGGED_OUT`, `BLOCKED` and `FAILED` do.
+pub fn outlook(state: SessionState, takeover: bool) -> SessionOutlook {
+    use SessionState as S;
+    match state {
+        S::Connected => SessionOutlook::Ready,
+        S::Starting | S::Reconnecting | S::Stopped => SessionOutlook::Returns,
+        S::Conflict if takeover => SessionOutlook::Returns,
+        S::ScanQr | S::LoggedOut | S::Blocked | S::Failed | S::Conflict => SessionOutlook::NeedsHuman,
+    }
+}
+
+/// Why `command` (a start, or creating a campaign with `start`, or a
+/// resume) may not run a campaign on session `name` in `state`: the 409's
+/// message, saying in one instruction what the operator must do (`session
+/// acme is SCAN_QR: scan its QR (GET /api/sessions/acme/qr) before starting
+/// a campaign`). `None` when it may: the session is `CONNECTED`, or
+/// [`SessionOutlook::Returns`] by itself (the campaign then waits up to
+/// `campaigns.resume_grace`), except `STOPPED`, which nothing would
+/// start. Pause and cancel are never refused.
+pub fn start_refusal(name: &str, state: SessionState, takeover: bool, command: Command) -> Option<String> {
+    use SessionState as S;
+    let needs = match (state, outlook(state, takeover)) {
+        (S::Stopped, _) | (_, SessionOutlook::NeedsHuman) => state,
+        _ => return None,
+    };
+    let doing = match command {
+        Command::Resume => "resuming",
+        Command::Start | Command::Pause | Command::Cancel => "starting",
+    };
+    let todo = match needs {
+        S::ScanQr => format!("scan its QR (GET /api/sessions/{name}/qr)"),
+        S::LoggedOut => format!("it was logged out of WhatsApp; link it again by scanning its new QR (GET /api/sessions/{name}/qr)"),
+        S::Blocked => format!("WhatsApp blocked the account; settle that with WhatsApp, then recover the session (POST /api/sessions/{name}/recover)"),
+        S::Failed => format!(
+            "it stopped retrying; mend the cause (its reason, GET /api/sessions/{name}/history), then recover it (POST /api/sessions/{name}/recover)"
+        ),
+        S::Conflict => format!(
+            "its account is open in another WhatsApp Web; close that one and restart the session (POST /api/sessions/{name}/restart), or set restart.conflict = \"takeover\""
+        ),
+        _ => format!("start it (POST /api/sessions/{name}/start)"),
+    };
+    Some(format!("session {name} is {state}: {todo} before {doing} a campaign"))
 }
 
 /// A recipient as the machine keeps it (the text and number stay in the
@@ -532,6 +606,9 @@ pub struct Settings {
     /// This daemon run's id ([`crate::session_state::boot_id`]): a number
     /// held by a send of an earlier run is free.
     pub boot: u64,
+    /// `restart.conflict = "takeover"`: a `CONFLICT` mends itself, so the
+    /// campaign waits for it ([`outlook`]); otherwise it fails at once.
+    pub conflict_takeover: bool,
 }
 
 /// A send or lookup under way.
@@ -553,6 +630,8 @@ pub struct Machine {
     sending: BTreeSet<u32>,
     counts: Counts,
     session: SessionState,
+    /// The session's reason with `session` (for a failure's reason).
+    session_detail: String,
     gap: Duration,
     flight: Option<Flight>,
     /// No lookup before then (the page could not answer), epoch ms.
@@ -585,6 +664,7 @@ impl Machine {
             sending: BTreeSet::new(),
             counts: Counts::default(),
             session: SessionState::Stopped,
+            session_detail: String::new(),
             gap: Duration::ZERO,
             flight: None,
             lookup_not_before: None,
@@ -933,26 +1013,50 @@ impl Machine {
 
     fn on_session(&mut self, state: SessionState, detail: String, now_ms: u64, rng: &mut impl Rng, shell: &mut impl Shell) {
         self.session = state;
+        self.session_detail = detail;
         if self.record.state.is_final() || self.record.state == CampaignState::Draft {
             return;
         }
-        match state {
-            SessionState::Connected => {
+        match outlook(state, self.settings.conflict_takeover) {
+            SessionOutlook::Ready => {
                 if self.paused_for(&Reason::WaitingForSession) {
                     shell.cancel(Timer::Grace);
                     self.enter(CampaignState::Running, None, now_ms, shell);
                 }
                 self.step(now_ms, rng, shell);
             }
-            SessionState::LoggedOut | SessionState::Blocked | SessionState::Failed => {
-                // An operator's pause survives a logout (the operator may
-                // relink and resume); anything else ends the campaign.
-                if !(self.paused_for(&Reason::Operator) && state == SessionState::LoggedOut) {
-                    self.enter(CampaignState::Failed, Some(Reason::SessionEnded { state, detail }), now_ms, shell);
+            SessionOutlook::NeedsHuman => {
+                // An operator's pause survives what a relink mends (a
+                // logout, then the QR it leads to): the operator may relink
+                // and resume. Anything else ends the campaign at once.
+                let relink = matches!(state, SessionState::LoggedOut | SessionState::ScanQr);
+                if !(self.paused_for(&Reason::Operator) && relink) {
+                    self.session_ended(now_ms, shell);
                 }
             }
-            _ => self.wait_for_session(now_ms, shell),
+            SessionOutlook::Returns => self.wait_for_session(now_ms, shell),
         }
+    }
+
+    /// The session is not `CONNECTED` while the campaign runs: wait for it,
+    /// or fail at once if only a person can bring it back.
+    fn session_not_ready(&mut self, now_ms: u64, shell: &mut impl Shell) {
+        match outlook(self.session, self.settings.conflict_takeover) {
+            SessionOutlook::NeedsHuman => self.session_ended(now_ms, shell),
+            SessionOutlook::Ready | SessionOutlook::Returns => self.wait_for_session(now_ms, shell),
+        }
+    }
+
+    /// `FAILED(session_<state>: <detail>)`: the session needs a person.
+    fn session_ended(&mut self, now_ms: u64, shell: &mut impl Shell) {
+        let state = self.session;
+        let detail = match self.session_detail.as_str() {
+            "" if state == SessionState::ScanQr => "not linked: its QR is waiting to be scanned".to_string(),
+            "" => state.as_str().to_ascii_lowercase(),
+            d => d.to_string(),
+        };
+        shell.cancel(Timer::Grace);
+        self.enter(CampaignState::Failed, Some(Reason::SessionEnded { state, detail }), now_ms, shell);
     }
 
     /// The session is not usable: pause and start the grace period.
@@ -986,7 +1090,7 @@ impl Machine {
             return self.pause_for_store(now_ms, shell);
         }
         if self.session != SessionState::Connected {
-            return self.wait_for_session(now_ms, shell);
+            return self.session_not_ready(now_ms, shell);
         }
         if let Some(&idx) = self.sending.first() {
             if let Some(t) = self.lookup_not_before.filter(|t| *t > now_ms) {
@@ -1361,6 +1465,44 @@ mod tests {
         for r in [RecipientReason::NotOnWhatsApp, RecipientReason::InvalidNumber("x".into()), RecipientReason::Unknown("timeout".into())] {
             assert_eq!(RecipientReason::parse(&r.as_string()), r);
         }
+    }
+
+    #[test]
+    fn a_start_is_refused_with_one_instruction_where_waiting_cannot_help() {
+        use SessionState as S;
+        let refusal = |state, takeover| start_refusal("acme", state, takeover, Command::Start);
+        assert_eq!(
+            refusal(S::ScanQr, false).as_deref(),
+            Some("session acme is SCAN_QR: scan its QR (GET /api/sessions/acme/qr) before starting a campaign")
+        );
+        for state in [S::ScanQr, S::LoggedOut, S::Blocked, S::Failed, S::Stopped, S::Conflict] {
+            let m = refusal(state, false).unwrap_or_else(|| panic!("{state} is refused"));
+            assert!(m.starts_with(&format!("session acme is {state}: ")) && m.ends_with(" before starting a campaign"), "{m}");
+            assert!(m.contains("/api/sessions/acme/") || m.contains("restart.conflict"), "{m}");
+        }
+        for state in [S::Connected, S::Starting, S::Reconnecting] {
+            assert_eq!(refusal(state, false), None, "{state}");
+        }
+        // Under takeover a conflict mends itself: the grace period covers it.
+        assert_eq!(refusal(S::Conflict, true), None);
+        let resume = start_refusal("acme", S::Blocked, false, Command::Resume).unwrap_or_default();
+        assert!(resume.ends_with("before resuming a campaign"), "{resume}");
+    }
+
+    #[test]
+    fn a_running_campaign_waits_only_for_a_session_that_comes_back() {
+        use SessionState as S;
+        for state in [S::ScanQr, S::LoggedOut, S::Blocked, S::Failed, S::Conflict] {
+            assert_eq!(outlook(state, false), SessionOutlook::NeedsHuman, "{state}");
+        }
+        for state in [S::Starting, S::Reconnecting, S::Stopped] {
+            assert_eq!(outlook(state, false), SessionOutlook::Returns, "{state}");
+        }
+        assert_eq!(outlook(S::Conflict, true), SessionOutlook::Returns);
+        assert_eq!(outlook(S::Connected, false), SessionOutlook::Ready);
+        let r = Reason::SessionEnded { state: S::ScanQr, detail: "not linked: its QR is waiting to be scanned".into() };
+        assert_eq!(Reason::parse(&r.as_string()), r);
+        assert!(r.is_session_end());
     }
 
     #[test]
