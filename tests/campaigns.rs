@@ -26,22 +26,6 @@ fn states(daemon: &Daemon, id: &str) -> Vec<String> {
     daemon.recipients(id).iter().map(|r| r["state"].as_str().unwrap().to_string()).collect()
 }
 
-/// Every SENT recipient is in the sim's log exactly once, and nothing else is.
-fn assert_exactly_once(daemon: &Daemon, sim: &Sim, device: &str, id: &str) -> usize {
-    let log = deliveries(sim, device);
-    let recipients = daemon.recipients(id);
-    let sent: Vec<String> = recipients
-        .iter()
-        .filter(|r| r["state"] == "SENT")
-        .map(|r| format!("{}@c.us", r["phone"].as_str().unwrap().trim_start_matches('+')))
-        .collect();
-    for to in &sent {
-        assert_eq!(log.get(to), Some(&1), "{to} not delivered exactly once: {log:?}");
-    }
-    assert_eq!(log.values().sum::<usize>(), sent.len(), "the sim got messages no SENT recipient accounts for: {log:?} vs {sent:?}");
-    sent.len()
-}
-
 /// The seed scenario: 10 recipients; the phone logs out after 3 sends. The
 /// campaign fails, exactly the sent ones are SENT (and delivered once), the
 /// rest PENDING, and the daemon keeps running.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hmac::{Hmac, Mac};
@@ -23,15 +23,6 @@ fn assert_signed(r: &Received) {
     mac.update(&r.body);
     let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert_eq!(sig, expected, "bad signature on {}", String::from_utf8_lossy(&r.body));
-}
-
-/// Holds for `within`: `check` must stay true the whole time.
-fn stays(what: &str, within: Duration, check: impl Fn() -> bool) {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        assert!(check(), "{what} did not hold");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn statuses_after_pairing(daemon: &Daemon) -> Vec<String> {

@@ -183,6 +183,18 @@ impl Daemon {
     /// Like [`Daemon::start_with_env`]; `prepare` gets the state dir (not
     /// yet created) before the first start, to mount something there.
     pub fn start_full(sim: &Sim, extra_config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
+        Self::start_at(&sim.base, "", extra_config, env, prepare)
+    }
+
+    /// Like [`Daemon::start`], with more keys of the `[whatsapp]` table
+    /// (`whatsapp`: TOML lines such as `send_timeout = "1s"`).
+    pub fn start_tuned(sim: &Sim, whatsapp: &str, extra_config: &str) -> Daemon {
+        Self::start_at(&sim.base, whatsapp, extra_config, &[], |_| {})
+    }
+
+    /// The daemon with its page at `page_base` instead of a simulator's
+    /// (`whatsapp.url = page_base/`), `whatsapp` lines added to that table.
+    pub fn start_at(page_base: &str, whatsapp: &str, extra_config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         prepare(&dir.path().join("state"));
         // WASUP_TEST_EVENTS=poll runs a suite with the page polled instead
@@ -193,9 +205,9 @@ impl Daemon {
             Err(_) => String::new(),
         };
         let extra = format!(
-            "{events}poll_interval = \"100ms\"\n[restart]\nboot_stagger = \"100ms\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n{extra_config}"
+            "{events}poll_interval = \"100ms\"\n{whatsapp}\n[restart]\nboot_stagger = \"100ms\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n{extra_config}"
         );
-        let mut setup = DaemonSetup::new(dir.path(), &sim.base, &extra).unwrap().with_token("test-token-0123456789");
+        let mut setup = DaemonSetup::new(dir.path(), page_base, &extra).unwrap().with_token("test-token-0123456789");
         setup.api = setup.api.unpooled();
         let mut d = Daemon {
             base: setup.api.base.clone(),
@@ -559,6 +571,33 @@ impl Daemon {
     /// Waits until at least `n` recipients are SENT.
     pub fn wait_sent(&self, id: &str, n: u64, within: Duration) {
         wait_for(&format!("{n} recipients SENT"), within, || (self.campaign_view(id)["counts"]["SENT"].as_u64()? >= n).then_some(()));
+    }
+}
+
+/// Every SENT recipient of campaign `id` is in the simulator's log of
+/// `device` exactly once, and nothing else is; returns how many were SENT.
+pub fn assert_exactly_once(daemon: &Daemon, sim: &Sim, device: &str, id: &str) -> usize {
+    let log = deliveries(sim, device);
+    let recipients = daemon.recipients(id);
+    let sent: Vec<String> = recipients
+        .iter()
+        .filter(|r| r["state"] == "SENT")
+        .map(|r| format!("{}@c.us", r["phone"].as_str().unwrap().trim_start_matches('+')))
+        .collect();
+    for to in &sent {
+        assert_eq!(log.get(to), Some(&1), "{to} not delivered exactly once: {log:?}");
+    }
+    assert_eq!(log.values().sum::<usize>(), sent.len(), "the sim got messages no SENT recipient accounts for: {log:?} vs {sent:?}");
+    sent.len()
+}
+
+/// Holds for `within`: `check` must stay true the whole time (checked
+/// every 100 ms).
+pub fn stays(what: &str, within: Duration, check: impl Fn() -> bool) {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        assert!(check(), "{what} did not hold");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -1,0 +1,525 @@
+//! The seeds conformance suite (work in progress).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The phone of the session most scenarios pair.
+const PHONE: &str = "4915112345678";
+/// Phones of further sessions.
+const PHONE_B: &str = "4915187654321";
+const PHONE_C: &str = "4915187650000";
+
+// ----- helpers ---------------------------------------------------------------
+
+/// A campaign on `session` to `to` with its own gap `min_ms`–`max_ms`.
+fn campaign_body(session: &str, to: &[String], min_ms: u64, max_ms: u64, start: bool) -> Value {
+    let recipients: Vec<Value> = to.iter().enumerate().map(|(i, p)| json!({"phone": format!("+{p}"), "name": format!("R{i}")})).collect();
+    json!({
+        "name": "seed",
+        "session": session,
+        "template": "Hi {{ name }}!",
+        "recipients": recipients,
+        "pacing": {"min_delay": format!("{min_ms}ms"), "max_delay": format!("{max_ms}ms")},
+        "start": start,
+    })
+}
+
+/// The daemon's documented defaults (`config.toml` with every key absent).
+fn defaults() -> wasup::config::Config {
+    wasup::config::Config::parse("", std::path::Path::new("defaults.toml")).expect("the defaults parse")
+}
+
+fn profile(daemon: &Daemon, name: &str) -> PathBuf {
+    daemon.state_dir().join("profiles").join(name)
+}
+
+/// SIGKILLs the renderers of session `name`'s browser (WhatsApp Web's tab
+/// crashes: "Protocol error … Session closed" in Puppeteer's words).
+fn crash_page(daemon: &Daemon, name: &str) {
+    let main = wasup::procfs::browser_pid(&profile(daemon, name)).expect("a browser on the profile");
+    let renderers: Vec<u32> = wasup::procfs::tree(main)
+        .into_iter()
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("--type=renderer")))
+        .collect();
+    assert!(!renderers.is_empty(), "no renderer under browser {main}");
+    for pid in renderers {
+        // SAFETY: kill(2) on a process of the browser this test's daemon started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// SIGKILLs session `name`'s browser (its main process).
+fn kill_browser(daemon: &Daemon, name: &str) -> u32 {
+    let main = wasup::procfs::browser_pid(&profile(daemon, name)).expect("a browser on the profile");
+    // SAFETY: kill(2) on the browser this test's daemon started.
+    unsafe { libc::kill(main as i32, libc::SIGKILL) };
+    main
+}
+
+/// The daemon's chromedriver (its child).
+fn chromedriver_of(daemon: &Daemon) -> u32 {
+    let pid = daemon.pid();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let drivers: Vec<u32> = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.contains("chromedriver")))
+        .collect();
+    assert_eq!(drivers.len(), 1, "expected one chromedriver child of the daemon");
+    drivers[0]
+}
+
+/// Every frame of `GET /api/ws` (the WebSocket), collected by a thread.
+fn websocket(daemon: &Daemon) -> Arc<Mutex<Vec<Value>>> {
+    use tungstenite::client::IntoClientRequest as _;
+    let mut req = format!("{}/api/ws", daemon.base.replace("http://", "ws://")).into_client_request().expect("a WebSocket request");
+    req.headers_mut().insert("Authorization", format!("Bearer {}", daemon.token).parse().expect("a header value"));
+    let (mut socket, _) = tungstenite::connect(req).expect("WebSocket");
+    let frames: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = frames.clone();
+    std::thread::spawn(move || {
+        while let Ok(msg) = socket.read() {
+            if let tungstenite::Message::Text(t) = msg {
+                if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        }
+    });
+    frames
+}
+
+/// Waits for a collected frame or event matching `pred`.
+fn wait_frame(frames: &Mutex<Vec<Value>>, what: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, within, || frames.lock().unwrap().iter().find(|v| pred(v)).cloned())
+}
+
+/// One series of `/metrics`, if present.
+fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
+    let r = daemon.api("GET", "/metrics", None);
+    assert_eq!(r.status, 200);
+    String::from_utf8_lossy(&r.bytes).lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// `state(reason)` of every status change since the session first
+/// connected.
+fn since_pairing(daemon: &Daemon, name: &str) -> Vec<String> {
+    let states = daemon.history_states(name);
+    let first = states.iter().position(|s| s == "CONNECTED").expect("was connected");
+    states[first..].to_vec()
+}
+
+/// `(state, reason, at_ms)` of every status change, oldest first.
+fn history(daemon: &Daemon, name: &str) -> Vec<(String, String, u64)> {
+    events(daemon, name, "session.status")
+        .iter()
+        .map(|h| {
+            (
+                h["state"].as_str().unwrap_or_default().to_string(),
+                h["reason"].as_str().unwrap_or_default().to_string(),
+                h["at_ms"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the history of `name` has `entry` (`STATE` or
+/// `STATE(reason)`) after the first `skip` status changes.
+fn wait_history(daemon: &Daemon, name: &str, entry: &str, skip: usize, within: Duration) {
+    wait_for(&format!("{entry} in the history of {name}"), within, || {
+        daemon.history_states(name).iter().skip(skip).any(|s| s == entry).then_some(())
+    });
+}
+
+/// Waits until `name` left CONNECTED (any other state) and came back.
+fn wait_reconnected(daemon: &Daemon, name: &str, skip: usize, within: Duration) {
+    wait_for(&format!("{name} back CONNECTED after a loss"), within, || {
+        let states = daemon.history_states(name);
+        let lost = states.iter().skip(skip).position(|s| !s.starts_with("CONNECTED"))?;
+        let back = states.iter().skip(skip + lost).any(|s| s == "CONNECTED");
+        (back && daemon.session(name)["state"] == "CONNECTED").then_some(())
+    });
+}
+
+fn campaign_count(daemon: &Daemon) -> usize {
+    daemon.api("GET", "/api/campaigns", None).body.as_array().map_or(0, Vec::len)
+}
+
+/// Writes a marker into `name`'s profile (stands for its credentials).
+fn mark_profile(daemon: &Daemon, name: &str) -> PathBuf {
+    let marker = profile(daemon, name).join("wasup-test-marker");
+    std::fs::write(&marker, b"credentials live here").expect("write into the profile");
+    marker
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn webhook_config(receiver: &Receiver) -> String {
+    format!("[[alerts.webhooks]]\nurl = \"{}/hook\"\nsecret = \"hook-secret\"\n[alerts]\nretry_base = \"100ms\"\n", receiver.base)
+}
+
+// ----- seed 000: campaign disconnect handling (Persian) ----------------------
+
+/// Seed 000, `### تست 1: Disconnect قبل از شروع` (test 1, disconnect before
+/// the start), with `### 1. **Disconnect قبل از شروع کمپین**` and the
+/// table row `QR Disconnect`: the phone logs out after the QR was scanned,
+/// then the operator starts the campaign. The seed expects the start to
+/// fail at once with "WhatsApp account must be connected before starting
+/// campaign". Here the start is refused at once (409) with what to do, and
+/// the campaign stays a `DRAFT` (a refused command changes nothing); a
+/// create with `start` is refused the same way and creates nothing.
+#[test]
+fn seed000_test1_disconnect_before_start_fails_at_once() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let body = campaign_body("acme", &numbers(3, 50_000_000), 100, 200, false);
+    let id = daemon.campaign(body.clone());
+    sim.device_action(&device, "logout", None);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+
+    let asked = Instant::now();
+    let r = daemon.api("POST", &format!("/api/campaigns/{id}/start"), None);
+    assert!(asked.elapsed() < Duration::from_secs(5), "the refusal took {:?}", asked.elapsed());
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["error"], "session acme is SCAN_QR: scan its QR (GET /api/sessions/acme/qr) before starting a campaign");
+    assert_eq!(daemon.campaign_view(&id)["state"], "DRAFT", "a refused start changed the campaign");
+
+    let before = campaign_count(&daemon);
+    let mut started = body;
+    started["start"] = json!(true);
+    let r = daemon.api("POST", "/api/campaigns", Some(started));
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["error"].as_str().unwrap_or_default().starts_with("session acme is SCAN_QR: scan its QR"), "{:?}", r.body);
+    assert_eq!(campaign_count(&daemon), before, "a refused create stored a campaign");
+    assert!(sim.messages(&device).is_empty());
+}
+
+/// Seed 000, `### تست 2: Disconnect در حین ارسال` (test 2, disconnect while
+/// sending), with `### 2. **Disconnect در حین ارسال پیام**`, `### 1.
+/// **Event-Based Protection**`, the table row `Disconnect حین ارسال` and
+/// the message `### 1. **Disconnect Events**`: 10 recipients, the phone
+/// logs out after 3 sends. The sending stops, the campaign is `FAILED`,
+/// the messages already sent are kept (each delivered exactly once, the
+/// rest `PENDING`), the daemon never stops answering, and the WebSocket
+/// carries the seed's `{"type": "status_update", "status": "failed",
+/// "message": "WhatsApp disconnected during operation"}`.
+#[test]
+fn seed000_test2_logout_after_three_sends_fails_the_campaign_and_keeps_the_sent() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let watch = HealthWatch::start(&daemon);
+    let frames = websocket(&daemon);
+    let id = daemon.campaign(campaign_body("acme", &numbers(10, 51_000_000), 800, 1000, true));
+    daemon.wait_sent(&id, 3, Duration::from_secs(60));
+    sim.device_action(&device, "logout", None);
+    let v = daemon.wait_campaign(&id, "FAILED", Duration::from_secs(30));
+    assert!(v["reason"].as_str().unwrap_or_default().starts_with("session_logged_out: phone_logout"), "{v}");
+    let sent = assert_exactly_once(&daemon, &sim, &device, &id);
+    assert!((3..=4).contains(&sent), "{sent} sent");
+    let pending = daemon.recipients(&id).iter().filter(|r| r["state"] == "PENDING").count();
+    assert_eq!(pending, 10 - sent);
+    let failed = wait_frame(&frames, "the seed's status_update", Duration::from_secs(10), |f| f["type"] == "status_update");
+    assert_eq!((&failed["status"], &failed["message"]), (&json!("failed"), &json!("WhatsApp disconnected during operation")), "{failed}");
+    assert_eq!(failed["campaign"], id.as_str());
+    let report = daemon.api("GET", &format!("/api/campaigns/{id}/report.csv"), None);
+    assert_eq!(String::from_utf8_lossy(&report.bytes).lines().count(), 11, "the report lists every recipient");
+    assert!(daemon.is_running());
+    watch.assert_always_healthy();
+}
+
+/// Seed 000, `### 2. **Pre-Send Connection Check**` (the state is checked
+/// before every message), with the message `### 2. **Disconnect در حین
+/// ارسال (Pre-Check)**` and the timeouts row `State Check | هر پیام`
+/// (before every message): the network drops mid-campaign. The campaign
+/// pauses (`waiting_for_session`), the WebSocket carries the seed's
+/// `{"type": "error", "message": "WhatsApp disconnected during message
+/// sending"}`, no message reaches WhatsApp while the session is not
+/// `CONNECTED`, and since waiting helps here (the page comes back by
+/// itself) the campaign completes, each recipient exactly once.
+#[test]
+fn seed000_pre_send_check_nothing_is_sent_while_the_session_is_not_connected() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let frames = websocket(&daemon);
+    let id = daemon.campaign(campaign_body("acme", &numbers(6, 52_000_000), 300, 500, true));
+    daemon.wait_sent(&id, 2, Duration::from_secs(60));
+    sim.device_action(&device, "network-drop", Some(json!({"seconds": 4})));
+    let paused = daemon.wait_campaign(&id, "PAUSED", Duration::from_secs(10));
+    assert_eq!(paused["reason"], "waiting_for_session");
+    let error = wait_frame(&frames, "the seed's pre-check error", Duration::from_secs(10), |f| f["type"] == "error");
+    assert_eq!(error["message"], "WhatsApp disconnected during message sending", "{error}");
+    daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(90));
+    assert_eq!(assert_exactly_once(&daemon, &sim, &device, &id), 6);
+    // No message was accepted between leaving CONNECTED and coming back.
+    let h = history(&daemon, "acme");
+    let first = h.iter().position(|(s, _, _)| s == "CONNECTED").expect("connected");
+    let mut windows = Vec::new();
+    let mut left = None;
+    for (state, _, at) in &h[first..] {
+        match (state.as_str(), left) {
+            ("CONNECTED", Some(from)) => {
+                windows.push((from, *at));
+                left = None;
+            }
+            ("CONNECTED", None) => {}
+            (_, None) => left = Some(*at),
+            _ => {}
+        }
+    }
+    assert!(!windows.is_empty(), "the session never left CONNECTED: {h:?}");
+    for m in sim.messages(&device) {
+        let at = m["at_ms"].as_u64().unwrap_or_default();
+        assert!(!windows.iter().any(|(from, to)| at > *from && at < *to), "sent at {at} while not CONNECTED {windows:?}");
+    }
+}
+
+/// Seed 000, `### 3. **Error-Based Detection**` (a disconnection error
+/// while sending, "Protocol error", "Session closed", "Execution context
+/// was destroyed", stops the sending at once), with the table row `خطای
+/// Protocol` and the message `### 3. **Disconnect در حین ارسال
+/// (Error-Based)**`: the page crashes mid-campaign. The sending stops at
+/// once (`PAUSED`, `waiting_for_session`); the seed then fails the
+/// campaign, but here the session restarts by itself, so the campaign goes
+/// on once it is back, and no recipient is sent twice.
+#[test]
+fn seed000_error_based_detection_a_page_crash_mid_campaign_stops_sending_and_nobody_gets_two() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let watch = HealthWatch::start(&daemon);
+    let events = collect_events(&daemon, "acme");
+    let id = daemon.campaign(campaign_body("acme", &numbers(6, 53_000_000), 300, 500, true));
+    daemon.wait_sent(&id, 2, Duration::from_secs(60));
+    crash_page(&daemon, "acme");
+    wait_history(&daemon, "acme", "RECONNECTING(page_crashed)", 0, Duration::from_secs(30));
+    wait_frame(&events, "the campaign paused for its session", Duration::from_secs(10), |e| {
+        e["event"] == "campaign.status" && e["state"] == "PAUSED" && e["reason"] == "waiting_for_session"
+    });
+    daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(90));
+    assert_eq!(assert_exactly_once(&daemon, &sim, &device, &id), 6);
+    assert!(daemon.is_running());
+    watch.assert_always_healthy();
+}
+
+/// Seed 000, `### 3. **Disconnect بعد از اتمام کمپین**` (disconnect after
+/// the campaign ended): the report is kept and the results do not change.
+#[test]
+fn seed000_scenario3_a_disconnect_after_the_campaign_ended_keeps_its_report() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let id = daemon.campaign(campaign_body("acme", &numbers(3, 54_000_000), 100, 200, true));
+    daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(60));
+    let outcome = |daemon: &Daemon| -> Vec<(Value, Value, Value)> {
+        daemon.recipients(&id).iter().map(|r| (r["phone"].clone(), r["state"].clone(), r["message_id"].clone())).collect()
+    };
+    let before = outcome(&daemon);
+    sim.device_action(&device, "logout", None);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    let v = daemon.campaign_view(&id);
+    assert_eq!((&v["state"], &v["reason"], &v["counts"]["SENT"]), (&json!("COMPLETED"), &Value::Null, &json!(3)), "{v}");
+    assert_eq!(outcome(&daemon), before);
+    let report = daemon.api("GET", &format!("/api/campaigns/{id}/report.csv"), None);
+    assert_eq!(report.status, 200);
+    assert_eq!(String::from_utf8_lossy(&report.bytes).lines().filter(|l| l.contains(",SENT,")).count(), 3);
+}
+
+/// Seed 000, `### تست 3: QR جدید بعد از Disconnect` (test 3, a new QR
+/// after a disconnect), with `### 4. **تلاش برای Generate QR جدید بعد از
+/// Disconnect**`, `### 4. **Cleanup Session Protection**`, the table row
+/// `QR جدید بعد از Disconnect` and the message `### 4. **Session Cleanup
+/// در جریان**`: the phone logs out and the operator asks for a new QR at
+/// once, and again until there is one. While the old session is being
+/// cleaned up the answer is a 409 that says so in JSON; then the old
+/// session is gone (its profile wiped), a new QR is there, scanning it
+/// links again, and the daemon never stopped.
+#[test]
+fn seed000_test3_a_new_qr_right_after_a_disconnect_comes_once_the_old_session_is_cleaned() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let watch = HealthWatch::start(&daemon);
+    let old = daemon.pair(&sim, "acme", PHONE);
+    let marker = mark_profile(&daemon, "acme");
+    sim.device_action(&old, "logout", None);
+    let mut refusals = Vec::new();
+    let qr = wait_for("a new QR", Duration::from_secs(60), || {
+        let r = daemon.api("GET", "/api/sessions/acme/qr?format=raw", None);
+        if r.status == 200 {
+            return r.body["qr"].as_str().map(str::to_string);
+        }
+        refusals.push((r.status, r.body["error"].as_str().unwrap_or_default().to_string()));
+        None
+    });
+    for (status, error) in &refusals {
+        assert_eq!(*status, 409, "{error}");
+        assert!(error.starts_with("session \"acme\" is "), "{error}");
+    }
+    assert!(!marker.exists(), "the old session's profile was not wiped");
+    assert_eq!(sim.device_state(&old), "logged_out");
+    let new = sim.scan(&qr, PHONE);
+    assert_ne!(new, old);
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert!(daemon.is_running());
+    watch.assert_always_healthy();
+}
+
+/// Seed 000, `### تست 4: Multiple Disconnects` (test 4), with the summary
+/// item `Session isolation - یک کمپین روی دیگری تاثیر نمی‌گذارد` (one
+/// campaign does not affect another): three linked sessions, a campaign
+/// running on one, drafts on the others; the other two phones log out at
+/// once. Only their sessions are cleaned up (back to `SCAN_QR`, drafts
+/// untouched); the running campaign completes, each recipient exactly
+/// once, its session never leaving `CONNECTED`; the daemon stays up.
+#[test]
+fn seed000_test4_other_sessions_disconnecting_leave_the_running_campaign_alone() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let watch = HealthWatch::start(&daemon);
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let b = daemon.pair(&sim, "beta", PHONE_B);
+    let c = daemon.pair(&sim, "gamma", PHONE_C);
+    let drafts = [
+        daemon.campaign(campaign_body("beta", &numbers(2, 55_100_000), 100, 200, false)),
+        daemon.campaign(campaign_body("gamma", &numbers(2, 55_200_000), 100, 200, false)),
+    ];
+    let id = daemon.campaign(campaign_body("acme", &numbers(6, 55_000_000), 400, 600, true));
+    daemon.wait_sent(&id, 1, Duration::from_secs(60));
+    let acme_before = daemon.history_states("acme").len();
+    sim.device_action(&b, "logout", None);
+    sim.device_action(&c, "logout", None);
+    daemon.wait_state("beta", "SCAN_QR", Duration::from_secs(60));
+    daemon.wait_state("gamma", "SCAN_QR", Duration::from_secs(60));
+    daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(60));
+    assert_eq!(assert_exactly_once(&daemon, &sim, &device, &id), 6);
+    assert_eq!(daemon.history_states("acme").len(), acme_before, "acme changed state: {:?}", daemon.history_states("acme"));
+    for draft in &drafts {
+        assert_eq!(daemon.campaign_view(draft)["state"], "DRAFT");
+    }
+    watch.assert_always_healthy();
+}
+
+/// Seed 000, the table row `Auth Failure` (`FAILED`, "WhatsApp
+/// authentication failed"): the daemon stops mid-campaign and WhatsApp
+/// revokes the device meanwhile, so the stored credentials fail at the
+/// next start. The restored campaign fails at once
+/// (`session_logged_out: device_removed`), not after
+/// `campaigns.resume_grace` (10 min).
+#[test]
+fn seed000_auth_failure_fails_the_restored_campaign_at_once() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let id = daemon.campaign(campaign_body("acme", &numbers(4, 56_000_000), 60_000, 60_000, true));
+    daemon.wait_sent(&id, 1, Duration::from_secs(60));
+    assert!(daemon.stop(), "the daemon did not stop on SIGTERM");
+    let r = sim.phone("POST", &format!("/_phone/devices/{device}/device-removed"), None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let started = Instant::now();
+    daemon.start_again();
+    let v = daemon.wait_campaign(&id, "FAILED", Duration::from_secs(60));
+    assert!(v["reason"].as_str().unwrap_or_default().starts_with("session_logged_out: device_removed"), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert_eq!(sim.messages(&device).len(), 1, "nothing is sent with revoked credentials");
+}
+
+/// Seed 000, `## ضمانت No-Crash` (the no-crash guarantee), with `### مشکل:
+/// Server Crash بعد از Logout` (a crash after a logout) and the summary
+/// item `سرور کرش نمی‌کند در هیچ حالتی` (the server never crashes): two
+/// linked sessions go through the guarantee's list, in one daemon:
+/// network failures on both at once (multiple concurrent disconnects), a
+/// browser crash, a page crash (protocol and session errors), WhatsApp Web
+/// reloading itself ("Execution context was destroyed"), and a logout
+/// while the session is reconnecting (logout while connecting). The same
+/// daemon process answers `/health` throughout; the unharmed session is
+/// `CONNECTED`, the logged-out one offers a QR.
+#[test]
+fn seed000_no_crash_guarantee_the_daemon_outlives_every_listed_failure() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let a = daemon.pair(&sim, "acme", PHONE);
+    let b = daemon.pair(&sim, "beta", PHONE_B);
+    let pid = daemon.pid();
+    let watch = HealthWatch::start(&daemon);
+
+    // Network failures, both sessions at once.
+    let (ha, hb) = (daemon.history_states("acme").len(), daemon.history_states("beta").len());
+    sim.device_action(&a, "network-drop", Some(json!({"seconds": 3})));
+    sim.device_action(&b, "network-drop", Some(json!({"seconds": 3})));
+    wait_reconnected(&daemon, "acme", ha, Duration::from_secs(60));
+    wait_reconnected(&daemon, "beta", hb, Duration::from_secs(60));
+    // A browser crash.
+    let hb = daemon.history_states("beta").len();
+    kill_browser(&daemon, "beta");
+    wait_reconnected(&daemon, "beta", hb, Duration::from_secs(60));
+    // A page crash.
+    let ha = daemon.history_states("acme").len();
+    crash_page(&daemon, "acme");
+    wait_reconnected(&daemon, "acme", ha, Duration::from_secs(60));
+    // WhatsApp Web reloads itself: every script context is destroyed.
+    sim.device_action(&b, "reload", None);
+    // A logout while connecting.
+    let ha = daemon.history_states("acme").len();
+    sim.device_action(&a, "network-drop", Some(json!({"seconds": 10})));
+    wait_for("acme reconnecting", Duration::from_secs(10), || {
+        daemon.history_states("acme").iter().skip(ha).any(|s| s.starts_with("RECONNECTING")).then_some(())
+    });
+    sim.device_action(&a, "logout", None);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+
+    daemon.wait_state("beta", "CONNECTED", Duration::from_secs(60));
+    assert_eq!(daemon.pid(), pid);
+    assert!(daemon.is_running());
+    assert!(!daemon.log().contains("panicked"), "a panic in the log");
+    watch.assert_always_healthy();
+}
+
+/// Seed 000, `## تنظیمات و Timeouts` (settings and timeouts), the row
+/// `Client Init Timeout | 30 ثانیه` (at most 30 s for the client to
+/// initialise): `whatsapp.load_timeout` defaults to the seed's 30 s, and a
+/// page that never loads within it (here 2 s, against a server that
+/// accepts and never answers) ends the start (`start_failed`) and is
+/// retried after a backoff, while the daemon keeps answering.
+#[test]
+fn seed000_client_init_timeout_a_page_that_never_loads_is_given_up_and_retried() {
+    assert_eq!(defaults().whatsapp.load_timeout, Duration::from_secs(30));
+    let _permit = browser_permit();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let base = format!("http://{}", hole.local_addr().expect("its address"));
+    std::thread::spawn(move || {
+        // Accepts and holds every connection without a byte of answer.
+        let held: Vec<_> = hole.incoming().flatten().collect();
+        drop(held);
+    });
+    let daemon = Daemon::start_at(&base, "load_timeout = \"2s\"", "", &[], |_| {});
+    let watch = HealthWatch::start(&daemon);
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme", "start": true})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    wait_history(&daemon, "acme", "RECONNECTING(start_failed)", 0, Duration::from_secs(60));
+    let h = history(&daemon, "acme");
+    let started = h.iter().find(|(s, r, _)| s == "STARTING" && r.is_empty()).map(|(_, _, at)| *at).expect("a start");
+    let gave_up = h.iter().find(|(s, r, _)| s == "RECONNECTING" && r == "start_failed").map(|(_, _, at)| *at).expect("an end");
+    let took = gave_up.saturating_sub(started);
+    assert!((2_000..20_000).contains(&took), "the start was given up after {took} ms; load_timeout is 2 s");
+    wait_for("a retry", Duration::from_secs(30), || (!events(&daemon, "acme", "session.restart_scheduled").is_empty()).then_some(()));
+    watch.assert_always_healthy();
+}
