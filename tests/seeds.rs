@@ -523,3 +523,293 @@ fn seed000_client_init_timeout_a_page_that_never_loads_is_given_up_and_retried()
     wait_for("a retry", Duration::from_secs(30), || (!events(&daemon, "acme", "session.restart_scheduled").is_empty()).then_some(()));
     watch.assert_always_healthy();
 }
+
+// ----- seed 001: API gateway troubleshooting ("Session closed") --------------
+
+/// Seed 001, `### Root Causes` 1 (**Browser Session Crash**: "Puppeteer
+/// browser session unexpectedly closes", the `Session closed` error of
+/// `## Problem: "Session closed" Error`), with `#### 3. Enhanced Error
+/// Handling` (automatic session recovery, graceful restart): the browser is
+/// killed. The session is restarted on its profile without a QR, and
+/// messages can be sent again, exactly once each.
+#[test]
+fn seed001_session_closed_a_killed_browser_is_restarted_without_a_qr_and_sends_again() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let watch = HealthWatch::start(&daemon);
+    let old = kill_browser(&daemon, "acme");
+    wait_history(&daemon, "acme", "RECONNECTING(browser_died)", 0, Duration::from_secs(30));
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert_ne!(wasup::procfs::browser_pid(&profile(&daemon, "acme")), Some(old), "the same browser");
+    let after = since_pairing(&daemon, "acme");
+    assert!(!after.iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")), "{after:?}");
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "back"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(sim.messages(&device).len(), 1);
+    assert_eq!(sim.devices().len(), 1, "a restart must not link a new device");
+    watch.assert_always_healthy();
+}
+
+/// Seed 001, `### Root Causes` 2 (**Memory Issues**) with `#### 4. Browser
+/// Optimization` and `## PM2 Restart Policy` (`"max_memory_restart":
+/// "1G"`): `health.memory.max` defaults to the seed's 1 GiB; a browser over
+/// its limit (here 20 MiB) is recycled on the same profile and connected
+/// again without a QR.
+#[test]
+fn seed001_memory_issues_a_browser_over_its_memory_limit_is_recycled_without_a_qr() {
+    assert_eq!(defaults().health.memory.max.as_u64(), 1 << 30);
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "[health.memory]\ninterval = \"1s\"\nmax = \"20MiB\"\n");
+    daemon.pair(&sim, "acme", PHONE);
+    wait_for("a memory recycle, then CONNECTED", Duration::from_secs(60), || {
+        let after = since_pairing(&daemon, "acme");
+        let i = after.iter().position(|s| s == "RECONNECTING(health_check_failed)")?;
+        after[i..].iter().any(|s| s == "CONNECTED").then_some(())
+    });
+    let recycle = events(&daemon, "acme", "session.health");
+    assert!(recycle.iter().any(|e| e["reason"] == "memory"), "{recycle:?}");
+    let after = since_pairing(&daemon, "acme");
+    assert!(!after.iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")), "{after:?}");
+    assert_eq!(sim.devices().len(), 1, "recycling must not link a new device");
+}
+
+/// Seed 001, `### Root Causes` 3 (**Network Instability**): the network
+/// drops for 5 s. The page reconnects by itself: no browser restart, no
+/// restart counted, no QR, and it sends again.
+#[test]
+fn seed001_network_instability_a_dropped_network_heals_without_a_browser_restart() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let browser = wasup::procfs::browser_pid(&profile(&daemon, "acme")).expect("a browser");
+    let before = daemon.history_states("acme").len();
+    sim.device_action(&device, "network-drop", Some(json!({"seconds": 5})));
+    daemon.wait_state("acme", "RECONNECTING", Duration::from_secs(5));
+    wait_reconnected(&daemon, "acme", before, Duration::from_secs(40));
+    let view = daemon.session("acme");
+    assert_eq!((&view["attempt"], &view["restarts_in_window"]), (&json!(0), &json!(0)), "{view}");
+    assert!(events(&daemon, "acme", "session.restart_scheduled").is_empty());
+    assert_eq!(wasup::procfs::browser_pid(&profile(&daemon, "acme")), Some(browser), "the browser was restarted");
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "back"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
+/// Seed 001, `#### 1. Session Health Monitoring` ("Health Check: Runs
+/// every 30 seconds", "Tracks last health check and session status"):
+/// `heartbeat.interval` defaults to the seed's 30 s; each session's view
+/// carries its last healthy heartbeat, which moves on at every interval
+/// (here 1 s).
+#[test]
+fn seed001_health_check_every_30s_is_tracked_per_session() {
+    assert_eq!(defaults().heartbeat.interval, Duration::from_secs(30));
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start_tuned(&sim, "check_interval = \"500ms\"", "[heartbeat]\ninterval = \"1s\"\n");
+    daemon.pair(&sim, "acme", PHONE);
+    let mut beats: Vec<u64> = Vec::new();
+    wait_for("four heartbeats", Duration::from_secs(30), || {
+        if let Some(b) = daemon.session("acme")["last_heartbeat_ms"].as_u64() {
+            if beats.last() != Some(&b) {
+                beats.push(b);
+            }
+        }
+        (beats.len() >= 4).then_some(())
+    });
+    for w in beats.windows(2) {
+        let gap = w[1] - w[0];
+        assert!((500..=5_000).contains(&gap), "heartbeats {gap} ms apart with a 1 s interval: {beats:?}");
+    }
+    assert!(now_ms().saturating_sub(*beats.last().unwrap_or(&0)) < 5_000, "the last heartbeat is stale: {beats:?}");
+}
+
+/// Seed 001, `#### 2. Message Queue System` ("Queue Processing", "Retry
+/// Logic: Failed messages are retried automatically"): a campaign's
+/// recipients are sent one at a time; the daemon is killed while a send
+/// is under way (WhatsApp takes 400 ms to accept each message) and
+/// started again. The send in doubt is looked up and retried only if it
+/// never arrived: the campaign completes, each recipient exactly once.
+#[test]
+fn seed001_message_queue_a_send_cut_off_by_a_crash_is_retried_without_a_duplicate() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    sim.device_action(&device, "slow", Some(json!({"ms": 400})));
+    let id = daemon.campaign(campaign_body("acme", &numbers(5, 57_000_000), 200, 400, true));
+    wait_for("a SENDING recipient", Duration::from_secs(60), || {
+        daemon.recipients(&id).iter().any(|r| r["state"] == "SENDING").then_some(())
+    });
+    daemon.kill();
+    daemon.start_again();
+    daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(90));
+    assert_eq!(assert_exactly_once(&daemon, &sim, &device, &id), 5);
+}
+
+/// Seed 001, `#### 2. Message Queue System` ("Timeout Protection: Messages
+/// timeout after 2 minutes"): `whatsapp.send_timeout` defaults to the
+/// seed's 2 min. A send to a WhatsApp that takes 3 s to accept is answered
+/// within `whatsapp.ack_wait` (here 1 s) with its id and ack `PENDING`,
+/// not held; the message still arrives once, under that id, and its ack
+/// follows.
+#[test]
+fn seed001_timeout_protection_a_slow_send_is_answered_in_bounded_time() {
+    assert_eq!(defaults().whatsapp.send_timeout, Duration::from_secs(120));
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start_tuned(&sim, "ack_wait = \"1s\"", "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    sim.device_action(&device, "slow", Some(json!({"ms": 3000})));
+    let asked = Instant::now();
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "slow"})));
+    let took = asked.elapsed();
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["ack"], "PENDING", "{:?}", r.body);
+    assert!(took < Duration::from_millis(2900), "answered after {took:?}");
+    let id = r.body["id"].as_str().expect("a message id").to_string();
+    let log = wait_for("the message at WhatsApp", Duration::from_secs(20), || {
+        let log = sim.messages(&device);
+        (!log.is_empty()).then_some(log)
+    });
+    assert_eq!(log.len(), 1);
+    assert!(id.ends_with(log[0]["id"].as_str().unwrap_or("?")), "{id} vs {:?}", log[0]);
+}
+
+/// Seed 001, `## New API Endpoints`, `### Health Check (Enhanced)` (`GET
+/// /api/health`: session health, queue length, last health check, restart
+/// status) and `## Monitoring Commands`, `### Check Health`: `/health`
+/// answers without a token; the session's view carries its state, last
+/// heartbeat and restart status; its queue says how many messages wait;
+/// `/metrics` counts sessions by state.
+#[test]
+fn seed001_health_endpoint_reports_liveness_sessions_and_their_queue() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start_tuned(&sim, "check_interval = \"500ms\"", "[heartbeat]\ninterval = \"1s\"\n");
+    daemon.pair(&sim, "acme", PHONE);
+    let r = request("GET", &format!("{}/health", daemon.base), None, None, "");
+    assert_eq!((r.status, &r.body), (200, &json!({"status": "ok"})));
+    let view = wait_for("a heartbeat in the view", Duration::from_secs(20), || {
+        let list = daemon.api("GET", "/api/sessions", None).body;
+        let v = list.as_array()?.iter().find(|s| s["name"] == "acme")?.clone();
+        v["last_heartbeat_ms"].as_u64().map(|_| v)
+    });
+    assert_eq!((&view["state"], &view["attempt"], &view["restarts_in_window"]), (&json!("CONNECTED"), &json!(0), &json!(0)), "{view}");
+    assert!(view.get("next_attempt_ms").is_some(), "{view}");
+    daemon.campaign(campaign_body("acme", &numbers(3, 58_000_000), 100, 200, false));
+    let q = daemon.api("GET", "/api/sessions/acme/queue", None);
+    assert_eq!((q.status, &q.body["pending"]), (200, &json!(3)), "{:?}", q.body);
+    assert_eq!(metric(&daemon, "wasup_sessions{state=\"CONNECTED\"}"), Some(1.0));
+}
+
+/// Seed 001, `### Session Recovery` (`POST /api/recover-session`: manually
+/// trigger session recovery) and `## Monitoring Commands`, `### Manual
+/// Recovery`: a session that spent its restart budget (here 1 restart)
+/// is `FAILED`; `POST /api/sessions/{name}/recover` clears the budget and
+/// brings it back on its profile, without a QR.
+#[test]
+fn seed001_recover_session_brings_a_failed_session_back_without_a_qr() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "max_restarts = 1\n");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let before = daemon.history_states("acme").len();
+    crash_page(&daemon, "acme");
+    wait_reconnected(&daemon, "acme", before, Duration::from_secs(60));
+    crash_page(&daemon, "acme");
+    let failed = daemon.wait_state("acme", "FAILED", Duration::from_secs(30));
+    assert_eq!(failed["reason"], "restart_budget_spent");
+    let r = daemon.api("POST", "/api/sessions/acme/recover", None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    let after = since_pairing(&daemon, "acme");
+    assert!(!after.iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")), "{after:?}");
+    assert_eq!(daemon.session("acme")["restarts_in_window"], 0);
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "recovered"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(sim.messages(&device).len(), 1);
+}
+
+/// Seed 001, `### Queue Status` (`GET /api/queue-status`) and `### Clear
+/// Queue` (`POST /api/clear-queue`: clear all pending messages): the
+/// session's queue shows what its running campaign still has to send;
+/// clearing it cancels the campaign and nothing more is sent.
+#[test]
+fn seed001_queue_status_shows_what_waits_and_clear_queue_sends_nothing_more() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let id = daemon.campaign(campaign_body("acme", &numbers(6, 59_000_000), 1500, 2000, true));
+    daemon.wait_sent(&id, 1, Duration::from_secs(60));
+    let q = daemon.api("GET", "/api/sessions/acme/queue", None);
+    assert_eq!(q.status, 200, "{:?}", q.body);
+    let pending = q.body["pending"].as_u64().unwrap_or_default();
+    assert!((1..=5).contains(&pending), "{:?}", q.body);
+    assert_eq!(q.body["campaigns"][0]["id"], id.as_str());
+    let r = daemon.api("DELETE", "/api/sessions/acme/queue", None);
+    assert_eq!((r.status, &r.body["cancelled_campaigns"]), (200, &json!(1)), "{:?}", r.body);
+    assert_eq!(daemon.campaign_view(&id)["state"], "CANCELLED");
+    let sent = sim.messages(&device).len();
+    stays("nothing more sent", Duration::from_secs(3), || sim.messages(&device).len() == sent);
+    assert_eq!(daemon.api("GET", "/api/sessions/acme/queue", None).body["pending"], 0);
+}
+
+/// Seed 001, `## PM2 Restart Policy` (`"autorestart": true`,
+/// `"restart_delay": 10000`, `"exp_backoff_restart_delay": 100`): a
+/// browser that dies at every start is started again after a backoff that
+/// doubles per attempt (full jitter within `min(cap, base·2^attempt)`;
+/// defaults 5 s and 5 min); the daemon itself runs under systemd with
+/// `Restart=` and a watchdog.
+#[test]
+fn seed001_pm2_restart_policy_a_dead_browser_is_restarted_with_growing_backoff() {
+    let d = defaults();
+    assert_eq!((d.restart.backoff_base, d.restart.backoff_cap), (Duration::from_secs(5), Duration::from_secs(300)));
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/wasup.service")).expect("the systemd unit");
+    assert!(unit.lines().any(|l| l.starts_with("Restart=")) && unit.contains("WatchdogSec="), "{unit}");
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "backoff_base = \"100ms\"\nbackoff_cap = \"800ms\"\nmax_restarts = 100\n[browser]\nchromium = \"/bin/false\"\n");
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let scheduled = wait_for("five restarts", Duration::from_secs(60), || {
+        let e = events(&daemon, "acme", "session.restart_scheduled");
+        (e.len() >= 5).then_some(e)
+    });
+    for (i, e) in scheduled.iter().take(5).enumerate() {
+        let attempt = i as u64 + 1;
+        assert_eq!(e["detail"]["attempt"], attempt, "{e}");
+        let bound = 800.min(100 << attempt);
+        let delay = e["detail"]["delay_ms"].as_u64().unwrap_or(u64::MAX);
+        assert!(delay <= bound, "attempt {attempt}: {delay} ms over its bound {bound} ms");
+    }
+    assert!(daemon.session("acme")["attempt"].as_u64().unwrap_or_default() >= 5);
+}
+
+/// Seed 001, `## Emergency Recovery` (stop the service, clear the session
+/// data, start it, re-scan the QR): `POST …/stop`, `POST …/logout` (the
+/// profile is wiped), `POST …/start`, scan the new QR: linked again.
+#[test]
+fn seed001_emergency_recovery_stop_clear_start_and_scan_again() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let old = daemon.pair(&sim, "acme", PHONE);
+    let marker = mark_profile(&daemon, "acme");
+    let r = daemon.api("POST", "/api/sessions/acme/stop", None);
+    assert_eq!((r.status, &r.body["state"]), (200, &json!("STOPPED")), "{:?}", r.body);
+    let r = daemon.api("POST", "/api/sessions/acme/logout", None);
+    assert_eq!((r.status, &r.body["state"]), (200, &json!("LOGGED_OUT")), "{:?}", r.body);
+    // The wipe runs on the blocking pool; nothing can start on the profile
+    // until it is done.
+    wait_for("the session data cleared", Duration::from_secs(10), || (!marker.exists()).then_some(()));
+    let r = daemon.api("POST", "/api/sessions/acme/start", None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    let new = sim.scan(&daemon.qr("acme"), PHONE);
+    assert_ne!(new, old);
+    let view = daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert_eq!(view["me"]["wid"], format!("{PHONE}@c.us"));
+}
