@@ -813,3 +813,197 @@ fn seed001_emergency_recovery_stop_clear_start_and_scan_again() {
     let view = daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
     assert_eq!(view["me"]["wid"], format!("{PHONE}@c.us"));
 }
+
+// ----- seed 002: session persistence -----------------------------------------
+
+/// Seed 002, `### 1. **Proper Session Persistence**` ("Session survives
+/// server restarts"), with `### Session Lifecycle` 2 (**Server Restart**:
+/// no QR scan needed if the session is valid), `### Problem: Session not
+/// persisting after restart` and `## Security Considerations` 2
+/// (**Graceful Shutdown** "prevents orphaned sessions"): a SIGTERM stops
+/// the daemon in time and leaves no browser behind; the profile stays on
+/// disk, private (0700); the next start connects on it without a QR, as
+/// the same linked device, and sends.
+#[test]
+fn seed002_a_session_survives_a_daemon_restart_without_a_qr() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let dir = profile(&daemon, "acme");
+    assert!(daemon.stop(), "the daemon did not stop on SIGTERM in time");
+    wait_for("no browser left on the profile", Duration::from_secs(10), || wasup::procfs::browser_pid(&dir).is_none().then_some(()));
+    let mode = std::fs::metadata(&dir).expect("the profile is kept").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "profile mode {mode:o}");
+    assert!(std::fs::read_dir(&dir).expect("the profile").count() > 0, "the profile is empty");
+    daemon.start_again();
+    let view = daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert_eq!(view["me"]["wid"], format!("{PHONE}@c.us"));
+    let states = daemon.history_states("acme");
+    let shutdown = states.iter().rposition(|s| s == "STOPPED(daemon_shutdown)").expect("the shutdown recorded");
+    assert!(!states[shutdown..].iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")), "{states:?}");
+    let devices = sim.devices();
+    assert_eq!((devices.len(), &devices[0]["device"]), (1, &json!(device)), "{devices:?}");
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "after the restart"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
+/// Seed 002, `### 3. **Smart Reconnection Logic**` ("Different handling
+/// for logout vs connection loss"), with `### 2. **Enhanced Disconnection
+/// Handling**`, `### Session Lifecycle` 3 (**Connection Loss**) and
+/// `### Session Clearing Scenarios` ("User logout from WhatsApp app"): a
+/// lost connection comes back on the kept profile without a QR; a logout
+/// from the phone clears the profile and offers a new QR, with no retry of
+/// the dead credentials.
+#[test]
+fn seed002_a_logout_clears_the_session_while_a_lost_connection_keeps_it() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let marker = mark_profile(&daemon, "acme");
+    let before = daemon.history_states("acme").len();
+    sim.device_action(&device, "network-drop", Some(json!({"seconds": 3})));
+    wait_reconnected(&daemon, "acme", before, Duration::from_secs(40));
+    assert!(marker.exists(), "a lost connection cleared the profile");
+    sim.device_action(&device, "logout", None);
+    wait_history(&daemon, "acme", "LOGGED_OUT(phone_logout)", before, Duration::from_secs(30));
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    assert!(!marker.exists(), "a logout kept the profile");
+    assert!(events(&daemon, "acme", "session.restart_scheduled").is_empty(), "retried after a logout");
+}
+
+/// Seed 002, `### 3. **Smart Reconnection Logic**` ("Exponential backoff
+/// (5s, 10s, 15s, 20s, 25s, max 30s)", "Maximum 5 reconnection attempts")
+/// with `### Problem: Connection keeps dropping` ("Clear session if > 5
+/// failed attempts") and `## Important Notes` 3 ("Error Recovery:
+/// Automatic but respects WhatsApp's limits"): with the seed's budget of 5
+/// (the default is 10 an hour, backoff 5 s to 5 min), a browser that fails
+/// every start is retried exactly 5 times within the backoff bounds, then
+/// `FAILED` with an alert, and not retried again: a human decides.
+#[test]
+fn seed002_reconnects_back_off_and_stop_after_the_budget() {
+    let d = defaults();
+    assert_eq!((d.restart.max_restarts, d.restart.window), (10, Duration::from_secs(3600)));
+    let hooks = Receiver::start();
+    let sim = Sim::start(&[]);
+    let config = format!(
+        "backoff_base = \"100ms\"\nbackoff_cap = \"600ms\"\nmax_restarts = 5\n[browser]\nchromium = \"/bin/false\"\n{}",
+        webhook_config(&hooks)
+    );
+    let daemon = Daemon::start(&sim, &config);
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let view = daemon.wait_state("acme", "FAILED", Duration::from_secs(60));
+    assert_eq!(view["reason"], "restart_budget_spent");
+    let scheduled = events(&daemon, "acme", "session.restart_scheduled");
+    assert_eq!(scheduled.len(), 5, "{scheduled:?}");
+    for e in &scheduled {
+        let attempt = e["detail"]["attempt"].as_u64().unwrap_or_default();
+        let delay = e["detail"]["delay_ms"].as_u64().unwrap_or(u64::MAX);
+        assert!(delay <= 600.min(100 << attempt), "attempt {attempt}: {delay} ms");
+    }
+    hooks.wait_for("a FAILED alert", Duration::from_secs(10), |r| r.json()["state"] == "FAILED");
+    stays("FAILED, no more retries", Duration::from_secs(2), || {
+        daemon.session("acme")["state"] == "FAILED" && events(&daemon, "acme", "session.restart_scheduled").len() == 5
+    });
+}
+
+/// Seed 002, `### 1. Enhanced Status (GET /api/whatsapp/status)` (state,
+/// phone, push name, `reconnectAttempts`) and `### 3. **Smart Reconnection
+/// Logic**` ("Reset attempts on successful connection"): the view shows
+/// the linked account and the restart attempts; after a page crash the
+/// attempt is 1, and once the session has been healthy for
+/// `restart.reset_after` (here 1 s) the next crash counts from 1 again.
+#[test]
+fn seed002_status_shows_the_account_and_reconnect_attempts_which_reset_once_healthy() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "reset_after = \"1s\"\n");
+    daemon.pair(&sim, "acme", PHONE);
+    let v = daemon.session("acme");
+    assert_eq!((&v["state"], &v["desired"], &v["attempt"]), (&json!("CONNECTED"), &json!("running"), &json!(0)), "{v}");
+    assert_eq!((&v["me"]["wid"], &v["me"]["pushname"]), (&json!(format!("{PHONE}@c.us")), &json!("Acme")), "{v}");
+    for round in 1..=2 {
+        let before = daemon.history_states("acme").len();
+        crash_page(&daemon, "acme");
+        wait_reconnected(&daemon, "acme", before, Duration::from_secs(60));
+        let v = daemon.session("acme");
+        assert_eq!((&v["attempt"], &v["restarts_in_window"]), (&json!(1), &json!(round)), "round {round}: {v}");
+        // Healthy for longer than reset_after before the next crash.
+        wait_for("1 s connected", Duration::from_secs(10), || {
+            (now_ms().saturating_sub(daemon.session("acme")["since_ms"].as_u64().unwrap_or(u64::MAX)) > 1_200).then_some(())
+        });
+    }
+    let attempts: Vec<Value> = events(&daemon, "acme", "session.restart_scheduled").iter().map(|e| e["detail"]["attempt"].clone()).collect();
+    assert_eq!(attempts, [json!(1), json!(1)]);
+}
+
+/// Seed 002, `### 2. Clear Session (POST /api/whatsapp/clear-session)` and
+/// `### 3. Enhanced Disconnect (POST /api/whatsapp/disconnect)` ("Properly
+/// logout and clear session data"), with `## Quick Reference`: `POST
+/// …/logout` tells WhatsApp (the phone sees the device logged out), clears
+/// the profile and offers a fresh QR at once; scanning it links again.
+#[test]
+fn seed002_clear_session_logs_out_wipes_the_profile_and_offers_a_fresh_qr() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let old = daemon.pair(&sim, "acme", PHONE);
+    let marker = mark_profile(&daemon, "acme");
+    let r = daemon.api("POST", "/api/sessions/acme/logout", None);
+    assert_eq!((r.status, &r.body["state"], &r.body["reason"]), (200, &json!("LOGGED_OUT"), &json!("operator_logout")), "{:?}", r.body);
+    assert_eq!(sim.device_state(&old), "logged_out", "WhatsApp was not told");
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    assert!(!marker.exists(), "the session data was not cleared");
+    let new = sim.scan(&daemon.qr("acme"), PHONE);
+    assert_ne!(new, old);
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+}
+
+/// Seed 002, `## Security Considerations` 1 (**Session Files**: "Contain
+/// sensitive authentication data", "Set proper file permissions"): the
+/// profiles directory and each profile are private (0700), and neither the
+/// API token nor a QR string ever reaches the log.
+#[test]
+fn seed002_session_files_are_private_and_secrets_stay_out_of_the_log() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme", "start": true})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    let qr = daemon.qr("acme");
+    for dir in [profile(&daemon, "acme"), daemon.state_dir().join("profiles")] {
+        let mode = std::fs::metadata(&dir).expect("the directory").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} has mode {mode:o}", dir.display());
+    }
+    let log = daemon.log();
+    assert!(!log.is_empty());
+    assert!(!log.contains(&daemon.token), "the token is in the log");
+    assert!(!log.contains(&qr), "a QR string is in the log");
+}
+
+/// Seed 002, `## Important Notes` 2 (**Rate Limiting**: "Built-in delays
+/// prevent WhatsApp blocks"): a campaign's sends reach WhatsApp no closer
+/// than its gap (400 to 600 ms here, ± 150 ms for the page's round trip).
+#[test]
+fn seed002_rate_limiting_campaign_sends_are_spaced_by_their_gap() {
+    let d = defaults();
+    assert_eq!((d.numbers.min_delay, d.numbers.max_delay), (Duration::from_secs(20), Duration::from_secs(45)));
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let id = daemon.campaign(campaign_body("acme", &numbers(5, 60_500_000), 400, 600, true));
+    daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(60));
+    let mut at: Vec<u64> = sim.messages(&device).iter().map(|m| m["at_ms"].as_u64().unwrap_or_default()).collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), 5);
+    for w in at.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap + 150 >= 400, "sends {gap} ms apart; the gap is at least 400 ms: {at:?}");
+    }
+}
