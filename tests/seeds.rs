@@ -1250,3 +1250,292 @@ fn seed003_no_unnecessary_qr_every_kind_of_restart_keeps_the_link() {
     assert_eq!(sim.devices().len(), 1, "{:?}", sim.devices());
     assert_eq!(sim.device_state(&device), "active");
 }
+
+// ----- seed 004: the device_removed post-mortem (Russian) --------------------
+
+/// Seed 004, `## 🔴 Проблема` (the problem: WhatsApp revoked the device,
+/// `401 device_removed`) with `### Симптомы` (symptoms: sends fail with a
+/// 500, automatic reconnection does not work), `### Immediate Fix`
+/// (clear the auth data, a new QR, scan it), `#### 3. Скрипт
+/// автовосстановления` (Telegram notifications) and `## 📝 Checklist для
+/// будущих инцидентов с WhatsApp` (check the status through the API, new
+/// session, scan the QR, check the bot answers): the device is revoked
+/// mid-campaign. It is seen at once (`LOGGED_OUT(device_removed)`), the
+/// campaign fails at once, an alert goes to the webhook and to Telegram,
+/// a send is refused with a 409 that says why (not a 500), the revoked
+/// credentials are not retried but wiped, and a fresh QR relinks the
+/// number, which sends again.
+#[test]
+fn seed004_device_removed_is_seen_at_once_alerted_and_relinked_by_a_new_qr() {
+    let _permit = browser_permit();
+    let hooks = Receiver::start();
+    let sim = Sim::start(&[]);
+    let config = format!(
+        "{}[alerts.telegram]\nbot_token = \"123456:SECRET-bot-token\"\nchat_id = \"-10042\"\napi_base = \"{}\"\n",
+        webhook_config(&hooks),
+        hooks.base
+    );
+    let daemon = Daemon::start(&sim, &config);
+    let old = daemon.pair(&sim, "acme", PHONE);
+    let marker = mark_profile(&daemon, "acme");
+    let id = daemon.campaign(campaign_body("acme", &numbers(5, 62_000_000), 1000, 1500, true));
+    daemon.wait_sent(&id, 1, Duration::from_secs(60));
+    let before = daemon.history_states("acme").len();
+    let r = sim.phone("POST", &format!("/_phone/devices/{old}/device-removed"), None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_history(&daemon, "acme", "LOGGED_OUT(device_removed)", before, Duration::from_secs(30));
+    let v = daemon.wait_campaign(&id, "FAILED", Duration::from_secs(10));
+    assert!(v["reason"].as_str().unwrap_or_default().starts_with("session_logged_out: device_removed"), "{v}");
+    let alert = hooks.wait_for("a LOGGED_OUT alert", Duration::from_secs(20), |r| r.json()["state"] == "LOGGED_OUT");
+    assert_eq!((&alert.json()["session"], &alert.json()["reason"]), (&json!("acme"), &json!("device_removed")));
+    let telegram = hooks.wait_for("a Telegram message", Duration::from_secs(20), |r| r.path.ends_with("/sendMessage"));
+    assert!(telegram.json()["text"].as_str().unwrap_or_default().contains("acme is LOGGED_OUT"), "{:?}", telegram.json());
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "anyone?"})));
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["error"].as_str().unwrap_or_default().contains("not CONNECTED"), "{:?}", r.body);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    assert!(!marker.exists(), "the revoked credentials were kept");
+    let after: Vec<String> = daemon.history_states("acme").into_iter().skip(before).collect();
+    assert!(!after.iter().any(|s| s.starts_with("RECONNECTING")), "retried revoked credentials: {after:?}");
+    assert!(!daemon.log().contains("SECRET-bot-token"), "the bot token is in the log");
+    let new = sim.scan(&daemon.qr("acme"), PHONE);
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "back"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(sim.messages(&new).len(), 1);
+}
+
+/// Seed 004, `### Ключевые метрики для отслеживания` 1 (key files in the
+/// auth directory: fewer than 100), with `#### 2. Мониторинг здоровья
+/// сессий` (more than 100 files: warn) and `### 3. Отсутствие мониторинга`
+/// (no early detection, no notifications): `health.key_files.max` defaults
+/// to the seed's 100. Each session's key files are counted and shown (the
+/// view and `/metrics`; a fresh session is well under 100); over the limit
+/// (here 1) there is one `session.health` event and one alert per
+/// crossing, not one per count.
+#[test]
+fn seed004_target_key_files_are_counted_and_over_the_limit_alerted_once() {
+    assert_eq!(defaults().health.key_files.max, 100);
+    let _permit = browser_permit();
+    let hooks = Receiver::start();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, &format!("[health.key_files]\ninterval = \"500ms\"\nmax = 1\n{}", webhook_config(&hooks)));
+    daemon.pair(&sim, "acme", PHONE);
+    let count = wait_for("a key-file count", Duration::from_secs(30), || daemon.session("acme")["key_files"].as_u64());
+    assert!((2..100).contains(&count), "{count} key files: over this test's limit of 1, under the seed's 100");
+    let shown = metric(&daemon, "wasup_session_key_files{session=\"acme\"}").expect("the key files in /metrics");
+    assert!((2.0..100.0).contains(&shown), "{shown}");
+    let alert = hooks.wait_for("a key-file alert", Duration::from_secs(30), |r| r.json()["event"] == "session.health");
+    assert_eq!(alert.json()["detail"]["max"], 1);
+    stays("one alert per crossing", Duration::from_secs(2), || {
+        hooks.received().iter().filter(|r| r.json()["event"] == "session.health").count() == 1
+    });
+    assert_eq!(events(&daemon, "acme", "session.health").len(), 1);
+    assert_eq!(daemon.session("acme")["state"], "CONNECTED", "action \"alert\" leaves the session up");
+}
+
+/// Seed 004, `#### 2. Мониторинг здоровья сессий` ("If too many files …
+/// force cleanup": remove the session and create it again) with `###
+/// Best Practices на будущее` 2 (watch the file system for piling keys):
+/// with `health.key_files.action = "cleanup"`, a linked session over the
+/// limit is purged once (`LOGGED_OUT(key_files_cleanup)`, a fresh QR); the
+/// fresh, unlinked profile is not purged again.
+#[test]
+fn seed004_key_files_over_the_limit_are_purged_once_when_configured() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "[health.key_files]\ninterval = \"500ms\"\nmax = 1\naction = \"cleanup\"\n");
+    let r = daemon.api("POST", "/api/sessions", Some(json!({"name": "acme"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    sim.scan(&daemon.qr("acme"), PHONE);
+    wait_history(&daemon, "acme", "LOGGED_OUT(key_files_cleanup)", 0, Duration::from_secs(30));
+    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    stays("one cleanup", Duration::from_secs(3), || daemon.history_states("acme").iter().filter(|s| s.starts_with("LOGGED_OUT")).count() == 1);
+}
+
+/// Seed 004, `### 2. Частые переподключения` (259 reconnects in 8 days,
+/// unnoticed) with `### Ключевые метрики для отслеживания` 2 (reconnects:
+/// at most 10 a day): every reconnect is counted per session, over the
+/// last 24 h and in total (`wasup_session_reconnects`), as the history
+/// records them.
+#[test]
+fn seed004_reconnects_are_counted_per_session_over_24h() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let series = "wasup_session_reconnects{session=\"acme\",window=\"24h\"}";
+    assert_eq!(metric(&daemon, series), Some(0.0));
+    for _ in 0..2 {
+        let before = daemon.history_states("acme").len();
+        sim.device_action(&device, "network-drop", Some(json!({"seconds": 2})));
+        wait_reconnected(&daemon, "acme", before, Duration::from_secs(40));
+    }
+    let recorded = daemon.history_states("acme").iter().filter(|s| s.starts_with("RECONNECTING")).count();
+    assert!(recorded >= 2, "{:?}", daemon.history_states("acme"));
+    assert_eq!(metric(&daemon, series), Some(recorded as f64));
+    assert_eq!(metric(&daemon, "wasup_session_reconnects{session=\"acme\",window=\"total\"}"), Some(recorded as f64));
+}
+
+/// Seed 004, `### Ключевые метрики для отслеживания` 4 (recovery time:
+/// under 5 minutes) against the incident's `**Resolution Time**: 2 часа`
+/// and `### После исправления` ("Автоматическое восстановление при
+/// сбоях"): the page crashes; the session is `CONNECTED` again, measured
+/// from the daemon's own history, well within 5 minutes (printed).
+#[test]
+fn seed004_target_recovery_under_5_minutes_after_a_crash() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    daemon.pair(&sim, "acme", PHONE);
+    let before = daemon.history_states("acme").len();
+    crash_page(&daemon, "acme");
+    wait_reconnected(&daemon, "acme", before, Duration::from_secs(60));
+    let h = history(&daemon, "acme");
+    let lost = h.iter().skip(before).find(|(s, _, _)| s != "CONNECTED").map(|(_, _, at)| *at).expect("left CONNECTED");
+    let back = h.iter().skip(before).find(|(s, _, at)| s == "CONNECTED" && *at >= lost).map(|(_, _, at)| *at).expect("back");
+    let recovery = back - lost;
+    eprintln!("seed 004: recovery after a page crash took {recovery} ms (target: under 300000 ms)");
+    assert!(recovery < 300_000, "recovery took {recovery} ms");
+}
+
+/// The session's `objectives` in its view, waiting until they are there.
+fn objectives(daemon: &Daemon, name: &str) -> Value {
+    let v = daemon.session(name);
+    assert!(v["objectives"].is_object(), "no objectives in the session view: {v}");
+    v["objectives"].clone()
+}
+
+/// Seed 004, `### Ключевые метрики для отслеживания` (the targets: < 100
+/// key files, ≤ 10 reconnects a day, 99.9 % uptime, < 5 min recovery):
+/// each session's view reports every objective against its default
+/// target; a fresh session meets them, with no recovery measured yet.
+#[test]
+#[ignore = "needs objectives (issue 14 item 3)"]
+fn seed004_targets_are_reported_per_session_against_the_seeds_figures() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "[health.key_files]\ninterval = \"500ms\"\n");
+    daemon.pair(&sim, "acme", PHONE);
+    let files = wait_for("a key-file count", Duration::from_secs(30), || daemon.session("acme")["key_files"].as_u64());
+    let o = objectives(&daemon, "acme");
+    let target = |k: &str| o[k]["target"].as_f64().unwrap_or_else(|| panic!("{k} has no target: {o}"));
+    assert_eq!(
+        [target("uptime_24h"), target("uptime_7d"), target("reconnects_24h"), target("recovery_last_ms"), target("recovery_p95_7d_ms"), target("key_files")],
+        [0.999, 0.999, 10.0, 300_000.0, 300_000.0, 100.0],
+        "{o}"
+    );
+    assert_eq!((&o["reconnects_24h"]["value"], &o["reconnects_24h"]["met"]), (&json!(0), &json!(true)), "{o}");
+    assert_eq!((&o["recovery_last_ms"]["value"], &o["recovery_last_ms"]["met"]), (&Value::Null, &Value::Null), "{o}");
+    let shown = o["key_files"]["value"].as_u64().expect("key files");
+    assert!(shown.abs_diff(files) <= 5 && o["key_files"]["met"] == true, "{o}");
+    let listed = daemon.api("GET", "/api/sessions", None).body;
+    assert!(listed[0]["objectives"].is_object(), "{listed}");
+}
+
+/// Seed 004, `### Ключевые метрики для отслеживания` 2 (at most 10
+/// reconnects a day) with `### 3. Отсутствие мониторинга` (no early
+/// warning; the issue: 259 reconnects in 8 days went unnoticed): a session
+/// made to reconnect 11 times is over its target and raises exactly one
+/// `session.objective` alert, not one per reconnect after that.
+#[test]
+#[ignore = "needs objectives (issue 14 item 3)"]
+fn seed004_target_at_most_10_reconnects_a_day_alerts_once_on_the_11th() {
+    let _permit = browser_permit();
+    let hooks = Receiver::start();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, &webhook_config(&hooks));
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let objective_alerts = || hooks.received().iter().filter(|r| r.json()["event"] == "session.objective").count();
+    for round in 1..=12 {
+        let before = daemon.history_states("acme").len();
+        sim.device_action(&device, "network-drop", Some(json!({"seconds": 1})));
+        wait_reconnected(&daemon, "acme", before, Duration::from_secs(40));
+        if round == 10 {
+            let o = objectives(&daemon, "acme");
+            assert_eq!((&o["reconnects_24h"]["value"], &o["reconnects_24h"]["met"]), (&json!(10), &json!(true)), "{o}");
+            assert_eq!(objective_alerts(), 0, "an alert at 10 reconnects");
+        }
+        if round == 11 {
+            hooks.wait_for("a session.objective alert", Duration::from_secs(20), |r| r.json()["event"] == "session.objective");
+        }
+    }
+    let o = objectives(&daemon, "acme");
+    assert_eq!((&o["reconnects_24h"]["value"], &o["reconnects_24h"]["met"]), (&json!(12), &json!(false)), "{o}");
+    stays("exactly one alert", Duration::from_secs(2), || objective_alerts() == 1);
+}
+
+/// Seed 004, `### Ключевые метрики для отслеживания` 3 (session uptime:
+/// aim for 99.9 %): uptime is the time `CONNECTED` over the time the
+/// session was meant to run. After pairing and a network drop, the view's
+/// 24 h and 7 d figures match the history's, are under the target, and
+/// say so.
+#[test]
+#[ignore = "needs objectives (issue 14 item 3)"]
+fn seed004_target_uptime_99_9_percent_is_reported_per_session() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    let device = daemon.pair(&sim, "acme", PHONE);
+    let before = daemon.history_states("acme").len();
+    sim.device_action(&device, "network-drop", Some(json!({"seconds": 2})));
+    wait_reconnected(&daemon, "acme", before, Duration::from_secs(40));
+    let asked = now_ms();
+    let o = objectives(&daemon, "acme");
+    // The expected ratio from the history: CONNECTED time over the time
+    // since the session was first started.
+    let h = history(&daemon, "acme");
+    let start = h.iter().find(|(s, _, _)| s == "STARTING").map(|(_, _, at)| *at).expect("a start");
+    let mut up = 0;
+    let mut since = None;
+    for (state, _, at) in &h {
+        match (state.as_str(), since) {
+            ("CONNECTED", None) => since = Some(*at),
+            (s, Some(from)) if s != "CONNECTED" => {
+                up += at - from;
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    up += since.map_or(0, |from| asked - from);
+    let expected = up as f64 / (asked - start) as f64;
+    for window in ["uptime_24h", "uptime_7d"] {
+        let value = o[window]["value"].as_f64().unwrap_or_else(|| panic!("no {window}: {o}"));
+        assert!((value - expected).abs() < 0.03, "{window} {value}, expected about {expected}: {o}");
+        assert!(value < 0.999);
+        assert_eq!((&o[window]["target"], &o[window]["met"]), (&json!(0.999), &json!(false)), "{o}");
+    }
+}
+
+/// Seed 004, `### Ключевые метрики для отслеживания` 4 (recovery time:
+/// under 5 minutes): the view reports the last recovery (leaving
+/// `CONNECTED` not by the operator, to `CONNECTED` again) as the history
+/// measures it, and its 7-day p95; an operator's stop and start is not a
+/// recovery.
+#[test]
+#[ignore = "needs objectives (issue 14 item 3)"]
+fn seed004_target_recovery_time_is_reported_per_session() {
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    daemon.pair(&sim, "acme", PHONE);
+    let before = daemon.history_states("acme").len();
+    crash_page(&daemon, "acme");
+    wait_reconnected(&daemon, "acme", before, Duration::from_secs(60));
+    let h = history(&daemon, "acme");
+    let lost = h.iter().skip(before).find(|(s, _, _)| s != "CONNECTED").map(|(_, _, at)| *at).expect("left CONNECTED");
+    let back = h.iter().skip(before).find(|(s, _, at)| s == "CONNECTED" && *at >= lost).map(|(_, _, at)| *at).expect("back");
+    let o = objectives(&daemon, "acme");
+    let last = o["recovery_last_ms"]["value"].as_u64().unwrap_or_else(|| panic!("no recovery: {o}"));
+    assert!(last.abs_diff(back - lost) <= 1_000, "reported {last} ms, the history says {} ms", back - lost);
+    assert_eq!((&o["recovery_last_ms"]["target"], &o["recovery_last_ms"]["met"]), (&json!(300_000), &json!(true)), "{o}");
+    assert_eq!(o["recovery_p95_7d_ms"]["value"], json!(last), "{o}");
+    for command in ["stop", "start"] {
+        let r = daemon.api("POST", &format!("/api/sessions/acme/{command}"), None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert_eq!(objectives(&daemon, "acme")["recovery_last_ms"]["value"], json!(last), "an operator's stop counted as a recovery");
+}
