@@ -206,15 +206,18 @@ impl Daemon {
         };
         // Keys before `extra_config`'s first table header continue
         // `[restart]`: the harness's fast backoff unless they set their own.
-        let restart_keys: Vec<&str> =
-            extra_config.lines().take_while(|l| !l.trim_start().starts_with('[')).filter_map(|l| l.split('=').next()).map(str::trim).collect();
+        let restart_keys: Vec<&str> = extra_config
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with('['))
+            .filter_map(|l| l.split('=').next())
+            .map(str::trim)
+            .collect();
         let fast: String = [("backoff_base", "200ms"), ("backoff_cap", "2s")]
             .iter()
             .filter(|(k, _)| !restart_keys.contains(k))
             .map(|(k, v)| format!("{k} = \"{v}\"\n"))
             .collect();
-        let extra =
-            format!("{events}poll_interval = \"100ms\"\n{whatsapp}\n[restart]\nboot_stagger = \"100ms\"\n{fast}{extra_config}");
+        let extra = format!("{events}poll_interval = \"100ms\"\n{whatsapp}\n[restart]\nboot_stagger = \"100ms\"\n{fast}{extra_config}");
         let mut setup = DaemonSetup::new(dir.path(), page_base, &extra).unwrap().with_token("test-token-0123456789");
         setup.api = setup.api.unpooled();
         let mut d = Daemon {
