@@ -477,7 +477,7 @@ fn seed000_scenario3_a_disconnect_after_the_campaign_ended_keeps_its_report() {
     };
     let before = outcome(&daemon);
     sim.device_action(&device, "logout", None);
-    daemon.wait_state("acme", "SCAN_QR", Duration::from_secs(60));
+    wait_history(&daemon, "acme", "LOGGED_OUT(phone_logout)", 0, Duration::from_secs(30));
     let v = daemon.campaign_view(&id);
     assert_eq!((&v["state"], &v["reason"], &v["counts"]["SENT"]), (&json!("COMPLETED"), &Value::Null, &json!(3)), "{v}");
     assert_eq!(outcome(&daemon), before);
@@ -625,7 +625,7 @@ fn seed000_no_crash_guarantee_the_daemon_outlives_every_listed_failure() {
     sim.device_action(&b, "reload", None);
     // A logout while connecting.
     let ha = daemon.history_states("acme").len();
-    sim.device_action(&a, "network-drop", Some(json!({"seconds": 10})));
+    sim.device_action(&a, "network-drop", Some(json!({"seconds": 6})));
     wait_for("acme reconnecting", Duration::from_secs(10), || {
         daemon.history_states("acme").iter().skip(ha).any(|s| s.starts_with("RECONNECTING")).then_some(())
     });
