@@ -11,7 +11,11 @@
 //!   first-contact cap, or sooner than the number's gap after its previous
 //!   send;
 //! - no send to a contact on the opt-out list;
-//! - a final campaign state only with nothing in flight.
+//! - a final campaign state only with nothing in flight;
+//! - a session only a person can bring back (`SCAN_QR`, `LOGGED_OUT`,
+//!   `BLOCKED`, `FAILED`, `CONFLICT` without takeover) fails the campaign
+//!   at once (an operator's pause survives a relink); one that comes back
+//!   by itself never fails it.
 //!
 //! And at the end: the campaign completes, and every recipient is `SENT`
 //! (delivered exactly once, under the id stored) or `FAILED`/`SKIPPED` with
