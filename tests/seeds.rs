@@ -82,7 +82,7 @@
 //!   Reference`, `### Problem: "WhatsApp client is not ready"` →
 //!   `seed002_clear_session_logs_out_wipes_the_profile_and_offers_a_fresh_qr`
 //! - `## Security Considerations` 1 → `seed002_session_files_are_private_and_secrets_stay_out_of_the_log`
-//! - `## Important Notes` 2 (rate limiting) → `seed002_rate_limiting_campaign_sends_are_spaced_by_their_gap`
+//! - `## Important Notes` 2 (rate limiting) → `seed002_rate_limiting_the_numbers_sends_are_spaced_by_its_gap`
 //! - `### 4. **Improved Session Monitoring**` ("Monitor auto-restart after
 //!   errors") → `seed003_error_resilience_a_panicking_session_is_rebuilt_and_the_daemon_stays_up`;
 //!   `### Problem: "Session closed" errors during messaging` →
@@ -797,7 +797,7 @@ fn seed001_message_queue_a_send_cut_off_by_a_crash_is_retried_without_a_duplicat
 
 /// Seed 001, `#### 2. Message Queue System` ("Timeout Protection: Messages
 /// timeout after 2 minutes"): `whatsapp.send_timeout` defaults to the
-/// seed's 2 min. A send to a WhatsApp that takes 3 s to accept is answered
+/// seed's 2 min. A send to a WhatsApp that takes 5 s to accept is answered
 /// within `whatsapp.ack_wait` (here 1 s) with its id and ack `PENDING`,
 /// not held; the message still arrives once, under that id, and its ack
 /// follows.
@@ -808,13 +808,13 @@ fn seed001_timeout_protection_a_slow_send_is_answered_in_bounded_time() {
     let sim = Sim::start(&[]);
     let daemon = Daemon::start_tuned(&sim, "ack_wait = \"1s\"", "");
     let device = daemon.pair(&sim, "acme", PHONE);
-    sim.device_action(&device, "slow", Some(json!({"ms": 3000})));
+    sim.device_action(&device, "slow", Some(json!({"ms": 5000})));
     let asked = Instant::now();
     let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": "+4915123456789", "text": "slow"})));
     let took = asked.elapsed();
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["ack"], "PENDING", "{:?}", r.body);
-    assert!(took < Duration::from_millis(2900), "answered after {took:?}");
+    assert!(took < Duration::from_millis(4500), "answered after {took:?}");
     let id = r.body["id"].as_str().expect("a message id").to_string();
     let log = wait_for("the message at WhatsApp", Duration::from_secs(20), || {
         let log = sim.messages(&device);
@@ -1137,24 +1137,26 @@ fn seed002_session_files_are_private_and_secrets_stay_out_of_the_log() {
 }
 
 /// Seed 002, `## Important Notes` 2 (**Rate Limiting**: "Built-in delays
-/// prevent WhatsApp blocks"): a campaign's sends reach WhatsApp no closer
-/// than its gap (400 to 600 ms here, ± 150 ms for the page's round trip).
+/// prevent WhatsApp blocks"): the number's gap (`numbers.min_delay`,
+/// default 20 s; here 400 ms) holds between every two messages WhatsApp
+/// accepts from the number, since it counts from the end of the previous
+/// send.
 #[test]
-fn seed002_rate_limiting_campaign_sends_are_spaced_by_their_gap() {
+fn seed002_rate_limiting_the_numbers_sends_are_spaced_by_its_gap() {
     let d = defaults();
     assert_eq!((d.numbers.min_delay, d.numbers.max_delay), (Duration::from_secs(20), Duration::from_secs(45)));
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
-    let daemon = Daemon::start(&sim, "");
+    let daemon = Daemon::start(&sim, "[numbers]\nmin_delay = \"400ms\"\nmax_delay = \"500ms\"\n");
     let device = daemon.pair(&sim, "acme", PHONE);
-    let id = daemon.campaign(campaign_body("acme", &numbers(5, 60_500_000), 400, 600, true));
+    let id = daemon.campaign(campaign_body("acme", &numbers(5, 60_500_000), 0, 0, true));
     daemon.wait_campaign(&id, "COMPLETED", Duration::from_secs(60));
     let mut at: Vec<u64> = sim.messages(&device).iter().map(|m| m["at_ms"].as_u64().unwrap_or_default()).collect();
     at.sort_unstable();
     assert_eq!(at.len(), 5);
     for w in at.windows(2) {
         let gap = w[1] - w[0];
-        assert!(gap + 150 >= 400, "sends {gap} ms apart; the gap is at least 400 ms: {at:?}");
+        assert!(gap >= 400, "WhatsApp accepted two sends {gap} ms apart; the number's gap is at least 400 ms: {at:?}");
     }
 }
 
@@ -1315,7 +1317,7 @@ fn seed003_heartbeat_reconnects_after_three_missed_beats() {
             .find(|e| matches!(e["reason"].as_str(), Some("connection_lost" | "heartbeat_missed")) && e["at_ms"].as_u64() >= Some(dropped))
     });
     let after = ended["at_ms"].as_u64().unwrap_or_default() - dropped;
-    assert!((1_800..12_000).contains(&after), "restarted {after} ms after the drop; 3 beats of 1 s");
+    assert!((1_800..20_000).contains(&after), "restarted {after} ms after the drop; 3 beats of 1 s");
     daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
     let states = since_pairing(&daemon, "acme");
     assert!(!states.iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")), "{states:?}");
