@@ -718,6 +718,37 @@ pub fn sends_per_hour(sent_at: impl IntoIterator<Item = u64>, now_ms: u64) -> Ve
     hours
 }
 
+/// The last [`sends_per_hour`] of each campaign, kept with the counts and
+/// the hour it was computed at: while a campaign's counts ([`Tally`]) and
+/// the current hour are the same, no recipient became `SENT` and the
+/// window has not moved, so the answer is the same and no recipient is
+/// read. One entry per campaign asked for (campaigns are never deleted,
+/// so it holds at most one per stored campaign, about 400 bytes each).
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SendsCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, CachedSends>>>);
+
+/// A cached answer: the counts and the hour (epoch ms) it was computed at.
+type CachedSends = (Counts, u64, Vec<HourSends>);
+
+impl SendsCache {
+    /// The hours of campaign `id` computed with `counts` in the hour of `now_ms`.
+    pub fn get(&self, id: &str, counts: &Counts, now_ms: u64) -> Option<Vec<HourSends>> {
+        let map = self.0.lock().ok()?;
+        let (c, hour, hours) = map.get(id)?;
+        (c == counts && *hour == now_ms - now_ms % HOUR_MS).then(|| hours.clone())
+    }
+
+    /// Keeps `hours`, computed from recipients read after `counts` were.
+    pub fn put(&self, id: &str, counts: Counts, now_ms: u64, hours: Vec<HourSends>) {
+        // A poisoned lock only means the cache is not used: the answer is
+        // computed again next time.
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id.to_string(), (counts, now_ms - now_ms % HOUR_MS, hours));
+        }
+    }
+}
+
 /// A fresh campaign id: `cmp_` and 16 hex digits.
 pub fn new_id() -> String {
     use rand::Rng as _;
@@ -752,6 +783,14 @@ mod tests {
         assert_eq!(hours.iter().map(|h| h.sent).sum::<u32>(), 5, "older than the window or after now: not counted");
         assert!(hours.windows(2).all(|w| w[1].hour_ms - w[0].hour_ms == HOUR_MS));
         assert!(sends_per_hour([], now).iter().all(|h| h.sent == 0));
+
+        let cache = SendsCache::default();
+        let counts: Counts = [1, 0, 5, 0, 0];
+        cache.put("cmp_1", counts, now, hours.clone());
+        assert_eq!(cache.get("cmp_1", &counts, current + HOUR_MS - 1), Some(hours), "the same hour, the same counts");
+        assert_eq!(cache.get("cmp_1", &[0, 0, 6, 0, 0], now), None, "a new send");
+        assert_eq!(cache.get("cmp_1", &counts, current + HOUR_MS), None, "the window moved");
+        assert_eq!(cache.get("cmp_2", &counts, now), None);
     }
 
     #[test]

@@ -550,7 +550,8 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 /// One campaign
 ///
 /// With `sends_per_hour`: its sends in each of the last 24 hours (one pass
-/// over its recipients).
+/// over its recipients, unless none was sent since the last ask within the
+/// same hour).
 #[utoipa::path(
     get,
     operation_id = "get_campaign",
@@ -565,11 +566,24 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 )]
 async fn get(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
     let record = stored(&state, &path.id)?;
-    let (store, id) = (state.store.clone(), record.id.clone());
-    // Up to `limits.recipients` records: off the HTTP worker.
-    let times = web::block(move || store.sent_times(&id)).await.map_err(|e| ApiError::internal(format!("reading sends: {e}")))??;
+    // The counts first: a send stored after them changes them, so what is
+    // cached under them is never older than they are.
+    let counts = state.tally.get(&state.store, &record.id)?;
+    let now = now_ms();
+    let hours = match state.sends.get(&record.id, &counts, now) {
+        Some(hours) => hours,
+        None => {
+            let (store, id) = (state.store.clone(), record.id.clone());
+            // Up to `limits.recipients` records: off the HTTP worker.
+            let times =
+                web::block(move || store.sent_times(&id)).await.map_err(|e| ApiError::internal(format!("reading sends: {e}")))??;
+            let hours = campaign::sends_per_hour(times, now);
+            state.sends.put(&record.id, counts, now, hours.clone());
+            hours
+        }
+    };
     let mut v = view(&state, record)?;
-    v.sends_per_hour = Some(campaign::sends_per_hour(times, now_ms()));
+    v.sends_per_hour = Some(hours);
     Ok(HttpResponse::Ok().json(v))
 }
 
