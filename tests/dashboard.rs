@@ -410,6 +410,7 @@ async fn an_operator_creates_a_session_pairs_it_and_runs_a_campaign_from_a_csv_i
     .await;
     let refused = refused.as_str().unwrap_or("").to_string();
     assert!(refused.contains("HTTP 400") && refused.contains("line 3"), "{refused}");
+    c.screenshot().await.map(|png| std::fs::write(shots.join("2-bad-csv.png"), png)).expect("screenshot").expect("write it");
     assert_eq!(daemon.api("GET", "/api/campaigns", None).body, json!([]), "nothing created");
 
     // The good CSV: a DRAFT, started with its button, COMPLETED in the page.
@@ -454,7 +455,7 @@ async fn an_operator_creates_a_session_pairs_it_and_runs_a_campaign_from_a_csv_i
     let listed = daemon.api("GET", "/api/campaigns", None).body;
     assert!(listed[0].get("sends_per_hour").is_none(), "the list leaves it out: {listed}");
     assert!(chart["tallest"].as_f64().unwrap_or(0.0) > 10.0, "a visible bar: {chart}");
-    c.screenshot().await.map(|png| std::fs::write(shots.join("2-completed.png"), png)).expect("screenshot").expect("write it");
+    c.screenshot().await.map(|png| std::fs::write(shots.join("3-completed.png"), png)).expect("screenshot").expect("write it");
 
     // A second one started from the form, then paused and cancelled with its buttons.
     let slow = files.path().join("slow.csv");
@@ -480,7 +481,7 @@ async fn an_operator_creates_a_session_pairs_it_and_runs_a_campaign_from_a_csv_i
         .unwrap();
     assert_eq!(buttons, json!(0), "an ended campaign offers no action");
 
-    let shot = shots.join("3-dashboard.png");
+    let shot = shots.join("4-cancelled.png");
     c.screenshot().await.map(|png| std::fs::write(&shot, png)).expect("screenshot").expect("write it");
     eprintln!("dashboard screenshots in {}", shots.display());
     let violations = c.execute("return window.__violations;", vec![]).await.unwrap();
