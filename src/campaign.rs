@@ -680,6 +680,75 @@ pub fn check_pacing(pacing: &PacingSpec, limits: &InputLimits) -> Result<(), Str
     Ok(())
 }
 
+/// One hour of a campaign's sends (`sends_per_hour` of `GET /api/campaigns/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct HourSends {
+    /// Start of the hour, Unix epoch ms (a whole UTC hour).
+    #[schema(example = 1_767_222_000_000_u64)]
+    pub hour_ms: u64,
+    /// Recipients that became `SENT` within the hour (their `sent_at_ms`).
+    pub sent: u32,
+}
+
+/// One hour, ms.
+pub const HOUR_MS: u64 = 3_600_000;
+/// How many hours [`sends_per_hour`] covers.
+pub const SENDS_HOURS: u64 = 24;
+
+/// Sends per hour over the last [`SENDS_HOURS`] whole UTC hours, the
+/// current one (which began at most an hour before `now_ms`) last: 24
+/// entries, oldest first, hours without sends at 0. `sent_at` are the
+/// recipients' `sent_at_ms` (epoch ms); times outside the window (older,
+/// or in the future of `now_ms`) are not counted. Pure: time is an argument.
+pub fn sends_per_hour(sent_at: impl IntoIterator<Item = u64>, now_ms: u64) -> Vec<HourSends> {
+    let current = now_ms - now_ms % HOUR_MS;
+    let first = current.saturating_sub((SENDS_HOURS - 1) * HOUR_MS);
+    // (Fewer than 24 hours only for a `now_ms` in the epoch's first day.)
+    let mut hours: Vec<HourSends> =
+        (0..SENDS_HOURS).map(|i| first + i * HOUR_MS).filter(|h| *h <= current).map(|hour_ms| HourSends { hour_ms, sent: 0 }).collect();
+    for t in sent_at {
+        if t < first || t > now_ms {
+            continue;
+        }
+        let i = ((t - first) / HOUR_MS) as usize;
+        if let Some(h) = hours.get_mut(i) {
+            h.sent = h.sent.saturating_add(1);
+        }
+    }
+    hours
+}
+
+/// The last [`sends_per_hour`] of each campaign, kept with the counts and
+/// the hour it was computed at: while a campaign's counts ([`Tally`]) and
+/// the current hour are the same, no recipient became `SENT` and the
+/// window has not moved, so the answer is the same and no recipient is
+/// read. One entry per campaign asked for (campaigns are never deleted,
+/// so it holds at most one per stored campaign, about 400 bytes each).
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SendsCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, CachedSends>>>);
+
+/// A cached answer: the counts and the hour (epoch ms) it was computed at.
+type CachedSends = (Counts, u64, Vec<HourSends>);
+
+impl SendsCache {
+    /// The hours of campaign `id` computed with `counts` in the hour of `now_ms`.
+    pub fn get(&self, id: &str, counts: &Counts, now_ms: u64) -> Option<Vec<HourSends>> {
+        let map = self.0.lock().ok()?;
+        let (c, hour, hours) = map.get(id)?;
+        (c == counts && *hour == now_ms - now_ms % HOUR_MS).then(|| hours.clone())
+    }
+
+    /// Keeps `hours`, computed from recipients read after `counts` were.
+    pub fn put(&self, id: &str, counts: Counts, now_ms: u64, hours: Vec<HourSends>) {
+        // A poisoned lock only means the cache is not used: the answer is
+        // computed again next time.
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id.to_string(), (counts, now_ms - now_ms % HOUR_MS, hours));
+        }
+    }
+}
+
 /// A fresh campaign id: `cmp_` and 16 hex digits.
 pub fn new_id() -> String {
     use rand::Rng as _;
@@ -698,6 +767,31 @@ mod tests {
     static L: std::sync::LazyLock<InputLimits> = std::sync::LazyLock::new(InputLimits::default);
 
     const CSV: &str = "phone,name\n+49 151 12345678,Ana\n0151 23456789,Ben\n+4915112345678,Ana again\nnot a number,Cid\n,Dee\n";
+
+    #[test]
+    fn sends_are_counted_per_whole_hour_over_the_last_day() {
+        let now = 1_767_222_000_000 + 30 * 60_000; // half past a whole hour
+        let current = now - 30 * 60_000;
+        let first = current - 23 * HOUR_MS;
+        let times = [now, current, current - 1, first, first - 1, now + 1, first + 5 * HOUR_MS + 59 * 60_000];
+        let hours = sends_per_hour(times, now);
+        assert_eq!(hours.len(), 24);
+        assert_eq!(hours[0], HourSends { hour_ms: first, sent: 1 });
+        assert_eq!(hours[5].sent, 1);
+        assert_eq!(hours[22].sent, 1, "one ms before the current hour");
+        assert_eq!(hours[23], HourSends { hour_ms: current, sent: 2 });
+        assert_eq!(hours.iter().map(|h| h.sent).sum::<u32>(), 5, "older than the window or after now: not counted");
+        assert!(hours.windows(2).all(|w| w[1].hour_ms - w[0].hour_ms == HOUR_MS));
+        assert!(sends_per_hour([], now).iter().all(|h| h.sent == 0));
+
+        let cache = SendsCache::default();
+        let counts: Counts = [1, 0, 5, 0, 0];
+        cache.put("cmp_1", counts, now, hours.clone());
+        assert_eq!(cache.get("cmp_1", &counts, current + HOUR_MS - 1), Some(hours), "the same hour, the same counts");
+        assert_eq!(cache.get("cmp_1", &[0, 0, 6, 0, 0], now), None, "a new send");
+        assert_eq!(cache.get("cmp_1", &counts, current + HOUR_MS), None, "the window moved");
+        assert_eq!(cache.get("cmp_2", &counts, now), None);
+    }
 
     #[test]
     fn csv_rows_are_checked_with_their_line_numbers() {

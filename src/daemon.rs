@@ -87,6 +87,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             webhooks: webhooks.clone(),
             max_body,
             tally,
+            sends: Default::default(),
             creates: Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_creates)),
             streams: Arc::new(tokio::sync::Semaphore::new(config.limits.streams)),
         };

@@ -459,6 +459,23 @@ impl Store {
         self.t()?.recipients.scan_prefix(prefix(campaign)).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
     }
 
+    /// When each of a campaign's recipients became `SENT` (`sent_at_ms`,
+    /// epoch ms), in recipient order; recipients not sent are left out.
+    /// Reads only that field of each record: one pass over the campaign.
+    pub fn sent_times(&self, campaign: &str) -> Result<Vec<u64>, StoreError> {
+        #[derive(Deserialize)]
+        struct SentAt {
+            sent_at_ms: Option<u64>,
+        }
+        let mut times = Vec::new();
+        for v in self.t()?.recipients.scan_prefix(prefix(campaign)).values() {
+            if let Some(t) = serde_json::from_slice::<SentAt>(&v?)?.sent_at_ms {
+                times.push(t);
+            }
+        }
+        Ok(times)
+    }
+
     pub fn recipient(&self, campaign: &str, idx: u32) -> Result<Option<RecipientRecord>, StoreError> {
         match self.t()?.recipients.get(recipient_key(campaign, idx))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
@@ -853,6 +870,11 @@ mod tests {
         store.put_recipient(&record.id, &rs[1], true).unwrap();
         assert_eq!(store.message_owner("3EB0AAAAAAAAAAAAAAAA").unwrap(), Some((record.id.clone(), 1)));
         assert_eq!(store.recipients(&record.id).unwrap()[1].state, RecipientState::Sending);
+        assert_eq!(store.sent_times(&record.id).unwrap(), Vec::<u64>::new());
+        rs[1].state = RecipientState::Sent;
+        rs[1].sent_at_ms = Some(1_234);
+        store.put_recipient(&record.id, &rs[1], true).unwrap();
+        assert_eq!(store.sent_times(&record.id).unwrap(), [1_234]);
         assert_eq!(store.campaigns().unwrap().len(), 1);
         assert_eq!(store.sent_on("acme", "2026-01-10").unwrap(), 0);
         assert_eq!(store.count_send("acme", "2026-01-10").unwrap(), 1);

@@ -17,7 +17,7 @@ use crate::actors::campaign::CampaignCommand;
 use crate::actors::campaigns::{CampaignError, ClearQueue, Command, CreateCampaign};
 use crate::attachments::AttachmentMeta;
 use crate::campaign::{
-    self, CampaignRecord, CampaignState, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row, RowError,
+    self, CampaignRecord, CampaignState, HourSends, InputError, InvalidNumbers, PacingSpec, RecipientRecord, RecipientState, Row, RowError,
 };
 use crate::config::Config;
 use crate::session_state::{now_ms, validate_name};
@@ -214,6 +214,11 @@ struct CampaignView {
     eta_ms: Option<u64>,
     created_ms: u64,
     updated_ms: u64,
+    /// Recipients that became `SENT` in each of the last 24 whole UTC
+    /// hours, oldest first, the current hour last (only in `GET
+    /// /api/campaigns/{id}`: it reads every recipient).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sends_per_hour: Option<Vec<HourSends>>,
 }
 
 /// A campaign's view: O(1) reads (the counts come from the [`Tally`]).
@@ -250,6 +255,7 @@ fn view(state: &AppState, record: CampaignRecord) -> Result<CampaignView, ApiErr
         eta_ms,
         created_ms: record.created_ms,
         updated_ms: record.updated_ms,
+        sends_per_hour: None,
     })
 }
 
@@ -544,6 +550,10 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 /// One campaign
+///
+/// With `sends_per_hour`: its sends in each of the last 24 hours (one pass
+/// over its recipients, unless none was sent since the last ask within the
+/// same hour).
 #[utoipa::path(
     get,
     operation_id = "get_campaign",
@@ -551,13 +561,32 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     tag = "campaigns",
     params(CampaignId),
     responses(
-        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 200, description = "The campaign, with `sends_per_hour`", body = CampaignView),
         (status = 404, description = "No such campaign", body = ErrorBody),
+        (status = 503, description = "The store could not be read", body = ErrorBody),
     ),
 )]
 async fn get(state: web::Data<AppState>, path: web::Path<CampaignId>) -> Result<HttpResponse, ApiError> {
     let record = stored(&state, &path.id)?;
-    Ok(HttpResponse::Ok().json(view(&state, record)?))
+    // The counts first: a send stored after them changes them, so what is
+    // cached under them is never older than they are.
+    let counts = state.tally.get(&state.store, &record.id)?;
+    let now = now_ms();
+    let hours = match state.sends.get(&record.id, &counts, now) {
+        Some(hours) => hours,
+        None => {
+            let (store, id) = (state.store.clone(), record.id.clone());
+            // Up to `limits.recipients` records: off the HTTP worker.
+            let times =
+                web::block(move || store.sent_times(&id)).await.map_err(|e| ApiError::internal(format!("reading sends: {e}")))??;
+            let hours = campaign::sends_per_hour(times, now);
+            state.sends.put(&record.id, counts, now, hours.clone());
+            hours
+        }
+    };
+    let mut v = view(&state, record)?;
+    v.sends_per_hour = Some(hours);
+    Ok(HttpResponse::Ok().json(v))
 }
 
 async fn command(state: web::Data<AppState>, id: String, command: CampaignCommand) -> Result<HttpResponse, ApiError> {

@@ -6,9 +6,16 @@
 //! token once, keeps it only in a JavaScript variable (never in storage,
 //! cookies or a URL) and sends it as `Authorization: Bearer …` on every
 //! `fetch` to `/api`. It shows the sessions (state in green, yellow or red,
-//! the QR while `SCAN_QR`), the campaigns with their progress and the live
-//! events of `GET /api/events`, read with `fetch` because `EventSource`
-//! cannot send headers.
+//! the QR while `SCAN_QR` with its string in `data-qr-value`, a 24 h state
+//! timeline from `GET /api/sessions/{name}/history`, and the view's
+//! `objectives` when it has them), the campaigns with their progress and
+//! sends per hour (`sends_per_hour` of `GET /api/campaigns/{id}`), and the
+//! live events of `GET /api/events`, read with `fetch` because
+//! `EventSource` cannot send headers. It creates sessions (JSON) and
+//! campaigns (the multipart CSV upload, built as `FormData`), and starts,
+//! pauses, resumes and cancels campaigns; an API refusal is shown with its
+//! `error` (and `rows`). Charts are inline SVG the script builds with
+//! `createElementNS`: no library, no markup parsed.
 //!
 //! Every response carries a fresh nonce in a strict Content-Security-Policy:
 //! only the page's own inline script and style run, images come from the

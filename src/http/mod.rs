@@ -122,6 +122,8 @@ pub struct AppState {
     pub max_body: usize,
     /// Recipient counts of every campaign.
     pub tally: crate::campaign::Tally,
+    /// The last `sends_per_hour` of each campaign asked for.
+    pub sends: crate::campaign::SendsCache,
     /// Campaign creations being checked (`limits.concurrent_creates`).
     pub creates: std::sync::Arc<tokio::sync::Semaphore>,
     /// Live event streams open (`limits.streams`).
