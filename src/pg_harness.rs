@@ -135,9 +135,17 @@ impl TempPostgres {
         Ok(())
     }
 
-    /// Stops the server (SIGTERM: PostgreSQL's smart shutdown ends
-    /// sessions; then SIGKILL after 10 s).
+    /// Stops the server with PostgreSQL's fast shutdown (SIGINT: clients
+    /// are disconnected at once, as when an operator stops it), SIGKILL if
+    /// it is still running 10 s later.
     pub fn stop(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.signal(libc::SIGINT);
+            // Harmless if it times out: dropping the guard kills it.
+            let _ = wait_until("PostgreSQL to stop", Duration::from_secs(10), Duration::from_millis(50), || {
+                (!server.is_running()).then_some(())
+            });
+        }
         self.server = None;
     }
 }

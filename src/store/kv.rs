@@ -58,6 +58,9 @@ impl Tree {
     }
 }
 
+/// How [`Kv::move_entry`] makes the new value from the old.
+pub type Rewrite<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError> + 'a;
+
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -90,13 +93,7 @@ pub trait Kv: Send + Sync {
     /// Moves `key` from `from` to `to` in one transaction, the value
     /// rewritten by `rewrite`; the new value, or `None` (nothing changed)
     /// when `from` has no such key.
-    fn move_entry(
-        &self,
-        from: Tree,
-        to: Tree,
-        key: &[u8],
-        rewrite: &dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<Option<Vec<u8>>, StoreError>;
+    fn move_entry(&self, from: Tree, to: Tree, key: &[u8], rewrite: &Rewrite<'_>) -> Result<Option<Vec<u8>>, StoreError>;
     /// A number never handed out before by this database (increasing).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every write so far durable.

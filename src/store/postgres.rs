@@ -8,6 +8,10 @@
 //! the repository (`migrations/postgres/NNNN_name.sql`) and applied at
 //! start under an advisory lock, so nodes starting together apply it once.
 //!
+//! One node per database for now: each connection first takes an advisory
+//! lock, so a second daemon on the same database fails its store calls
+//! (and does not start) instead of driving the same sessions.
+//!
 //! The store's callers are synchronous (actors and request handlers call it
 //! as they call sled), so the connection lives on its own thread with its
 //! own tokio runtime ([`Pg`]); a call waits for its answer at most the
@@ -25,14 +29,37 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-use super::kv::{Entry, Kv, Tree};
+use super::kv::{Entry, Kv, Rewrite, Tree};
 use super::StoreError;
 
 /// The migrations, in order: `(version, name, sql)`.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "store", include_str!("../../migrations/postgres/0001_store.sql"))];
 
 /// The advisory lock key held while migrations run (`wasup` in ASCII).
-const MIGRATION_LOCK: i64 = 0x7761_7375_70;
+const MIGRATION_LOCK: i64 = 0x0077_6173_7570;
+
+/// The advisory lock a node holds on its store connection: one node per
+/// database until cluster leases exist (`wasup!` in ASCII).
+const NODE_LOCK: i64 = 0x7761_7375_7021;
+
+/// Takes [`NODE_LOCK`] on a new connection, retrying until `deadline` (a
+/// node that just stopped may not have been disconnected yet).
+///
+/// Errors: another node holds it past the deadline, or the query failed.
+async fn take_node_lock(client: &Client, deadline: Instant) -> Result<(), StoreError> {
+    loop {
+        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(|e| pg_error(&e))?;
+        if row.try_get::<_, bool>(0).map_err(|e| pg_error(&e))? {
+            return Ok(());
+        }
+        if Instant::now() + Duration::from_millis(50) >= deadline {
+            return Err(StoreError::Postgres(
+                "another wasup node uses this PostgreSQL database (one node per database until cluster leases)".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// One open connection and the statements prepared on it.
 pub struct Conn {
@@ -130,6 +157,13 @@ impl Pg {
                                             tracing::warn!(event = "store.postgres_lost", error = %e, "PostgreSQL connection lost");
                                         }
                                     });
+                                    // Given up a little before the caller does, so
+                                    // the caller hears why.
+                                    let lock_by = deadline.checked_sub(Duration::from_millis(200)).unwrap_or(deadline);
+                                    if let Err(e) = take_node_lock(&client, lock_by).await {
+                                        tokio::spawn(job(Err(e.to_string())));
+                                        continue;
+                                    }
                                     conn = Some(Arc::new(Conn { client, prepared: Mutex::default() }));
                                 }
                                 Ok(Err(e)) => {
@@ -451,13 +485,7 @@ impl Kv for PgKv {
         })
     }
 
-    fn move_entry(
-        &self,
-        from: Tree,
-        to: Tree,
-        key: &[u8],
-        rewrite: &dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    fn move_entry(&self, from: Tree, to: Tree, key: &[u8], rewrite: &Rewrite<'_>) -> Result<Option<Vec<u8>>, StoreError> {
         // Read, rewrite here, then move in one statement only if the value
         // is still the one read; a concurrent change makes it read again.
         for _ in 0..8 {

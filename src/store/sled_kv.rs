@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::kv::{Entry, Kv, Tree};
+use super::kv::{Entry, Kv, Rewrite, Tree};
 use super::StoreError;
 
 /// The sled handles of one open database.
@@ -147,13 +147,7 @@ impl Kv for SledKv {
         Ok(v.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
     }
 
-    fn move_entry(
-        &self,
-        from: Tree,
-        to: Tree,
-        key: &[u8],
-        rewrite: &dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    fn move_entry(&self, from: Tree, to: Tree, key: &[u8], rewrite: &Rewrite<'_>) -> Result<Option<Vec<u8>>, StoreError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         use sled::Transactional as _;
         let t = self.t()?;
