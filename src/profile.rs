@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn profiles_are_private_and_wipeable() {
         let dir = tempfile::tempdir().unwrap();
-        let p = path(dir.path(), "acme");
+        let p = path(&dir.path().join("profiles"), "acme");
         prepare(&p).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
