@@ -352,7 +352,7 @@ fn single_session(
     ));
 
     // Detection latency: a fault → the status change recorded.
-    let profile = crate::profile::path(&setup.state_dir, "bench");
+    let profile = crate::profile::path(&setup.state_dir.join("profiles"), "bench");
     let mut drops = Vec::new();
     let mut logouts = Vec::new();
     let mut crashes = Vec::new();

@@ -407,7 +407,7 @@ fn run_one(
     let daemon = setup.start_logging(exe, Log::File(run_dir.join("daemon.log"), "info"))?;
     let pid = daemon.pid().context("the daemon is gone")?;
     let names: Vec<String> = (0..n).map(|i| format!("idle-{i}")).collect();
-    let profiles: Vec<PathBuf> = names.iter().map(|name| crate::profile::path(&setup.state_dir, name)).collect();
+    let profiles: Vec<PathBuf> = names.iter().map(|name| crate::profile::path(&setup.state_dir.join("profiles"), name)).collect();
     let mut teardown = Teardown { daemon, pid, profiles_dir: setup.state_dir.join("profiles"), profiles: profiles.clone(), done: false };
     std::thread::sleep(Duration::from_secs(1));
     let rss0 = procfs::rss_bytes(pid).unwrap_or(0);

@@ -321,7 +321,7 @@ pub fn run(args: &BenchArgs, versus: &str) -> anyhow::Result<()> {
         eprintln!("versus: logs in {}", logs.display());
     }
     let wwebjs_profile = |i: u32| data.join(format!("session-bench-{i}"));
-    let wasup_profile = |i: u32| crate::profile::path(&setup.state_dir, &format!("bench-{i}"));
+    let wasup_profile = |i: u32| crate::profile::path(&setup.state_dir.join("profiles"), &format!("bench-{i}"));
 
     // Pair every session of both systems.
     eprintln!("versus: pairing {n} sessions of each system");

@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub struct Config {
     pub http: HttpConfig,
     pub state: StateConfig,
+    pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub whatsapp: WhatsAppConfig,
     pub browser: BrowserConfig,
     pub restart: RestartConfig,
@@ -139,6 +141,54 @@ impl Default for WarmupConfig {
 }
 
 impl Config {
+    /// `[store]` and `[cluster]` agree: a PostgreSQL store needs its URL
+    /// and this node's id and address; a cluster needs PostgreSQL.
+    fn validate_store(&self) -> Result<(), String> {
+        let (store, cluster) = (&self.store, &self.cluster);
+        match store.backend {
+            StoreBackend::Sled => {
+                if store.url.is_some() {
+                    return Err("store.url is set but store.backend is \"sled\": set backend = \"postgres\" or remove url".into());
+                }
+                if cluster.node.is_some() || cluster.advertise.is_some() {
+                    return Err("[cluster] needs store.backend = \"postgres\" (nodes share one PostgreSQL store)".into());
+                }
+            }
+            StoreBackend::Postgres => {
+                let url = store.url.as_deref().unwrap_or("");
+                if url.is_empty() {
+                    return Err("store.backend = \"postgres\" needs store.url (postgres://user@host/db)".into());
+                }
+                if url.parse::<tokio_postgres::Config>().is_err() {
+                    // The parser's message may quote the URL, password and
+                    // all: not repeated here.
+                    return Err("store.url is not a valid PostgreSQL connection string".into());
+                }
+                let node = cluster.node.as_deref().unwrap_or("");
+                if node.is_empty() {
+                    return Err("store.backend = \"postgres\" needs cluster.node (this node's unique, stable id)".into());
+                }
+                if node.len() > 64 || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                    return Err(format!("cluster.node must be letters, digits, '-' or '_', at most 64, got {node:?}"));
+                }
+                let advertise = cluster.advertise.as_deref().unwrap_or("");
+                if !(advertise.starts_with("http://") || advertise.starts_with("https://")) {
+                    return Err("store.backend = \"postgres\" needs cluster.advertise, this node's API URL (http://10.0.0.5:8787)".into());
+                }
+            }
+        }
+        if store.timeout < Duration::from_millis(100) {
+            return Err("store.timeout must be at least 100ms".into());
+        }
+        if cluster.lease_ttl < Duration::from_secs(3) {
+            return Err("cluster.lease_ttl must be at least 3s".into());
+        }
+        if cluster.max_sessions == 0 {
+            return Err("cluster.max_sessions must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The pacing every number runs under, with no campaign's own gap or
     /// typing: its rules, `campaigns.quiet_hours` and `campaigns.timezone`.
     /// A campaign's pacing starts from it (`actors::campaign::pacing_for`).
@@ -381,11 +431,85 @@ pub struct StateConfig {
     /// its systemd watchdog pings, so systemd restarts it. Default 2 min.
     #[serde(with = "humantime_serde")]
     pub failing_limit: Duration,
+    /// Where the browser profiles live (`<profiles_dir>/<session>`). In a
+    /// cluster, storage every node mounts. Default `<dir>/profiles`.
+    pub profiles_dir: Option<PathBuf>,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("/var/lib/wasup"), cache_capacity: bytesize::ByteSize::mib(32), failing_limit: Duration::from_secs(120) }
+        Self {
+            dir: PathBuf::from("/var/lib/wasup"),
+            cache_capacity: bytesize::ByteSize::mib(32),
+            failing_limit: Duration::from_secs(120),
+            profiles_dir: None,
+        }
+    }
+}
+
+impl StateConfig {
+    /// The directory of the browser profiles: `profiles_dir`, or
+    /// `<dir>/profiles`.
+    pub fn profiles(&self) -> PathBuf {
+        self.profiles_dir.clone().unwrap_or_else(|| self.dir.join("profiles"))
+    }
+}
+
+/// `[store]`: which database keeps the state ([`crate::store`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sled` (default: embedded, in `<state.dir>/db`, one machine) or
+    /// `postgres` (shared by the nodes of a cluster; needs `url`).
+    pub backend: StoreBackend,
+    /// PostgreSQL's connection string, libpq style
+    /// (`postgres://wasup@/wasup?host=/run/postgresql`). May hold a
+    /// password: never logged.
+    pub url: Option<String>,
+    /// How long one store call waits for PostgreSQL (connecting included)
+    /// before it fails like a full disk does. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { backend: StoreBackend::Sled, url: None, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// [`StoreConfig::backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Sled,
+    Postgres,
+}
+
+/// `[cluster]`: this node, when several share one PostgreSQL store
+/// (`../shared/design/cluster.md`, README "Running several machines").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id: unique in the cluster and stable across restarts
+    /// (letters, digits, `-`, `_`; at most 64). Required with the
+    /// `postgres` store.
+    pub node: Option<String>,
+    /// How the other nodes reach this node's API (`http://10.0.0.5:8787`).
+    /// Required with the `postgres` store.
+    pub advertise: Option<String>,
+    /// How long a session's lease lasts without renewal. Renewed every
+    /// third of it; a node that could not renew for half of it stops its
+    /// sessions. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The most sessions this node runs at once. Default 40.
+    pub max_sessions: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { node: None, advertise: None, lease_ttl: Duration::from_secs(15), max_sessions: 40 }
     }
 }
 
@@ -815,6 +939,7 @@ impl Config {
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_store()?;
         if !(self.whatsapp.url.starts_with("http://") || self.whatsapp.url.starts_with("https://")) {
             return Err(format!("whatsapp.url must be an http(s) URL, got {:?}", self.whatsapp.url));
         }

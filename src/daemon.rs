@@ -14,6 +14,7 @@ use crate::actors::messages::CampaignLinks;
 use crate::actors::notifier::Notifier;
 use crate::actors::supervisor::{ShutdownAll, Supervisor};
 use crate::config::Config;
+use crate::config::StoreBackend;
 use crate::events::Events;
 use crate::http::{self, auth::Token, AppState};
 use crate::notify;
@@ -41,8 +42,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         std::fs::set_permissions(&config.state.dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make the state dir {} private (0700)", config.state.dir.display()))?;
     }
-    let store = Store::open_with(&config.state.dir.join("db"), config.state.cache_capacity.as_u64())
-        .with_context(|| format!("cannot open the store in {}", config.state.dir.display()))?;
+    let store = match config.store.backend {
+        StoreBackend::Sled => Store::open_with(&config.state.dir.join("db"), config.state.cache_capacity.as_u64())
+            .with_context(|| format!("cannot open the store in {}", config.state.dir.display()))?,
+        // The URL may hold a password: the error names the store, not it.
+        StoreBackend::Postgres => Store::postgres(config.store.url.as_deref().unwrap_or_default(), config.store.timeout)
+            .context("cannot open the PostgreSQL store (store.url)")?,
+    };
     let token = Token::load_or_create(std::env::var("WASUP_TOKEN").ok(), &config.token_path())
         .with_context(|| format!("cannot use the token file {}", config.token_path().display()))?;
     if !config.http.listen.ip().is_loopback() {

@@ -27,6 +27,7 @@ pub mod http;
 pub mod launch;
 pub mod notify;
 pub mod optout;
+pub mod pg_harness;
 pub mod policy;
 pub mod procfs;
 pub mod profile;

@@ -1,15 +1,17 @@
 //! Browser profiles: one Chromium user-data dir per session under
-//! `<state.dir>/profiles/<name>`, mode 0700, since it holds the linked
-//! device's credentials (IndexedDB) and keys.
+//! `<profiles dir>/<name>` (`state.profiles_dir`, default
+//! `<state.dir>/profiles`), mode 0700, since it holds the linked device's
+//! credentials (IndexedDB) and keys.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-/// `<state_dir>/profiles/<name>`. `name` must have passed
+/// `<profiles_dir>/<name>` (`profiles_dir` from
+/// [`crate::config::StateConfig::profiles`]). `name` must have passed
 /// [`crate::session_state::validate_name`].
-pub fn path(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join("profiles").join(name)
+pub fn path(profiles_dir: &Path, name: &str) -> PathBuf {
+    profiles_dir.join(name)
 }
 
 /// Creates the profile dir (and `profiles/`) with mode 0700, and tightens
@@ -77,7 +79,7 @@ mod tests {
     #[test]
     fn profiles_are_private_and_wipeable() {
         let dir = tempfile::tempdir().unwrap();
-        let p = path(dir.path(), "acme");
+        let p = path(&dir.path().join("profiles"), "acme");
         prepare(&p).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);

@@ -193,7 +193,7 @@ const FAST_POLL: Duration = Duration::from_millis(5);
 impl Session {
     /// `linked`: the store says this profile holds credentials.
     pub fn new(name: String, generation: u64, config: Arc<Config>, driver: Addr<Driver>, reports: Reports, linked: bool) -> Self {
-        let profile = profile::path(&config.state.dir, &name);
+        let profile = profile::path(&config.state.profiles(), &name);
         Self {
             name,
             generation,

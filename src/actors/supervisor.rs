@@ -250,7 +250,7 @@ impl Supervisor {
                 slot.session.generation += 1;
                 slot.addr = None;
             }
-            let profile = profile::path(&self.config.state.dir, &name);
+            let profile = profile::path(&self.config.state.profiles(), &name);
             Self::blocking(ctx, move || profile::kill_browsers(&profile), move |_, act, ctx| act.on_end(&name, EndReason::ActorDied, ctx));
         }
     }
@@ -261,7 +261,7 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else { return };
         slot.session.relinked();
         let desired = slot.session.record.desired;
-        let profile = profile::path(&self.config.state.dir, name);
+        let profile = profile::path(&self.config.state.profiles(), name);
         self.set_state(name, SessionState::LoggedOut, Some(reason.to_string()));
         let name = name.to_string();
         Self::blocking(

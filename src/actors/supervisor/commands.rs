@@ -138,7 +138,7 @@ impl Supervisor {
     /// taken meanwhile, so nothing can start on the profile being wiped.
     fn delete(&mut self, name: String, ctx: &mut Context<Self>) -> LocalBoxActorFuture<Self, Reply<SessionView>> {
         let view = self.view(&name);
-        let profile = profile::path(&self.config.state.dir, &name);
+        let profile = profile::path(&self.config.state.profiles(), &name);
         let (done, answer) = tokio::sync::oneshot::channel();
         Self::blocking(
             ctx,

@@ -1,7 +1,10 @@
-//! The sled store: what must survive a daemon restart.
+//! The store: what must survive a daemon restart.
 //!
-//! One sled database in `<state.dir>/db`. Trees by purpose, values JSON
-//! (serde), keys with a stable layout:
+//! Records are JSON (serde) under keys with a stable layout, in ordered maps
+//! ([`Tree`]s) that a backend keeps ([`kv::Kv`]): sled in `<state.dir>/db`
+//! on one machine (the default), or PostgreSQL shared by several
+//! (`[store] backend = "postgres"`). This module owns the records and
+//! their keys; both backends keep the same bytes.
 //!
 //! | tree | key | value |
 //! |---|---|---|
@@ -11,18 +14,24 @@
 //! | `recipients` | campaign id, `0x00`, idx (u32 BE) | [`RecipientRecord`] |
 //! | `messages` | message key id (`3EB0…`) | campaign id, `0x00`, idx (u32 BE) |
 //! | `daily` | session name, `0x00`, `YYYY-MM-DD` | sends started that day (u32 BE) |
+//! | `numbers` | session name | [`NumberRecord`] |
+//! | `opt_outs` | session name, `0x00`, E.164 digits | [`OptOut`] |
+//! | `contacts` | session name, `0x00`, E.164 digits | first message from it, Unix ms (u64 BE) |
 //! | `outbox` | delivery id (`dlv_…`) | [`Delivery`] waiting for its webhook |
 //! | `dead_letters` | delivery id (`dlv_…`) | [`Delivery`] given up on |
 //!
-//! Durability: sled syncs on its own every 500 ms, so a process crash loses
-//! nothing written before it; power loss may lose the last window. Writes that
-//! a later decision depends on (the desired state of a session, a recipient
-//! going `SENDING` before its send, `SENT` after it) are flushed before the
-//! call returns.
+//! Durability: writes that a later decision depends on (the desired state
+//! of a session, a recipient going `SENDING` before its send, `SENT` after
+//! it) are durable before the call returns (sled: flushed; PostgreSQL:
+//! committed). Others may be lost to a power cut (sled syncs every 500 ms).
+
+pub mod kv;
+pub mod postgres;
+pub mod sled_kv;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +39,8 @@ use crate::campaign::{CampaignRecord, RecipientRecord};
 use crate::policy::pacing::{DayCount, NumberRecord};
 use crate::session_state::{Me, SessionState};
 use crate::webhooks::Delivery;
+pub use kv::{Kv, Tree};
+use sled_kv::SledKv;
 
 /// Whether an operator wants the session to run; survives restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -95,6 +106,9 @@ pub enum StoreError {
     /// The database is closed while it is being reopened after a failure.
     #[error("store: closed while it is reopened after a write failure")]
     Closed,
+    /// PostgreSQL could not be reached, timed out or refused a statement.
+    #[error("store: postgres: {0}")]
+    Postgres(String),
 }
 
 /// The store's write health: since when writes fail, and the last error.
@@ -108,61 +122,6 @@ pub struct StoreFailure {
     pub failures: u64,
 }
 
-/// The sled handles of one open database.
-struct Trees {
-    db: sled::Db,
-    sessions: sled::Tree,
-    history: sled::Tree,
-    campaigns: sled::Tree,
-    recipients: sled::Tree,
-    messages: sled::Tree,
-    daily: sled::Tree,
-    numbers: sled::Tree,
-    opt_outs: sled::Tree,
-    contacts: sled::Tree,
-    outbox: sled::Tree,
-    dead_letters: sled::Tree,
-}
-
-impl Trees {
-    fn open(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_capacity).open()?;
-        private_files(dir);
-        Ok(Self {
-            sessions: db.open_tree("sessions")?,
-            history: db.open_tree("history")?,
-            campaigns: db.open_tree("campaigns")?,
-            recipients: db.open_tree("recipients")?,
-            messages: db.open_tree("messages")?,
-            daily: db.open_tree("daily")?,
-            numbers: db.open_tree("numbers")?,
-            opt_outs: db.open_tree("opt_outs")?,
-            contacts: db.open_tree("contacts")?,
-            outbox: db.open_tree("outbox")?,
-            dead_letters: db.open_tree("dead_letters")?,
-            db,
-        })
-    }
-}
-
-/// Makes the database's files 0600 and its directories 0700 (stores made
-/// before the daemon set its umask, or copied in, may be wider). Harmless
-/// when it fails: the umask (0077) already covers every file the daemon
-/// creates; this only narrows older ones.
-fn private_files(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            private_files(&entry.path());
-        } else {
-            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
-        }
-    }
-}
-
 /// Handle to the database; cheap to clone (every clone shares the same
 /// database and the same health).
 ///
@@ -170,13 +129,11 @@ fn private_files(dir: &Path) {
 /// store failing ([`Store::failure`]); only a successful flush clears it, so
 /// "healthy" always means "a write reached the disk since the last failure".
 /// sled keeps an I/O error (a full disk, say) and fails every later write
-/// with it until the database is reopened; [`Store::recover`] probes and
-/// reopens.
+/// with it until the database is reopened; PostgreSQL fails while it is
+/// unreachable. [`Store::recover`] probes (and reopens sled).
 #[derive(Clone)]
 pub struct Store {
-    dir: PathBuf,
-    cache_capacity: u64,
-    trees: Arc<RwLock<Option<Arc<Trees>>>>,
+    kv: Arc<dyn Kv>,
     failure: Arc<Mutex<Option<StoreFailure>>>,
     reopening: Arc<Mutex<()>>,
     /// Opt-outs the store did not take (a failing disk), by key: checked
@@ -193,34 +150,36 @@ pub const HISTORY_KEEP: usize = 1000;
 pub const DEFAULT_CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
 
 impl Store {
-    /// Opens (or creates) the database at `dir` with a
+    /// Opens (or creates) a sled database at `dir` with a
     /// [`DEFAULT_CACHE_CAPACITY`] page cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with(dir, DEFAULT_CACHE_CAPACITY)
     }
 
-    /// Opens (or creates) the database at `dir` with a page cache of
+    /// Opens (or creates) a sled database at `dir` with a page cache of
     /// `cache_capacity` bytes (`state.cache_capacity`).
     pub fn open_with(dir: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
-        let trees = Trees::open(dir, cache_capacity)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            cache_capacity,
-            trees: Arc::new(RwLock::new(Some(Arc::new(trees)))),
-            failure: Arc::new(Mutex::new(None)),
-            reopening: Arc::new(Mutex::new(())),
-            unstored_opt_outs: Arc::default(),
-        })
+        Ok(Self::with(Arc::new(SledKv::open(dir, cache_capacity)?)))
     }
 
-    fn t(&self) -> Result<Arc<Trees>, StoreError> {
-        self.trees.read().map_err(|_| StoreError::Closed)?.clone().ok_or(StoreError::Closed)
+    /// A store in PostgreSQL at `url` (`[store] url`), its schema migrated;
+    /// each call waits at most `timeout` for the database.
+    ///
+    /// Errors: the URL does not parse, PostgreSQL cannot be reached, or a
+    /// migration failed.
+    pub fn postgres(url: &str, timeout: std::time::Duration) -> Result<Self, StoreError> {
+        Ok(Self::with(Arc::new(postgres::PgKv::open(postgres::Pg::start(url, timeout)?)?)))
+    }
+
+    /// A store over any backend.
+    pub fn with(kv: Arc<dyn Kv>) -> Self {
+        Self { kv, failure: Arc::new(Mutex::new(None)), reopening: Arc::new(Mutex::new(())), unstored_opt_outs: Arc::default() }
     }
 
     /// Runs a write and records its outcome: an error marks the store
     /// failing; success changes nothing (only a flush proves the disk).
-    fn write<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let result = self.t().and_then(|t| f(&t));
+    fn write<T>(&self, f: impl FnOnce(&dyn Kv) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = f(self.kv.as_ref());
         if let Err(e) = &result {
             if !matches!(e, StoreError::Corrupt(_)) {
                 self.mark_failed(e);
@@ -256,21 +215,21 @@ impl Store {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Writes everything buffered to disk. Success marks the store healthy.
+    /// Makes everything written durable. Success marks the store healthy.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.write(|t| Ok(t.db.flush().map(|_| ())?))?;
+        self.write(|kv| kv.flush())?;
         self.mark_ok();
         Ok(())
     }
 
     /// Brings a failing store back: a probe write and flush; if that fails
-    /// too, the database is closed and reopened (sled keeps an I/O error
-    /// until then), then probed again. Blocks (a reopen replays sled's log):
-    /// call it off the actor threads. `Ok` means a write reached the disk.
+    /// too, the backend is reopened (sled keeps an I/O error until then),
+    /// then probed again. Blocks (a reopen replays sled's log): call it off
+    /// the actor threads. `Ok` means a write reached the disk.
     ///
-    /// Errors: the probe still fails (the disk is still full, say), or the
-    /// database cannot be reopened yet (a handle is still in use; the next
-    /// call tries again).
+    /// Errors: the probe still fails (the disk is still full, the database
+    /// unreachable), or the database cannot be reopened yet (a handle is
+    /// still in use; the next call tries again).
     pub fn recover(&self) -> Result<(), StoreError> {
         let Ok(_one_at_a_time) = self.reopening.lock() else { return Err(StoreError::Closed) };
         if self.failure().is_none() {
@@ -280,66 +239,42 @@ impl Store {
             return Ok(());
         }
         tracing::debug!(event = "store.reopen", "reopening the store to clear its write error");
-        let old = self.trees.write().map_err(|_| StoreError::Closed)?.take();
-        if let Some(mut old) = old {
-            // Wait for writes under way on the old handles to end; sled's
-            // file lock is only released once every handle is dropped.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(trees) => {
-                        drop(trees);
-                        break;
-                    }
-                    Err(shared) if std::time::Instant::now() < deadline => {
-                        old = shared;
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                    }
-                    Err(shared) => {
-                        // Put it back: reopening now would fail on the lock.
-                        *self.trees.write().map_err(|_| StoreError::Closed)? = Some(shared);
-                        return Err(StoreError::Closed);
-                    }
-                }
-            }
-        }
-        let trees = Trees::open(&self.dir, self.cache_capacity);
-        let trees = match trees {
-            Ok(t) => t,
-            Err(e) => {
-                self.mark_failed(&e);
-                return Err(e);
-            }
-        };
-        *self.trees.write().map_err(|_| StoreError::Closed)? = Some(Arc::new(trees));
+        self.write(|kv| kv.reopen())?;
         self.probe()
     }
 
     /// A small write and a flush: proves the disk takes writes.
     fn probe(&self) -> Result<(), StoreError> {
-        self.write(|t| {
-            t.db.insert(b"probe", &crate::session_state::now_ms().to_be_bytes())?;
-            Ok(())
-        })?;
+        self.write(|kv| kv.probe())?;
         self.flush()
     }
 
-    /// All sessions, ordered by name.
-    pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.t()?.sessions.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+    /// The records of a tree under `prefix`, decoded, in key order.
+    fn records<T: serde::de::DeserializeOwned>(&self, tree: Tree, prefix: &[u8], limit: Option<usize>) -> Result<Vec<T>, StoreError> {
+        self.kv.scan(tree, prefix, limit)?.into_iter().map(|(_, v)| Ok(serde_json::from_slice(&v)?)).collect()
     }
 
-    pub fn session(&self, name: &str) -> Result<Option<SessionRecord>, StoreError> {
-        match self.t()?.sessions.get(name.as_bytes())? {
+    /// The record at `key`, decoded.
+    fn record<T: serde::de::DeserializeOwned>(&self, tree: Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.kv.get(tree, key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
     }
 
+    /// All sessions, ordered by name.
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.records(Tree::Sessions, b"", None)
+    }
+
+    pub fn session(&self, name: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.record(Tree::Sessions, name.as_bytes())
+    }
+
     /// Inserts or replaces a session record and flushes.
     pub fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let value = serde_json::to_vec(record)?;
-        self.write(|t| Ok(t.sessions.insert(record.name.as_bytes(), value).map(|_| ())?))?;
+        self.write(|kv| kv.insert(Tree::Sessions, record.name.as_bytes(), &value))?;
         self.flush()
     }
 
@@ -347,8 +282,7 @@ impl Store {
     /// Returns false (and writes nothing) if it does.
     pub fn create_session(&self, record: &SessionRecord) -> Result<bool, StoreError> {
         let value = serde_json::to_vec(record)?;
-        let created =
-            self.write(|t| Ok(t.sessions.compare_and_swap(record.name.as_bytes(), None as Option<&[u8]>, Some(value))?.is_ok()))?;
+        let created = self.write(|kv| kv.insert_new(Tree::Sessions, record.name.as_bytes(), &value))?;
         if created {
             self.flush()?;
         }
@@ -357,12 +291,9 @@ impl Store {
 
     /// Removes a session and its history.
     pub fn delete_session(&self, name: &str) -> Result<(), StoreError> {
-        self.write(|t| {
-            t.sessions.remove(name.as_bytes())?;
-            for key in t.history.scan_prefix(prefix(name)).keys() {
-                t.history.remove(key?)?;
-            }
-            Ok(())
+        self.write(|kv| {
+            kv.remove(Tree::Sessions, name.as_bytes())?;
+            kv.remove_prefix(Tree::History, &prefix(name))
         })?;
         self.flush()
     }
@@ -372,28 +303,22 @@ impl Store {
     /// 500 ms) and trims it to [`HISTORY_KEEP`] entries.
     pub fn append_history(&self, name: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
         let value = serde_json::to_vec(entry)?;
-        self.write(|t| {
+        self.write(|kv| {
             let mut key = prefix(name);
             key.extend_from_slice(&entry.at_ms.to_be_bytes());
-            key.extend_from_slice(&t.db.generate_id()?.to_be_bytes());
-            t.history.insert(key, value)?;
-            let len = t.history.scan_prefix(prefix(name)).count();
-            if len > HISTORY_KEEP {
-                for key in t.history.scan_prefix(prefix(name)).keys().take(len - HISTORY_KEEP) {
-                    t.history.remove(key?)?;
-                }
-            }
-            Ok(())
+            key.extend_from_slice(&kv.next_id()?.to_be_bytes());
+            kv.insert(Tree::History, &key, &value)?;
+            kv.trim_prefix(Tree::History, &prefix(name), HISTORY_KEEP)
         })
     }
 
     /// The session's history, oldest first.
     pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.t()?.history.scan_prefix(prefix(name)).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        self.records(Tree::History, &prefix(name), None)
     }
 }
 
-/// Recipients written per sled batch when a campaign is created.
+/// Recipients written per batch when a campaign is created.
 const RECIPIENT_CHUNK: usize = 1000;
 
 impl Store {
@@ -402,14 +327,14 @@ impl Store {
     /// never a campaign with missing recipients).
     pub fn create_campaign(&self, record: &CampaignRecord, recipients: &[RecipientRecord]) -> Result<(), StoreError> {
         for chunk in recipients.chunks(RECIPIENT_CHUNK) {
-            let mut batch = sled::Batch::default();
-            for r in chunk {
-                batch.insert(recipient_key(&record.id, r.idx), serde_json::to_vec(r)?);
-            }
-            self.write(|t| Ok(t.recipients.apply_batch(batch)?))?;
+            let entries = chunk
+                .iter()
+                .map(|r| Ok((recipient_key(&record.id, r.idx), serde_json::to_vec(r)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.write(|kv| kv.insert_all(Tree::Recipients, &entries))?;
         }
         let value = serde_json::to_vec(record)?;
-        self.write(|t| Ok(t.campaigns.insert(record.id.as_bytes(), value).map(drop)?))?;
+        self.write(|kv| kv.insert(Tree::Campaigns, record.id.as_bytes(), &value))?;
         self.flush()
     }
 
@@ -422,29 +347,26 @@ impl Store {
     /// next send time, which no decision after a crash depends on).
     pub fn put_campaign_unflushed(&self, record: &CampaignRecord) -> Result<(), StoreError> {
         let value = serde_json::to_vec(record)?;
-        self.write(|t| Ok(t.campaigns.insert(record.id.as_bytes(), value).map(|_| ())?))
+        self.write(|kv| kv.insert(Tree::Campaigns, record.id.as_bytes(), &value))
     }
 
     pub fn campaign(&self, id: &str) -> Result<Option<CampaignRecord>, StoreError> {
-        match self.t()?.campaigns.get(id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
-        }
+        self.record(Tree::Campaigns, id.as_bytes())
     }
 
     /// All campaigns, ordered by id.
     pub fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
-        self.t()?.campaigns.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        self.records(Tree::Campaigns, b"", None)
     }
 
     /// Writes a recipient; `flush` when a decision depends on it (SENDING
     /// before a send, SENT after).
     pub fn put_recipient(&self, campaign: &str, r: &RecipientRecord, flush: bool) -> Result<(), StoreError> {
         let value = serde_json::to_vec(r)?;
-        self.write(|t| {
-            t.recipients.insert(recipient_key(campaign, r.idx), value)?;
+        self.write(|kv| {
+            kv.insert(Tree::Recipients, &recipient_key(campaign, r.idx), &value)?;
             if let Some(id) = &r.message_id {
-                t.messages.insert(id.as_bytes(), recipient_key(campaign, r.idx))?;
+                kv.insert(Tree::Messages, id.as_bytes(), &recipient_key(campaign, r.idx))?;
             }
             Ok(())
         })?;
@@ -456,7 +378,7 @@ impl Store {
 
     /// A campaign's recipients, in order.
     pub fn recipients(&self, campaign: &str) -> Result<Vec<RecipientRecord>, StoreError> {
-        self.t()?.recipients.scan_prefix(prefix(campaign)).values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        self.records(Tree::Recipients, &prefix(campaign), None)
     }
 
     /// When each of a campaign's recipients became `SENT` (`sent_at_ms`,
@@ -468,8 +390,8 @@ impl Store {
             sent_at_ms: Option<u64>,
         }
         let mut times = Vec::new();
-        for v in self.t()?.recipients.scan_prefix(prefix(campaign)).values() {
-            if let Some(t) = serde_json::from_slice::<SentAt>(&v?)?.sent_at_ms {
+        for (_, v) in self.kv.scan(Tree::Recipients, &prefix(campaign), None)? {
+            if let Some(t) = serde_json::from_slice::<SentAt>(&v)?.sent_at_ms {
                 times.push(t);
             }
         }
@@ -477,15 +399,12 @@ impl Store {
     }
 
     pub fn recipient(&self, campaign: &str, idx: u32) -> Result<Option<RecipientRecord>, StoreError> {
-        match self.t()?.recipients.get(recipient_key(campaign, idx))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
-        }
+        self.record(Tree::Recipients, &recipient_key(campaign, idx))
     }
 
     /// Which campaign and recipient a message id belongs to.
     pub fn message_owner(&self, message_id: &str) -> Result<Option<(String, u32)>, StoreError> {
-        let Some(v) = self.t()?.messages.get(message_id.as_bytes())? else { return Ok(None) };
+        let Some(v) = self.kv.get(Tree::Messages, message_id.as_bytes())? else { return Ok(None) };
         let Some(split) = v.iter().position(|b| *b == 0) else { return Ok(None) };
         let campaign = String::from_utf8_lossy(&v[..split]).into_owned();
         let idx = v.get(split + 1..split + 5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
@@ -494,19 +413,17 @@ impl Store {
 
     /// Sends a session started on `day` (`YYYY-MM-DD` in the pacing zone).
     pub fn sent_on(&self, session: &str, day: &str) -> Result<u32, StoreError> {
-        Ok(self.t()?.daily.get(daily_key(session, day))?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+        Ok(self
+            .kv
+            .get(Tree::Daily, &daily_key(session, day))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map_or(0, u32::from_be_bytes))
     }
 
     /// Counts one more send on `day`; returns the new count. Not flushed:
     /// the campaign's flushed `SENDING` write that must follow carries it.
     pub fn count_send(&self, session: &str, day: &str) -> Result<u32, StoreError> {
-        let v = self.write(|t| {
-            Ok(t.daily.update_and_fetch(daily_key(session, day), |old| {
-                let n = old.and_then(|v| <[u8; 4]>::try_from(v).ok()).map_or(0, u32::from_be_bytes);
-                Some(n.saturating_add(1).to_be_bytes().to_vec())
-            })?)
-        })?;
-        Ok(v.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+        self.write(|kv| kv.increment(Tree::Daily, &daily_key(session, day)))
     }
 
     /// A session's sends on `day`: all, and first contacts.
@@ -529,16 +446,13 @@ impl Store {
 
     /// A session's stored pacing state (the default before its first send).
     pub fn number(&self, session: &str) -> Result<NumberRecord, StoreError> {
-        match self.t()?.numbers.get(session.as_bytes())? {
-            Some(v) => Ok(serde_json::from_slice(&v)?),
-            None => Ok(NumberRecord::default()),
-        }
+        Ok(self.record(Tree::Numbers, session.as_bytes())?.unwrap_or_default())
     }
 
     /// Stores a session's pacing state (flushed if `flush`).
     pub fn put_number(&self, session: &str, number: &NumberRecord, flush: bool) -> Result<(), StoreError> {
         let value = serde_json::to_vec(number)?;
-        self.write(|t| Ok(t.numbers.insert(session.as_bytes(), value).map(|_| ())?))?;
+        self.write(|kv| kv.insert(Tree::Numbers, session.as_bytes(), &value))?;
         if flush {
             self.flush()?;
         }
@@ -551,18 +465,14 @@ impl Store {
         if let Some(e) = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?.get(&key) {
             return Ok(Some(e.clone()));
         }
-        match self.t()?.opt_outs.get(key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
-        }
+        self.record(Tree::OptOuts, &key)
     }
 
     /// The session's opt-out list, by phone.
     pub fn opt_outs(&self, session: &str) -> Result<Vec<OptOut>, StoreError> {
         let mut all: BTreeMap<Vec<u8>, OptOut> = BTreeMap::new();
-        for kv in self.t()?.opt_outs.scan_prefix(prefix(session)) {
-            let (k, v) = kv?;
-            all.insert(k.to_vec(), serde_json::from_slice(&v)?);
+        for (k, v) in self.kv.scan(Tree::OptOuts, &prefix(session), None)? {
+            all.insert(k, serde_json::from_slice(&v)?);
         }
         let unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?;
         for (k, e) in unstored.range(prefix(session)..).take_while(|(k, _)| k.starts_with(&prefix(session))) {
@@ -580,10 +490,12 @@ impl Store {
         let mut added = 0;
         {
             let mut unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?;
-            let t = self.t();
             for e in entries {
                 let key = contact_key(session, &e.phone);
-                let stored = t.as_ref().ok().and_then(|t| t.opt_outs.get(&key).ok().flatten()).is_some();
+                // A failed read counts as absent (harmless: the entry is
+                // kept and written, at worst replacing a stored entry's
+                // time and source; the phone stays opted out either way).
+                let stored = self.kv.get(Tree::OptOuts, &key).ok().flatten().is_some();
                 if !stored && !unstored.contains_key(&key) {
                     unstored.insert(key, e.clone());
                     added += 1;
@@ -603,11 +515,8 @@ impl Store {
             return Ok(());
         }
         for chunk in pending.chunks(1000) {
-            let mut batch = sled::Batch::default();
-            for (k, e) in chunk {
-                batch.insert(k.clone(), serde_json::to_vec(e)?);
-            }
-            self.write(|t| Ok(t.opt_outs.apply_batch(batch)?))?;
+            let entries = chunk.iter().map(|(k, e)| Ok((k.clone(), serde_json::to_vec(e)?))).collect::<Result<Vec<_>, StoreError>>()?;
+            self.write(|kv| kv.insert_all(Tree::OptOuts, &entries))?;
         }
         self.flush()?;
         let mut unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?;
@@ -621,7 +530,7 @@ impl Store {
     /// if it was not on it.
     pub fn remove_opt_out(&self, session: &str, phone: &str) -> Result<bool, StoreError> {
         let key = contact_key(session, phone);
-        let had = self.write(|t| Ok(t.opt_outs.remove(&key)?))?;
+        let had = self.write(|kv| kv.remove(Tree::OptOuts, &key))?;
         self.flush()?;
         // Only once the removal is on disk: a failed one leaves it listed.
         let was_unstored = self.unstored_opt_outs.lock().map_err(|_| StoreError::Closed)?.remove(&key).is_some();
@@ -632,35 +541,30 @@ impl Store {
     /// first time is kept). Not flushed: losing it only counts a later send
     /// as a first contact, which is stricter.
     pub fn note_contact(&self, session: &str, phone: &str, at_ms: u64) -> Result<(), StoreError> {
-        self.write(|t| {
-            t.contacts.compare_and_swap(contact_key(session, phone), None as Option<&[u8]>, Some(at_ms.to_be_bytes().to_vec()))?.ok();
-            Ok(())
-        })
+        self.write(|kv| kv.insert_new(Tree::Contacts, &contact_key(session, phone), &at_ms.to_be_bytes()).map(drop))
     }
 
     /// Whether `phone` ever wrote to the session's account.
     pub fn has_written(&self, session: &str, phone: &str) -> Result<bool, StoreError> {
-        Ok(self.t()?.contacts.contains_key(contact_key(session, phone))?)
+        Ok(self.kv.get(Tree::Contacts, &contact_key(session, phone))?.is_some())
     }
 
-    /// The database's size on disk, bytes.
+    /// The data's size on disk, bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.t()?.db.size_on_disk()?)
+        self.kv.size_on_disk()
     }
 }
 
 /// Webhook deliveries: the outbox and the dead letters (`crate::webhooks`).
 /// Keys are delivery ids; a delivery is in at most one of the two trees
-/// (moves between them are sled transactions).
+/// (moves between them are transactions).
 impl Store {
     /// Stores new deliveries in one batch and flushes: once this returns
     /// `Ok` they survive a crash.
     pub fn put_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for d in deliveries {
-            batch.insert(d.id.as_bytes(), serde_json::to_vec(d)?);
-        }
-        self.write(|t| Ok(t.outbox.apply_batch(batch)?))?;
+        let entries =
+            deliveries.iter().map(|d| Ok((d.id.as_bytes().to_vec(), serde_json::to_vec(d)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        self.write(|kv| kv.insert_all(Tree::Outbox, &entries))?;
         self.flush()
     }
 
@@ -668,95 +572,65 @@ impl Store {
     /// flushed: losing it to a crash only means an earlier retry).
     pub fn put_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
         let value = serde_json::to_vec(d)?;
-        self.write(|t| Ok(t.outbox.insert(d.id.as_bytes(), value).map(drop)?))
+        self.write(|kv| kv.insert(Tree::Outbox, d.id.as_bytes(), &value))
     }
 
     /// One delivery of the outbox.
     pub fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
-        match self.t()?.outbox.get(id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
-        }
+        self.record(Tree::Outbox, id.as_bytes())
     }
 
     /// Removes a delivered delivery from the outbox (not flushed: losing it
     /// to a crash only means one more delivery of the same id).
     pub fn remove_delivery(&self, id: &str) -> Result<(), StoreError> {
-        self.write(|t| Ok(t.outbox.remove(id.as_bytes()).map(drop)?))
+        self.write(|kv| kv.remove(Tree::Outbox, id.as_bytes()).map(drop))
     }
 
     /// Every delivery of the outbox, oldest id first (at start).
     pub fn deliveries(&self) -> Result<Vec<Delivery>, StoreError> {
-        self.t()?.outbox.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        self.records(Tree::Outbox, b"", None)
     }
 
     /// Moves `d` (its final attempt recorded) from the outbox to the dead
     /// letters, in one transaction, and flushes.
     pub fn dead_letter(&self, d: &Delivery) -> Result<(), StoreError> {
-        use sled::Transactional as _;
         let value = serde_json::to_vec(d)?;
-        self.write(|t| {
-            (&t.outbox, &t.dead_letters)
-                .transaction(|(outbox, dead)| {
-                    outbox.remove(d.id.as_bytes())?;
-                    dead.insert(d.id.as_bytes(), value.as_slice())?;
-                    Ok(())
-                })
-                .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                    sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-                    sled::transaction::TransactionError::Abort(()) => StoreError::Closed,
-                })
-        })?;
+        self.write(|kv| kv.move_entry(Tree::Outbox, Tree::DeadLetters, d.id.as_bytes(), &|_| Ok(value.clone())))?;
         self.flush()
     }
 
     /// Dead letters, oldest id first, at most `limit`.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.t()?.dead_letters.iter().values().take(limit).map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        self.records(Tree::DeadLetters, b"", Some(limit))
     }
 
     /// One dead letter.
     pub fn dead_letter_entry(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
-        match self.t()?.dead_letters.get(id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
-        }
+        self.record(Tree::DeadLetters, id.as_bytes())
     }
 
     /// How many dead letters there are (a scan: at start only).
     pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
-        Ok(self.t()?.dead_letters.len() as u64)
+        self.kv.len(Tree::DeadLetters)
     }
 
     /// Moves dead letter `id` back to the outbox as `revive` makes it (due
     /// now, attempts from 0), in one transaction, and flushes. `None` when
     /// there is no such dead letter (then nothing changed).
     pub fn replay_dead_letter(&self, id: &str, revive: impl Fn(Delivery) -> Delivery) -> Result<Option<Delivery>, StoreError> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional as _;
-        let moved = self.write(|t| {
-            (&t.dead_letters, &t.outbox)
-                .transaction(|(dead, outbox)| {
-                    let Some(v) = dead.remove(id.as_bytes())? else { return Ok(None) };
-                    let d: Delivery = serde_json::from_slice(&v).map_err(ConflictableTransactionError::Abort)?;
-                    let d = revive(d);
-                    outbox.insert(id.as_bytes(), serde_json::to_vec(&d).map_err(ConflictableTransactionError::Abort)?)?;
-                    Ok(Some(d))
-                })
-                .map_err(|e| match e {
-                    TransactionError::Storage(e) => StoreError::Sled(e),
-                    TransactionError::Abort(e) => StoreError::Corrupt(e),
-                })
-        })?;
-        if moved.is_some() {
-            self.flush()?;
-        }
-        Ok(moved)
+        let rewrite = |old: &[u8]| -> Result<Vec<u8>, StoreError> {
+            let d: Delivery = serde_json::from_slice(old)?;
+            Ok(serde_json::to_vec(&revive(d))?)
+        };
+        let moved = self.write(|kv| kv.move_entry(Tree::DeadLetters, Tree::Outbox, id.as_bytes(), &rewrite))?;
+        let Some(v) = moved else { return Ok(None) };
+        self.flush()?;
+        Ok(Some(serde_json::from_slice(&v)?))
     }
 
     /// Deletes dead letter `id` and flushes; the deleted one, or `None`.
     pub fn delete_dead_letter(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
-        let removed = self.write(|t| Ok(t.dead_letters.remove(id.as_bytes())?))?;
+        let removed = self.write(|kv| kv.remove(Tree::DeadLetters, id.as_bytes()))?;
         let Some(v) = removed else { return Ok(None) };
         self.flush()?;
         Ok(Some(serde_json::from_slice(&v)?))
@@ -824,75 +698,154 @@ mod tests {
         }
     }
 
+    /// Runs `test` on each backend with a function that opens a store over
+    /// the same data (again): sled in a temp dir, and PostgreSQL in a
+    /// throwaway server where its binaries exist (required when
+    /// `WASUP_REQUIRE_POSTGRES=1`, as `scripts/test` sets).
+    fn each_backend(test: impl Fn(&dyn Fn() -> Store)) {
+        let dir = tempfile::tempdir().unwrap();
+        test(&|| Store::open(dir.path()).unwrap());
+        if !crate::pg_harness::TempPostgres::available() {
+            assert!(std::env::var_os("WASUP_REQUIRE_POSTGRES").is_none(), "WASUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed");
+            eprintln!("SKIPPED: no PostgreSQL here; the store test ran on sled only");
+            return;
+        }
+        let pg = crate::pg_harness::TempPostgres::start().unwrap();
+        let url = pg.url();
+        test(&|| Store::postgres(&url, std::time::Duration::from_secs(10)).unwrap());
+    }
+
     #[test]
     fn sessions_and_history_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert!(store.create_session(&record("acme")).unwrap());
-            assert!(!store.create_session(&record("acme")).unwrap(), "second create must fail");
-            assert!(store.create_session(&record("acme-2")).unwrap());
-            for (i, state) in [SessionState::Starting, SessionState::ScanQr].into_iter().enumerate() {
-                store.append_history("acme", &HistoryEntry::status(state, None, 10 + i as u64)).unwrap();
+        each_backend(|open| {
+            {
+                let store = open();
+                assert!(store.create_session(&record("acme")).unwrap());
+                assert!(!store.create_session(&record("acme")).unwrap(), "second create must fail");
+                assert!(store.create_session(&record("acme-2")).unwrap());
+                for (i, state) in [SessionState::Starting, SessionState::ScanQr].into_iter().enumerate() {
+                    store.append_history("acme", &HistoryEntry::status(state, None, 10 + i as u64)).unwrap();
+                }
+                store.flush().unwrap();
             }
-            store.flush().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let names: Vec<_> = store.sessions().unwrap().into_iter().map(|r| r.name).collect();
-        assert_eq!(names, ["acme", "acme-2"]);
-        let states: Vec<_> = store.history("acme").unwrap().into_iter().map(|h| h.state).collect();
-        assert_eq!(states, [SessionState::Starting, SessionState::ScanQr]);
-        // "acme-2" shares a prefix with "acme" but not its history.
-        assert!(store.history("acme-2").unwrap().is_empty());
-        store.delete_session("acme").unwrap();
-        assert!(store.session("acme").unwrap().is_none());
-        assert!(store.history("acme").unwrap().is_empty());
+            let store = open();
+            let names: Vec<_> = store.sessions().unwrap().into_iter().map(|r| r.name).collect();
+            assert_eq!(names, ["acme", "acme-2"]);
+            let states: Vec<_> = store.history("acme").unwrap().into_iter().map(|h| h.state).collect();
+            assert_eq!(states, [SessionState::Starting, SessionState::ScanQr]);
+            // "acme-2" shares a prefix with "acme" but not its history.
+            assert!(store.history("acme-2").unwrap().is_empty());
+            store.delete_session("acme").unwrap();
+            assert!(store.session("acme").unwrap().is_none());
+            assert!(store.history("acme").unwrap().is_empty());
+            assert_eq!(store.history("acme-2").unwrap().len(), 0);
+            assert!(store.session("acme-2").unwrap().is_some());
+        });
     }
 
     #[test]
     fn campaigns_recipients_and_daily_counts() {
         use crate::campaign::*;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let rows = rows_from_json(
-            &[serde_json::json!({"phone": "+4915112345678"}), serde_json::json!({"phone": "+4915123456789"})],
-            &Default::default(),
-        )
-        .unwrap();
-        let (mut rs, _) = recipients(rows, "hi", None, InvalidNumbers::Reject, 0, &Default::default()).unwrap();
-        let record = CampaignRecord {
-            total: 2,
-            ..CampaignRecord::draft(new_id(), "spring".into(), "acme".into(), "hi".into(), PacingSpec::default(), 0)
-        };
-        store.create_campaign(&record, &rs).unwrap();
-        rs[1].message_id = Some("3EB0AAAAAAAAAAAAAAAA".into());
-        rs[1].state = RecipientState::Sending;
-        store.put_recipient(&record.id, &rs[1], true).unwrap();
-        assert_eq!(store.message_owner("3EB0AAAAAAAAAAAAAAAA").unwrap(), Some((record.id.clone(), 1)));
-        assert_eq!(store.recipients(&record.id).unwrap()[1].state, RecipientState::Sending);
-        assert_eq!(store.sent_times(&record.id).unwrap(), Vec::<u64>::new());
-        rs[1].state = RecipientState::Sent;
-        rs[1].sent_at_ms = Some(1_234);
-        store.put_recipient(&record.id, &rs[1], true).unwrap();
-        assert_eq!(store.sent_times(&record.id).unwrap(), [1_234]);
-        assert_eq!(store.campaigns().unwrap().len(), 1);
-        assert_eq!(store.sent_on("acme", "2026-01-10").unwrap(), 0);
-        assert_eq!(store.count_send("acme", "2026-01-10").unwrap(), 1);
-        assert_eq!(store.count_send("acme", "2026-01-10").unwrap(), 2);
-        assert_eq!(store.sent_on("acme", "2026-01-10").unwrap(), 2);
-        assert_eq!(store.sent_on("acme-2", "2026-01-10").unwrap(), 0);
+        each_backend(|open| {
+            let store = open();
+            let rows = rows_from_json(
+                &[serde_json::json!({"phone": "+4915112345678"}), serde_json::json!({"phone": "+4915123456789"})],
+                &Default::default(),
+            )
+            .unwrap();
+            let (mut rs, _) = recipients(rows, "hi", None, InvalidNumbers::Reject, 0, &Default::default()).unwrap();
+            let record = CampaignRecord {
+                total: 2,
+                ..CampaignRecord::draft(new_id(), "spring".into(), "acme".into(), "hi".into(), PacingSpec::default(), 0)
+            };
+            store.create_campaign(&record, &rs).unwrap();
+            rs[1].message_id = Some("3EB0AAAAAAAAAAAAAAAA".into());
+            rs[1].state = RecipientState::Sending;
+            store.put_recipient(&record.id, &rs[1], true).unwrap();
+            assert_eq!(store.message_owner("3EB0AAAAAAAAAAAAAAAA").unwrap(), Some((record.id.clone(), 1)));
+            assert_eq!(store.recipients(&record.id).unwrap()[1].state, RecipientState::Sending);
+            assert_eq!(store.recipient(&record.id, 0).unwrap().map(|r| r.idx), Some(0));
+            assert_eq!(store.sent_times(&record.id).unwrap(), Vec::<u64>::new());
+            rs[1].state = RecipientState::Sent;
+            rs[1].sent_at_ms = Some(1_234);
+            store.put_recipient(&record.id, &rs[1], true).unwrap();
+            assert_eq!(store.sent_times(&record.id).unwrap(), [1_234]);
+            assert_eq!(store.campaigns().unwrap().len(), 1);
+            assert_eq!(store.sent_on("acme", "2026-01-10").unwrap(), 0);
+            assert_eq!(store.count_send("acme", "2026-01-10").unwrap(), 1);
+            assert_eq!(store.count_send("acme", "2026-01-10").unwrap(), 2);
+            assert_eq!(store.sent_on("acme", "2026-01-10").unwrap(), 2);
+            assert_eq!(store.sent_on("acme-2", "2026-01-10").unwrap(), 0);
+        });
     }
 
     #[test]
     fn history_is_trimmed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for i in 0..(HISTORY_KEEP as u64 + 5) {
-            store.append_history("a", &HistoryEntry::status(SessionState::Starting, None, i)).unwrap();
-        }
-        let h = store.history("a").unwrap();
-        assert_eq!(h.len(), HISTORY_KEEP);
-        assert_eq!(h[0].at_ms, 5);
+        each_backend(|open| {
+            let store = open();
+            for i in 0..(HISTORY_KEEP as u64 + 5) {
+                store.append_history("a", &HistoryEntry::status(SessionState::Starting, None, i)).unwrap();
+            }
+            let h = store.history("a").unwrap();
+            assert_eq!(h.len(), HISTORY_KEEP);
+            assert_eq!(h[0].at_ms, 5);
+        });
+    }
+
+    #[test]
+    fn opt_outs_contacts_and_numbers() {
+        each_backend(|open| {
+            let store = open();
+            let e = |phone: &str| OptOut { phone: phone.into(), at_ms: 7, source: "api".into() };
+            assert_eq!(store.add_opt_outs("acme", &[e("4915100000001"), e("4915100000002")]).unwrap(), 2);
+            assert_eq!(store.add_opt_outs("acme", &[e("4915100000001")]).unwrap(), 0, "an entry already there is not new");
+            assert_eq!(store.opt_outs("acme").unwrap().len(), 2);
+            assert!(store.opt_outs("acme-2").unwrap().is_empty());
+            assert!(store.opt_out("acme", "+4915100000001").unwrap().is_some());
+            assert!(store.remove_opt_out("acme", "4915100000001").unwrap());
+            assert!(!store.remove_opt_out("acme", "4915100000001").unwrap());
+            assert!(!store.has_written("acme", "4915100000009").unwrap());
+            store.note_contact("acme", "4915100000009", 5).unwrap();
+            store.note_contact("acme", "4915100000009", 6).unwrap();
+            assert!(store.has_written("acme", "4915100000009").unwrap());
+            let number = store.number("acme").unwrap();
+            store.put_number("acme", &number, true).unwrap();
+            store.count_number_send("acme", "2026-01-10", &number, true).unwrap();
+            let day = store.day_count("acme", "2026-01-10").unwrap();
+            assert_eq!((day.sent, day.first_contacts), (1, 1));
+            assert!(store.size_on_disk().unwrap() > 0);
+        });
+    }
+
+    #[test]
+    fn deliveries_move_between_outbox_and_dead_letters() {
+        each_backend(|open| {
+            let store = open();
+            let d = |id: &str| -> Delivery {
+                serde_json::from_value(serde_json::json!({
+                    "id": id, "hook": "hk_1", "event": "session.status", "body": "{}", "attempts": 0, "first_at_ms": 1, "next_at_ms": 1,
+                }))
+                .unwrap()
+            };
+            store.put_deliveries(&[d("dlv_1"), d("dlv_2")]).unwrap();
+            assert_eq!(store.deliveries().unwrap().len(), 2);
+            store.dead_letter(&d("dlv_1")).unwrap();
+            assert!(store.delivery("dlv_1").unwrap().is_none());
+            assert_eq!(store.dead_letter_count().unwrap(), 1);
+            assert_eq!(store.dead_letters(10).unwrap().len(), 1);
+            let revived = store.replay_dead_letter("dlv_1", |mut d| {
+                d.attempts = 0;
+                d
+            });
+            assert!(revived.unwrap().is_some());
+            assert!(store.replay_dead_letter("dlv_1", |d| d).unwrap().is_none(), "moved already");
+            assert_eq!(store.dead_letter_count().unwrap(), 0);
+            store.dead_letter(&d("dlv_2")).unwrap();
+            assert!(store.delete_dead_letter("dlv_2").unwrap().is_some());
+            assert!(store.dead_letter_entry("dlv_2").unwrap().is_none());
+            store.remove_delivery("dlv_1").unwrap();
+            assert!(store.deliveries().unwrap().is_empty());
+        });
     }
 
     /// A small tmpfs of `size` at a fresh dir, or `None` where mounting is
@@ -922,7 +875,7 @@ mod tests {
     }
 
     /// Fills the filesystem at `dir` with one file; returns its path.
-    fn fill(dir: &Path) -> PathBuf {
+    fn fill(dir: &Path) -> std::path::PathBuf {
         use std::io::Write as _;
         let path = dir.join("filler");
         let mut f = std::fs::File::create(&path).unwrap();

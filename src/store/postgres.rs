@@ -1,0 +1,563 @@
+//! The PostgreSQL backend: the store's trees as rows of one table
+//! (`kv (tree, key, value)`), for several machines sharing one database
+//! (`[store] backend = "postgres"`).
+//!
+//! Every method is one SQL statement, so each is atomic on its own, and
+//! commits before it returns (PostgreSQL's default `synchronous_commit`):
+//! a write the store calls durable is durable. The schema is versioned in
+//! the repository (`migrations/postgres/NNNN_name.sql`) and applied at
+//! start under an advisory lock, so nodes starting together apply it once.
+//!
+//! One node per database for now: each connection first takes an advisory
+//! lock, so a second daemon on the same database fails its store calls
+//! (and does not start) instead of driving the same sessions.
+//!
+//! The store's callers are synchronous (actors and request handlers call it
+//! as they call sled), so the connection lives on its own thread with its
+//! own tokio runtime ([`Pg`]); a call waits for its answer at most the
+//! configured timeout. A call that times out may still commit (as any
+//! client's statement whose answer is lost); the store's writes are
+//! idempotent or, for a recipient's `SENDING` record, written again before
+//! the send is retried.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::kv::{Entry, Kv, Rewrite, Tree};
+use super::StoreError;
+
+/// The migrations, in order: `(version, name, sql)`.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "store", include_str!("../../migrations/postgres/0001_store.sql"))];
+
+/// The advisory lock key held while migrations run (`wasup` in ASCII).
+const MIGRATION_LOCK: i64 = 0x0077_6173_7570;
+
+/// The advisory lock a node holds on its store connection: one node per
+/// database until cluster leases exist (`wasup!` in ASCII).
+const NODE_LOCK: i64 = 0x7761_7375_7021;
+
+/// Takes [`NODE_LOCK`] on a new connection, retrying until `deadline` (a
+/// node that just stopped may not have been disconnected yet).
+///
+/// Errors: another node holds it past the deadline, or the query failed.
+async fn take_node_lock(client: &Client, deadline: Instant) -> Result<(), StoreError> {
+    loop {
+        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(|e| pg_error(&e))?;
+        if row.try_get::<_, bool>(0).map_err(|e| pg_error(&e))? {
+            return Ok(());
+        }
+        if Instant::now() + Duration::from_millis(50) >= deadline {
+            return Err(StoreError::Postgres(
+                "another wasup node uses this PostgreSQL database (one node per database until cluster leases)".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One open connection and the statements prepared on it.
+pub struct Conn {
+    client: Client,
+    prepared: Mutex<HashMap<&'static str, Statement>>,
+}
+
+impl Conn {
+    /// The statement for `sql`, prepared once per connection.
+    async fn statement(&self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.prepared.lock().ok().and_then(|p| p.get(sql).cloned()) {
+            return Ok(s);
+        }
+        let statement = self.client.prepare(sql).await?;
+        if let Ok(mut p) = self.prepared.lock() {
+            p.insert(sql, statement.clone());
+        }
+        Ok(statement)
+    }
+
+    /// Runs `sql` (prepared once) and returns its rows.
+    pub async fn query(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query(&statement, params).await
+    }
+
+    /// Runs `sql` (prepared once) and returns how many rows it changed.
+    pub async fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+
+    /// The raw client, for statements that are not prepared (migrations).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+type Job = Box<dyn FnOnce(Result<Arc<Conn>, String>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A PostgreSQL connection driven on its own thread; cheap to clone. It
+/// connects on the first call and again on the first call after the
+/// connection broke (PostgreSQL restarted, say), so an outage fails calls
+/// while it lasts and nothing after it.
+#[derive(Clone)]
+pub struct Pg {
+    jobs: tokio::sync::mpsc::UnboundedSender<(Instant, Job)>,
+    timeout: Duration,
+}
+
+/// Turns a driver error into the store's, with the server's code and
+/// message when there is one (`23505: duplicate key …`).
+pub fn pg_error(e: &tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Postgres(format!("{}: {}", db.code().code(), db.message())),
+        None => StoreError::Postgres(match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        }),
+    }
+}
+
+impl Pg {
+    /// Starts the connection thread for `url` (a libpq-style URL or
+    /// key=value string: `postgres://wasup@/wasup?host=/run/postgresql`).
+    /// Each call waits at most `timeout` for its answer (connecting
+    /// included). Nothing connects until the first call.
+    ///
+    /// Errors: the URL does not parse, or the thread cannot start.
+    pub fn start(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| pg_error(&e))?;
+        let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<(Instant, Job)>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Postgres(format!("cannot start its runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("wasup-postgres".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut conn: Option<Arc<Conn>> = None;
+                    while let Some((deadline, job)) = queue.recv().await {
+                        if Instant::now() >= deadline {
+                            // Its caller gave up: running it now would
+                            // write what the caller was told failed.
+                            continue;
+                        }
+                        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+                            conn = None;
+                            let wait = deadline.saturating_duration_since(Instant::now());
+                            match tokio::time::timeout(wait, config.connect(NoTls)).await {
+                                Ok(Ok((client, connection))) => {
+                                    tokio::spawn(async move {
+                                        if let Err(e) = connection.await {
+                                            tracing::warn!(event = "store.postgres_lost", error = %e, "PostgreSQL connection lost");
+                                        }
+                                    });
+                                    // Given up a little before the caller does, so
+                                    // the caller hears why.
+                                    let lock_by = deadline.checked_sub(Duration::from_millis(200)).unwrap_or(deadline);
+                                    if let Err(e) = take_node_lock(&client, lock_by).await {
+                                        tokio::spawn(job(Err(e.to_string())));
+                                        continue;
+                                    }
+                                    conn = Some(Arc::new(Conn { client, prepared: Mutex::default() }));
+                                }
+                                Ok(Err(e)) => {
+                                    tokio::spawn(job(Err(pg_error(&e).to_string())));
+                                    continue;
+                                }
+                                Err(_) => {
+                                    tokio::spawn(job(Err("store: postgres: no connection within the store timeout".into())));
+                                    continue;
+                                }
+                            }
+                        }
+                        if let Some(c) = &conn {
+                            tokio::spawn(job(Ok(c.clone())));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| StoreError::Postgres(format!("cannot start its thread: {e}")))?;
+        Ok(Self { jobs, timeout })
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Arc<Conn>) -> Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>> + Send + 'static,
+        reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let result = match conn {
+                    Ok(c) => f(c).await,
+                    Err(e) => Err(StoreError::Postgres(e)),
+                };
+                reply(result);
+            })
+        });
+        self.jobs.send((Instant::now() + self.timeout, job)).map_err(|_| StoreError::Postgres("its connection thread stopped".into()))
+    }
+
+    /// Runs `f` on the connection and waits for its answer (at most the
+    /// timeout). For synchronous callers; blocks the calling thread.
+    ///
+    /// Errors: no connection, the statement failed, or no answer in time.
+    pub fn call<T: Send + 'static, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Conn>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            move |c| Box::pin(f(c)),
+            move |r| {
+                // The caller may have timed out and gone: nothing to tell.
+                let _ = tx.send(r);
+            },
+        )?;
+        rx.recv_timeout(self.timeout).map_err(|_| StoreError::Postgres(format!("no answer within {:?}", self.timeout)))?
+    }
+
+    /// [`Pg::call`] for async callers: does not block the thread.
+    pub async fn call_async<T: Send + 'static, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Conn>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            move |c| Box::pin(f(c)),
+            move |r| {
+                // The caller may have timed out and gone: nothing to tell.
+                let _ = tx.send(r);
+            },
+        )?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StoreError::Postgres("its connection thread stopped".into())),
+            Err(_) => Err(StoreError::Postgres(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+
+    /// Applies the migrations this database has not seen, in order, each in
+    /// its own transaction, under an advisory lock (nodes starting at once
+    /// apply each once). Returns the versions applied now.
+    ///
+    /// Errors: no connection, or a migration failed (nothing of it stays).
+    pub fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        self.call(|c| async move {
+            let client = c.client();
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         version integer PRIMARY KEY,
+                         name text NOT NULL,
+                         applied_at timestamptz NOT NULL DEFAULT now())",
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            let mut applied = Vec::new();
+            for (version, name, sql) in MIGRATIONS {
+                // One simple-query message per migration: the server runs it
+                // whole before it takes the connection's next statement, so
+                // no other caller's statement falls inside its transaction.
+                let batch = format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+                     DO $wasup$ BEGIN
+                       IF EXISTS (SELECT 1 FROM schema_migrations WHERE version = {version}) THEN
+                         RAISE EXCEPTION 'wasup-migration-applied';
+                       END IF;
+                     END $wasup$;
+                     {sql}
+                     INSERT INTO schema_migrations (version, name) VALUES ({version}, '{name}');
+                     COMMIT;"
+                );
+                match client.batch_execute(&batch).await {
+                    Ok(()) => applied.push(*version),
+                    Err(e) if e.as_db_error().is_some_and(|d| d.message() == "wasup-migration-applied") => {
+                        client.batch_execute("ROLLBACK").await.map_err(|e| pg_error(&e))?;
+                    }
+                    Err(e) => {
+                        // Harmless if it fails: the connection is then gone
+                        // and its transaction with it.
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(pg_error(&e));
+                    }
+                }
+            }
+            Ok(applied)
+        })
+    }
+}
+
+/// The key just past every key that starts with `prefix` (`None`: no end).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The store's trees in PostgreSQL.
+pub struct PgKv {
+    pg: Pg,
+}
+
+impl PgKv {
+    /// The store over `pg`, its schema brought up to date.
+    ///
+    /// Errors: PostgreSQL cannot be reached, or a migration failed.
+    pub fn open(pg: Pg) -> Result<Self, StoreError> {
+        let applied = pg.migrate()?;
+        if !applied.is_empty() {
+            tracing::info!(event = "store.migrated", versions = ?applied, "PostgreSQL schema migrated");
+        }
+        Ok(Self { pg })
+    }
+
+    /// The connection, for the cluster's own tables.
+    pub fn pg(&self) -> &Pg {
+        &self.pg
+    }
+}
+
+fn bytes(row: &Row, i: usize) -> Result<Vec<u8>, StoreError> {
+    row.try_get::<_, Vec<u8>>(i).map_err(|e| pg_error(&e))
+}
+
+impl Kv for PgKv {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.pg.call(move |c| async move {
+            let rows =
+                c.query("SELECT value FROM kv WHERE tree = $1 AND key = $2", &[&tree.name(), &key]).await.map_err(|e| pg_error(&e))?;
+            rows.first().map(|r| bytes(r, 0)).transpose()
+        })
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8], limit: Option<usize>) -> Result<Vec<Entry>, StoreError> {
+        let start = prefix.to_vec();
+        let end = prefix_end(prefix);
+        let limit = limit.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.pg.call(move |c| async move {
+            let rows = match &end {
+                Some(end) => {
+                    c.query(
+                        "SELECT key, value FROM kv WHERE tree = $1 AND key >= $2 AND key < $3 ORDER BY key LIMIT $4",
+                        &[&tree.name(), &start, end, &limit],
+                    )
+                    .await
+                }
+                None => {
+                    c.query(
+                        "SELECT key, value FROM kv WHERE tree = $1 AND key >= $2 ORDER BY key LIMIT $3",
+                        &[&tree.name(), &start, &limit],
+                    )
+                    .await
+                }
+            }
+            .map_err(|e| pg_error(&e))?;
+            rows.iter().map(|r| Ok((bytes(r, 0)?, bytes(r, 1)?))).collect()
+        })
+    }
+
+    fn len(&self, tree: Tree) -> Result<u64, StoreError> {
+        self.pg.call(move |c| async move {
+            let rows = c.query("SELECT count(*) FROM kv WHERE tree = $1", &[&tree.name()]).await.map_err(|e| pg_error(&e))?;
+            let n: i64 = rows.first().map(|r| r.try_get(0)).transpose().map_err(|e| pg_error(&e))?.unwrap_or(0);
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.pg.call(move |c| async move {
+            c.execute(
+                "INSERT INTO kv (tree, key, value) VALUES ($1, $2, $3) ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&tree.name(), &key, &value],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+            Ok(())
+        })
+    }
+
+    fn insert_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.pg.call(move |c| async move {
+            let n = c
+                .execute(
+                    "INSERT INTO kv (tree, key, value) VALUES ($1, $2, $3) ON CONFLICT (tree, key) DO NOTHING",
+                    &[&tree.name(), &key, &value],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            Ok(n == 1)
+        })
+    }
+
+    fn insert_all(&self, tree: Tree, entries: &[Entry]) -> Result<(), StoreError> {
+        // Later entries win over earlier ones with the same key, as in a
+        // sled batch (ON CONFLICT cannot touch one row twice).
+        let mut unique: std::collections::BTreeMap<&[u8], &[u8]> = std::collections::BTreeMap::new();
+        for (k, v) in entries {
+            unique.insert(k, v);
+        }
+        let keys: Vec<Vec<u8>> = unique.keys().map(|k| k.to_vec()).collect();
+        let values: Vec<Vec<u8>> = unique.values().map(|v| v.to_vec()).collect();
+        self.pg.call(move |c| async move {
+            c.execute(
+                "INSERT INTO kv (tree, key, value) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v)
+                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&tree.name(), &keys, &values],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+            Ok(())
+        })
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.pg.call(move |c| async move {
+            let rows = c
+                .query("DELETE FROM kv WHERE tree = $1 AND key = $2 RETURNING value", &[&tree.name(), &key])
+                .await
+                .map_err(|e| pg_error(&e))?;
+            rows.first().map(|r| bytes(r, 0)).transpose()
+        })
+    }
+
+    fn remove_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<(), StoreError> {
+        let start = prefix.to_vec();
+        let end = prefix_end(prefix);
+        self.pg.call(move |c| async move {
+            match &end {
+                Some(end) => c.execute("DELETE FROM kv WHERE tree = $1 AND key >= $2 AND key < $3", &[&tree.name(), &start, end]).await,
+                None => c.execute("DELETE FROM kv WHERE tree = $1 AND key >= $2", &[&tree.name(), &start]).await,
+            }
+            .map_err(|e| pg_error(&e))?;
+            Ok(())
+        })
+    }
+
+    fn trim_prefix(&self, tree: Tree, prefix: &[u8], keep: usize) -> Result<(), StoreError> {
+        let start = prefix.to_vec();
+        // Prefixes here always end in 0x00 (a name and its separator).
+        let end = prefix_end(prefix).unwrap_or_else(|| vec![u8::MAX; prefix.len() + 1]);
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.pg.call(move |c| async move {
+            c.execute(
+                "DELETE FROM kv WHERE tree = $1 AND key IN (
+                     SELECT key FROM kv WHERE tree = $1 AND key >= $2 AND key < $3 ORDER BY key DESC OFFSET $4)",
+                &[&tree.name(), &start, &end, &keep],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+            Ok(())
+        })
+    }
+
+    fn increment(&self, tree: Tree, key: &[u8]) -> Result<u32, StoreError> {
+        let key = key.to_vec();
+        self.pg.call(move |c| async move {
+            // The count is a big-endian u32, as sled keeps it: int4send
+            // writes that, and `('x' || hex)::bit(32)::int` reads it.
+            let rows = c
+                .query(
+                    "INSERT INTO kv (tree, key, value) VALUES ($1, $2, int4send(1)) ON CONFLICT (tree, key)
+                     DO UPDATE SET value = int4send((('x' || encode(kv.value, 'hex'))::bit(32)::int) + 1) RETURNING value",
+                    &[&tree.name(), &key],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            let v = rows.first().map(|r| bytes(r, 0)).transpose()?.unwrap_or_default();
+            Ok(<[u8; 4]>::try_from(v.as_slice()).map_or(0, u32::from_be_bytes))
+        })
+    }
+
+    fn move_entry(&self, from: Tree, to: Tree, key: &[u8], rewrite: &Rewrite<'_>) -> Result<Option<Vec<u8>>, StoreError> {
+        // Read, rewrite here, then move in one statement only if the value
+        // is still the one read; a concurrent change makes it read again.
+        for _ in 0..8 {
+            let Some(old) = self.get(from, key)? else { return Ok(None) };
+            let new = rewrite(&old)?;
+            let (k, o, n) = (key.to_vec(), old, new.clone());
+            let moved = self.pg.call(move |c| async move {
+                c.execute(
+                    "WITH gone AS (DELETE FROM kv WHERE tree = $1 AND key = $2 AND value = $3 RETURNING key)
+                     INSERT INTO kv (tree, key, value) SELECT $4, key, $5 FROM gone
+                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&from.name(), &k, &o, &to.name(), &n],
+                )
+                .await
+                .map_err(|e| pg_error(&e))
+            })?;
+            if moved == 1 {
+                return Ok(Some(new));
+            }
+        }
+        Err(StoreError::Postgres("the entry kept changing while it was moved".into()))
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.pg.call(|c| async move {
+            let rows = c.query("SELECT nextval('kv_ids')", &[]).await.map_err(|e| pg_error(&e))?;
+            let n: i64 = rows.first().map(|r| r.try_get(0)).transpose().map_err(|e| pg_error(&e))?.unwrap_or(0);
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    /// Every statement has committed already: this proves the database
+    /// answers.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.pg.call(|c| async move {
+            c.query("SELECT 1", &[]).await.map_err(|e| pg_error(&e))?;
+            Ok(())
+        })
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        self.pg.call(|c| async move {
+            c.execute("INSERT INTO probe (id, at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET at = now()", &[])
+                .await
+                .map_err(|e| pg_error(&e))?;
+            Ok(())
+        })
+    }
+
+    /// Nothing to reopen: the next call reconnects if the connection broke.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.pg.call(|c| async move {
+            let rows = c.query("SELECT pg_total_relation_size('kv')", &[]).await.map_err(|e| pg_error(&e))?;
+            let n: i64 = rows.first().map(|r| r.try_get(0)).transpose().map_err(|e| pg_error(&e))?.unwrap_or(0);
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_bound_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"acme\0"), Some(b"acme\x01".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
