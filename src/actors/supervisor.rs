@@ -250,6 +250,9 @@ impl Supervisor {
                 tracing::info!(session = %name, event = "session.restart_scheduled", attempt, delay_ms, reason = %reason, "restart in {delay:?}");
                 let detail = serde_json::json!({"attempt": attempt, "delay_ms": delay_ms});
                 self.report_event(name, EventName::SessionRestartScheduled, text, detail);
+                // The Session may have reported RECONNECTING already (no
+                // change above): the restart counts now all the same.
+                self.objectives(name);
             }
             EndPlan::GiveUp { detail } => {
                 tracing::error!(session = %name, reason = %reason, "{detail}");

@@ -23,8 +23,8 @@
 //!   logout command) until the session is `CONNECTED` again or fails on its
 //!   own (`RECONNECTING`, `LOGGED_OUT`, …). A daemon that was down
 //!   (`STOPPED(daemon_shutdown)`, or `STOPPED(daemon_died)` recorded at the
-//!   next boot from the store's liveness mark, see [`daemon_died`]) counts
-//!   as down. Time before the first kept history entry is unknown and not
+//!   next boot from the store's liveness mark, at most 5 s before the
+//!   crash: see [`daemon_died`]) counts as down. Time before the first kept history entry is unknown and not
 //!   counted either: **when the kept history is shorter than the window
 //!   (the store keeps the newest [`crate::store::HISTORY_KEEP`] entries per
 //!   session, this tracker at most [`MAX_MARKS`] phase changes), the figure
@@ -409,18 +409,18 @@ pub fn objectives(history: &[HistoryEntry], now_ms: u64, key_files: Option<u64>,
 }
 
 /// The entry to record at boot for a daemon that died without recording
-/// its stop: `STOPPED(daemon_died)` at `alive_ms`, the store's last
-/// liveness mark (written every few seconds while the daemon runs), when
-/// the session's last status was not `STOPPED` and nothing was recorded
-/// after that mark. `None` otherwise (a clean stop recorded
-/// `STOPPED(daemon_shutdown)`; no mark: an older store, and the time until
-/// the boot counts as the last recorded state).
+/// its stop: `STOPPED(daemon_died)` when the session's last status was not
+/// `STOPPED`, at the later of the store's last liveness mark `alive_ms`
+/// (written every few seconds while the daemon runs) and the last entry
+/// (the daemon was alive then too). `None` otherwise: a clean stop
+/// recorded `STOPPED(daemon_shutdown)`; with no mark at all (an older
+/// store) the time until the boot counts as the last recorded state.
 pub fn daemon_died(history: &[HistoryEntry], alive_ms: Option<u64>) -> Option<HistoryEntry> {
     let alive_ms = alive_ms?;
     let last_at = history.last().map_or(0, |e| e.at_ms);
     let last_status = history.iter().rev().find(|e| e.event == "session.status")?;
-    (last_status.state != SessionState::Stopped && alive_ms > last_at)
-        .then(|| HistoryEntry::status(SessionState::Stopped, Some("daemon_died".into()), alive_ms))
+    (last_status.state != SessionState::Stopped)
+        .then(|| HistoryEntry::status(SessionState::Stopped, Some("daemon_died".into()), alive_ms.max(last_at)))
 }
 
 #[cfg(test)]
@@ -532,7 +532,7 @@ mod tests {
     fn a_crash_is_recorded_at_the_last_liveness_mark() {
         let h = [status(Connected, None, 0), restart(5)];
         assert_eq!(daemon_died(&h, Some(H)), Some(status(Stopped, Some("daemon_died"), H)));
-        assert_eq!(daemon_died(&h, Some(3)), None, "the mark is older than the history");
+        assert_eq!(daemon_died(&h, Some(3)), Some(status(Stopped, Some("daemon_died"), 5)), "alive at the last entry too");
         assert_eq!(daemon_died(&h, None), None, "no mark: an older store");
         let clean = [status(Connected, None, 0), status(Stopped, Some("daemon_shutdown"), 5)];
         assert_eq!(daemon_died(&clean, Some(H)), None);
