@@ -681,7 +681,8 @@ impl Default for MemoryConfig {
     }
 }
 
-/// `[alerts]`: where `LOGGED_OUT`, `FAILED`, `BLOCKED` and key-file alerts go.
+/// `[alerts]`: where `LOGGED_OUT`, `FAILED`, `BLOCKED`, key-file and
+/// objective alerts go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {

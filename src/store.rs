@@ -13,6 +13,7 @@
 //! | `daily` | session name, `0x00`, `YYYY-MM-DD` | sends started that day (u32 BE) |
 //! | `outbox` | delivery id (`dlv_…`) | [`Delivery`] waiting for its webhook |
 //! | `dead_letters` | delivery id (`dlv_…`) | [`Delivery`] given up on |
+//! | (default) | `alive` | the daemon's last liveness mark, Unix epoch ms (u64 BE) |
 //!
 //! Durability: sled syncs on its own every 500 ms, so a process crash loses
 //! nothing written before it; power loss may lose the last window. Writes that

@@ -83,6 +83,7 @@ impl Default for Targets {
 
 /// A ratio objective (uptime).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ObjectiveRatio)]
 pub struct Ratio {
     /// 0..=1; `null` while nothing counts yet.
     pub value: Option<f64>,
@@ -94,6 +95,7 @@ pub struct Ratio {
 
 /// A count objective (reconnects, ms, files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = ObjectiveCount)]
 pub struct Count {
     /// `null` while there is no data.
     pub value: Option<u64>,
@@ -115,8 +117,12 @@ impl Count {
     }
 }
 
-/// A session's objectives against their targets (see the module docs for
-/// what each figure means).
+/// A session's objectives, each `{value, target, met}` against its target
+/// (`[objectives]`). Uptime is time `CONNECTED` over time the session was
+/// meant to run (operator stops not counted), over the time known when the
+/// kept history is shorter than the window; reconnects are restarts
+/// scheduled; recovery is from leaving `CONNECTED` (not by the operator)
+/// to `CONNECTED` again, an outage under way counted so far.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Objectives {
     /// Time connected over time meant to run, last 24 h.

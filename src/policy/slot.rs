@@ -48,8 +48,8 @@ pub struct SessionView {
     /// offered no BiDi). Absent while no page is open.
     pub events: Option<EventMode>,
     /// Uptime, reconnects, recovery time and key files against their
-    /// targets (`[objectives]`, seed 004's by default); see
-    /// [`crate::policy::objectives`]. At most a few seconds old.
+    /// targets (`[objectives]`, seed 004's by default), figured at most 5 s
+    /// ago.
     pub objectives: Objectives,
 }
 
