@@ -151,8 +151,8 @@ fn a_crossing_survives_a_daemon_crash_and_is_not_raised_again() {
     let view = daemon.wait_state("acme", "FAILED", Duration::from_secs(60));
     let o = &view["objectives"];
     assert_eq!(o["reconnects_24h"], json!({"value": 4, "target": 2, "met": false}), "{view}");
-    // Never connected: every moment it was meant to run, it was down.
-    assert_eq!(o["uptime_24h"], json!({"value": 0.0, "target": 0.5, "met": false}), "{view}");
+    // Never connected: no uptime (its failure is FAILED's alert).
+    assert_eq!(o["uptime_24h"], json!({"value": null, "target": 0.5, "met": null}), "{view}");
     assert_eq!(o["recovery_last_ms"]["value"], Value::Null, "never left CONNECTED: {view}");
     assert_eq!(o["key_files"]["value"], Value::Null, "{view}");
     let crossed = wait_for("the reconnects objective event", Duration::from_secs(10), || {
@@ -164,9 +164,11 @@ fn a_crossing_survives_a_daemon_crash_and_is_not_raised_again() {
     assert_eq!(metric(&daemon, "wasup_objective_target{objective=\"uptime\"}"), Some(0.5));
     assert_eq!(metric(&daemon, "wasup_objective_target{objective=\"reconnects_per_day\"}"), Some(2.0));
     assert_eq!(metric(&daemon, "wasup_objective_target{objective=\"recovery\"}"), Some(90.0));
-    assert_eq!(metric(&daemon, "wasup_session_uptime_ratio{session=\"acme\",window=\"7d\"}"), Some(0.0));
-    assert_eq!(metric(&daemon, "wasup_session_objective_met{session=\"acme\",objective=\"uptime_24h\"}"), Some(0.0));
-    assert_eq!(metric(&daemon, "wasup_session_recovery_seconds{session=\"acme\",stat=\"last\"}"), None, "no data, no line");
+    assert_eq!(metric(&daemon, "wasup_session_objective_met{session=\"acme\",objective=\"reconnects_24h\"}"), Some(0.0));
+    // No data, no line.
+    assert_eq!(metric(&daemon, "wasup_session_uptime_ratio{session=\"acme\",window=\"7d\"}"), None);
+    assert_eq!(metric(&daemon, "wasup_session_recovery_seconds{session=\"acme\",stat=\"last\"}"), None);
+    assert!(objective_events(&stream.lock().unwrap(), "uptime_24h").is_empty());
 
     // SIGKILL: nothing recorded. The next boot records the death at the
     // last liveness mark (at most 5 s before the kill), after the FAILED.

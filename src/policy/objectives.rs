@@ -24,12 +24,15 @@
 //!   own (`RECONNECTING`, `LOGGED_OUT`, …). A daemon that was down
 //!   (`STOPPED(daemon_shutdown)`, or `STOPPED(daemon_died)` recorded at the
 //!   next boot from the store's liveness mark, at most 5 s before the
-//!   crash: see [`daemon_died`]) counts as down. Time before the first kept history entry is unknown and not
-//!   counted either: **when the kept history is shorter than the window
+//!   crash: see [`daemon_died`]) counts as down. Not counted either: time
+//!   before the session's first `CONNECTED` in the kept history (a session
+//!   never connected has no uptime: its failure to come up is `FAILED`'s
+//!   alert, not an uptime figure), and time before the first kept entry,
+//!   which is unknown: **when the kept history is shorter than the window
 //!   (the store keeps the newest [`crate::store::HISTORY_KEEP`] entries per
 //!   session, this tracker at most [`MAX_MARKS`] phase changes), the figure
 //!   is the ratio over the time known**. `null` when no time in the window
-//!   counts (a session never connected, or stopped the whole window).
+//!   counts (never connected, or stopped the whole window).
 //! - **Reconnects** (`reconnects_24h`): restarts scheduled
 //!   (`session.restart_scheduled`) in the last 24 h. A page that reconnects
 //!   by itself (a network flap: `RECONNECTING` then `CONNECTED`, no browser
@@ -265,6 +268,9 @@ pub struct Tracker {
     outage_since: Option<u64>,
     /// The latest time noted: time never runs backwards here.
     last_ms: u64,
+    /// The session was `CONNECTED` at some point noted: downtime counts
+    /// from then on.
+    been_up: bool,
     /// Anything was noted (a session with no history has no figures).
     noted: bool,
     /// Watched objectives out of target (alerted), by [`Watched::index`].
@@ -315,7 +321,11 @@ impl Tracker {
 
     fn status(&mut self, state: SessionState, reason: Option<&str>, at: u64) {
         let before = self.phases.back().map(|&(_, p)| p);
-        let next = phase(state, reason, before);
+        let next = match phase(state, reason, before) {
+            Phase::Down if !self.been_up => Phase::Off,
+            next => next,
+        };
+        self.been_up |= next == Phase::Up;
         match (before, next) {
             (Some(Phase::Up), Phase::Down) => self.outage_since = Some(at),
             (_, Phase::Off) => self.outage_since = None,
@@ -470,6 +480,27 @@ mod tests {
         assert_eq!(o.uptime_24h.value, None);
         assert_eq!((o.reconnects_24h.value, o.reconnects_24h.met), (Some(0), Some(true)));
         assert_eq!(o.recovery_last_ms.value, None);
+    }
+
+    #[test]
+    fn a_session_never_connected_has_no_uptime_until_it_is() {
+        let h = [
+            status(Stopped, Some("created"), 0),
+            status(Starting, None, 1),
+            status(Reconnecting, Some("start_failed"), 1000),
+            restart(1000),
+            status(Starting, None, 2000),
+            status(Failed, Some("restart_budget_spent"), 3000),
+        ];
+        let o = objectives(&h, H, None, &T);
+        assert_eq!((o.uptime_24h.value, o.uptime_7d.value), (None, None));
+        assert_eq!(o.reconnects_24h.value, Some(1));
+        // Connected at last: from then on downtime counts.
+        let mut h = h.to_vec();
+        h.extend([status(Stopped, Some("recover"), H), status(Starting, None, H), status(Connected, None, H + 1000)]);
+        h.push(status(Reconnecting, Some("connection_lost"), 2 * H));
+        let o = objectives(&h, 3 * H, None, &T);
+        assert_eq!(o.uptime_24h.value, Some((H - 1000) as f64 / (2 * H - 1000) as f64));
     }
 
     #[test]

@@ -35,7 +35,10 @@ impl Reporter {
         // Harmless if it fails: the record in memory is what supervision
         // acts on, and at boot every session starts from STARTING(queued)
         // whatever state was stored. The store's health reports the failure.
-        if let Err(e) = self.store.put_session(record).and_then(|_| self.store.append_history(name, &changed.entry)) {
+        // The history entry first: the record's flush takes it to disk too,
+        // so a crash right after loses neither (the objectives read it).
+        let history = self.store.append_history(name, &changed.entry);
+        if let Err(e) = history.and(self.store.put_session(record)) {
             tracing::error!(session = %name, error = %e, "cannot store session status");
         }
         let reason = changed.entry.reason.as_deref().unwrap_or("");
