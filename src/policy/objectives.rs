@@ -369,9 +369,10 @@ impl Tracker {
         took.sort_unstable();
         // Nearest rank: the smallest value with at least 95 % at or under it.
         let p95 = (!took.is_empty()).then(|| took[(took.len() * 95).div_ceil(100) - 1]);
+        let (uptime_24h, uptime_7d) = self.uptimes(now);
         Objectives {
-            uptime_24h: Ratio::new(self.uptime(now, DAY_MS), targets.uptime),
-            uptime_7d: Ratio::new(self.uptime(now, WEEK_MS), targets.uptime),
+            uptime_24h: Ratio::new(uptime_24h, targets.uptime),
+            uptime_7d: Ratio::new(uptime_7d, targets.uptime),
             reconnects_24h: Count::new(reconnects, targets.reconnects_per_day),
             recovery_last_ms: Count::new(last, targets.recovery_ms),
             recovery_p95_7d_ms: Count::new(p95, targets.recovery_ms),
@@ -379,23 +380,24 @@ impl Tracker {
         }
     }
 
-    /// Time up over time counted within `[now - window, now]`.
-    fn uptime(&self, now: u64, window: u64) -> Option<f64> {
-        let from = now.saturating_sub(window);
-        let (mut up, mut counted) = (0u64, 0u64);
+    /// Time up over time counted within the last 24 h and the last 7 days,
+    /// in one pass over the phases.
+    fn uptimes(&self, now: u64) -> (Option<f64>, Option<f64>) {
+        let (day, week) = (now.saturating_sub(DAY_MS), now.saturating_sub(WEEK_MS));
+        // (up, counted) per window, ms.
+        let (mut d, mut w) = ((0u64, 0u64), (0u64, 0u64));
         for (i, &(at, phase)) in self.phases.iter().enumerate() {
             let end = self.phases.get(i + 1).map_or(now, |&(next, _)| next).min(now);
-            let len = end.saturating_sub(at.max(from));
-            match phase {
-                Phase::Up => {
-                    up += len;
-                    counted += len;
-                }
-                Phase::Down => counted += len,
-                Phase::Off => {}
+            let up = u64::from(phase == Phase::Up);
+            if phase == Phase::Off {
+                continue;
             }
+            let (in_day, in_week) = (end.saturating_sub(at.max(day)), end.saturating_sub(at.max(week)));
+            d = (d.0 + up * in_day, d.1 + in_day);
+            w = (w.0 + up * in_week, w.1 + in_week);
         }
-        (counted > 0).then(|| up as f64 / counted as f64)
+        let ratio = |(up, counted): (u64, u64)| (counted > 0).then(|| up as f64 / counted as f64);
+        (ratio(d), ratio(w))
     }
 
     /// The objectives at `now_ms`, and the watched ones that crossed their
