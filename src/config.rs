@@ -33,6 +33,54 @@ pub struct Config {
     pub webhooks: Vec<EventWebhookConfig>,
     pub webhook_delivery: WebhookDeliveryConfig,
     pub media: MediaConfig,
+    pub objectives: ObjectivesConfig,
+}
+
+/// `[objectives]`: the targets each session's figures are held to (in the
+/// session view, `/metrics`, and `session.objective` when one is crossed).
+/// Defaults are seed 004's "key metrics to watch" (the `device_removed`
+/// post-mortem, `004_device-removed-postmortem.ru.md`, «Метрики и
+/// мониторинг»): key files under 100, at most 10 reconnects a day, 99.9 %
+/// uptime, recovery under 5 minutes. See [`crate::policy::objectives`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectivesConfig {
+    /// Least share of the time meant to run spent `CONNECTED`, over 24 h
+    /// and 7 days, 0 to 1. Default 0.999.
+    pub uptime: f64,
+    /// Most restarts in 24 h. Default 10.
+    pub reconnects_per_day: u64,
+    /// Longest time from leaving `CONNECTED` (not by the operator) to
+    /// `CONNECTED` again. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub recovery: Duration,
+    /// Most files under the key store (`health.key_files.path`).
+    /// Default 100.
+    pub key_files: u64,
+}
+
+impl Default for ObjectivesConfig {
+    fn default() -> Self {
+        let t = crate::policy::objectives::Targets::default();
+        Self {
+            uptime: t.uptime,
+            reconnects_per_day: t.reconnects_per_day,
+            recovery: Duration::from_millis(t.recovery_ms),
+            key_files: t.key_files,
+        }
+    }
+}
+
+impl ObjectivesConfig {
+    /// The pure policy's view of these settings.
+    pub fn targets(&self) -> crate::policy::objectives::Targets {
+        crate::policy::objectives::Targets {
+            uptime: self.uptime,
+            reconnects_per_day: self.reconnects_per_day,
+            recovery_ms: u64::try_from(self.recovery.as_millis()).unwrap_or(u64::MAX),
+            key_files: self.key_files,
+        }
+    }
 }
 
 /// `[media]`: the largest file a media message may carry, per kind (see
@@ -757,7 +805,8 @@ impl Default for MemoryConfig {
     }
 }
 
-/// `[alerts]`: where `LOGGED_OUT`, `FAILED`, `BLOCKED` and key-file alerts go.
+/// `[alerts]`: where `LOGGED_OUT`, `FAILED`, `BLOCKED`, key-file and
+/// objective alerts go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
@@ -1016,6 +1065,12 @@ impl Config {
         if self.numbers.warmup.enabled && (self.numbers.warmup.start == 0 || !(1.0..=100.0).contains(&self.numbers.warmup.growth)) {
             return Err("numbers.warmup: start must be >= 1 and growth between 1 and 100".into());
         }
+        if !(0.0..=1.0).contains(&self.objectives.uptime) {
+            return Err("objectives.uptime must be between 0 and 1".into());
+        }
+        if self.objectives.recovery.is_zero() {
+            return Err("objectives.recovery must be > 0".into());
+        }
         if self.opt_outs.keywords.iter().any(|k| crate::optout::fold(k).is_empty()) {
             return Err("opt_outs.keywords: a keyword is empty once spaces and punctuation are dropped".into());
         }
@@ -1159,5 +1214,19 @@ mod tests {
         assert_eq!(c.opt_outs.keywords, d.opt_outs.keywords);
         assert_eq!(c.numbers.rules(&c.campaigns), d.numbers.rules(&d.campaigns));
         assert_eq!((c.campaigns.max_opt_out_rate, c.campaigns.opt_out_min_sent), (0.05, 20));
+        assert_eq!(c.objectives.targets(), d.objectives.targets());
+    }
+
+    #[test]
+    fn objectives_default_to_seed_004s_targets_and_are_checked() {
+        let t = Config::parse("", Path::new("t")).unwrap().objectives.targets();
+        assert_eq!(t, crate::policy::objectives::Targets { uptime: 0.999, reconnects_per_day: 10, recovery_ms: 300_000, key_files: 100 });
+        let c = Config::parse("[objectives]\nuptime = 0.99\nrecovery = \"90s\"\n", Path::new("t")).unwrap();
+        assert_eq!((c.objectives.targets().uptime, c.objectives.targets().recovery_ms), (0.99, 90_000));
+        let err = Config::parse("[objectives]\nreconnects = 5\n", Path::new("t")).unwrap_err().to_string();
+        assert!(err.contains("reconnects"), "{err}");
+        for bad in ["uptime = 1.5", "uptime = -0.1", "recovery = \"0s\""] {
+            assert!(Config::parse(&format!("[objectives]\n{bad}\n"), Path::new("t")).is_err(), "{bad}");
+        }
     }
 }

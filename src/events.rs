@@ -26,6 +26,10 @@ pub enum EventName {
     SessionRestartScheduled,
     /// `session.health`: a health check failed (memory, key files).
     SessionHealth,
+    /// `session.objective`: a session's objective went out of its target
+    /// (uptime, reconnects, key files; `detail.met` false) or back within
+    /// it (`met` true).
+    SessionObjective,
     /// `campaign.status`: a campaign's state changed.
     CampaignStatus,
     /// `campaign.progress`: a campaign's counts after a send settled.
@@ -48,11 +52,12 @@ pub enum EventName {
 
 impl EventName {
     /// Every name.
-    pub const ALL: [EventName; 13] = [
+    pub const ALL: [EventName; 14] = [
         Self::SessionStatus,
         Self::SessionQr,
         Self::SessionRestartScheduled,
         Self::SessionHealth,
+        Self::SessionObjective,
         Self::CampaignStatus,
         Self::CampaignProgress,
         Self::MessageSent,
@@ -71,6 +76,7 @@ impl EventName {
             Self::SessionQr => "session.qr",
             Self::SessionRestartScheduled => "session.restart_scheduled",
             Self::SessionHealth => "session.health",
+            Self::SessionObjective => "session.objective",
             Self::CampaignStatus => "campaign.status",
             Self::CampaignProgress => "campaign.progress",
             Self::MessageSent => "message.sent",
@@ -91,7 +97,7 @@ impl EventName {
 
     /// About a session's life (the metrics tally these per session).
     pub fn is_session(self) -> bool {
-        matches!(self, Self::SessionStatus | Self::SessionQr | Self::SessionRestartScheduled | Self::SessionHealth)
+        matches!(self, Self::SessionStatus | Self::SessionQr | Self::SessionRestartScheduled | Self::SessionHealth | Self::SessionObjective)
     }
 }
 
@@ -111,7 +117,8 @@ impl Serialize for EventName {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     /// `session.status`, `session.qr`, `session.restart_scheduled`,
-    /// `session.health`, `campaign.status`, `campaign.progress`,
+    /// `session.health`, `session.objective` (`detail`: `{"objective",
+    /// "value", "target", "met"}`), `campaign.status`, `campaign.progress`,
     /// `message.sent`, `message.failed`, `message.ack`, `message.received`
     /// (`detail`: `{"from", "id", "type", "body", "at_ms"}`), …
     #[schema(value_type = String)]

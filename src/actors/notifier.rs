@@ -26,7 +26,8 @@ use crate::config::AlertsConfig;
 #[derive(Message, Debug, Clone, Serialize)]
 #[rtype(result = "()")]
 pub struct Alert {
-    /// Dotted event name: `session.status` or `session.health`.
+    /// Dotted event name: `session.status`, `session.health` or
+    /// `session.objective`.
     pub event: crate::events::EventName,
     pub session: String,
     /// Upper-case session state, when the alert is a state change.

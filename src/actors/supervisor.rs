@@ -44,6 +44,7 @@ use crate::actors::notifier::Notifier;
 use crate::actors::session::{self, Reports, Session};
 use crate::config::Config;
 use crate::events::{EventName, Events};
+use crate::policy::objectives::{self, Targets};
 pub use crate::policy::slot::{Command, SessionView};
 use crate::policy::slot::{EndPlan, SessionSlot};
 use crate::policy::{EndReason, Policy};
@@ -92,15 +93,22 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(record: SessionRecord) -> Self {
-        Self { session: SessionSlot::new(record), addr: None, timer: None }
+    fn new(record: SessionRecord, targets: Targets) -> Self {
+        Self { session: SessionSlot::new(record, targets), addr: None, timer: None }
     }
 }
+
+/// How often every session's objectives are figured again (uptime drifts
+/// with time alone, and reconnects age out of their 24 h) and the store's
+/// liveness mark is written.
+const OBJECTIVES_EVERY: Duration = Duration::from_secs(5);
 
 /// The Supervisor. See the module docs.
 pub struct Supervisor {
     config: Arc<Config>,
     policy: Policy,
+    /// `[objectives]`.
+    targets: Targets,
     store: Store,
     driver: Addr<Driver>,
     /// Where Sessions send acks and incoming messages (the Campaigns
@@ -122,7 +130,16 @@ impl Supervisor {
         campaigns: CampaignLinks,
     ) -> Self {
         let reporter = Reporter::new(store.clone(), events, notifier, campaigns.changes.clone());
-        Self { policy: config.restart.policy(), config, store, driver, campaigns, reporter, slots: BTreeMap::new() }
+        Self {
+            policy: config.restart.policy(),
+            targets: config.objectives.targets(),
+            config,
+            store,
+            driver,
+            campaigns,
+            reporter,
+            slots: BTreeMap::new(),
+        }
     }
 
     /// Enters `state` (unless it is the state already) and reports it.
@@ -130,6 +147,25 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else { return };
         if let Some(changed) = slot.session.set_state(&self.policy, state, reason, now_ms()) {
             self.reporter.state(&slot.session.record, &changed);
+            self.objectives(name);
+        }
+    }
+
+    /// Figures the session's objectives now and reports each crossing
+    /// (`session.objective`, once per crossing).
+    fn objectives(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        for crossing in slot.session.refresh_objectives(now_ms()) {
+            self.reporter.objective(&slot.session.record, &crossing);
+        }
+    }
+
+    /// Every session's objectives, and the liveness mark.
+    fn check_objectives(&mut self) {
+        self.store.mark_alive(now_ms());
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in names {
+            self.objectives(&name);
         }
     }
 
@@ -214,6 +250,9 @@ impl Supervisor {
                 tracing::info!(session = %name, event = "session.restart_scheduled", attempt, delay_ms, reason = %reason, "restart in {delay:?}");
                 let detail = serde_json::json!({"attempt": attempt, "delay_ms": delay_ms});
                 self.report_event(name, EventName::SessionRestartScheduled, text, detail);
+                // The Session may have reported RECONNECTING already (no
+                // change above): the restart counts now all the same.
+                self.objectives(name);
             }
             EndPlan::GiveUp { detail } => {
                 tracing::error!(session = %name, reason = %reason, "{detail}");
@@ -319,11 +358,16 @@ impl Actor for Supervisor {
                 Vec::new()
             }
         };
+        // When the daemon was last known alive: a session whose last status
+        // is not STOPPED was cut off by a crash then.
+        let alive_ms = self.store.alive_ms();
         let mut to_start = Vec::new();
         for record in records {
             let name = record.name.clone();
             let desired = record.desired;
-            self.slots.insert(name.clone(), Slot::new(record));
+            let mut slot = Slot::new(record, self.targets);
+            slot.session.seed(&self.boot_history(&name, alive_ms));
+            self.slots.insert(name.clone(), slot);
             match desired {
                 Desired::Running => {
                     // What the store says is stale after a crash (it may say
@@ -345,6 +389,32 @@ impl Actor for Supervisor {
             });
         }
         ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_alive(ctx));
+        self.check_objectives();
+        ctx.run_interval(OBJECTIVES_EVERY, |act, _| act.check_objectives());
+    }
+}
+
+impl Supervisor {
+    /// A session's stored history at boot, with `STOPPED(daemon_died)`
+    /// recorded at the last liveness mark if the daemon died without
+    /// recording its stop ([`objectives::daemon_died`]).
+    fn boot_history(&self, name: &str, alive_ms: Option<u64>) -> Vec<crate::store::HistoryEntry> {
+        let mut history = self.store.history(name).unwrap_or_else(|e| {
+            // The objectives then start from now; the history itself is
+            // a record no decision reads.
+            tracing::warn!(session = %name, error = %e, "cannot read the session's history; its objectives start from now");
+            Vec::new()
+        });
+        if let Some(died) = objectives::daemon_died(&history, alive_ms) {
+            tracing::info!(session = %name, at_ms = died.at_ms, "the daemon stopped without recording it; recording STOPPED(daemon_died) at its last liveness mark");
+            // Harmless if it fails: memory has the entry for the
+            // objectives, and the store's health reports the failure.
+            if let Err(e) = self.store.append_history(name, &died) {
+                tracing::error!(session = %name, error = %e, "cannot store session history");
+            }
+            history.push(died);
+        }
+        history
     }
 }
 

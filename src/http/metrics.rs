@@ -64,6 +64,62 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// The objectives' families (see the module docs).
+fn objectives(out: &mut String, sessions: &[crate::actors::supervisor::SessionView], targets: &crate::policy::objectives::Targets) {
+    header(out, "wasup_session_uptime_ratio", "gauge", "Time CONNECTED over time the session was meant to run, by window.");
+    for v in sessions {
+        for (window, ratio) in [("24h", v.objectives.uptime_24h), ("7d", v.objectives.uptime_7d)] {
+            if let Some(r) = ratio.value {
+                let _ = writeln!(out, "wasup_session_uptime_ratio{{session=\"{}\",window=\"{window}\"}} {r}", v.name);
+            }
+        }
+    }
+    header(
+        out,
+        "wasup_session_recovery_seconds",
+        "gauge",
+        "Time from leaving CONNECTED (not by the operator) to CONNECTED again: the outage under way or the last one, and the 7-day p95.",
+    );
+    for v in sessions {
+        for (stat, count) in [("last", v.objectives.recovery_last_ms), ("p95_7d", v.objectives.recovery_p95_7d_ms)] {
+            if let Some(ms) = count.value {
+                let _ = writeln!(out, "wasup_session_recovery_seconds{{session=\"{}\",stat=\"{stat}\"}} {}", v.name, ms as f64 / 1000.0);
+            }
+        }
+    }
+    header(out, "wasup_session_objective_met", "gauge", "1 if the session's objective is within its target, 0 if not.");
+    for v in sessions {
+        let o = &v.objectives;
+        let met = [
+            ("uptime_24h", o.uptime_24h.met),
+            ("uptime_7d", o.uptime_7d.met),
+            ("reconnects_24h", o.reconnects_24h.met),
+            ("recovery_last_ms", o.recovery_last_ms.met),
+            ("recovery_p95_7d_ms", o.recovery_p95_7d_ms.met),
+            ("key_files", o.key_files.met),
+        ];
+        for (objective, met) in met {
+            if let Some(met) = met {
+                let _ = writeln!(out, "wasup_session_objective_met{{session=\"{}\",objective=\"{objective}\"}} {}", v.name, u8::from(met));
+            }
+        }
+    }
+    header(
+        out,
+        "wasup_objective_target",
+        "gauge",
+        "The [objectives] targets: uptime ratio, reconnects per day, recovery seconds, key files.",
+    );
+    for (objective, target) in [
+        ("uptime", targets.uptime),
+        ("reconnects_per_day", targets.reconnects_per_day as f64),
+        ("recovery", targets.recovery_ms as f64 / 1000.0),
+        ("key_files", targets.key_files as f64),
+    ] {
+        let _ = writeln!(out, "wasup_objective_target{{objective=\"{objective}\"}} {target}");
+    }
+}
+
 /// Prometheus metrics
 ///
 /// Prometheus text format, version 0.0.4. Needs the bearer token unless
@@ -126,6 +182,7 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
             let _ = writeln!(out, "wasup_session_browser_pss_bytes{{session=\"{}\"}} {n}", v.name);
         }
     }
+    objectives(&mut out, &sessions, &state.config.objectives.targets());
     let events = state.events.counts();
     header(&mut out, "wasup_messages_total", "counter", "Messages by result (API and campaign sends) since the daemon started.");
     for (result, event) in [("sent", crate::events::EventName::MessageSent), ("failed", crate::events::EventName::MessageFailed)] {

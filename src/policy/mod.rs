@@ -7,6 +7,7 @@ pub mod restart;
 pub mod campaign;
 pub mod delivery;
 pub mod health;
+pub mod objectives;
 pub mod pacing;
 pub mod slot;
 

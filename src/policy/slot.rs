@@ -12,6 +12,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::config::EventMode;
+use crate::policy::objectives::{Crossing, Objectives, Targets, Tracker};
 use crate::policy::{health, Decision, EndReason, Policy, Restarts};
 use crate::session_state::{Me, SessionState};
 use crate::store::{Desired, HistoryEntry, SessionRecord};
@@ -46,6 +47,10 @@ pub struct SessionView {
     /// (`poll` also when `whatsapp.events = "bidi"` but chromedriver
     /// offered no BiDi). Absent while no page is open.
     pub events: Option<EventMode>,
+    /// Uptime, reconnects, recovery time and key files against their
+    /// targets (`[objectives]`, seed 004's by default), figured at most 5 s
+    /// ago.
+    pub objectives: Objectives,
 }
 
 /// One session's state and bookkeeping.
@@ -66,6 +71,11 @@ pub struct SessionSlot {
     pub browser_pss_bytes: Option<u64>,
     /// How the running page's events arrive (see [`SessionView::events`]).
     pub events: Option<EventMode>,
+    /// The history's marks the objectives are figured from.
+    tracker: Tracker,
+    targets: Targets,
+    /// The objectives at the last [`SessionSlot::refresh_objectives`].
+    objectives: Objectives,
 }
 
 /// A state change to record.
@@ -162,7 +172,9 @@ pub struct HealthPlan {
 }
 
 impl SessionSlot {
-    pub fn new(record: SessionRecord) -> Self {
+    /// A slot with no history yet ([`SessionSlot::seed`] gives it the
+    /// stored one); its objectives are measured against `targets`.
+    pub fn new(record: SessionRecord, targets: Targets) -> Self {
         Self {
             record,
             generation: 0,
@@ -174,7 +186,30 @@ impl SessionSlot {
             key_files_over: false,
             browser_pss_bytes: None,
             events: None,
+            tracker: Tracker::default(),
+            targets,
+            objectives: Objectives::unknown(&targets),
         }
+    }
+
+    /// The session's stored history, oldest first (at boot).
+    pub fn seed(&mut self, history: &[HistoryEntry]) {
+        self.tracker = Tracker::from_history(history);
+    }
+
+    /// A history entry recorded outside [`SessionSlot::set_state`] and
+    /// [`SessionSlot::on_end`] (the session's creation, a daemon that died).
+    pub fn note(&mut self, entry: &HistoryEntry) {
+        self.tracker.note(entry);
+    }
+
+    /// Figures the objectives at `now_ms` (kept for the view); returns the
+    /// watched ones that crossed their target since the last call, each
+    /// once per crossing.
+    pub fn refresh_objectives(&mut self, now_ms: u64) -> Vec<Crossing> {
+        let (objectives, crossings) = self.tracker.refresh(now_ms, self.key_files, &self.targets);
+        self.objectives = objectives;
+        crossings
     }
 
     /// Enters `state` for `reason` at `now_ms`; `None` if that is the state
@@ -199,7 +234,9 @@ impl SessionSlot {
             self.qr = None;
         }
         let alert = matches!(state, SessionState::LoggedOut | SessionState::Failed | SessionState::Blocked);
-        Some(Changed { entry: HistoryEntry::status(state, reason, now_ms), alert })
+        let entry = HistoryEntry::status(state, reason, now_ms);
+        self.tracker.note(&entry);
+        Some(Changed { entry, alert })
     }
 
     /// The Session's run ended for `reason` at `now_ms`: the restart
@@ -209,6 +246,7 @@ impl SessionSlot {
             Decision::Restart { delay, attempt } => {
                 let at_ms = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                 self.next_attempt_ms = Some(at_ms);
+                self.tracker.restart(now_ms);
                 EndPlan::Restart { delay, at_ms, attempt }
             }
             Decision::GiveUp => EndPlan::GiveUp {
@@ -304,6 +342,7 @@ impl SessionSlot {
             key_files: self.key_files,
             browser_pss_bytes: self.browser_pss_bytes,
             events: self.events,
+            objectives: self.objectives,
         }
     }
 }
@@ -314,15 +353,18 @@ mod tests {
     use rand::SeedableRng;
 
     fn slot() -> SessionSlot {
-        SessionSlot::new(SessionRecord {
-            name: "acme".into(),
-            desired: Desired::Running,
-            state: SessionState::Stopped,
-            reason: None,
-            since_ms: 0,
-            me: None,
-            created_ms: 0,
-        })
+        SessionSlot::new(
+            SessionRecord {
+                name: "acme".into(),
+                desired: Desired::Running,
+                state: SessionState::Stopped,
+                reason: None,
+                since_ms: 0,
+                me: None,
+                created_ms: 0,
+            },
+            Targets::default(),
+        )
     }
 
     fn policy() -> Policy {
@@ -424,6 +466,27 @@ mod tests {
             assert_eq!((p.desired, p.clear_restarts, p.stop), (Some(Desired::Running), true, true));
             assert_eq!(p.then, Then::Stopped { reason: "recover", start: true });
         }
+    }
+
+    #[test]
+    fn state_changes_and_restarts_feed_the_objectives() {
+        let policy = Policy { max_restarts: 20, ..policy() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut s = slot();
+        assert_eq!(s.view(&policy, 0).objectives.reconnects_24h.value, None);
+        s.set_state(&policy, SessionState::Connected, None, 1_000);
+        for i in 0..11u64 {
+            let at = 2_000 + i * 1_000;
+            assert!(matches!(s.on_end(&policy, EndReason::BidiLost, at, &mut rng), EndPlan::Restart { .. }));
+            s.set_state(&policy, SessionState::Reconnecting, Some("bidi_lost".into()), at);
+            s.set_state(&policy, SessionState::Connected, None, at + 100);
+        }
+        let crossings = s.refresh_objectives(20_000);
+        let o = s.view(&policy, 20_000).objectives;
+        assert_eq!((o.reconnects_24h.value, o.reconnects_24h.met), (Some(11), Some(false)));
+        assert_eq!(o.recovery_last_ms.value, Some(100));
+        assert!(crossings.iter().any(|c| c.objective == crate::policy::objectives::Watched::Reconnects24h && !c.met));
+        assert!(s.refresh_objectives(21_000).is_empty(), "once per crossing");
     }
 
     #[test]

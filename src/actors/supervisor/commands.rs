@@ -61,8 +61,10 @@ impl Handler<CreateSession> for Supervisor {
         if !self.store.create_session(&record)? {
             return Err(SupervisorError::Exists(msg.name));
         }
-        self.reporter.created(&record);
-        self.slots.insert(msg.name.clone(), Slot::new(record));
+        let created = self.reporter.created(&record);
+        let mut slot = Slot::new(record, self.targets);
+        slot.session.note(&created);
+        self.slots.insert(msg.name.clone(), slot);
         if msg.start {
             self.start_session(&msg.name, ctx);
         }

@@ -9,6 +9,7 @@ use actix::prelude::*;
 use crate::actors::messages::SessionChanged;
 use crate::actors::notifier::{Alert, Notifier};
 use crate::events::{Event, EventName, Events};
+use crate::policy::objectives::Crossing;
 use crate::policy::slot::Changed;
 use crate::session_state::{now_ms, SessionState};
 use crate::store::{HistoryEntry, SessionRecord, Store};
@@ -34,7 +35,10 @@ impl Reporter {
         // Harmless if it fails: the record in memory is what supervision
         // acts on, and at boot every session starts from STARTING(queued)
         // whatever state was stored. The store's health reports the failure.
-        if let Err(e) = self.store.put_session(record).and_then(|_| self.store.append_history(name, &changed.entry)) {
+        // The history entry first: the record's flush takes it to disk too,
+        // so a crash right after loses neither (the objectives read it).
+        let history = self.store.append_history(name, &changed.entry);
+        if let Err(e) = history.and(self.store.put_session(record)) {
             tracing::error!(session = %name, error = %e, "cannot store session status");
         }
         let reason = changed.entry.reason.as_deref().unwrap_or("");
@@ -55,7 +59,8 @@ impl Reporter {
         }
     }
 
-    /// A decision (`session.restart_scheduled`, `session.health`): appended
+    /// A decision (`session.restart_scheduled`, `session.health`,
+    /// `session.objective`): appended
     /// to the session's history and published.
     pub(super) fn event(&self, record: &SessionRecord, event: EventName, reason: Option<String>, detail: serde_json::Value) {
         let entry = HistoryEntry { state: record.state, reason, at_ms: now_ms(), event: event.as_str().to_string(), detail: Some(detail) };
@@ -98,13 +103,34 @@ impl Reporter {
         }
     }
 
-    /// A session was created (and stored): its first history entry.
-    pub(super) fn created(&self, record: &SessionRecord) {
+    /// A session was created (and stored): its first history entry, which
+    /// is returned.
+    pub(super) fn created(&self, record: &SessionRecord) -> HistoryEntry {
+        let entry = HistoryEntry::status(SessionState::Stopped, Some("created".into()), record.created_ms);
         // Harmless if it fails: history is a record, and the store's health
         // already reports the failure; the session itself was stored.
-        let _ = self
-            .store
-            .append_history(&record.name, &HistoryEntry::status(SessionState::Stopped, Some("created".into()), record.created_ms));
+        let _ = self.store.append_history(&record.name, &entry);
         tracing::info!(session = %record.name, event = "session.created", "session created");
+        entry
+    }
+
+    /// A watched objective crossed its target: logged (a warning when it
+    /// went out of target), stored in the history and published as
+    /// `session.objective` (`reason`: the objective; `detail`: `{"objective",
+    /// "value", "target", "met"}`), and alerted when it went out of target.
+    pub(super) fn objective(&self, record: &SessionRecord, crossing: &Crossing) {
+        let (name, objective) = (record.name.as_str(), crossing.objective.as_str());
+        let message = crossing.message(name);
+        let (value, target) = (&crossing.value, &crossing.target);
+        if crossing.met {
+            tracing::info!(session = %name, event = "session.objective", objective, %value, %target, met = true, "{message}");
+        } else {
+            tracing::warn!(session = %name, event = "session.objective", objective, %value, %target, met = false, "{message}");
+        }
+        let detail = crossing.detail();
+        self.event(record, EventName::SessionObjective, Some(objective.to_string()), detail.clone());
+        if !crossing.met {
+            self.alert(record, EventName::SessionObjective, message, detail);
+        }
     }
 }

@@ -75,6 +75,9 @@ impl Handler<SessionHealth> for Supervisor {
             let message = format!("session {} has {count} key files (threshold {max})", msg.name);
             self.reporter.alert(record, EventName::SessionHealth, message, detail);
         }
+        if msg.key_files.is_some() {
+            self.objectives(&msg.name);
+        }
         if plan.purge {
             let stopping = self.stop_actor(&msg.name, ctx);
             let name = msg.name.clone();
