@@ -22,11 +22,13 @@ pub enum Tree {
     Contacts,
     Outbox,
     DeadLetters,
+    /// The daemon's own keys (`alive`).
+    Meta,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 11] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Sessions,
         Tree::History,
         Tree::Campaigns,
@@ -38,6 +40,7 @@ impl Tree {
         Tree::Contacts,
         Tree::Outbox,
         Tree::DeadLetters,
+        Tree::Meta,
     ];
 
     /// The tree's name: sled's tree name and PostgreSQL's `kv.tree` value.
@@ -54,6 +57,7 @@ impl Tree {
             Tree::Contacts => "contacts",
             Tree::Outbox => "outbox",
             Tree::DeadLetters => "dead_letters",
+            Tree::Meta => "meta",
         }
     }
 }

@@ -19,7 +19,7 @@
 //! | `contacts` | session name, `0x00`, E.164 digits | first message from it, Unix ms (u64 BE) |
 //! | `outbox` | delivery id (`dlv_…`) | [`Delivery`] waiting for its webhook |
 //! | `dead_letters` | delivery id (`dlv_…`) | [`Delivery`] given up on |
-//! | (default) | `alive` | the daemon's last liveness mark, Unix epoch ms (u64 BE) |
+//! | `meta` | `alive` | the daemon's last liveness mark, Unix epoch ms (u64 BE) |
 //!
 //! Durability: writes that a later decision depends on (the desired state
 //! of a session, a recipient going `SENDING` before its send, `SENT` after
@@ -318,25 +318,23 @@ impl Store {
         self.records(Tree::History, &prefix(name), None)
     }
 
-    /// Notes that the daemon is alive at `at_ms` (key `alive` of the default
+    /// Notes that the daemon is alive at `at_ms` (key `alive` of the `meta`
     /// tree, u64 BE; not flushed: sled syncs it within 500 ms). Written
     /// every few seconds, so after a crash the next boot knows about when
     /// the daemon stopped ([`Store::alive_ms`]). Best effort, and outside
     /// the store's health: no decision waits for it, and a lost mark only
     /// makes the crash's gap count as the last recorded state.
     pub fn mark_alive(&self, at_ms: u64) {
-        if let Ok(t) = self.t() {
-            // Harmless if it fails: see above; a failing disk shows in the
-            // writes that matter.
-            let _ = t.db.insert(b"alive", &at_ms.to_be_bytes());
-        }
+        // Harmless if it fails: see above; a failing disk shows in the
+        // writes that matter.
+        let _ = self.kv.insert(Tree::Meta, b"alive", &at_ms.to_be_bytes());
     }
 
     /// The last [`Store::mark_alive`] time, Unix epoch ms; `None` if there
     /// is none (a new store, or one from a version without it).
     pub fn alive_ms(&self) -> Option<u64> {
-        let value = self.t().ok()?.db.get(b"alive").ok()??;
-        Some(u64::from_be_bytes(value.as_ref().try_into().ok()?))
+        let value = self.kv.get(Tree::Meta, b"alive").ok()??;
+        Some(u64::from_be_bytes(value.as_slice().try_into().ok()?))
     }
 }
 
@@ -803,15 +801,16 @@ mod tests {
 
     #[test]
     fn the_liveness_mark_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert_eq!(store.alive_ms(), None);
-            store.mark_alive(41);
-            store.mark_alive(42);
-            store.flush().unwrap();
-        }
-        assert_eq!(Store::open(dir.path()).unwrap().alive_ms(), Some(42));
+        each_backend(|open| {
+            {
+                let store = open();
+                assert_eq!(store.alive_ms(), None);
+                store.mark_alive(41);
+                store.mark_alive(42);
+                store.flush().unwrap();
+            }
+            assert_eq!(open().alive_ms(), Some(42));
+        });
     }
 
     #[test]
