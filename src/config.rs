@@ -207,10 +207,16 @@ impl Config {
                 if url.is_empty() {
                     return Err("store.backend = \"postgres\" needs store.url (postgres://user@host/db)".into());
                 }
-                if url.parse::<tokio_postgres::Config>().is_err() {
-                    // The parser's message may quote the URL, password and
-                    // all: not repeated here.
+                // The parser's message may quote the URL, password and all:
+                // not repeated here.
+                let Ok(pg) = url.parse::<tokio_postgres::Config>() else {
                     return Err("store.url is not a valid PostgreSQL connection string".into());
+                };
+                // No TLS client yet: over TCP, sslmode must say so, rather
+                // than "prefer" falling back to clear text unnoticed.
+                let tcp = pg.get_hosts().iter().any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
+                if tcp && pg.get_ssl_mode() != tokio_postgres::config::SslMode::Disable {
+                    return Err("store.url: TLS to PostgreSQL is not supported yet; use a unix socket (host=/run/postgresql) or, on a trusted network, sslmode=disable".into());
                 }
                 let node = cluster.node.as_deref().unwrap_or("");
                 if node.is_empty() {
@@ -534,8 +540,10 @@ pub enum StoreBackend {
     Postgres,
 }
 
-/// `[cluster]`: this node, when several share one PostgreSQL store
-/// (`../shared/design/cluster.md`, README "Running several machines").
+/// `[cluster]`: this node, on the PostgreSQL store (README "The store:
+/// sled or PostgreSQL"). For now one node per database; `lease_ttl` and
+/// `max_sessions` are read and checked for the cluster mode that builds on
+/// it, and not used yet.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
@@ -546,12 +554,12 @@ pub struct ClusterConfig {
     /// How the other nodes reach this node's API (`http://10.0.0.5:8787`).
     /// Required with the `postgres` store.
     pub advertise: Option<String>,
-    /// How long a session's lease lasts without renewal. Renewed every
-    /// third of it; a node that could not renew for half of it stops its
-    /// sessions. Default 15 s.
+    /// Reserved for cluster mode (not used yet): how long a session's lease
+    /// lasts without renewal. Default 15 s.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// The most sessions this node runs at once. Default 40.
+    /// Reserved for cluster mode (not used yet): the most sessions this
+    /// node runs at once. Default 40.
     pub max_sessions: u32,
 }
 
@@ -1202,6 +1210,23 @@ mod tests {
         let err = Config::parse("[media]\ndocument_max = \"2GB\"\n", Path::new("t")).unwrap_err().to_string();
         assert!(err.contains("media.document_max"), "{err}");
         assert!(Config::parse("[media]\naudio_max = 0\n", Path::new("t")).is_err());
+    }
+
+    #[test]
+    fn the_store_and_cluster_sections_must_agree() {
+        let parse = |t: &str| Config::parse(t, Path::new("t")).map_err(|e| e.to_string());
+        let cluster = "[cluster]\nnode = \"node-a\"\nadvertise = \"http://10.0.0.5:8787\"\n";
+        let pg = |url: &str| format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n{cluster}");
+        assert!(parse(&pg("postgres://wasup@/wasup?host=/run/postgresql")).is_ok());
+        assert!(parse(&pg("postgres://wasup@10.0.0.9/wasup?sslmode=disable")).is_ok());
+        let err = parse(&pg("postgres://wasup:secret@10.0.0.9/wasup")).unwrap_err();
+        assert!(err.contains("TLS") && !err.contains("secret"), "{err}");
+        assert!(parse("[store]\nbackend = \"postgres\"\n").unwrap_err().contains("store.url"));
+        assert!(parse("[store]\nbackend = \"postgres\"\nurl = \"postgres://w@/w?host=/tmp\"\n").unwrap_err().contains("cluster.node"));
+        assert!(parse(cluster).unwrap_err().contains("[cluster] needs"));
+        assert!(parse(&pg("postgres://w@/w?host=/tmp").replace("node-a", "node a")).unwrap_err().contains("cluster.node"));
+        assert!(parse("[store]\nbackend = \"mysql\"\n").is_err());
+        assert!(parse("[cluster]\nlease = \"15s\"\n").is_err(), "unknown keys are errors");
     }
 
     #[test]

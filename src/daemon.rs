@@ -46,8 +46,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         StoreBackend::Sled => Store::open_with(&config.state.dir.join("db"), config.state.cache_capacity.as_u64())
             .with_context(|| format!("cannot open the store in {}", config.state.dir.display()))?,
         // The URL may hold a password: the error names the store, not it.
-        StoreBackend::Postgres => Store::postgres(config.store.url.as_deref().unwrap_or_default(), config.store.timeout)
-            .context("cannot open the PostgreSQL store (store.url)")?,
+        StoreBackend::Postgres => Store::postgres(
+            config.store.url.as_deref().unwrap_or_default(),
+            config.store.timeout,
+            config.cluster.node.as_deref().unwrap_or_default(),
+        )
+        .context("cannot open the PostgreSQL store (store.url)")?,
     };
     let token = Token::load_or_create(std::env::var("WASUP_TOKEN").ok(), &config.token_path())
         .with_context(|| format!("cannot use the token file {}", config.token_path().display()))?;

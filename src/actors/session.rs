@@ -232,7 +232,8 @@ impl Session {
         // An end the policy restarts is recorded now, not after the browser
         // has closed (about 170 ms): campaigns pause at once and detection
         // is the event's own latency. The Supervisor's restart records the
-        // same state and reason, so the history holds it once.
+        // same state and reason, so the history holds it once; when the
+        // restart budget is spent, FAILED(restart_budget_spent) follows it.
         if reason.action() == Action::RestartWithBackoff {
             self.report(SessionState::Reconnecting, Some(reason.as_str()), false, false);
         }

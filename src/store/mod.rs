@@ -163,13 +163,14 @@ impl Store {
         Ok(Self::with(Arc::new(SledKv::open(dir, cache_capacity)?)))
     }
 
-    /// A store in PostgreSQL at `url` (`[store] url`), its schema migrated;
-    /// each call waits at most `timeout` for the database.
+    /// A store in PostgreSQL at `url` (`[store] url`), its schema migrated,
+    /// for node `node` (`cluster.node`); each call waits at most `timeout`
+    /// for the database.
     ///
     /// Errors: the URL does not parse, PostgreSQL cannot be reached, or a
     /// migration failed.
-    pub fn postgres(url: &str, timeout: std::time::Duration) -> Result<Self, StoreError> {
-        Ok(Self::with(Arc::new(postgres::PgKv::open(postgres::Pg::start(url, timeout)?)?)))
+    pub fn postgres(url: &str, timeout: std::time::Duration, node: &str) -> Result<Self, StoreError> {
+        Ok(Self::with(Arc::new(postgres::PgKv::open(postgres::Pg::start(url, timeout, node)?)?)))
     }
 
     /// A store over any backend.
@@ -732,7 +733,7 @@ mod tests {
         }
         let pg = crate::pg_harness::TempPostgres::start().unwrap();
         let url = pg.url();
-        test(&|| Store::postgres(&url, std::time::Duration::from_secs(10)).unwrap());
+        test(&|| Store::postgres(&url, std::time::Duration::from_secs(10), "test-node").unwrap());
     }
 
     #[test]

@@ -15,14 +15,18 @@
 //! The store's callers are synchronous (actors and request handlers call it
 //! as they call sled), so the connection lives on its own thread with its
 //! own tokio runtime ([`Pg`]); a call waits for its answer at most the
-//! configured timeout. A call that times out may still commit (as any
-//! client's statement whose answer is lost); the store's writes are
-//! idempotent or, for a recipient's `SENDING` record, written again before
-//! the send is retried.
+//! configured timeout (`store.timeout`), and the server ends a statement
+//! that runs longer. A call that times out may still commit, as any
+//! client's statement whose answer is lost may: a recipient's `SENDING`
+//! record is written again before its send is retried, and a day count
+//! may count one send twice (stricter pacing, never a second send).
+//! While the database is unreachable (not refusing), each store call can
+//! hold its caller, an actor thread, for up to the timeout.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,22 +46,65 @@ const MIGRATION_LOCK: i64 = 0x0077_6173_7570;
 /// database until cluster leases exist (`wasup!` in ASCII).
 const NODE_LOCK: i64 = 0x7761_7375_7021;
 
-/// Takes [`NODE_LOCK`] on a new connection, retrying until `deadline` (a
-/// node that just stopped may not have been disconnected yet).
-///
-/// Errors: another node holds it past the deadline, or the query failed.
-async fn take_node_lock(client: &Client, deadline: Instant) -> Result<(), StoreError> {
-    loop {
-        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(|e| pg_error(&e))?;
-        if row.try_get::<_, bool>(0).map_err(|e| pg_error(&e))? {
-            return Ok(());
+/// Why a new connection cannot be used.
+enum Refused {
+    /// Another node holds [`NODE_LOCK`].
+    Locked(String),
+    /// No connection, or its setup failed.
+    Failed(String),
+}
+
+/// Opens a connection, bounds its statements and takes [`NODE_LOCK`], all
+/// before `deadline` (the lock a little before, so the caller hears why).
+async fn connect(config: &tokio_postgres::Config, node: &str, statement_timeout: &str, deadline: Instant) -> Result<Conn, Refused> {
+    let failed = |e: &tokio_postgres::Error| Refused::Failed(message(pg_error(e)));
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let (client, connection) = match tokio::time::timeout(wait, config.connect(NoTls)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(failed(&e)),
+        Err(_) => return Err(Refused::Failed("no connection within the store timeout".into())),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(event = "store.postgres_lost", error = %e, "PostgreSQL connection lost");
         }
-        if Instant::now() + Duration::from_millis(50) >= deadline {
-            return Err(StoreError::Postgres(
+    });
+    client.batch_execute(statement_timeout).await.map_err(|e| failed(&e))?;
+    let lock_by = deadline.checked_sub(Duration::from_millis(200)).unwrap_or(deadline);
+    let mut ended_own = false;
+    loop {
+        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(|e| failed(&e))?;
+        if row.try_get::<_, bool>(0).map_err(|e| failed(&e))? {
+            return Ok(Conn { client, prepared: Mutex::default() });
+        }
+        if !ended_own {
+            // This node's own earlier connection may still hold the lock
+            // (cut off without the server noticing yet): end it. Node names
+            // are unique, so no other node's connection carries ours.
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = $1 AND pid <> pg_backend_pid() AND datname = current_database()",
+                    &[&node],
+                )
+                .await
+                .map_err(|e| failed(&e))?;
+            ended_own = true;
+        }
+        if Instant::now() + Duration::from_millis(50) >= lock_by {
+            return Err(Refused::Locked(
                 "another wasup node uses this PostgreSQL database (one node per database until cluster leases)".into(),
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A store error's message without the store's prefix (it is wrapped again).
+fn message(e: StoreError) -> String {
+    match e {
+        StoreError::Postgres(m) => m,
+        other => other.to_string(),
     }
 }
 
@@ -102,8 +149,10 @@ type Job = Box<dyn FnOnce(Result<Arc<Conn>, String>) -> Pin<Box<dyn Future<Outpu
 
 /// A PostgreSQL connection driven on its own thread; cheap to clone. It
 /// connects on the first call and again on the first call after the
-/// connection broke (PostgreSQL restarted, say), so an outage fails calls
-/// while it lasts and nothing after it.
+/// connection broke (PostgreSQL restarted, say) or a call ran out of time,
+/// so an outage fails calls while it lasts and nothing after it. After a
+/// failed connect, calls fail at once for a second. Every statement is
+/// bounded by the timeout on the server too (`statement_timeout`).
 #[derive(Clone)]
 pub struct Pg {
     jobs: tokio::sync::mpsc::UnboundedSender<(Instant, Job)>,
@@ -124,13 +173,21 @@ pub fn pg_error(e: &tokio_postgres::Error) -> StoreError {
 
 impl Pg {
     /// Starts the connection thread for `url` (a libpq-style URL or
-    /// key=value string: `postgres://wasup@/wasup?host=/run/postgresql`).
-    /// Each call waits at most `timeout` for its answer (connecting
-    /// included). Nothing connects until the first call.
+    /// key=value string: `postgres://wasup@/wasup?host=/run/postgresql`),
+    /// its connections named `node` (`application_name`). Each call waits
+    /// at most `timeout` for its answer (connecting included). Nothing
+    /// connects until the first call. If the node lock is lost to another
+    /// node after a reconnect, the process exits (code 70).
     ///
     /// Errors: the URL does not parse, or the thread cannot start.
-    pub fn start(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| pg_error(&e))?;
+    pub fn start(url: &str, timeout: Duration, node: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| pg_error(&e))?;
+        // The node's name marks its connections (so a reconnect can end its
+        // own dead one); keepalives find a dead peer in about a minute, not
+        // the OS's two hours.
+        config.application_name(node).connect_timeout(timeout).keepalives_idle(Duration::from_secs(30));
+        let statement_timeout = format!("SET statement_timeout = {}", timeout.as_millis().max(100));
+        let node = node.to_string();
         let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<(Instant, Job)>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -141,44 +198,63 @@ impl Pg {
             .spawn(move || {
                 runtime.block_on(async move {
                     let mut conn: Option<Arc<Conn>> = None;
+                    // A call that ran out of time leaves its connection
+                    // suspect: the next call opens a new one.
+                    let stale = Arc::new(AtomicBool::new(false));
+                    // After a failed connect, calls fail at once for a
+                    // second instead of each waiting out its own attempt.
+                    let mut down: Option<(Instant, String)> = None;
+                    let mut held = false;
                     while let Some((deadline, job)) = queue.recv().await {
                         if Instant::now() >= deadline {
                             // Its caller gave up: running it now would
                             // write what the caller was told failed.
                             continue;
                         }
+                        if stale.swap(false, Ordering::SeqCst) {
+                            conn = None;
+                        }
                         if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
                             conn = None;
-                            let wait = deadline.saturating_duration_since(Instant::now());
-                            match tokio::time::timeout(wait, config.connect(NoTls)).await {
-                                Ok(Ok((client, connection))) => {
-                                    tokio::spawn(async move {
-                                        if let Err(e) = connection.await {
-                                            tracing::warn!(event = "store.postgres_lost", error = %e, "PostgreSQL connection lost");
-                                        }
-                                    });
-                                    // Given up a little before the caller does, so
-                                    // the caller hears why.
-                                    let lock_by = deadline.checked_sub(Duration::from_millis(200)).unwrap_or(deadline);
-                                    if let Err(e) = take_node_lock(&client, lock_by).await {
-                                        tokio::spawn(job(Err(e.to_string())));
-                                        continue;
-                                    }
-                                    conn = Some(Arc::new(Conn { client, prepared: Mutex::default() }));
-                                }
-                                Ok(Err(e)) => {
-                                    tokio::spawn(job(Err(pg_error(&e).to_string())));
+                            if let Some((until, why)) = &down {
+                                if Instant::now() < *until {
+                                    tokio::spawn(job(Err(why.clone())));
                                     continue;
                                 }
-                                Err(_) => {
-                                    tokio::spawn(job(Err("store: postgres: no connection within the store timeout".into())));
+                            }
+                            match connect(&config, &node, &statement_timeout, deadline).await {
+                                Ok(c) => {
+                                    down = None;
+                                    held = true;
+                                    conn = Some(Arc::new(c));
+                                }
+                                Err(Refused::Locked(why)) if held => {
+                                    // Another node took the database while this
+                                    // one was cut off: two nodes must never drive
+                                    // the same sessions. Under systemd the whole
+                                    // unit (browsers included) stops, and the
+                                    // restart is refused while the other holds it.
+                                    tracing::error!(event = "store.node_lock_lost", "{why}; stopping this node");
+                                    std::process::exit(70);
+                                }
+                                Err(Refused::Locked(why) | Refused::Failed(why)) => {
+                                    down = Some((Instant::now() + Duration::from_secs(1), why.clone()));
+                                    tokio::spawn(job(Err(why)));
                                     continue;
                                 }
                             }
                         }
-                        if let Some(c) = &conn {
-                            tokio::spawn(job(Ok(c.clone())));
+                        let Some(c) = conn.clone() else { continue };
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            continue;
                         }
+                        let stale = stale.clone();
+                        tokio::spawn(async move {
+                            if tokio::time::timeout(left, job(Ok(c))).await.is_err() {
+                                stale.store(true, Ordering::SeqCst);
+                            }
+                        });
                     }
                 });
             })
@@ -252,15 +328,6 @@ impl Pg {
     pub fn migrate(&self) -> Result<Vec<i32>, StoreError> {
         self.call(|c| async move {
             let client = c.client();
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (
-                         version integer PRIMARY KEY,
-                         name text NOT NULL,
-                         applied_at timestamptz NOT NULL DEFAULT now())",
-                )
-                .await
-                .map_err(|e| pg_error(&e))?;
             let mut applied = Vec::new();
             for (version, name, sql) in MIGRATIONS {
                 // One simple-query message per migration: the server runs it
@@ -268,6 +335,10 @@ impl Pg {
                 // no other caller's statement falls inside its transaction.
                 let batch = format!(
                     "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+                     CREATE TABLE IF NOT EXISTS schema_migrations (
+                         version integer PRIMARY KEY,
+                         name text NOT NULL,
+                         applied_at timestamptz NOT NULL DEFAULT now());
                      DO $wasup$ BEGIN
                        IF EXISTS (SELECT 1 FROM schema_migrations WHERE version = {version}) THEN
                          RAISE EXCEPTION 'wasup-migration-applied';
@@ -470,12 +541,17 @@ impl Kv for PgKv {
     fn increment(&self, tree: Tree, key: &[u8]) -> Result<u32, StoreError> {
         let key = key.to_vec();
         self.pg.call(move |c| async move {
-            // The count is a big-endian u32, as sled keeps it: int4send
-            // writes that, and `('x' || hex)::bit(32)::int` reads it.
+            // The count is a big-endian u32, as sled keeps it: read as
+            // bigint (a value that is not 4 bytes counts as 0, as in sled),
+            // saturated at u32::MAX, written back as its low 4 bytes.
             let rows = c
                 .query(
-                    "INSERT INTO kv (tree, key, value) VALUES ($1, $2, int4send(1)) ON CONFLICT (tree, key)
-                     DO UPDATE SET value = int4send((('x' || encode(kv.value, 'hex'))::bit(32)::int) + 1) RETURNING value",
+                    "INSERT INTO kv (tree, key, value) VALUES ($1, $2, '\\x00000001'::bytea) ON CONFLICT (tree, key)
+                     DO UPDATE SET value = substring(int8send(least(4294967295,
+                         CASE WHEN length(kv.value) = 4
+                              THEN ('x' || encode(kv.value, 'hex'))::bit(32)::bigint & 4294967295
+                              ELSE 0 END + 1)) FROM 5 FOR 4)
+                     RETURNING value",
                     &[&tree.name(), &key],
                 )
                 .await
