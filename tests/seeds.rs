@@ -837,8 +837,7 @@ fn seed001_health_endpoint_reports_liveness_sessions_and_their_queue() {
     let sim = Sim::start(&[]);
     let daemon = Daemon::start_tuned(&sim, "check_interval = \"500ms\"", "[heartbeat]\ninterval = \"1s\"\n");
     daemon.pair(&sim, "acme", PHONE);
-    let r = request("GET", &format!("{}/health", daemon.base), None, None, "");
-    assert_eq!((r.status, &r.body), (200, &json!({"status": "ok"})));
+    assert_eq!(health(&daemon), (200, json!({"status": "ok"})));
     let view = wait_for("a heartbeat in the view", Duration::from_secs(20), || {
         let list = daemon.api("GET", "/api/sessions", None).body;
         let v = list.as_array()?.iter().find(|s| s["name"] == "acme")?.clone();

@@ -612,6 +612,26 @@ pub fn stays(what: &str, within: Duration, check: impl Fn() -> bool) {
     }
 }
 
+/// `GET /health`: its status and JSON body.
+pub fn health(daemon: &Daemon) -> (u16, Value) {
+    let r = request("GET", &format!("{}/health", daemon.base), None, None, "");
+    (r.status, r.body)
+}
+
+/// Once the store fails (a full disk, PostgreSQL down): waits for `/health`
+/// to say `degraded`, then asserts that for 3 s nothing more reaches
+/// `device` than the one send that may already be under way. Returns the
+/// deliveries counted when the failure showed.
+pub fn store_failure_stops_sends(daemon: &Daemon, sim: &Sim, device: &str) -> usize {
+    wait_for("/health degraded", Duration::from_secs(30), || {
+        let (status, body) = health(daemon);
+        (status == 503 && body["status"] == "degraded").then_some(body)
+    });
+    let at_failure = deliveries(sim, device).values().sum::<usize>();
+    stays("no send while the store fails", Duration::from_secs(3), || deliveries(sim, device).values().sum::<usize>() <= at_failure + 1);
+    at_failure
+}
+
 /// `n` distinct valid German mobile numbers, E.164 without `+`.
 pub fn numbers(n: usize, base: u64) -> Vec<String> {
     (0..n as u64).map(|i| format!("49151{:08}", base + i)).collect()
