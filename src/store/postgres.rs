@@ -395,6 +395,20 @@ impl PgKv {
         Ok(Self { pg })
     }
 
+    /// The bigint `sql` answers (with `$1` = `tree`'s name when given), as
+    /// u64; 0 for no row or a negative number.
+    fn number(&self, sql: &'static str, tree: Option<Tree>) -> Result<u64, StoreError> {
+        self.pg.call(move |c| async move {
+            let rows = match tree {
+                Some(tree) => c.query(sql, &[&tree.name()]).await,
+                None => c.query(sql, &[]).await,
+            }
+            .map_err(|e| pg_error(&e))?;
+            let n: i64 = rows.first().map(|r| r.try_get(0)).transpose().map_err(|e| pg_error(&e))?.unwrap_or(0);
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     /// The connection, for the cluster's own tables.
     pub fn pg(&self) -> &Pg {
         &self.pg
@@ -442,11 +456,7 @@ impl Kv for PgKv {
     }
 
     fn len(&self, tree: Tree) -> Result<u64, StoreError> {
-        self.pg.call(move |c| async move {
-            let rows = c.query("SELECT count(*) FROM kv WHERE tree = $1", &[&tree.name()]).await.map_err(|e| pg_error(&e))?;
-            let n: i64 = rows.first().map(|r| r.try_get(0)).transpose().map_err(|e| pg_error(&e))?.unwrap_or(0);
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
+        self.number("SELECT count(*) FROM kv WHERE tree = $1", Some(tree))
     }
 
     fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -586,11 +596,7 @@ impl Kv for PgKv {
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        self.pg.call(|c| async move {
-            let rows = c.query("SELECT nextval('kv_ids')", &[]).await.map_err(|e| pg_error(&e))?;
-            let n: i64 = rows.first().map(|r| r.try_get(0)).transpose().map_err(|e| pg_error(&e))?.unwrap_or(0);
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
+        self.number("SELECT nextval('kv_ids')", None)
     }
 
     /// Every statement has committed already: this proves the database
@@ -617,11 +623,7 @@ impl Kv for PgKv {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.pg.call(|c| async move {
-            let rows = c.query("SELECT pg_total_relation_size('kv')", &[]).await.map_err(|e| pg_error(&e))?;
-            let n: i64 = rows.first().map(|r| r.try_get(0)).transpose().map_err(|e| pg_error(&e))?.unwrap_or(0);
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
+        self.number("SELECT pg_total_relation_size('kv')", None)
     }
 }
 
