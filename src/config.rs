@@ -328,7 +328,8 @@ pub struct LimitsConfig {
     /// Sessions in total. Default 100.
     pub sessions: usize,
     /// Live event streams (SSE and WebSocket together) open at once; one
-    /// more gets 429. Default 64.
+    /// more gets 429. A closed WebSocket frees its place at once, a closed
+    /// SSE stream within 10 s (two keepalives). Default 64.
     pub streams: usize,
     /// Time a client has to send a whole request body. Default 30 s.
     #[serde(with = "humantime_serde")]

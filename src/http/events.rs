@@ -22,13 +22,17 @@ declare_routes! {
     get "/ws" => ws,
 }
 
-/// A comment line every this often keeps proxies from closing an idle stream.
-const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A comment line every this often keeps proxies from closing an idle
+/// stream and frees the place of a client that left: the server learns of a
+/// closed connection only when a write to it fails, which is the second
+/// write after the client went (the first draws the peer's reset). So an
+/// SSE client's `limits.streams` place is free at most 10 s after it left.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Live events (Server-Sent Events)
 ///
 /// Every event as `event: <name>` and `data: <Event as JSON>` (the `Event`
-/// schema), a `: keepalive` comment every 15 s, and `event: lagged` with
+/// schema), a `: keepalive` comment every 5 s, and `event: lagged` with
 /// `{"missed": n}` when this reader fell behind. Never carries QR strings or
 /// tokens.
 #[utoipa::path(
