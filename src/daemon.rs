@@ -9,6 +9,7 @@ use actix_web::App;
 use anyhow::Context as _;
 
 use crate::actors::campaigns::{Campaigns, HaltAll};
+use crate::actors::cluster::{Cluster, Leave};
 use crate::actors::driver::Driver;
 use crate::actors::messages::CampaignLinks;
 use crate::actors::notifier::Notifier;
@@ -50,8 +51,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.store.url.as_deref().unwrap_or_default(),
             config.store.timeout,
             config.cluster.node.as_deref().unwrap_or_default(),
+            config.cluster.lease_ttl,
         )
         .context("cannot open the PostgreSQL store (store.url)")?,
+    };
+    // Cluster mode (PostgreSQL): a session's writes need its lease.
+    let (store, lost) = match config.store.backend {
+        StoreBackend::Sled => (store, None),
+        StoreBackend::Postgres => {
+            let (fences, lost) = crate::store::Fences::new(config.cluster.node.as_deref().unwrap_or_default());
+            (store.fenced(fences), Some(lost))
+        }
     };
     let token = Token::load_or_create(std::env::var("WASUP_TOKEN").ok(), &config.token_path())
         .with_context(|| format!("cannot use the token file {}", config.token_path().display()))?;
@@ -87,6 +97,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Supervisor::new(config.clone(), store.clone(), driver.clone(), notifier, events.clone(), CampaignLinks::to(&campaigns_addr))
                 .start();
         let campaigns = campaigns_ctx.run(Campaigns::new(config.clone(), store.clone(), supervisor.clone(), events.clone(), tally.clone()));
+        let cluster = match (lost, store.fences().cloned(), store.pg().cloned()) {
+            (Some(lost), Some(fences), Some(pg)) => {
+                let c = &config.cluster;
+                let db = crate::cluster::ClusterDb::new(
+                    pg,
+                    c.node.as_deref().unwrap_or_default(),
+                    c.advertise.as_deref().unwrap_or_default(),
+                    c.max_sessions,
+                    c.lease_ttl,
+                );
+                Some(Cluster::new(db, store.clone(), fences, lost, supervisor.clone(), c.lease_ttl).start())
+            }
+            _ => None,
+        };
         let max_body = config.http.max_body_bytes;
         let state = AppState {
             supervisor: supervisor.clone(),
@@ -175,6 +199,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(event = "daemon.stopping", "stopping: halting campaigns, closing browsers, flushing the store");
         let _ = tokio::time::timeout(Duration::from_secs(10), campaigns.send(HaltAll)).await;
         let _ = tokio::time::timeout(Duration::from_secs(60), supervisor.send(ShutdownAll)).await;
+        if let Some(cluster) = &cluster {
+            // After the browsers closed: the next owners start them.
+            let _ = tokio::time::timeout(Duration::from_secs(10), cluster.send(Leave)).await;
+        }
         handle.stop(true).await;
         let _ = server_task.await;
         drop(driver);

@@ -19,6 +19,7 @@ pub mod bench_idle;
 pub mod bench_versus;
 pub mod campaign;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;

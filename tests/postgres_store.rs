@@ -4,7 +4,7 @@
 //! PostgreSQL restart (paused while it is down, `/health` degraded,
 //! exactly once in the end) and across a daemon SIGKILL (the session comes
 //! back without a QR, the state read back from PostgreSQL); a second daemon
-//! on the same database does not start.
+//! with the same `cluster.node` does not start.
 
 mod common;
 
@@ -74,13 +74,13 @@ fn a_postgres_restart_pauses_the_campaign_and_a_daemon_kill_loses_nothing() {
 }
 
 #[test]
-fn a_second_daemon_on_the_same_database_does_not_start() {
+fn a_second_daemon_with_the_same_node_name_does_not_start() {
     let Some(pg) = postgres() else { return };
     let sim = Sim::start(&[]);
     let daemon = Daemon::start(&sim, &store_config(&pg, "node-a"));
     assert_eq!(health(&daemon).0, 200);
     let dir = tempfile::tempdir().unwrap();
-    let setup = wasup::launch::DaemonSetup::new(dir.path(), &sim.base, &store_config(&pg, "node-b")).unwrap();
+    let setup = wasup::launch::DaemonSetup::new(dir.path(), &sim.base, &store_config(&pg, "node-a")).unwrap();
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_wasup"))
         .args(["serve", "--config"])
         .arg(&setup.config)
@@ -90,9 +90,9 @@ fn a_second_daemon_on_the_same_database_does_not_start() {
         .spawn()
         .unwrap();
     let status = wait_for("the second daemon to give up", Duration::from_secs(30), || second.try_wait().unwrap());
-    assert!(!status.success(), "a second node on the same database started");
+    assert!(!status.success(), "a second process of node-a started");
     let mut err = String::new();
     std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(err.contains("another wasup node uses this PostgreSQL database"), "{err}");
+    assert!(err.contains("another wasup process runs as node \"node-a\""), "{err}");
     assert_eq!(health(&daemon).0, 200, "the first node goes on");
 }

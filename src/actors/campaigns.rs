@@ -14,7 +14,7 @@ use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
 
 use crate::actors::campaign::{pacing_for, Acked, Campaign, CampaignCommand, Control, Halt, Replied};
-use crate::actors::messages::{Finished, MessageAcked, MessageReceived, SessionChanged};
+use crate::actors::messages::{AdoptSession, DropSession, Finished, MessageAcked, MessageReceived, SessionChanged};
 use crate::actors::supervisor::{GetSession, Supervisor, SupervisorError};
 use crate::attachments::Attachments;
 use crate::campaign::{CampaignRecord, CampaignState, RecipientRecord, Tally};
@@ -96,7 +96,18 @@ impl Campaigns {
         Self { config, store, supervisor, events, tally, running: HashMap::new() }
     }
 
+    /// Whether campaigns of `session` run on this node: always on one node;
+    /// in cluster mode while it holds the session's lease.
+    fn runs_here(&self, session: &str) -> bool {
+        self.store.fences().is_none_or(|f| f.generation(session).is_some())
+    }
+
+    /// Starts the campaign's actor, here if its session runs here; else
+    /// the session's owner starts it when it takes the session (cluster).
     fn spawn(&mut self, record: CampaignRecord, ctx: &mut Context<Self>) -> Result<(), CampaignError> {
+        if !self.runs_here(&record.session) || self.running.contains_key(&record.id) {
+            return Ok(());
+        }
         let pacing = pacing_for(&record, &self.config).map_err(CampaignError::Internal)?;
         let (id, session) = (record.id.clone(), record.session.clone());
         let actor = Campaign::new(
@@ -141,8 +152,10 @@ impl Actor for Campaigns {
                 Vec::new()
             }
         };
+        // In cluster mode a session's campaigns start with its lease
+        // (`AdoptSession`), and `runs_here` holds none yet.
         for record in records {
-            if matches!(record.state, CampaignState::Running | CampaignState::Paused) {
+            if matches!(record.state, CampaignState::Running | CampaignState::Paused) && self.runs_here(&record.session) {
                 tracing::info!(campaign = %record.id, session = %record.session, state = %record.state, "restoring campaign");
                 let id = record.id.clone();
                 if let Err(e) = self.spawn(record, ctx) {
@@ -406,6 +419,50 @@ impl Handler<Finished> for Campaigns {
 
     fn handle(&mut self, msg: Finished, _ctx: &mut Self::Context) {
         self.running.remove(&msg.id);
+    }
+}
+
+impl Handler<AdoptSession> for Campaigns {
+    type Result = ();
+
+    fn handle(&mut self, msg: AdoptSession, ctx: &mut Self::Context) {
+        let records = match self.store.campaigns() {
+            Ok(records) => records,
+            Err(e) => {
+                // The session runs without its campaigns until the store
+                // answers: the next acquisition (after a release) or a
+                // restart restores them; nothing is sent meanwhile.
+                tracing::error!(session = %msg.session, error = %e, "cannot read the session's campaigns from the store");
+                return;
+            }
+        };
+        for record in records {
+            if record.session == msg.session && matches!(record.state, CampaignState::Running | CampaignState::Paused) {
+                tracing::info!(campaign = %record.id, session = %record.session, state = %record.state, "taking over campaign");
+                let id = record.id.clone();
+                if let Err(e) = self.spawn(record, ctx) {
+                    tracing::error!(campaign = %id, error = %e, "cannot restore campaign");
+                }
+            }
+        }
+    }
+}
+
+impl Handler<DropSession> for Campaigns {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: DropSession, _ctx: &mut Self::Context) -> Self::Result {
+        let ids: Vec<String> = self.running.iter().filter(|(_, (s, _))| *s == msg.session).map(|(id, _)| id.clone()).collect();
+        let addrs: Vec<_> = ids.iter().filter_map(|id| self.running.remove(id)).map(|(_, a)| a).collect();
+        Box::pin(
+            async move {
+                for a in addrs {
+                    // Harmless if it fails: the actor is gone already.
+                    let _ = a.send(Halt).await;
+                }
+            }
+            .into_actor(self),
+        )
     }
 }
 

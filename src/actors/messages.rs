@@ -100,22 +100,55 @@ pub struct MessageReceived {
 /// Where a session's news for the campaigns goes (the Campaigns registry):
 /// its state changes (from the Supervisor), and its acks and incoming
 /// messages (from the Session, directly).
+/// Cluster mode: this node now holds `session`'s lease; its `RUNNING` and
+/// `PAUSED` campaigns start here (as at boot on one node).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AdoptSession {
+    pub session: String,
+}
+
+/// Cluster mode: this node no longer holds `session`'s lease; its
+/// campaigns stop at a safe point, their states kept for the next owner.
+/// Answers once they have stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropSession {
+    pub session: String,
+}
+
 #[derive(Clone)]
 pub struct CampaignLinks {
     pub changes: Recipient<SessionChanged>,
     pub acks: Recipient<MessageAcked>,
     pub incoming: Recipient<MessageReceived>,
+    /// Cluster mode: a session's lease taken or lost here.
+    pub adopt: Recipient<AdoptSession>,
+    pub drop: Recipient<DropSession>,
 }
 
 impl CampaignLinks {
-    /// All three to one actor.
+    /// All of them to one actor.
     pub fn to<A>(addr: &Addr<A>) -> Self
     where
-        A: Actor + Handler<SessionChanged> + Handler<MessageAcked> + Handler<MessageReceived>,
+        A: Actor
+            + Handler<SessionChanged>
+            + Handler<MessageAcked>
+            + Handler<MessageReceived>
+            + Handler<AdoptSession>
+            + Handler<DropSession>,
         A::Context: actix::dev::ToEnvelope<A, SessionChanged>
             + actix::dev::ToEnvelope<A, MessageAcked>
-            + actix::dev::ToEnvelope<A, MessageReceived>,
+            + actix::dev::ToEnvelope<A, MessageReceived>
+            + actix::dev::ToEnvelope<A, AdoptSession>
+            + actix::dev::ToEnvelope<A, DropSession>,
     {
-        Self { changes: addr.clone().recipient(), acks: addr.clone().recipient(), incoming: addr.clone().recipient() }
+        Self {
+            changes: addr.clone().recipient(),
+            acks: addr.clone().recipient(),
+            incoming: addr.clone().recipient(),
+            adopt: addr.clone().recipient(),
+            drop: addr.clone().recipient(),
+        }
     }
 }

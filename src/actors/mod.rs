@@ -5,6 +5,7 @@
 
 pub mod campaign;
 pub mod campaigns;
+pub mod cluster;
 pub mod driver;
 pub mod messages;
 pub mod notifier;

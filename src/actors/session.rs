@@ -58,6 +58,11 @@ pub struct SendText {
     /// Show "typing…" this long before sending (zero: don't). The wait is
     /// outside WebDriver, so polls go on meanwhile.
     pub typing: Duration,
+    /// Cluster mode: the node's leases, checked ([`Fences::may_send`])
+    /// after the typing time, right before the page sends.
+    ///
+    /// [`Fences::may_send`]: crate::store::Fences::may_send
+    pub fences: Option<Arc<crate::store::Fences>>,
 }
 
 /// A send the page took.
@@ -81,6 +86,10 @@ pub enum SendError {
     Rejected { code: Option<i64> },
     #[error("the page failed to send: {0}")]
     Page(String),
+    /// Cluster mode: this node no longer holds the session's lease (or has
+    /// not renewed it in time); nothing was sent.
+    #[error("this node does not hold the session's lease; nothing was sent")]
+    NotLeased,
 }
 
 /// Looks a sent message up in the page by its key id: `Some(ack)` if the
@@ -612,12 +621,20 @@ impl Handler<SendText> for Session {
             _ => return Box::pin(fut::ready(Err(SendError::NotConnected(self.state)))),
         };
         let ack_wait = self.config.whatsapp.ack_wait;
-        let SendText { to, body, media, id, typing } = msg;
+        let SendText { to, body, media, id, typing, fences } = msg;
+        let name = self.name.clone();
         Box::pin(
             async move {
                 if !typing.is_zero() {
-                    page.composing(to.as_str()).await?;
+                    if let Err(e) = page.composing(to.as_str()).await {
+                        return Some(Err(e));
+                    }
                     tokio::time::sleep(typing).await;
+                }
+                // Cluster mode: the last check before the page sends. A
+                // node stopped (SIGSTOP) mid-send wakes up past it.
+                if fences.as_ref().is_some_and(|f| !f.may_send(&name)) {
+                    return None;
                 }
                 let started = Instant::now();
                 let result = match &media {
@@ -626,18 +643,19 @@ impl Handler<SendText> for Session {
                 };
                 let result = result.map(|r| (r, id));
                 tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, "send in page");
-                result
+                Some(result)
             }
             .into_actor(self)
             .then(move |result, act, ctx| {
                 let (sent, waiter) = match result {
-                    Err(e) => (Err(SendError::Page(e.to_string())), None),
-                    Ok((Err(refused), _)) => (Err(SendError::Refused(refused)), None),
-                    Ok((Ok(sent), id)) if sent.ack != 0 => {
+                    None => (Err(SendError::NotLeased), None),
+                    Some(Err(e)) => (Err(SendError::Page(e.to_string())), None),
+                    Some(Ok((Err(refused), _))) => (Err(SendError::Refused(refused)), None),
+                    Some(Ok((Ok(sent), id))) if sent.ack != 0 => {
                         let ack = sent.ack;
                         (Ok(sent), (ack < 0).then(|| (id, None)))
                     }
-                    Ok((Ok(sent), id)) => {
+                    Some(Ok((Ok(sent), id))) => {
                         // Its ack may have been drained already.
                         let seen = act.recent_acks.iter().rev().find(|(i, _)| *i == id).map(|(_, a)| a.clone());
                         match seen {

@@ -21,6 +21,7 @@
 //! events, logs, alerts, the campaigns' news: everything the Supervisor
 //! tells) and `faults.rs` (fault injection for tests, debug builds only).
 
+mod cluster;
 mod commands;
 #[cfg(debug_assertions)]
 mod faults;
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+pub use self::cluster::{Acquire, Known, Release};
 pub use self::commands::{CreateSession, SessionCommand};
 #[cfg(debug_assertions)]
 pub use self::faults::{DropBidi, InjectPanic, Wedge};
@@ -72,6 +74,10 @@ pub enum SupervisorError {
     Send(#[from] session::SendError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Cluster mode: what was asked needs the session's browser, and no
+    /// node runs the session now (the API answers 503 with `Retry-After`).
+    #[error("no node runs session {0:?} now; try again shortly")]
+    NoOwner(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -90,11 +96,15 @@ struct Slot {
     addr: Option<Addr<Session>>,
     /// The scheduled restart.
     timer: Option<SpawnHandle>,
+    /// The session runs on this node: always on one node; in cluster mode
+    /// while this node holds its lease (else the record is another node's,
+    /// read from the store).
+    owned: bool,
 }
 
 impl Slot {
     fn new(record: SessionRecord, targets: Targets) -> Self {
-        Self { session: SessionSlot::new(record, targets), addr: None, timer: None }
+        Self { session: SessionSlot::new(record, targets), addr: None, timer: None, owned: true }
     }
 }
 
@@ -116,6 +126,13 @@ pub struct Supervisor {
     campaigns: CampaignLinks,
     reporter: Reporter,
     slots: BTreeMap<String, Slot>,
+    /// Cluster mode (the store has fences): sessions run only once the
+    /// Cluster actor acquired them ([`Acquire`]).
+    cluster: bool,
+    /// The daemon is stopping: nothing more starts.
+    stopping: bool,
+    /// When the next acquired session may start (staggered).
+    next_start: std::time::Instant,
 }
 
 impl Supervisor {
@@ -130,6 +147,7 @@ impl Supervisor {
         campaigns: CampaignLinks,
     ) -> Self {
         let reporter = Reporter::new(store.clone(), events, notifier, campaigns.changes.clone());
+        let cluster = store.fences().is_some();
         Self {
             policy: config.restart.policy(),
             targets: config.objectives.targets(),
@@ -139,6 +157,9 @@ impl Supervisor {
             campaigns,
             reporter,
             slots: BTreeMap::new(),
+            cluster,
+            stopping: false,
+            next_start: std::time::Instant::now(),
         }
     }
 
@@ -160,10 +181,14 @@ impl Supervisor {
         }
     }
 
-    /// Every session's objectives, and the liveness mark.
+    /// Every session's objectives, and the liveness mark (one node: in
+    /// cluster mode the next owner takes over a dead node's sessions, and
+    /// only the sessions this node runs are its to figure).
     fn check_objectives(&mut self) {
-        self.store.mark_alive(now_ms());
-        let names: Vec<String> = self.slots.keys().cloned().collect();
+        if !self.cluster {
+            self.store.mark_alive(now_ms());
+        }
+        let names: Vec<String> = self.slots.iter().filter(|(_, s)| s.owned).map(|(n, _)| n.clone()).collect();
         for name in names {
             self.objectives(&name);
         }
@@ -334,7 +359,16 @@ impl Supervisor {
     }
 
     fn view(&self, name: &str) -> Reply<SessionView> {
-        Ok(self.slot(name)?.session.view(&self.policy, now_ms()))
+        let slot = self.slot(name)?;
+        if slot.owned {
+            return Ok(slot.session.view(&self.policy, now_ms()));
+        }
+        // Another node's session (cluster mode): its record as that node
+        // last stored it.
+        match self.store.session(name)? {
+            Some(record) => Ok(SessionSlot::new(record, self.targets).view(&self.policy, now_ms())),
+            None => Err(SupervisorError::NotFound(name.to_string())),
+        }
     }
 }
 
@@ -358,6 +392,19 @@ impl Actor for Supervisor {
                 Vec::new()
             }
         };
+        if self.cluster {
+            // Every session is known (views, limits), none runs until the
+            // Cluster actor acquires its lease; nothing is written for a
+            // session this node does not hold.
+            for record in records {
+                let mut slot = Slot::new(record, self.targets);
+                slot.owned = false;
+                self.slots.insert(slot.session.record.name.clone(), slot);
+            }
+            ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_alive(ctx));
+            ctx.run_interval(OBJECTIVES_EVERY, |act, _| act.check_objectives());
+            return;
+        }
         // When the daemon was last known alive: a session whose last status
         // is not STOPPED was cut off by a crash then.
         let alive_ms = self.store.alive_ms();
@@ -422,12 +469,15 @@ impl Handler<ShutdownAll> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: ShutdownAll, ctx: &mut Self::Context) -> Self::Result {
-        let names: Vec<String> = self.slots.keys().cloned().collect();
+        self.stopping = true;
+        let names: Vec<String> = self.slots.iter().filter(|(_, s)| s.owned).map(|(n, _)| n.clone()).collect();
         let stops: Vec<_> = names.iter().map(|name| self.stop_actor(name, ctx)).collect();
         Box::pin(futures_util::future::join_all(stops).into_actor(self).map(move |_, act, _| {
             for name in &names {
+                // Cluster mode: another node takes the session over and
+                // records its states; this one leaves it as it was.
                 let running = act.slots.get(name).is_some_and(|s| s.session.record.state != SessionState::Stopped);
-                if running {
+                if running && !act.cluster {
                     act.set_state(name, SessionState::Stopped, Some("daemon_shutdown".into()));
                 }
             }

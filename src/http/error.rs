@@ -56,12 +56,13 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::Exists(_) | SupervisorError::WrongState { .. } => StatusCode::CONFLICT,
             SupervisorError::Send(send) => match send {
                 SendError::NotConnected(_) => StatusCode::CONFLICT,
+                SendError::NotLeased => StatusCode::SERVICE_UNAVAILABLE,
                 SendError::Refused(SendRefused::NotOnWhatsApp(_) | SendRefused::InvalidWid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
                 SendError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 SendError::Refused(SendRefused::Other(_)) | SendError::Page(_) => StatusCode::BAD_GATEWAY,
             },
             SupervisorError::TooMany(_) => StatusCode::BAD_REQUEST,
-            SupervisorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SupervisorError::Store(_) | SupervisorError::NoOwner(_) => StatusCode::SERVICE_UNAVAILABLE,
             SupervisorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())

@@ -73,6 +73,16 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// every statement commits before it returns, so `flush` only proves the
 /// database answers). Every method may fail with the backend's error; none
 /// may panic on it.
+/// A session's lease as this node holds it: a write that belongs to the
+/// session carries it ([`Kv::insert_fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub session: String,
+    pub node: String,
+    /// The lease's generation (`leases.generation`).
+    pub generation: i64,
+}
+
 pub trait Kv: Send + Sync {
     /// The value at `key`.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -82,6 +92,14 @@ pub trait Kv: Send + Sync {
     fn len(&self, tree: Tree) -> Result<u64, StoreError>;
     /// Inserts or replaces.
     fn insert(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Inserts or replaces `key` only while `fence` (a session's lease)
+    /// is still held. Errors: [`StoreError::Fenced`] when it is not, and
+    /// nothing is written. A backend without leases (sled: one node)
+    /// writes unconditionally.
+    fn insert_fenced(&self, tree: Tree, key: &[u8], value: &[u8], fence: &Fence) -> Result<(), StoreError> {
+        let _ = fence;
+        self.insert(tree, key, value)
+    }
     /// Inserts only if `key` is absent; `false` (nothing written) if present.
     fn insert_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError>;
     /// Inserts or replaces every entry, all or none.

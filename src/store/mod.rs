@@ -40,7 +40,7 @@ use crate::campaign::{CampaignRecord, RecipientRecord};
 use crate::policy::pacing::{DayCount, NumberRecord};
 use crate::session_state::{Me, SessionState};
 use crate::webhooks::Delivery;
-pub use kv::{Kv, Tree};
+pub use kv::{Fence, Kv, Tree};
 use sled_kv::SledKv;
 
 /// Whether an operator wants the session to run; survives restarts.
@@ -110,6 +110,11 @@ pub enum StoreError {
     /// PostgreSQL could not be reached, timed out or refused a statement.
     #[error("store: postgres: {0}")]
     Postgres(String),
+    /// Cluster mode: this node does not hold session `.0`'s lease (any
+    /// more), so it may not write what belongs to the session. Not a store
+    /// failure: the session stops on this node.
+    #[error("store: session {0:?} is not leased to this node")]
+    Fenced(String),
 }
 
 /// The store's write health: since when writes fail, and the last error.
@@ -141,6 +146,116 @@ pub struct Store {
     /// like stored ones, and written with the next addition or before the
     /// next campaign send. Lost if the daemon stops before that.
     unstored_opt_outs: Arc<Mutex<BTreeMap<Vec<u8>, OptOut>>>,
+    /// Cluster mode: the leases this node holds (`None`: one node, every
+    /// write unconditional).
+    fences: Option<Arc<Fences>>,
+    /// The PostgreSQL connection, for the cluster's own tables.
+    pg: Option<postgres::Pg>,
+}
+
+/// The leases a node holds, by session, as the cluster last renewed them;
+/// a write that belongs to a session is fenced by its entry
+/// ([`Kv::insert_fenced`]). A fenced write that fails is reported on
+/// `lost`, so the session stops on this node at once.
+pub struct Fences {
+    node: String,
+    held: Mutex<BTreeMap<String, i64>>,
+    lost: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Until when (this machine's monotonic clock) the last renewal lets
+    /// this node act: the renewal's start + `lease_ttl / 2`.
+    fresh_until: Mutex<Option<std::time::Instant>>,
+    /// Wakes the cluster's placement (a session to run was created).
+    wake: tokio::sync::Notify,
+}
+
+impl Fences {
+    /// Fences for `node`; sessions whose fenced write failed arrive on the
+    /// returned receiver.
+    pub fn new(node: &str) -> (Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (lost, rx) = tokio::sync::mpsc::unbounded_channel();
+        let fences = Self { node: node.to_string(), held: Mutex::default(), lost, fresh_until: Mutex::default(), wake: Default::default() };
+        (Arc::new(fences), rx)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A renewal that started at `at` succeeded: the node may act until
+    /// `at + half_ttl`.
+    pub fn renewed(&self, at: std::time::Instant, half_ttl: std::time::Duration) {
+        if let Ok(mut until) = self.fresh_until.lock() {
+            *until = Some(at + half_ttl);
+        }
+    }
+
+    /// Whether the last renewal is recent enough to act on (less than
+    /// `lease_ttl / 2` ago by this machine's monotonic clock, which keeps
+    /// counting while the process is stopped).
+    pub fn fresh(&self) -> bool {
+        self.fresh_until.lock().ok().and_then(|u| *u).is_some_and(|u| std::time::Instant::now() < u)
+    }
+
+    /// Whether this node may send through `session` now: it holds the
+    /// lease and renewed it recently ([`Fences::fresh`]). Checked right
+    /// before a message goes to the page.
+    pub fn may_send(&self, session: &str) -> bool {
+        self.fresh() && self.generation(session).is_some()
+    }
+
+    /// Asks the cluster to place sessions now rather than at its next tick.
+    pub fn wake_placement(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when [`Fences::wake_placement`] was called.
+    pub async fn placement_wanted(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Holds `session` at `generation` (`None`: no longer held).
+    pub fn set(&self, session: &str, generation: Option<i64>) {
+        if let Ok(mut held) = self.held.lock() {
+            match generation {
+                Some(g) => held.insert(session.to_string(), g),
+                None => held.remove(session),
+            };
+        }
+    }
+
+    /// Drops every lease (self-fencing).
+    pub fn clear(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.clear();
+        }
+    }
+
+    /// Every lease held, as `(session, generation)`.
+    pub fn held(&self) -> Vec<(String, i64)> {
+        self.held.lock().map(|h| h.iter().map(|(s, g)| (s.clone(), *g)).collect()).unwrap_or_default()
+    }
+
+    /// The generation held for `session`.
+    pub fn generation(&self, session: &str) -> Option<i64> {
+        self.held.lock().ok().and_then(|h| h.get(session).copied())
+    }
+
+    /// The fence a write of `session` carries. Errors: not held.
+    fn fence(&self, session: &str) -> Result<Fence, StoreError> {
+        match self.generation(session) {
+            Some(generation) => Ok(Fence { session: session.to_string(), node: self.node.clone(), generation }),
+            None => {
+                self.lost(session);
+                Err(StoreError::Fenced(session.to_string()))
+            }
+        }
+    }
+
+    fn lost(&self, session: &str) {
+        // Harmless if nobody listens: the daemon is stopping.
+        let _ = self.lost.send(session.to_string());
+    }
 }
 
 /// How many history entries are kept per session; older ones are dropped.
@@ -169,13 +284,53 @@ impl Store {
     ///
     /// Errors: the URL does not parse, PostgreSQL cannot be reached, or a
     /// migration failed.
-    pub fn postgres(url: &str, timeout: std::time::Duration, node: &str) -> Result<Self, StoreError> {
-        Ok(Self::with(Arc::new(postgres::PgKv::open(postgres::Pg::start(url, timeout, node)?)?)))
+    pub fn postgres(url: &str, timeout: std::time::Duration, node: &str, lease_ttl: std::time::Duration) -> Result<Self, StoreError> {
+        let pg = postgres::Pg::start(url, timeout, node, lease_ttl)?;
+        let mut store = Self::with(Arc::new(postgres::PgKv::open(pg.clone())?));
+        store.pg = Some(pg);
+        Ok(store)
+    }
+
+    /// This store with cluster fences: every write that belongs to a
+    /// session needs its lease in `fences`.
+    pub fn fenced(mut self, fences: Arc<Fences>) -> Self {
+        self.fences = Some(fences);
+        self
+    }
+
+    /// The PostgreSQL connection (`None` on sled).
+    pub fn pg(&self) -> Option<&postgres::Pg> {
+        self.pg.as_ref()
+    }
+
+    /// The fences, in cluster mode.
+    pub fn fences(&self) -> Option<&Arc<Fences>> {
+        self.fences.as_ref()
+    }
+
+    /// Writes `key` as a write that belongs to `session`: fenced by its
+    /// lease in cluster mode, plain otherwise. A lease this node lost is
+    /// reported to the cluster (the session stops here).
+    fn insert_owned(&self, kv: &dyn Kv, session: &str, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let Some(fences) = &self.fences else { return kv.insert(tree, key, value) };
+        let fence = fences.fence(session)?;
+        let written = kv.insert_fenced(tree, key, value, &fence);
+        if matches!(written, Err(StoreError::Fenced(_))) {
+            fences.lost(session);
+        }
+        written
     }
 
     /// A store over any backend.
     pub fn with(kv: Arc<dyn Kv>) -> Self {
-        Self { kv, failure: Arc::new(Mutex::new(None)), reopening: Arc::new(Mutex::new(())), unstored_opt_outs: Arc::default() }
+        Self {
+            kv,
+            failure: Arc::new(Mutex::new(None)),
+            reopening: Arc::new(Mutex::new(())),
+            unstored_opt_outs: Arc::default(),
+            fences: None,
+            pg: None,
+        }
     }
 
     /// Runs a write and records its outcome: an error marks the store
@@ -183,7 +338,7 @@ impl Store {
     fn write<T>(&self, f: impl FnOnce(&dyn Kv) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let result = f(self.kv.as_ref());
         if let Err(e) = &result {
-            if !matches!(e, StoreError::Corrupt(_)) {
+            if !matches!(e, StoreError::Corrupt(_) | StoreError::Fenced(_)) {
                 self.mark_failed(e);
             }
         }
@@ -280,6 +435,15 @@ impl Store {
         self.flush()
     }
 
+    /// [`Store::put_session`] by the node that runs the session (its
+    /// state): fenced by the session's lease in cluster mode.
+    /// Errors: as `put_session`, and [`StoreError::Fenced`].
+    pub fn put_session_owned(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(record)?;
+        self.write(|kv| self.insert_owned(kv, &record.name, Tree::Sessions, record.name.as_bytes(), &value))?;
+        self.flush()
+    }
+
     /// Inserts `record` only if no session of that name exists.
     /// Returns false (and writes nothing) if it does.
     pub fn create_session(&self, record: &SessionRecord) -> Result<bool, StoreError> {
@@ -304,12 +468,27 @@ impl Store {
     /// history is a record, no decision depends on it; sled syncs it within
     /// 500 ms) and trims it to [`HISTORY_KEEP`] entries.
     pub fn append_history(&self, name: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
+        self.append_history_of(false, name, entry)
+    }
+
+    /// [`Store::append_history`] by the node that runs the session:
+    /// fenced by its lease in cluster mode.
+    /// Errors: as `append_history`, and [`StoreError::Fenced`].
+    pub fn append_history_owned(&self, name: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
+        self.append_history_of(true, name, entry)
+    }
+
+    fn append_history_of(&self, owned: bool, name: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
         let value = serde_json::to_vec(entry)?;
         self.write(|kv| {
             let mut key = prefix(name);
             key.extend_from_slice(&entry.at_ms.to_be_bytes());
             key.extend_from_slice(&kv.next_id()?.to_be_bytes());
-            kv.insert(Tree::History, &key, &value)?;
+            if owned {
+                self.insert_owned(kv, name, Tree::History, &key, &value)?;
+            } else {
+                kv.insert(Tree::History, &key, &value)?;
+            }
             kv.trim_prefix(Tree::History, &prefix(name), HISTORY_KEEP)
         })
     }
@@ -371,6 +550,18 @@ impl Store {
         self.write(|kv| kv.insert(Tree::Campaigns, record.id.as_bytes(), &value))
     }
 
+    /// A campaign record written by its running campaign: fenced by its
+    /// session's lease in cluster mode (flushed if `flush`).
+    /// Errors: as `put_campaign`, and [`StoreError::Fenced`].
+    pub fn put_campaign_owned(&self, record: &CampaignRecord, flush: bool) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(record)?;
+        self.write(|kv| self.insert_owned(kv, &record.session, Tree::Campaigns, record.id.as_bytes(), &value))?;
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     pub fn campaign(&self, id: &str) -> Result<Option<CampaignRecord>, StoreError> {
         self.record(Tree::Campaigns, id.as_bytes())
     }
@@ -383,11 +574,27 @@ impl Store {
     /// Writes a recipient; `flush` when a decision depends on it (SENDING
     /// before a send, SENT after).
     pub fn put_recipient(&self, campaign: &str, r: &RecipientRecord, flush: bool) -> Result<(), StoreError> {
+        self.put_recipient_of(None, campaign, r, flush)
+    }
+
+    /// [`Store::put_recipient`] by the campaign that sends through
+    /// `session`: fenced by the session's lease in cluster mode, so a node
+    /// that lost the lease cannot write a recipient `SENDING` (and send).
+    /// Errors: as `put_recipient`, and [`StoreError::Fenced`].
+    pub fn put_recipient_owned(&self, session: &str, campaign: &str, r: &RecipientRecord, flush: bool) -> Result<(), StoreError> {
+        self.put_recipient_of(Some(session), campaign, r, flush)
+    }
+
+    fn put_recipient_of(&self, session: Option<&str>, campaign: &str, r: &RecipientRecord, flush: bool) -> Result<(), StoreError> {
         let value = serde_json::to_vec(r)?;
         self.write(|kv| {
-            kv.insert(Tree::Recipients, &recipient_key(campaign, r.idx), &value)?;
+            let key = recipient_key(campaign, r.idx);
+            match session {
+                Some(session) => self.insert_owned(kv, session, Tree::Recipients, &key, &value)?,
+                None => kv.insert(Tree::Recipients, &key, &value)?,
+            }
             if let Some(id) = &r.message_id {
-                kv.insert(Tree::Messages, id.as_bytes(), &recipient_key(campaign, r.idx))?;
+                kv.insert(Tree::Messages, id.as_bytes(), &key)?;
             }
             Ok(())
         })?;
@@ -733,7 +940,7 @@ mod tests {
         }
         let pg = crate::pg_harness::TempPostgres::start().unwrap();
         let url = pg.url();
-        test(&|| Store::postgres(&url, std::time::Duration::from_secs(10), "test-node").unwrap());
+        test(&|| Store::postgres(&url, std::time::Duration::from_secs(10), "test-node", std::time::Duration::from_secs(15)).unwrap());
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! the repository (`migrations/postgres/NNNN_name.sql`) and applied at
 //! start under an advisory lock, so nodes starting together apply it once.
 //!
-//! One node per database for now: each connection first takes an advisory
-//! lock, so a second daemon on the same database fails its store calls
-//! (and does not start) instead of driving the same sessions.
+//! One process per node name: each connection first takes an advisory
+//! lock keyed by `cluster.node`, so a second daemon with the same name
+//! fails its store calls (and does not start). Several nodes share the
+//! database through the cluster's leases (`crate::cluster`).
 //!
 //! The store's callers are synchronous (actors and request handlers call it
 //! as they call sled), so the connection lives on its own thread with its
@@ -33,22 +34,26 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-use super::kv::{Entry, Kv, Rewrite, Tree};
+use super::kv::{Entry, Fence, Kv, Rewrite, Tree};
 use super::StoreError;
 
 /// The migrations, in order: `(version, name, sql)`.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "store", include_str!("../../migrations/postgres/0001_store.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "store", include_str!("../../migrations/postgres/0001_store.sql")),
+    (2, "cluster", include_str!("../../migrations/postgres/0002_cluster.sql")),
+];
 
 /// The advisory lock key held while migrations run (`wasup` in ASCII).
 const MIGRATION_LOCK: i64 = 0x0077_6173_7570;
 
-/// The advisory lock a node holds on its store connection: one node per
-/// database until cluster leases exist (`wasup!` in ASCII).
-const NODE_LOCK: i64 = 0x7761_7375_7021;
+/// The first key of the advisory lock a node holds on its store
+/// connection, the second being `hashtext(node)`: one process per node
+/// name (`wasu` in ASCII).
+const NODE_LOCK: i32 = 0x7761_7375;
 
 /// Why a new connection cannot be used.
 enum Refused {
-    /// Another node holds [`NODE_LOCK`].
+    /// Another process of this node holds [`NODE_LOCK`].
     Locked(String),
     /// No connection, or its setup failed.
     Failed(String),
@@ -56,7 +61,13 @@ enum Refused {
 
 /// Opens a connection, bounds its statements and takes [`NODE_LOCK`], all
 /// before `deadline` (the lock a little before, so the caller hears why).
-async fn connect(config: &tokio_postgres::Config, node: &str, statement_timeout: &str, deadline: Instant) -> Result<Conn, Refused> {
+async fn connect(
+    config: &tokio_postgres::Config,
+    node: &str,
+    statement_timeout: &str,
+    stale_after: Duration,
+    deadline: Instant,
+) -> Result<Conn, Refused> {
     let failed = |e: &tokio_postgres::Error| Refused::Failed(message(pg_error(e)));
     let wait = deadline.saturating_duration_since(Instant::now());
     let (client, connection) = match tokio::time::timeout(wait, config.connect(NoTls)).await {
@@ -73,13 +84,15 @@ async fn connect(config: &tokio_postgres::Config, node: &str, statement_timeout:
     let lock_by = deadline.checked_sub(Duration::from_millis(200)).unwrap_or(deadline);
     let mut ended_own = false;
     loop {
-        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK]).await.map_err(|e| failed(&e))?;
+        let row = client.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&NODE_LOCK, &node]).await.map_err(|e| failed(&e))?;
         if row.try_get::<_, bool>(0).map_err(|e| failed(&e))? {
             return Ok(Conn { client, prepared: Mutex::default() });
         }
-        if !ended_own {
+        if !ended_own && node_silent(&client, node, stale_after).await.map_err(|e| failed(&e))? {
             // This node's own earlier connection may still hold the lock
-            // (cut off without the server noticing yet): end it. Node names
+            // (cut off without the server noticing yet): end it, once the
+            // node has not beaten for `stale_after` (a live process of this
+            // name beats every third of it, and keeps its lock). Node names
             // are unique, so no other node's connection carries ours.
             client
                 .execute(
@@ -92,12 +105,29 @@ async fn connect(config: &tokio_postgres::Config, node: &str, statement_timeout:
             ended_own = true;
         }
         if Instant::now() + Duration::from_millis(50) >= lock_by {
-            return Err(Refused::Locked(
-                "another wasup node uses this PostgreSQL database (one node per database until cluster leases)".into(),
-            ));
+            return Err(Refused::Locked(format!(
+                "another wasup process runs as node {node:?} on this PostgreSQL database (cluster.node must be unique)"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether `node` has written no heartbeat for `stale_after` (or never: no
+/// `nodes` table or row yet), by the server's clock.
+async fn node_silent(client: &Client, node: &str, stale_after: Duration) -> Result<bool, tokio_postgres::Error> {
+    let exists: bool = client.query_one("SELECT to_regclass('nodes') IS NOT NULL", &[]).await?.try_get(0)?;
+    if !exists {
+        return Ok(true);
+    }
+    let ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX) as f64;
+    let rows = client
+        .query("SELECT heartbeat_at > now() - $2::float8 * interval '1 millisecond' FROM nodes WHERE name = $1", &[&node, &ms])
+        .await?;
+    Ok(match rows.first() {
+        Some(row) => !row.try_get::<_, bool>(0)?,
+        None => true,
+    })
 }
 
 /// A store error's message without the store's prefix (it is wrapped again).
@@ -175,12 +205,14 @@ impl Pg {
     /// Starts the connection thread for `url` (a libpq-style URL or
     /// key=value string: `postgres://wasup@/wasup?host=/run/postgresql`),
     /// its connections named `node` (`application_name`). Each call waits
-    /// at most `timeout` for its answer (connecting included). Nothing
+    /// at most `timeout` for its answer (connecting included). A connection
+    /// of `node`'s that still holds the node lock is ended once the node
+    /// has not beaten for `lease_ttl` (`cluster.lease_ttl`). Nothing
     /// connects until the first call. If the node lock is lost to another
     /// node after a reconnect, the process exits (code 70).
     ///
     /// Errors: the URL does not parse, or the thread cannot start.
-    pub fn start(url: &str, timeout: Duration, node: &str) -> Result<Self, StoreError> {
+    pub fn start(url: &str, timeout: Duration, node: &str, lease_ttl: Duration) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| pg_error(&e))?;
         // The node's name marks its connections (so a reconnect can end its
         // own dead one); keepalives find a dead peer in about a minute, not
@@ -222,17 +254,17 @@ impl Pg {
                                     continue;
                                 }
                             }
-                            match connect(&config, &node, &statement_timeout, deadline).await {
+                            match connect(&config, &node, &statement_timeout, lease_ttl, deadline).await {
                                 Ok(c) => {
                                     down = None;
                                     held = true;
                                     conn = Some(Arc::new(c));
                                 }
                                 Err(Refused::Locked(why)) if held => {
-                                    // Another node took the database while this
-                                    // one was cut off: two nodes must never drive
-                                    // the same sessions. Under systemd the whole
-                                    // unit (browsers included) stops, and the
+                                    // Another process of this node took its name
+                                    // while this one was cut off: two must never
+                                    // drive the same sessions. Under systemd the
+                                    // whole unit (browsers included) stops, and the
                                     // restart is refused while the other holds it.
                                     tracing::error!(event = "store.node_lock_lost", "{why}; stopping this node");
                                     std::process::exit(70);
@@ -469,6 +501,31 @@ impl Kv for PgKv {
             .await
             .map_err(|e| pg_error(&e))?;
             Ok(())
+        })
+    }
+
+    /// One statement: the row is written only if the lease is this node's
+    /// at the fence's generation and not expired by the server's clock. The
+    /// lease row is read `FOR SHARE`, so a takeover waits for this write to
+    /// commit and the new owner reads it.
+    fn insert_fenced(&self, tree: Tree, key: &[u8], value: &[u8], fence: &Fence) -> Result<(), StoreError> {
+        let (key, value, f) = (key.to_vec(), value.to_vec(), fence.clone());
+        self.pg.call(move |c| async move {
+            let n = c
+                .execute(
+                    "INSERT INTO kv (tree, key, value)
+                     SELECT $1, $2, $3 WHERE EXISTS (
+                         SELECT 1 FROM leases WHERE session = $4 AND node = $5 AND generation = $6 AND expires_at > now() FOR SHARE)
+                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&tree.name(), &key, &value, &f.session, &f.node, &f.generation],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Fenced(f.session))
+            }
         })
     }
 

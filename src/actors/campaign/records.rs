@@ -40,7 +40,7 @@ impl Records {
     pub(super) fn write_recipient(&mut self, idx: u32, change: &Change, now_ms: u64, flush: bool) -> Result<(), String> {
         let mut r = self.read(idx)?;
         change.apply(&mut r, now_ms);
-        self.store.put_recipient(&self.id, &r, flush).map_err(|e| e.to_string())?;
+        self.store.put_recipient_owned(&self.session, &self.id, &r, flush).map_err(|e| e.to_string())?;
         self.last = Some(r);
         Ok(())
     }
@@ -61,8 +61,7 @@ impl Records {
     }
 
     pub(super) fn write_campaign(&self, record: &CampaignRecord, flush: bool) -> Result<(), String> {
-        let written = if flush { self.store.put_campaign(record) } else { self.store.put_campaign_unflushed(record) };
-        written.map_err(|e| e.to_string())
+        self.store.put_campaign_owned(record, flush).map_err(|e| e.to_string())
     }
 
     /// Counts one send of the number on `day` (and a first contact) and

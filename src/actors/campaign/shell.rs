@@ -112,7 +112,11 @@ impl Shell for Io {
 pub(super) fn send_result(answer: Option<Result<SendOutcome, SupervisorError>>) -> SendResult {
     match answer {
         Some(Ok(outcome)) => SendResult::Sent { ack: outcome.ack },
-        Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_)))) => SendResult::NotConnected,
+        // Not leased: nothing was sent, as when not connected; the session
+        // (and this campaign) stop on this node.
+        Some(Err(SupervisorError::WrongState { .. } | SupervisorError::Send(SendError::NotConnected(_) | SendError::NotLeased))) => {
+            SendResult::NotConnected
+        }
         Some(Err(SupervisorError::NotFound(_))) => SendResult::SessionDeleted,
         Some(Err(SupervisorError::Send(SendError::Refused(refused)))) => {
             let (state, reason) = match refused {

@@ -64,6 +64,15 @@ impl Handler<CreateSession> for Supervisor {
         let created = self.reporter.created(&record);
         let mut slot = Slot::new(record, self.targets);
         slot.session.note(&created);
+        if let Some(fences) = self.store.fences() {
+            // Cluster mode: it runs where placement puts it, maybe here.
+            slot.owned = false;
+            self.slots.insert(msg.name.clone(), slot);
+            if msg.start {
+                fences.wake_placement();
+            }
+            return self.view(&msg.name);
+        }
         self.slots.insert(msg.name.clone(), slot);
         if msg.start {
             self.start_session(&msg.name, ctx);
@@ -82,6 +91,9 @@ impl Handler<SessionCommand> for Supervisor {
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
         tracing::info!(session = %name, command = ?command, "operator command");
+        if !slot.owned {
+            return self.command_unowned(name, command, ctx);
+        }
         let plan = match slot.session.command(command) {
             Ok(plan) => plan,
             Err(needed) => {
@@ -119,6 +131,48 @@ impl Handler<SessionCommand> for Supervisor {
 }
 
 impl Supervisor {
+    /// Cluster mode: a command on a session no node runs now (the API
+    /// forwards commands to the node that runs it). What the store can
+    /// carry out is done there: start, restart and recover ask placement
+    /// to run it; stop records it stopped; delete wipes it. A logout needs
+    /// the browser: [`SupervisorError::NoOwner`].
+    fn command_unowned(
+        &mut self,
+        name: String,
+        command: Command,
+        ctx: &mut Context<Self>,
+    ) -> LocalBoxActorFuture<Self, Reply<SessionView>> {
+        let fresh = match self.store.session(&name) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Box::pin(fut::ready(Err(SupervisorError::NotFound(name)))),
+            Err(e) => return Box::pin(fut::ready(Err(e.into()))),
+        };
+        if let Some(slot) = self.slots.get_mut(&name) {
+            slot.session.record = fresh;
+        }
+        let done = match command {
+            Command::Logout => Err(SupervisorError::NoOwner(name.clone())),
+            Command::Start | Command::Restart | Command::Recover => self.set_desired(&name, Desired::Running).map(|()| {
+                if let Some(f) = self.store.fences() {
+                    f.wake_placement();
+                }
+            }),
+            Command::Stop => self.set_desired(&name, Desired::Stopped).and_then(|()| {
+                let Some(slot) = self.slots.get_mut(&name) else { return Ok(()) };
+                let record = &mut slot.session.record;
+                record.state = SessionState::Stopped;
+                record.reason = Some("operator".into());
+                record.since_ms = now_ms();
+                self.store.put_session(record).map_err(SupervisorError::from)
+            }),
+            Command::Delete => match self.set_desired(&name, Desired::Stopped) {
+                Ok(()) => return self.delete(name, ctx),
+                Err(e) => Err(e),
+            },
+        };
+        Box::pin(fut::ready(done.and_then(|()| self.view(&name))))
+    }
+
     /// A command's last step ([`Then`]); answers the session's view.
     fn finish(&mut self, name: String, then: Then, ctx: &mut Context<Self>) -> LocalBoxActorFuture<Self, Reply<SessionView>> {
         match then {

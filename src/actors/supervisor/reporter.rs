@@ -34,11 +34,13 @@ impl Reporter {
         let (name, state) = (record.name.as_str(), changed.entry.state);
         // Harmless if it fails: the record in memory is what supervision
         // acts on, and at boot every session starts from STARTING(queued)
-        // whatever state was stored. The store's health reports the failure.
+        // whatever state was stored. The store's health reports the failure;
+        // a fenced write (cluster: the lease is gone) stops the session here
+        // through the store's fences.
         // The history entry first: the record's flush takes it to disk too,
         // so a crash right after loses neither (the objectives read it).
-        let history = self.store.append_history(name, &changed.entry);
-        if let Err(e) = history.and(self.store.put_session(record)) {
+        let history = self.store.append_history_owned(name, &changed.entry);
+        if let Err(e) = history.and(self.store.put_session_owned(record)) {
             tracing::error!(session = %name, error = %e, "cannot store session status");
         }
         let reason = changed.entry.reason.as_deref().unwrap_or("");
@@ -66,7 +68,7 @@ impl Reporter {
         let entry = HistoryEntry { state: record.state, reason, at_ms: now_ms(), event: event.as_str().to_string(), detail: Some(detail) };
         // Harmless if it fails: history is a record no decision reads, and
         // the store's health (503 /health, paused campaigns) reports it.
-        if let Err(e) = self.store.append_history(&record.name, &entry) {
+        if let Err(e) = self.store.append_history_owned(&record.name, &entry) {
             tracing::error!(session = %record.name, error = %e, "cannot store session history");
         }
         self.events.publish(
@@ -98,7 +100,7 @@ impl Reporter {
     /// fails: memory is what supervision acts on, a profile that reconnects
     /// reports `me` again, and the store's health reports the failure.
     pub(super) fn save(&self, record: &SessionRecord) {
-        if let Err(e) = self.store.put_session(record) {
+        if let Err(e) = self.store.put_session_owned(record) {
             tracing::error!(session = %record.name, error = %e, "cannot store session");
         }
     }

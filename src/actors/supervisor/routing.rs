@@ -103,9 +103,13 @@ impl Handler<SendMessage> for Supervisor {
                 return Box::pin(async move { Err(SupervisorError::WrongState { name, state, needed: "not CONNECTED" }) });
             }
         };
+        let fences = self.store.fences().cloned();
+        if fences.as_ref().is_some_and(|f| !f.may_send(&msg.name)) {
+            return Box::pin(async move { Err(SupervisorError::Send(session::SendError::NotLeased)) });
+        }
         let id = msg.id.unwrap_or_else(crate::whatsapp::new_message_id);
         Box::pin(async move {
-            addr.send(SendText { to: msg.to, body: msg.text, media: msg.media, id, typing: msg.typing })
+            addr.send(SendText { to: msg.to, body: msg.text, media: msg.media, id, typing: msg.typing, fences })
                 .await
                 .map_err(|e| SupervisorError::Internal(format!("session actor unavailable: {e}")))?
                 .map_err(SupervisorError::from)

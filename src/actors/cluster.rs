@@ -1,0 +1,321 @@
+//! The Cluster actor (cluster mode only): this node's heartbeat, lease
+//! renewal, self-fencing, placement and drain.
+//!
+//! - Every `lease_ttl / 3` (less up to a tenth, jitter) one statement
+//!   writes the heartbeat and renews every lease held
+//!   ([`ClusterDb::beat`]); a held lease it did not renew is lost: the
+//!   session stops here at once ([`Release`]).
+//! - Four times a second it checks the last successful renewal: one older
+//!   than `lease_ttl / 2` (this machine's monotonic clock, which runs on
+//!   while the process is stopped) fences the node: every session it runs
+//!   stops and its campaigns halt, before any lease can expire and another
+//!   node take over.
+//! - After each renewal, placement: the sessions that should run and have
+//!   no live lease are claimed, up to this node's fair share
+//!   ([`cluster::claims`]), in random order after a random pause (so nodes
+//!   do not all claim the same at once; the database settles any race),
+//!   and handed to the Supervisor ([`Acquire`]), which starts them
+//!   staggered.
+//! - A draining node claims nothing and hands one session over per tick,
+//!   only while another live node has room: its browser closes first, then
+//!   its lease ends, so the next owner never starts it beside this one.
+//! - A store write that found its fence gone (`StoreError::Fenced`) stops
+//!   that session here at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rand::seq::SliceRandom as _;
+use rand::Rng as _;
+
+use crate::actors::supervisor::{Acquire, Known, Release, Supervisor};
+use crate::cluster::{self, ClusterDb, ClusterView};
+use crate::store::{Desired, Fences, SessionRecord, Store, StoreError};
+
+/// How many sessions a node claims in one placement round at most.
+const CLAIMS_PER_TICK: usize = 50;
+
+/// How often the last renewal's age is checked (self-fencing).
+const FENCE_CHECK: Duration = Duration::from_millis(250);
+
+/// Releases every held lease and stops: the daemon is shutting down (its
+/// sessions stopped already). Answers once the database has it, or failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave;
+
+/// The Cluster actor. See the module docs.
+pub struct Cluster {
+    db: ClusterDb,
+    store: Store,
+    fences: Arc<Fences>,
+    supervisor: Addr<Supervisor>,
+    ttl: Duration,
+    /// A round (renewal, placement) is under way.
+    busy: bool,
+    /// The node fenced itself and has not renewed since.
+    fenced: bool,
+    /// Sessions whose fenced write failed, from the store.
+    lost: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    leaving: bool,
+}
+
+/// What one round found, on the blocking pool.
+struct Round {
+    /// When the round started (the renewal's time is at or after it).
+    started: Instant,
+    /// The leases renewed, or why the renewal failed.
+    renewed: Result<Vec<(String, i64)>, StoreError>,
+    /// Leases this round claimed.
+    acquired: Vec<(String, i64)>,
+    /// A draining node's session to hand over.
+    hand_over: Option<String>,
+    /// Every session record (for the Supervisor's views), when read.
+    records: Option<Vec<SessionRecord>>,
+}
+
+impl Cluster {
+    pub fn new(
+        db: ClusterDb,
+        store: Store,
+        fences: Arc<Fences>,
+        lost: tokio::sync::mpsc::UnboundedReceiver<String>,
+        supervisor: Addr<Supervisor>,
+        ttl: Duration,
+    ) -> Self {
+        Self { db, store, fences, supervisor, ttl, busy: false, fenced: false, lost: Some(lost), leaving: false }
+    }
+
+    /// The next round after `lease_ttl / 3` less up to a tenth of it.
+    fn schedule(&self, ctx: &mut Context<Self>) {
+        let third = self.ttl / 3;
+        let jitter = third.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+        ctx.run_later(third - jitter, |act, ctx| {
+            act.round(ctx);
+            act.schedule(ctx);
+        });
+    }
+
+    fn round(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.leaving {
+            return;
+        }
+        self.busy = true;
+        let (db, store, held) = (self.db.clone(), self.store.clone(), self.fences.held());
+        let place = !self.leaving;
+        let pause = (self.ttl / 10).mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+        let work = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let renewed = db.beat(&held);
+            let mut round = Round { started, renewed, acquired: Vec::new(), hand_over: None, records: None };
+            if round.renewed.is_err() || !place {
+                return round;
+            }
+            // Placement errors end the round quietly: the next one tries
+            // again, and nothing runs on a claim not made.
+            let Ok(view) = db.view() else { return round };
+            let Ok(records) = store.sessions() else { return round };
+            round.hand_over = hand_over(&db, &view, &held);
+            round.acquired = place_sessions(&db, &view, &held, &records, pause);
+            round.records = Some(records);
+            round
+        });
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|done, act, ctx| {
+            act.busy = false;
+            match done {
+                Ok(round) => act.apply(round, ctx),
+                Err(e) => tracing::error!(error = %e, "cluster round did not finish"),
+            }
+        }));
+    }
+
+    fn apply(&mut self, round: Round, ctx: &mut Context<Self>) {
+        let renewed = match round.renewed {
+            Ok(renewed) => renewed,
+            Err(e) => {
+                tracing::warn!(event = "cluster.renew_failed", error = %e, "cannot renew this node's leases");
+                return;
+            }
+        };
+        if self.fenced {
+            tracing::info!(event = "cluster.unfenced", "leases renew again; this node takes sessions again");
+            self.fenced = false;
+        }
+        self.fences.renewed(round.started, self.ttl / 2);
+        // A lease held before the round and not renewed is gone.
+        let lost: Vec<String> = self.fences.held().into_iter().filter(|h| !renewed.contains(h)).map(|(s, _)| s).collect();
+        // Unless acquired meanwhile: held() is read after the round.
+        let lost: Vec<String> = lost.into_iter().filter(|s| !round.acquired.iter().any(|(a, _)| a == s)).collect();
+        if !lost.is_empty() {
+            for s in &lost {
+                self.fences.set(s, None);
+            }
+            self.supervisor.do_send(Release { names: lost, reason: "lease_lost" });
+        }
+        if let Some(records) = round.records {
+            self.supervisor.do_send(Known { records });
+        }
+        for (name, generation) in round.acquired {
+            self.fences.set(&name, Some(generation));
+            self.supervisor.do_send(Acquire { name, generation });
+        }
+        if let Some(name) = round.hand_over {
+            self.hand_over(name, ctx);
+        }
+    }
+
+    /// Drain: stop the session here, then end its lease.
+    fn hand_over(&mut self, name: String, ctx: &mut Context<Self>) {
+        tracing::info!(session = %name, event = "cluster.hand_over", "draining: handing the session over");
+        self.fences.set(&name, None);
+        let (supervisor, db) = (self.supervisor.clone(), self.db.clone());
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(async move {
+            // Harmless if the Supervisor is gone: the daemon is stopping.
+            let _ = supervisor.send(Release { names: vec![name.clone()], reason: "drain" }).await;
+            let names = vec![name];
+            // Harmless if it fails: the lease, no longer renewed, expires.
+            let _ = tokio::task::spawn_blocking(move || db.release(&names)).await;
+        }));
+    }
+
+    /// Self-fencing (see the module docs).
+    fn check_fence(&mut self) {
+        if self.fences.fresh() {
+            return;
+        }
+        let held = self.fences.held();
+        if held.is_empty() {
+            return;
+        }
+        self.fenced = true;
+        let names: Vec<String> = held.into_iter().map(|(s, _)| s).collect();
+        tracing::error!(
+            event = "cluster.fenced",
+            sessions = names.len(),
+            "no lease renewal for half the lease TTL: stopping every session on this node before another node takes them"
+        );
+        self.fences.clear();
+        self.supervisor.do_send(Release { names, reason: "fenced" });
+    }
+}
+
+/// A draining node's one session to hand over this round, if another node
+/// can take it.
+fn hand_over(db: &ClusterDb, view: &ClusterView, held: &[(String, i64)]) -> Option<String> {
+    let me = view.node(db.node())?;
+    if !me.draining || !cluster::others_can_take(db.node(), &view.nodes) {
+        return None;
+    }
+    held.first().map(|(s, _)| s.clone())
+}
+
+/// Claims this node's share of the sessions that should run and have no
+/// live lease, after `pause` (jitter).
+///
+/// A live lease in this node's name that it does not hold was left by its
+/// previous process (a restart): it counts as free for this node.
+fn place_sessions(
+    db: &ClusterDb,
+    view: &ClusterView,
+    held: &[(String, i64)],
+    records: &[SessionRecord],
+    pause: Duration,
+) -> Vec<(String, i64)> {
+    let me = db.node();
+    let holds = |name: &str| held.iter().any(|(s, _)| s == name);
+    let free = |name: &str| view.owner(name).is_none_or(|l| l.node == me && !holds(name));
+    let mut unowned: Vec<&str> =
+        records.iter().filter(|r| r.desired == Desired::Running && free(&r.name)).map(|r| r.name.as_str()).collect();
+    let mut nodes = view.nodes.clone();
+    for node in nodes.iter_mut().filter(|n| n.name == me) {
+        node.sessions = held.iter().map(|(s, _)| s.clone()).collect();
+    }
+    let n = cluster::claims(me, &nodes, unowned.len(), CLAIMS_PER_TICK);
+    if n == 0 {
+        return Vec::new();
+    }
+    std::thread::sleep(pause);
+    unowned.shuffle(&mut rand::thread_rng());
+    let mut acquired = Vec::new();
+    for name in unowned {
+        if acquired.len() >= n {
+            break;
+        }
+        match db.claim(name) {
+            Ok(Some(generation)) => acquired.push((name.to_string(), generation)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(session = %name, error = %e, "cannot claim the session's lease");
+                break;
+            }
+        }
+    }
+    acquired
+}
+
+impl Actor for Cluster {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(lost) = self.lost.take() {
+            ctx.add_stream(futures_util::stream::unfold(lost, |mut rx| async move { rx.recv().await.map(|name| (Lost(name), rx)) }));
+        }
+        ctx.add_stream(futures_util::stream::unfold(self.fences.clone(), |f| async move {
+            f.placement_wanted().await;
+            Some((Wake, f))
+        }));
+        self.round(ctx);
+        self.schedule(ctx);
+        ctx.run_interval(FENCE_CHECK, |act, _| act.check_fence());
+    }
+}
+
+/// A session whose fenced write failed.
+struct Lost(String);
+
+/// Placement is wanted now.
+struct Wake;
+
+impl StreamHandler<Wake> for Cluster {
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.round(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl StreamHandler<Lost> for Cluster {
+    /// A fenced write failed: the lease is not this node's any more.
+    fn handle(&mut self, Lost(name): Lost, _ctx: &mut Self::Context) {
+        if self.fences.generation(&name).is_some() {
+            self.fences.set(&name, None);
+            tracing::warn!(session = %name, event = "cluster.fenced_write", "a write for the session was refused: its lease is not this node's");
+        }
+        // A no-op for a session that does not run here.
+        self.supervisor.do_send(Release { names: vec![name], reason: "fenced_write" });
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<Leave> for Cluster {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: Leave, _ctx: &mut Self::Context) -> Self::Result {
+        self.leaving = true;
+        let names: Vec<String> = self.fences.held().into_iter().map(|(s, _)| s).collect();
+        self.fences.clear();
+        let db = self.db.clone();
+        Box::pin(async move {
+            if names.is_empty() {
+                return;
+            }
+            match tokio::task::spawn_blocking(move || db.release(&names)).await {
+                Ok(Ok(())) => tracing::info!(event = "cluster.left", "this node's leases are released"),
+                // Harmless: the leases expire within the TTL by themselves.
+                _ => tracing::warn!("cannot release this node's leases; they expire by themselves"),
+            }
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! Cluster mode: the Cluster actor hands the Supervisor the sessions whose
+//! lease this node took ([`Acquire`]) and takes back those it lost or
+//! gives away ([`Release`]). Only a session acquired here runs here; its
+//! record is read fresh from the store at acquisition (the previous owner
+//! wrote it).
+
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::{Slot, Supervisor};
+use crate::actors::messages::{AdoptSession, DropSession};
+use crate::session_state::SessionState;
+use crate::store::Desired;
+
+/// This node now holds `name`'s lease at `generation` (the store's fences
+/// have it already): the session starts here (staggered) with its
+/// campaigns.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Acquire {
+    pub name: String,
+    pub generation: i64,
+}
+
+/// This node no longer holds these sessions' leases (lost, fenced, or
+/// handed over): their browsers close and their campaigns stop at a safe
+/// point; nothing is written for them (the next owner does). Answers once
+/// the browsers are closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub names: Vec<String>,
+    /// Why, for the log: `lease_lost`, `fenced`, `fenced_write`, `drain`,
+    /// `shutdown`.
+    pub reason: &'static str,
+}
+
+impl Handler<Acquire> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Acquire, ctx: &mut Self::Context) {
+        let Acquire { name, generation } = msg;
+        if self.stopping || self.slots.get(&name).is_some_and(|s| s.owned && s.addr.is_some()) {
+            return;
+        }
+        let record = match self.store.session(&name) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                // Deleted meanwhile: dropped from the fences, the lease is
+                // not renewed and expires.
+                if let Some(f) = self.store.fences() {
+                    f.set(&name, None);
+                }
+                return;
+            }
+            Err(e) => {
+                // The lease then lapses unused (the fences drop it) and
+                // placement tries again: no session runs on a record it
+                // could not read.
+                tracing::error!(session = %name, error = %e, "cannot read the acquired session from the store; giving the lease up");
+                if let Some(f) = self.store.fences() {
+                    f.set(&name, None);
+                }
+                return;
+            }
+        };
+        tracing::info!(session = %name, event = "cluster.acquired", generation, "this node took the session's lease");
+        let history = self.store.history(&name).unwrap_or_else(|e| {
+            // The objectives then start from now; history is a record.
+            tracing::warn!(session = %name, error = %e, "cannot read the session's history");
+            Vec::new()
+        });
+        let desired = record.desired;
+        let mut slot = Slot::new(record, self.targets);
+        slot.owned = true;
+        slot.session.seed(&history);
+        self.slots.insert(name.clone(), slot);
+        self.set_state(&name, SessionState::Starting, Some("acquired".into()));
+        self.campaigns.adopt.do_send(AdoptSession { session: name.clone() });
+        if desired != Desired::Running {
+            return;
+        }
+        // Staggered as at boot: many sessions taken at once (a node died)
+        // do not start every browser at the same moment.
+        let now = Instant::now();
+        let at = self.next_start.max(now);
+        self.next_start = at + self.config.restart.boot_stagger;
+        ctx.run_later(at - now, move |act, ctx| {
+            let due = act.slots.get(&name).is_some_and(|s| s.owned && s.session.record.desired == Desired::Running);
+            if due {
+                act.start_session(&name, ctx);
+            }
+        });
+    }
+}
+
+impl Handler<Release> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Release, ctx: &mut Self::Context) -> Self::Result {
+        let mut stops = Vec::new();
+        for name in &msg.names {
+            let Some(slot) = self.slots.get_mut(name) else { continue };
+            if !slot.owned {
+                continue;
+            }
+            slot.owned = false;
+            tracing::warn!(session = %name, event = "cluster.released", reason = msg.reason, "this node no longer drives the session");
+            self.campaigns.drop.do_send(DropSession { session: name.clone() });
+            stops.push(self.stop_actor(name, ctx));
+        }
+        Box::pin(futures_util::future::join_all(stops).into_actor(self).map(|_, _, _| ()))
+    }
+}
+
+/// Every session record as the cluster's last read of the store has them:
+/// sessions other nodes run (or none does) are brought up to date, those
+/// created elsewhere appear, those deleted elsewhere go. Sessions this
+/// node runs keep their own record.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Known {
+    pub records: Vec<crate::store::SessionRecord>,
+}
+
+impl Handler<Known> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Known, _ctx: &mut Self::Context) {
+        let names: std::collections::BTreeSet<String> = msg.records.iter().map(|r| r.name.clone()).collect();
+        self.slots.retain(|name, slot| slot.owned || names.contains(name));
+        for record in msg.records {
+            match self.slots.get_mut(&record.name) {
+                Some(slot) if slot.owned => {}
+                Some(slot) => slot.session.record = record,
+                None => {
+                    let mut slot = Slot::new(record, self.targets);
+                    slot.owned = false;
+                    self.slots.insert(slot.session.record.name.clone(), slot);
+                }
+            }
+        }
+    }
+}
