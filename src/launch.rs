@@ -451,6 +451,9 @@ impl Sim {
 
 /// A daemon configuration in a directory (state in `dir/state`) pointing
 /// at a simulator, and `wasup serve` started from it.
+/// In a [`DaemonSetup`]'s extra config: the daemon's own base URL.
+pub const SELF_BASE: &str = "@SELF_BASE@";
+
 pub struct DaemonSetup {
     pub config: PathBuf,
     /// A client of its API with its token (kept-alive connections).
@@ -461,7 +464,9 @@ pub struct DaemonSetup {
 impl DaemonSetup {
     /// Writes `dir/config.toml`: `[http] listen` on a free port, `[state]
     /// dir`, `[whatsapp] url = sim_base`, then `extra` (more TOML, which may
-    /// continue the `[whatsapp]` table). Unless `extra` has its own
+    /// continue the `[whatsapp]` table). In `extra`, [`SELF_BASE`] stands
+    /// for this daemon's own base URL (a cluster node's `advertise`), and a
+    /// `profiles_dir = …` line goes to `[state]`. Unless `extra` has its own
     /// `[numbers]` or `[numbers.warmup]`, the number's gap is 0 and its
     /// warm-up off, so each campaign's own pacing decides (tests and benches
     /// pace in milliseconds). The token is random.
@@ -471,8 +476,14 @@ impl DaemonSetup {
         let port = free_port()?;
         let state_dir = dir.join("state");
         let config = dir.join("config.toml");
+        // A node of a cluster names its own API (`cluster.advertise`) and
+        // shares a profiles dir with the others (`state.profiles_dir`).
+        let base = format!("http://127.0.0.1:{port}");
+        let extra = extra.replace(SELF_BASE, &base);
+        let (state_lines, extra): (Vec<&str>, Vec<&str>) = extra.lines().partition(|l| l.trim_start().starts_with("profiles_dir"));
+        let (state_lines, extra) = (state_lines.join("\n"), extra.join("\n"));
         let mut text = format!(
-            "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n[whatsapp]\nurl = \"{sim_base}/\"\n{extra}\n",
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = \"{}\"\n{state_lines}\n[whatsapp]\nurl = \"{sim_base}/\"\n{extra}\n",
             state_dir.display()
         );
         if !extra.contains("[numbers]") {
