@@ -36,7 +36,8 @@ pub fn wipe(profile: &Path) -> io::Result<()> {
 /// Kills every process whose command line uses this profile, so a stale
 /// Chromium (left by a killed daemon or chromedriver) cannot hold it: a
 /// second browser on a profile in use fails with "user data directory is
-/// already in use". Returns how many were killed.
+/// already in use"; then removes Chromium's `Singleton*` lock files.
+/// Returns how many processes were killed.
 pub fn kill_browsers(profile: &Path) -> usize {
     let mut killed = 0;
     for process in crate::procfs::profile_processes(profile) {
@@ -45,11 +46,13 @@ pub fn kill_browsers(profile: &Path) -> usize {
             killed += 1;
         }
     }
-    if killed > 0 {
-        // Chromium's own lock files would make the next start refuse.
-        for lock in ["SingletonLock", "SingletonSocket", "SingletonCookie"] {
-            let _ = std::fs::remove_file(profile.join(lock));
-        }
+    // Chromium's own lock files would make the next start refuse: left by
+    // a browser killed here, or (a profile shared by cluster nodes) by one
+    // on a machine that died, which names that host. No browser uses the
+    // profile now (on this machine none is left; on others the session's
+    // lease rules it out). Harmless if one is missing.
+    for lock in ["SingletonLock", "SingletonSocket", "SingletonCookie"] {
+        let _ = std::fs::remove_file(profile.join(lock));
     }
     killed
 }

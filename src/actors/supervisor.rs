@@ -474,10 +474,13 @@ impl Handler<ShutdownAll> for Supervisor {
         let stops: Vec<_> = names.iter().map(|name| self.stop_actor(name, ctx)).collect();
         Box::pin(futures_util::future::join_all(stops).into_actor(self).map(move |_, act, _| {
             for name in &names {
-                // Cluster mode: another node takes the session over and
-                // records its states; this one leaves it as it was.
                 let running = act.slots.get(name).is_some_and(|s| s.session.record.state != SessionState::Stopped);
-                if running && !act.cluster {
+                if running && act.cluster {
+                    // Cluster mode: another node takes it over once this
+                    // one releases the lease (still held: the write is
+                    // fenced and allowed).
+                    act.set_state(name, SessionState::Reconnecting, Some("node_shutdown".into()));
+                } else if running {
                     act.set_state(name, SessionState::Stopped, Some("daemon_shutdown".into()));
                 }
             }
