@@ -541,26 +541,26 @@ pub enum StoreBackend {
     Postgres,
 }
 
-/// `[cluster]`: this node, on the PostgreSQL store (README "The store:
-/// sled or PostgreSQL"). For now one node per database; `lease_ttl` and
-/// `max_sessions` are read and checked for the cluster mode that builds on
-/// it, and not used yet.
+/// `[cluster]`: this node of a cluster on the PostgreSQL store (README
+/// "Running several machines"; the design: leases with fencing).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// This node's id: unique in the cluster and stable across restarts
     /// (letters, digits, `-`, `_`; at most 64). Required with the
-    /// `postgres` store.
+    /// `postgres` store. A second process with the same id does not start.
     pub node: Option<String>,
     /// How the other nodes reach this node's API (`http://10.0.0.5:8787`).
     /// Required with the `postgres` store.
     pub advertise: Option<String>,
-    /// Reserved for cluster mode (not used yet): how long a session's lease
-    /// lasts without renewal. Default 15 s.
+    /// How long a session's lease lasts without renewal (at least 3 s).
+    /// A node renews every third of it and stops its sessions when it could
+    /// not for half of it; another node takes a dead node's sessions once
+    /// their leases expired. Default 15 s.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// Reserved for cluster mode (not used yet): the most sessions this
-    /// node runs at once. Default 40.
+    /// The most sessions this node runs at once (placement gives each
+    /// node at most its fair share, and never more than this). Default 40.
     pub max_sessions: u32,
 }
 
