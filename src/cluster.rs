@@ -244,7 +244,8 @@ pub fn set_draining(pg: &Pg, node: &str, draining: bool) -> Result<bool, StoreEr
 /// How many of `unowned` sessions (wanted running, no live lease) node
 /// `me` claims now: up to its fair share of everything that should run
 /// over the live nodes that are not draining (least loaded first: a node
-/// at or over the share claims nothing), within its `max_sessions`, and
+/// at or over the share claims nothing, unless the other nodes have no
+/// room for the rest), within its `max_sessions`, and
 /// at most `per_tick` at once (starts are staggered). A draining or dead
 /// node claims nothing.
 pub fn claims(me: &str, nodes: &[NodeView], unowned: usize, per_tick: usize) -> usize {
@@ -257,7 +258,11 @@ pub fn claims(me: &str, nodes: &[NodeView], unowned: usize, per_tick: usize) -> 
     let share = (running + unowned).div_ceil(takers.len().max(1));
     let have = mine.sessions.len();
     let room = (mine.max_sessions as usize).saturating_sub(have);
-    share.saturating_sub(have).min(room).min(unowned).min(per_tick)
+    // What the others cannot take, this node takes beyond its share.
+    let others_room: usize =
+        takers.iter().filter(|n| n.name != me).map(|n| (n.max_sessions as usize).saturating_sub(n.sessions.len())).sum();
+    let left_over = unowned.saturating_sub(others_room);
+    share.saturating_sub(have).max(left_over).min(room).min(unowned).min(per_tick)
 }
 
 /// Whether some other live node that is not draining has room for one
@@ -291,6 +296,14 @@ mod tests {
         let nodes = [node("a", 90, 200, true, false), node("b", 10, 200, true, false)];
         assert_eq!(claims("a", &nodes, 20, 1000), 0);
         assert_eq!(claims("b", &nodes, 20, 1000), 20);
+    }
+
+    #[test]
+    fn a_node_takes_past_its_share_what_full_nodes_cannot() {
+        // b is full: a takes all 30 (its room), not just its share of 25.
+        let nodes = [node("a", 10, 40, true, false), node("b", 10, 10, true, false)];
+        assert_eq!(claims("a", &nodes, 30, 1000), 30);
+        assert_eq!(claims("b", &nodes, 30, 1000), 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use actix_web::App;
 use anyhow::Context as _;
 
 use crate::actors::campaigns::{Campaigns, HaltAll};
-use crate::actors::cluster::{Cluster, Leave};
+use crate::actors::cluster::{Cluster, Leave, StopPlacing};
 use crate::actors::driver::Driver;
 use crate::actors::messages::CampaignLinks;
 use crate::actors::notifier::Notifier;
@@ -197,6 +197,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         wait_for_signal().await;
         notify::stopping();
         tracing::info!(event = "daemon.stopping", "stopping: halting campaigns, closing browsers, flushing the store");
+        if let Some(cluster) = &cluster {
+            // Nothing new starts here while the node stops.
+            let _ = cluster.send(StopPlacing).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(10), campaigns.send(HaltAll)).await;
         let _ = tokio::time::timeout(Duration::from_secs(60), supervisor.send(ShutdownAll)).await;
         if let Some(cluster) = &cluster {

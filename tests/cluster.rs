@@ -232,6 +232,8 @@ fn a_rolling_restart_of_every_node_loses_and_repeats_nothing() {
         let stopped = Instant::now();
         assert!(cluster.node_mut(name).stop(), "{name} did not stop in time");
         if before == name {
+            // Handed over at the stop (released), not left to expire.
+            assert_ne!(cluster.owner("acme").as_deref(), Some(name), "{name} stopped and still holds the lease");
             let on = cluster.wait_connected("acme", &[name], Duration::from_secs(90));
             eprintln!("{name} stopped: acme moved to {on} in {:?}", stopped.elapsed());
             moves += 1;

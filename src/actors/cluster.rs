@@ -39,6 +39,12 @@ const CLAIMS_PER_TICK: usize = 50;
 /// How often the last renewal's age is checked (self-fencing).
 const FENCE_CHECK: Duration = Duration::from_millis(250);
 
+/// The daemon is stopping: no more claims (renewal goes on until
+/// [`Leave`]); what a round under way claims is released.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopPlacing;
+
 /// Releases every held lease and stops: the daemon is shutting down (its
 /// sessions stopped already). Answers once the database has it, or failed.
 #[derive(Message)]
@@ -58,6 +64,8 @@ pub struct Cluster {
     fenced: bool,
     /// Sessions whose fenced write failed, from the store.
     lost: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    /// Claims are made (false once the daemon is stopping).
+    placing: bool,
     leaving: bool,
 }
 
@@ -84,7 +92,7 @@ impl Cluster {
         supervisor: Addr<Supervisor>,
         ttl: Duration,
     ) -> Self {
-        Self { db, store, fences, supervisor, ttl, busy: false, fenced: false, lost: Some(lost), leaving: false }
+        Self { db, store, fences, supervisor, ttl, busy: false, fenced: false, lost: Some(lost), placing: true, leaving: false }
     }
 
     /// The next round after `lease_ttl / 3` less up to a tenth of it.
@@ -103,7 +111,7 @@ impl Cluster {
         }
         self.busy = true;
         let (db, store, held) = (self.db.clone(), self.store.clone(), self.fences.held());
-        let place = !self.leaving;
+        let place = self.placing;
         let pause = (self.ttl / 10).mul_f64(rand::thread_rng().gen_range(0.0..1.0));
         let work = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -155,6 +163,16 @@ impl Cluster {
         }
         if let Some(records) = round.records {
             self.supervisor.do_send(Known { records });
+        }
+        if !self.placing && !round.acquired.is_empty() {
+            // Claimed while the daemon began to stop: given back at once.
+            let names: Vec<String> = round.acquired.into_iter().map(|(s, _)| s).collect();
+            let db = self.db.clone();
+            // Harmless if it fails: the leases, never renewed, expire.
+            ctx.spawn(actix::fut::wrap_future::<_, Self>(async move {
+                let _ = tokio::task::spawn_blocking(move || db.release(&names)).await;
+            }));
+            return;
         }
         for (name, generation) in round.acquired {
             self.fences.set(&name, Some(generation));
@@ -297,6 +315,14 @@ impl StreamHandler<Lost> for Cluster {
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<StopPlacing> for Cluster {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopPlacing, _ctx: &mut Self::Context) {
+        self.placing = false;
+    }
 }
 
 impl Handler<Leave> for Cluster {

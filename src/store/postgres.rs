@@ -208,8 +208,9 @@ impl Pg {
     /// at most `timeout` for its answer (connecting included). A connection
     /// of `node`'s that still holds the node lock is ended once the node
     /// has not beaten for `lease_ttl` (`cluster.lease_ttl`). Nothing
-    /// connects until the first call. If the node lock is lost to another
-    /// node after a reconnect, the process exits (code 70).
+    /// connects until the first call. While another connection holds the
+    /// node lock, calls fail (a cut-off node's own old connection, ended
+    /// once the node has been silent for `lease_ttl`).
     ///
     /// Errors: the URL does not parse, or the thread cannot start.
     pub fn start(url: &str, timeout: Duration, node: &str, lease_ttl: Duration) -> Result<Self, StoreError> {
@@ -236,7 +237,6 @@ impl Pg {
                     // After a failed connect, calls fail at once for a
                     // second instead of each waiting out its own attempt.
                     let mut down: Option<(Instant, String)> = None;
-                    let mut held = false;
                     while let Some((deadline, job)) = queue.recv().await {
                         if Instant::now() >= deadline {
                             // Its caller gave up: running it now would
@@ -257,18 +257,15 @@ impl Pg {
                             match connect(&config, &node, &statement_timeout, lease_ttl, deadline).await {
                                 Ok(c) => {
                                     down = None;
-                                    held = true;
                                     conn = Some(Arc::new(c));
                                 }
-                                Err(Refused::Locked(why)) if held => {
-                                    // Another process of this node took its name
-                                    // while this one was cut off: two must never
-                                    // drive the same sessions. Under systemd the
-                                    // whole unit (browsers included) stops, and the
-                                    // restart is refused while the other holds it.
-                                    tracing::error!(event = "store.node_lock_lost", "{why}; stopping this node");
-                                    std::process::exit(70);
-                                }
+                                // Locked after it was held: this node's own old
+                                // connection (cut off, not yet ended by the
+                                // server) still holds it, or another process
+                                // took the name. Calls fail meanwhile (the
+                                // cluster fences this node after half the lease
+                                // TTL); once this node has been silent for the
+                                // TTL, a connect ends its own old connection.
                                 Err(Refused::Locked(why) | Refused::Failed(why)) => {
                                     down = Some((Instant::now() + Duration::from_secs(1), why.clone()));
                                     tokio::spawn(job(Err(why)));

@@ -74,6 +74,9 @@ impl Handler<Acquire> for Supervisor {
         let desired = record.desired;
         let mut slot = Slot::new(record, self.targets);
         slot.owned = true;
+        // Reports of an earlier Session of this name (one still closing
+        // after a release) must stay void: generations go on from there.
+        slot.session.generation = self.slots.get(&name).map_or(0, |s| s.session.generation + 1);
         slot.session.seed(&history);
         self.slots.insert(name.clone(), slot);
         self.set_state(&name, SessionState::Starting, Some("acquired".into()));
@@ -107,8 +110,13 @@ impl Handler<Release> for Supervisor {
             }
             slot.owned = false;
             tracing::warn!(session = %name, event = "cluster.released", reason = msg.reason, "this node no longer drives the session");
-            self.campaigns.drop.do_send(DropSession { session: name.clone() });
-            stops.push(self.stop_actor(name, ctx));
+            let dropped = self.campaigns.drop.send(DropSession { session: name.clone() });
+            let stopped = self.stop_actor(name, ctx);
+            stops.push(async move {
+                // Harmless if it fails: the Campaigns actor is gone (shutdown).
+                let _ = dropped.await;
+                stopped.await;
+            });
         }
         Box::pin(futures_util::future::join_all(stops).into_actor(self).map(|_, _, _| ()))
     }

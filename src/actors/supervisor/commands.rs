@@ -204,6 +204,11 @@ impl Supervisor {
                     tracing::error!(session = %name, error = %e, "cannot delete the profile");
                 }
                 act.slots.remove(&name);
+                if let Some(f) = act.store.fences() {
+                    // Cluster mode: the lease is no longer renewed and
+                    // expires (this node may take it back at once).
+                    f.set(&name, None);
+                }
                 let deleted = act.store.delete_session(&name).map_err(SupervisorError::from).and(view);
                 if deleted.is_ok() {
                     tracing::info!(session = %name, event = "session.deleted", "session deleted");
