@@ -232,6 +232,9 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Deliveries the store did not take, attempted from memory only.
     pub unstored: AtomicU64,
+    /// Deliveries of dead nodes this node took over, since the daemon
+    /// started (cluster mode).
+    pub adopted: AtomicU64,
     /// Pending deliveries by hook id.
     by_hook: Mutex<std::collections::BTreeMap<String, u64>>,
 }

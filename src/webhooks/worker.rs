@@ -229,6 +229,7 @@ impl Worker {
         }
         match adopted {
             Ok(list) => {
+                self.stats.adopted.fetch_add(list.len() as u64, Ordering::Relaxed);
                 let pending = list
                     .into_iter()
                     .filter_map(|d| {
