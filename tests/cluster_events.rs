@@ -55,16 +55,21 @@ fn node_config(pg: &TempPostgres, node: &str, profiles: &std::path::Path, hooks:
     )
 }
 
-/// Every event's JSON as `daemon`'s SSE stream carried it, in order.
-fn record(daemon: &Daemon) -> Arc<Mutex<Vec<String>>> {
+/// When each event's JSON first reached a test's stream reader.
+type Arrivals = Arc<Mutex<BTreeMap<String, std::time::Instant>>>;
+
+/// Every event's JSON as `daemon`'s SSE stream carried it, in order, and
+/// when each arrived.
+fn record(daemon: &Daemon, arrivals: &Arrivals) -> Arc<Mutex<Vec<String>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
+    let (sink, arrived) = (seen.clone(), arrivals.clone());
     let resp = daemon.client().stream("/api/events", None).expect("SSE stream");
     assert_eq!(resp.status, 200);
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(resp.reader).lines() {
             let Ok(line) = line else { break };
             if let Some(data) = line.strip_prefix("data: ") {
+                arrived.lock().unwrap().entry(data.to_string()).or_insert_with(std::time::Instant::now);
                 sink.lock().unwrap().push(data.to_string());
             }
         }
@@ -141,7 +146,8 @@ fn every_node_streams_every_nodes_events_once_and_webhooks_post_each_once() {
     let hooks = Receiver::start();
     let profiles = tempfile::tempdir().unwrap();
     let daemons: Vec<Daemon> = NODES.iter().map(|n| Daemon::start(&sim, &node_config(&pg, n, profiles.path(), &hooks.base))).collect();
-    let streams = [record(&daemons[0]), record(&daemons[1])];
+    let arrivals: [Arrivals; 2] = Default::default();
+    let streams = [record(&daemons[0], &arrivals[0]), record(&daemons[1], &arrivals[1])];
 
     let r = daemons[0].api("POST", "/api/sessions", Some(json!({"name": "acme", "start": true})));
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -190,15 +196,35 @@ fn every_node_streams_every_nodes_events_once_and_webhooks_post_each_once() {
         wait_for("the relay to notice the outage", Duration::from_secs(20), || (count(&d.log(), "events.relay_lost") == 1).then_some(()));
     }
     pg.start_server().expect("PostgreSQL starts again");
+    let up = std::time::Instant::now();
     for d in &daemons {
         wait_for("the relay to connect again", Duration::from_secs(30), || (count(&d.log(), "events.relay_recovered") == 1).then_some(()));
         assert_eq!(count(&d.log(), "events.relay_lost"), 1, "the outage was logged more than once:\n{}", d.log());
     }
+    eprintln!("both relays connected again {} ms after PostgreSQL took connections", up.elapsed().as_millis());
     let since = wasup::session_state::now_ms();
     let r = daemons[1].api("POST", "/api/sessions", Some(json!({"name": "probe", "start": true})));
     assert_eq!(r.status, 201, "{:?}", r.body);
     scan_qr_everywhere(&streams, "probe");
     assert_streams_agree(&streams, since);
+    // The figure: how much later another node's stream has an event.
+    let mut lag_ms: Vec<f64> = Vec::new();
+    for (i, node) in NODES.iter().enumerate() {
+        let (own, other) = (arrivals[i].lock().unwrap(), arrivals[1 - i].lock().unwrap());
+        for e in of(&streams[i].lock().unwrap(), node, 0) {
+            if let (Some(a), Some(b)) = (own.get(&e), other.get(&e)) {
+                lag_ms.push(b.saturating_duration_since(*a).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    lag_ms.sort_by(f64::total_cmp);
+    assert!(!lag_ms.is_empty());
+    eprintln!(
+        "relay lag (local SSE → other node's SSE), {} events: median {:.1} ms, max {:.1} ms",
+        lag_ms.len(),
+        lag_ms[lag_ms.len() / 2],
+        lag_ms[lag_ms.len() - 1]
+    );
     let metrics = daemons[0].api("GET", "/metrics", None);
     let text = String::from_utf8_lossy(&metrics.bytes);
     assert!(text.contains("wasup_events_relay_total{result=\"received\"}"), "{text}");
