@@ -71,7 +71,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Before anything can publish: every event a webhook subscribes to goes
     // through the outbox, and the stored outbox is resumed.
     let webhooks = crate::webhooks::Webhooks::start(&config, store.clone()).context("cannot start the webhook outbox")?;
-    let events = Events::new().with_sink(webhooks.sink());
+    let mut events = Events::new().with_sink(webhooks.sink());
+    // Cluster mode: events carry this node's name, go to the other nodes,
+    // and theirs come to this node's streams (never to its webhooks).
+    if let (StoreBackend::Postgres, Some(node)) = (config.store.backend, config.cluster.node.as_deref()) {
+        let (outbound, inbound) = crate::relay::channel(events.relay_counts());
+        events = events.with_node(node).with_sink(outbound);
+        // The URL may hold a password: the error names the setting, not it.
+        crate::relay::start(config.store.url.as_deref().unwrap_or_default(), config.store.timeout, node, events.clone(), inbound)
+            .context("cannot start the cluster event relay (store.url)")?;
+    }
     for record in store.sessions().unwrap_or_default() {
         events.seed(&record.name, &store.history(&record.name).unwrap_or_default());
     }

@@ -5,11 +5,19 @@
 //!
 //! What must not lose an event (the webhook outbox) is not a subscriber: it
 //! is a [`Sink`] the bus calls synchronously in [`Events::publish`].
+//!
+//! In cluster mode every event carries the node that published it
+//! ([`Event::node`], `cluster.node`), and the cluster's event relay
+//! ([`crate::relay`]) is one more sink: it sends each event to the other
+//! nodes, and hands their events to [`Events::relay`], which reaches the
+//! stream subscribers only (no sink, no count, no tally: the origin node
+//! delivered its webhooks, counted it and alerted already).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::session_state::{now_ms, SessionState};
@@ -113,8 +121,17 @@ impl Serialize for EventName {
     }
 }
 
+/// Reads a dotted name (an event relayed from another node); a name this
+/// version does not know is an error.
+impl<'de> Deserialize<'de> for EventName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Self::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown event {name:?}")))
+    }
+}
+
 /// One event.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// `session.status`, `session.qr`, `session.restart_scheduled`,
     /// `session.health`, `session.objective` (`detail`: `{"objective",
@@ -134,9 +151,15 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Event-specific fields.
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     #[schema(value_type = Object, required = false)]
     pub detail: serde_json::Value,
+    /// The node that published it (`cluster.node`), in cluster mode
+    /// (`[store] backend = "postgres"`); absent on a single node. Set by
+    /// the bus ([`Events::with_node`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "node-a")]
+    pub node: Option<String>,
     /// `state` of a session event, typed (the tallies read it).
     #[serde(skip)]
     #[schema(ignore)]
@@ -155,6 +178,7 @@ impl Event {
             state: None,
             reason: None,
             detail: serde_json::Value::Null,
+            node: None,
         }
     }
 
@@ -201,8 +225,28 @@ pub struct Events {
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Restarts and reconnects per session, for the metrics.
     sessions: Arc<Mutex<BTreeMap<String, SessionTally>>>,
-    /// Gets every event first (the webhook outbox), if set.
-    sink: Option<Arc<dyn Sink>>,
+    /// Get every published event first, in order (the webhook outbox, then
+    /// in cluster mode the relay to the other nodes).
+    sinks: Vec<Arc<dyn Sink>>,
+    /// `cluster.node`, written on every published event (cluster mode).
+    node: Option<String>,
+    /// The cluster relay's counts (all 0 on a single node).
+    relay: Arc<RelayCounts>,
+}
+
+/// What the cluster's event relay ([`crate::relay`]) did since the daemon
+/// started, for the metrics (`wasup_events_relay_total{result}`).
+#[derive(Debug, Default)]
+pub struct RelayCounts {
+    /// This node's events sent to the other nodes (`NOTIFY`).
+    pub sent: AtomicU64,
+    /// Of `sent`, those cut to fit PostgreSQL's payload limit.
+    pub trimmed: AtomicU64,
+    /// Other nodes' events put on this node's streams.
+    pub received: AtomicU64,
+    /// This node's events not sent: the relay's queue was full, or it had
+    /// no connection to PostgreSQL.
+    pub dropped: AtomicU64,
 }
 
 /// One day, ms.
@@ -261,13 +305,39 @@ impl Default for Events {
 
 impl Events {
     pub fn new() -> Self {
-        Self { tx: broadcast::channel(BACKLOG).0, counts: Arc::default(), sessions: Arc::default(), sink: None }
+        Self {
+            tx: broadcast::channel(BACKLOG).0,
+            counts: Arc::default(),
+            sessions: Arc::default(),
+            sinks: Vec::new(),
+            node: None,
+            relay: Arc::default(),
+        }
     }
 
-    /// The same bus, handing every event to `sink` before broadcasting it.
+    /// The same bus, handing every published event to `sink` (after the
+    /// sinks given before) before broadcasting it. Clones made earlier do
+    /// not have it.
     pub fn with_sink(mut self, sink: Arc<dyn Sink>) -> Self {
-        self.sink = Some(sink);
+        self.sinks.push(sink);
         self
+    }
+
+    /// The same bus, writing `node` (`cluster.node`) into every event it
+    /// publishes ([`Event::node`]). Clones made earlier do not.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
+    }
+
+    /// The node this bus writes into its events, in cluster mode.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// The cluster relay's counts (shared by every clone).
+    pub fn relay_counts(&self) -> Arc<RelayCounts> {
+        self.relay.clone()
     }
 
     /// Seeds a session's tally from its stored history (at boot).
@@ -285,8 +355,12 @@ impl Events {
         self.sessions.lock().ok().and_then(|s| s.get(session).cloned()).unwrap_or_default()
     }
 
-    /// Publishes an event (to nobody, if nobody listens).
-    pub fn publish(&self, event: Event) {
+    /// Publishes an event of this node's: counted, tallied, given to the
+    /// sinks, then to the stream subscribers (to nobody, if nobody listens).
+    pub fn publish(&self, mut event: Event) {
+        if event.node.is_none() {
+            event.node.clone_from(&self.node);
+        }
         if let Ok(mut counts) = self.counts.lock() {
             *counts.entry(event.event.as_str().to_string()).or_default() += 1;
         }
@@ -295,9 +369,17 @@ impl Events {
                 sessions.entry(session.clone()).or_default().note(Some(event.event), event.session_state, event.at_ms);
             }
         }
-        if let Some(sink) = &self.sink {
+        for sink in &self.sinks {
             sink.accept(&event);
         }
+        // Harmless when it fails: it only fails when nobody listens.
+        let _ = self.tx.send(event);
+    }
+
+    /// Puts another node's event (its [`Event::node`] says which) on this
+    /// node's streams only: not counted, not tallied, not given to the
+    /// sinks (no webhook delivery, no relay back). Never blocks.
+    pub fn relay(&self, event: Event) {
         // Harmless when it fails: it only fails when nobody listens.
         let _ = self.tx.send(event);
     }
@@ -371,5 +453,36 @@ mod tests {
         assert_eq!(got.last(), Some(&EventName::SessionQr));
         let json = serde_json::to_value(Event::session(EventName::SessionQr, "a")).unwrap();
         assert_eq!(json, serde_json::json!({"event": "session.qr", "at_ms": json["at_ms"], "session": "a"}));
+    }
+
+    /// Cluster mode: this node's events carry its name and reach the sinks;
+    /// another node's, relayed, reach the streams only (no webhook, no
+    /// count, no tally), and read back as they were sent.
+    #[tokio::test]
+    async fn relayed_events_reach_the_streams_only() {
+        struct Collect(Mutex<Vec<Event>>);
+        impl Sink for Collect {
+            fn accept(&self, event: &Event) {
+                self.0.lock().unwrap().push(event.clone());
+            }
+        }
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        let bus = Events::new().with_sink(sink.clone()).with_node("node-a");
+        let mut rx = bus.subscribe();
+        bus.publish(Event::session(EventName::SessionRestartScheduled, "mine"));
+        let theirs = Event::session(EventName::SessionRestartScheduled, "theirs");
+        let text = serde_json::to_string(&Event { node: Some("node-b".into()), ..theirs }).unwrap();
+        let back: Event = serde_json::from_str(&text).unwrap();
+        bus.relay(back);
+        let (first, second) = (rx.recv().await.unwrap(), rx.recv().await.unwrap());
+        assert_eq!((first.session.as_deref(), first.node.as_deref()), (Some("mine"), Some("node-a")));
+        assert_eq!((second.session.as_deref(), second.node.as_deref()), (Some("theirs"), Some("node-b")));
+        assert_eq!(serde_json::to_string(&second).unwrap(), text, "a relayed event reads back as sent");
+        let sunk = sink.0.lock().unwrap();
+        assert_eq!(sunk.len(), 1, "only this node's event reaches the sink: {sunk:?}");
+        assert_eq!(sunk[0].node.as_deref(), Some("node-a"));
+        assert_eq!(bus.counts().get("session.restart_scheduled"), Some(&1));
+        assert_eq!((bus.session_tally("mine").restarts_total, bus.session_tally("theirs").restarts_total), (1, 0));
+        assert!(serde_json::from_str::<Event>(r#"{"event": "session.future", "at_ms": 1}"#).is_err(), "an unknown name is refused");
     }
 }

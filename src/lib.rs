@@ -10,6 +10,7 @@
 //! - [`http`]: the control API; [`store`]: sled; [`config`]: `config.toml`.
 //! - [`attachments`]: campaign attachments, files beside the store.
 //! - [`webhooks`]: the durable outbox and delivery worker of the webhooks.
+//! - [`relay`]: cluster mode's event relay (PostgreSQL `LISTEN`/`NOTIFY`).
 
 pub mod actors;
 pub mod attachments;
@@ -33,6 +34,7 @@ pub mod policy;
 pub mod procfs;
 pub mod profile;
 pub mod qr;
+pub mod relay;
 pub mod session_state;
 pub mod sim;
 pub mod store;

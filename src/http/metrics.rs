@@ -9,7 +9,11 @@
 //!   `24h`; `total` counts the kept history), `wasup_session_key_files`,
 //!   `wasup_session_browser_pss_bytes`.
 //! - `wasup_messages_total{result}`: API and campaign sends.
-//! - `wasup_events_total{event}`.
+//! - `wasup_events_total{event}`: this node's events.
+//! - Cluster mode only: `wasup_events_relay_total{result}`: `sent` (this
+//!   node's events to the other nodes), `trimmed` (of those, cut to fit
+//!   `NOTIFY`), `dropped` (not sent: queue full or no connection),
+//!   `received` (other nodes' events put on this node's streams).
 //! - `wasup_campaign_recipients{campaign,session,state}`: progress.
 //! - `wasup_http_requests_total{route,status}`: `route` is the matched
 //!   pattern (`/api/sessions/{name}`), so names do not blow up the label set.
@@ -191,6 +195,14 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
     header(&mut out, "wasup_events_total", "counter", "Events published since the daemon started.");
     for (event, n) in &events {
         let _ = writeln!(out, "wasup_events_total{{event=\"{event}\"}} {n}");
+    }
+    if state.events.node().is_some() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = state.events.relay_counts();
+        header(&mut out, "wasup_events_relay_total", "counter", "Cluster event relay (LISTEN/NOTIFY) since the daemon started, by result.");
+        for (result, n) in [("sent", &r.sent), ("trimmed", &r.trimmed), ("dropped", &r.dropped), ("received", &r.received)] {
+            let _ = writeln!(out, "wasup_events_relay_total{{result=\"{result}\"}} {}", n.load(Relaxed));
+        }
     }
     header(&mut out, "wasup_campaign_recipients", "gauge", "Recipients of each campaign that has not ended, by state.");
     for c in state.store.campaigns().unwrap_or_default().into_iter().filter(|c| !c.state.is_final()) {

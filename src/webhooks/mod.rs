@@ -29,7 +29,26 @@
 //! The window: an event published less than one writer batch (a sled batch
 //! and a flush, a few ms) before a SIGKILL or power loss can be lost.
 //! Logs name hooks by id (`wh_…`), never by URL or secret.
+//!
+//! Cluster mode (`[store] backend = "postgres"`): the nodes share the
+//! outbox and the dead letters, and each delivery belongs to one node
+//! ([`Delivery::node`]), the one whose writer made it: only that node's
+//! worker resumes and POSTs it, so a webhook configured on every node gets
+//! each event once (another node's events reach this node's bus through
+//! the relay, which never hands them to the outbox: [`crate::relay`]).
+//! A dead node's pending deliveries are adopted by a live one
+//! ([`adopt`]): every `cluster.lease_ttl / 2` each node takes over, one
+//! compare-and-set write each, the deliveries of nodes whose heartbeat is
+//! older than `cluster.lease_ttl` for hooks it has too (a hook only the
+//! dead node has waits for that node to come back). Before each attempt
+//! the worker reads the delivery and skips it if it now belongs to another
+//! node. A node that was only cut off and comes back may POST a delivery
+//! its adopter POSTs too: the same id (`X-Wasup-Delivery`), so receivers
+//! that de-duplicate see it once. Dead letters are shared: any node lists,
+//! replays (the replaying node takes it over) and deletes them, and each
+//! node counts them all again every `lease_ttl / 2`.
 
+pub mod adopt;
 pub mod outbox;
 mod worker;
 
@@ -75,6 +94,11 @@ pub struct Delivery {
     /// When it went to the dead letters, Unix epoch ms.
     #[serde(default)]
     pub dead_at_ms: Option<u64>,
+    /// The node that POSTs it (`cluster.node`), in cluster mode: the one
+    /// that wrote it, adopted it from a dead node, or replayed it. Absent
+    /// on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What a hook gets.
@@ -208,6 +232,9 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Deliveries the store did not take, attempted from memory only.
     pub unstored: AtomicU64,
+    /// Deliveries of dead nodes this node took over, since the daemon
+    /// started (cluster mode).
+    pub adopted: AtomicU64,
     /// Pending deliveries by hook id.
     by_hook: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -237,26 +264,38 @@ pub struct Webhooks {
     hooks: Arc<[Hook]>,
     stats: Arc<Stats>,
     store: Store,
+    /// `cluster.node`, in cluster mode.
+    node: Option<String>,
     outbox: Arc<outbox::Outbox>,
     worker: tokio::sync::mpsc::UnboundedSender<worker::Msg>,
 }
 
 impl Webhooks {
-    /// Loads the stored outbox (a delivery whose hook is no longer
-    /// configured goes to the dead letters) and starts the writer and worker
-    /// threads.
+    /// Loads the stored outbox (this node's deliveries, in cluster mode; a
+    /// delivery whose hook is no longer configured goes to the dead
+    /// letters) and starts the writer and worker threads. In cluster mode
+    /// (a PostgreSQL store and `cluster.node`) the worker also adopts dead
+    /// nodes' deliveries (see the module docs).
     ///
     /// Errors: the outbox cannot be read, or a thread cannot be started.
     pub fn start(config: &Config, store: Store) -> anyhow::Result<Self> {
         let hooks: Arc<[Hook]> = hooks(config).map_err(anyhow::Error::msg)?.into();
         let stats = Arc::new(Stats::default());
-        let stored = store.deliveries()?;
+        let adopter = match (config.store.backend, config.cluster.node.as_deref(), store.pg()) {
+            (crate::config::StoreBackend::Postgres, Some(node), Some(pg)) => {
+                Some(adopt::Adopter::new(pg.clone(), node, config.cluster.lease_ttl))
+            }
+            _ => None,
+        };
+        let node = adopter.as_ref().map(|a| a.node().to_string());
+        let stored: Vec<Delivery> = store.deliveries()?.into_iter().filter(|d| node.is_none() || d.node == node).collect();
         stats.dead_letters.store(store.dead_letter_count()?, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let worker = worker::Worker::new(hooks.clone(), store.clone(), stats.clone(), &config.webhook_delivery, tx.clone(), rx, stored);
+        let worker =
+            worker::Worker::new(hooks.clone(), store.clone(), stats.clone(), &config.webhook_delivery, tx.clone(), rx, stored, adopter);
         std::thread::Builder::new().name("webhook-delivery".into()).spawn(move || worker.run())?;
-        let outbox = outbox::Outbox::start(hooks.clone(), store.clone(), stats.clone(), tx.clone())?;
-        Ok(Self { hooks, stats, store, outbox: Arc::new(outbox), worker: tx })
+        let outbox = outbox::Outbox::start(hooks.clone(), store.clone(), stats.clone(), tx.clone(), node.clone())?;
+        Ok(Self { hooks, stats, store, node, outbox: Arc::new(outbox), worker: tx })
     }
 
     /// The sink for [`crate::events::Events::with_sink`].
@@ -286,15 +325,23 @@ impl Webhooks {
     }
 
     /// Moves dead letter `id` back to the outbox, due now, with its attempts
-    /// and its `retry_for` starting again; same id, same body.
+    /// and its `retry_for` starting again; same id, same body. In cluster
+    /// mode this node takes it over, whichever node made it.
     ///
     /// Errors: the store does not take the move (then nothing changed).
     pub fn replay(&self, id: &str) -> Result<Replay, StoreError> {
         let Some(dead) = self.store.dead_letter_entry(id)? else { return Ok(Replay::NotFound) };
         let Some(hook) = self.hooks.iter().position(|h| h.id == dead.hook) else { return Ok(Replay::HookGone) };
         let now = now_ms();
-        let revived =
-            self.store.replay_dead_letter(id, |d| Delivery { attempts: 0, first_at_ms: now, next_at_ms: now, dead_at_ms: None, ..d })?;
+        let node = self.node.clone();
+        let revived = self.store.replay_dead_letter(id, |d| Delivery {
+            attempts: 0,
+            first_at_ms: now,
+            next_at_ms: now,
+            dead_at_ms: None,
+            node: node.clone(),
+            ..d
+        })?;
         let Some(revived) = revived else { return Ok(Replay::NotFound) };
         self.stats.dead_letters.fetch_sub(1, Ordering::Relaxed);
         let pending = worker::Pending { hook, id: revived.id.clone(), next_at_ms: now, memory: None };

@@ -48,7 +48,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Starts the writer thread.
+    /// Starts the writer thread; its deliveries belong to `node`
+    /// (`cluster.node`, in cluster mode).
     ///
     /// Errors: the thread cannot be started.
     pub(super) fn start(
@@ -56,11 +57,12 @@ impl Outbox {
         store: Store,
         stats: Arc<Stats>,
         worker: tokio::sync::mpsc::UnboundedSender<Msg>,
+        node: Option<String>,
     ) -> std::io::Result<Self> {
         let wanted = hooks.iter().filter(|h| h.kind == HookKind::Events).fold(0, |m, h| m | h.wants);
         let alert_hooks = hooks.iter().any(|h| h.kind == HookKind::Alerts);
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let writer = Writer { hooks, store, stats: stats.clone(), worker, ids: IdGen::default(), failing: false };
+        let writer = Writer { hooks, store, stats: stats.clone(), worker, ids: IdGen::default(), failing: false, node };
         std::thread::Builder::new().name("webhook-outbox".into()).spawn(move || writer.run(rx))?;
         Ok(Self { tx, wanted, alert_hooks, stats, full_logged_ms: Mutex::new(0) })
     }
@@ -116,6 +118,8 @@ struct Writer {
     ids: IdGen,
     /// The last batch was not stored (for logging once per episode).
     failing: bool,
+    /// Written into every delivery (cluster mode).
+    node: Option<String>,
 }
 
 impl Writer {
@@ -164,6 +168,7 @@ impl Writer {
                         last_error: None,
                         last_status: None,
                         dead_at_ms: None,
+                        node: self.node.clone(),
                     };
                     deliveries.push((i, delivery));
                 }

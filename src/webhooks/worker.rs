@@ -13,6 +13,11 @@
 //!
 //! When a failing hook answers again, its deliveries waiting for a retry
 //! are all due at once: they only waited because it was down.
+//!
+//! In cluster mode it POSTs only this node's deliveries (read before each
+//! attempt: one another node adopted is dropped from the schedule), and
+//! every `lease_ttl / 2` it adopts dead nodes' deliveries on its blocking
+//! pool ([`super::adopt`]) and counts the shared dead letters again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -22,6 +27,7 @@ use std::time::Duration;
 use rand::SeedableRng as _;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::adopt::Adopter;
 use super::{Delivery, Hook, Stats};
 use crate::config::WebhookDeliveryConfig;
 use crate::policy::delivery::{decide, Answer, DeadReason, RetryPolicy, Verdict};
@@ -44,6 +50,9 @@ pub enum Msg {
     New(Vec<Pending>),
     /// An attempt ended.
     Done(Box<Attempt>),
+    /// A round of adoption ended (cluster mode): the deliveries now this
+    /// node's, and the dead letters counted.
+    Adopted(Result<Vec<Delivery>, crate::store::StoreError>, Option<u64>),
     /// End the worker.
     Stop,
 }
@@ -86,12 +95,21 @@ pub struct Worker {
     tx: UnboundedSender<Msg>,
     rx: UnboundedReceiver<Msg>,
     rng: rand::rngs::StdRng,
+    /// Cluster mode: this node's adopter.
+    adopter: Option<Adopter>,
+    /// Adoption rounds done (the first also takes ownerless deliveries).
+    rounds: u64,
+    /// A round of adoption is under way.
+    adopting: bool,
 }
 
 impl Worker {
     /// A worker for `hooks` that resumes `stored` (the outbox as read at
-    /// start); a stored delivery whose hook is gone goes to the dead
-    /// letters.
+    /// start, this node's part in cluster mode); a stored delivery whose
+    /// hook is gone goes to the dead letters. With an `adopter` (cluster
+    /// mode) it POSTs only deliveries that belong to its node and adopts
+    /// dead nodes'.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hooks: Arc<[Hook]>,
         store: Store,
@@ -100,6 +118,7 @@ impl Worker {
         tx: UnboundedSender<Msg>,
         rx: UnboundedReceiver<Msg>,
         stored: Vec<Delivery>,
+        adopter: Option<Adopter>,
     ) -> Self {
         let agent =
             ureq::AgentBuilder::new().timeout(config.timeout).redirects(0).user_agent(concat!("wasup/", env!("CARGO_PKG_VERSION"))).build();
@@ -114,6 +133,9 @@ impl Worker {
             tx,
             rx,
             rng: rand::rngs::StdRng::from_entropy(),
+            adopter,
+            rounds: 0,
+            adopting: false,
         };
         let now = now_ms();
         for mut d in stored {
@@ -156,6 +178,10 @@ impl Worker {
     }
 
     async fn serve(mut self) {
+        // Cluster mode's adoption rounds; the first at once.
+        let period = self.adopter.as_ref().map_or(Duration::from_secs(3600), Adopter::period);
+        let mut adoption = tokio::time::interval(period.max(Duration::from_millis(100)));
+        adoption.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = now_ms();
             self.dispatch(now);
@@ -165,10 +191,64 @@ impl Worker {
                     None | Some(Msg::Stop) => return,
                     Some(Msg::New(pending)) => self.add(pending),
                     Some(Msg::Done(attempt)) => self.settle(*attempt),
+                    Some(Msg::Adopted(adopted, dead_letters)) => self.adopted(adopted, dead_letters),
                 },
+                _ = adoption.tick(), if self.adopter.is_some() => self.adopt(),
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
             }
         }
+    }
+
+    /// Starts a round of adoption on the blocking pool, unless one is
+    /// under way.
+    fn adopt(&mut self) {
+        let Some(adopter) = self.adopter.clone() else { return };
+        if std::mem::replace(&mut self.adopting, true) {
+            return;
+        }
+        let ownerless = self.rounds == 0;
+        self.rounds += 1;
+        let hooks: Vec<String> = self.hooks.iter().map(|h| h.id.clone()).collect();
+        let (store, tx) = (self.store.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let adopted = adopter.adopt(&hooks, ownerless);
+            // Harmless if it fails: the count stays as this node kept it
+            // until the next round.
+            let dead_letters = store.dead_letter_count().ok();
+            // Harmless if it fails: the worker has stopped; what was
+            // adopted is in the stored outbox, this node's at its next start.
+            let _ = tx.send(Msg::Adopted(adopted, dead_letters));
+        });
+    }
+
+    /// Schedules what a round adopted.
+    fn adopted(&mut self, adopted: Result<Vec<Delivery>, crate::store::StoreError>, dead_letters: Option<u64>) {
+        self.adopting = false;
+        if let Some(n) = dead_letters {
+            self.stats.dead_letters.store(n, Ordering::Relaxed);
+        }
+        match adopted {
+            Ok(list) => {
+                self.stats.adopted.fetch_add(list.len() as u64, Ordering::Relaxed);
+                let pending = list
+                    .into_iter()
+                    .filter_map(|d| {
+                        let hook = self.hooks.iter().position(|h| h.id == d.hook)?;
+                        Some(Pending { hook, id: d.id, next_at_ms: d.next_at_ms, memory: None })
+                    })
+                    .collect();
+                self.add(pending);
+            }
+            // Harmless: the next round tries again (the store's own
+            // failure is reported by the store watch).
+            Err(e) => tracing::debug!(error = %e, "cannot look for webhook deliveries of dead nodes now"),
+        }
+    }
+
+    /// Whether this node POSTs `d`: always on a single node; in cluster
+    /// mode only if it is this node's.
+    fn owns(&self, d: &Delivery) -> bool {
+        self.adopter.as_ref().is_none_or(|a| d.node.as_deref() == Some(a.node()))
     }
 
     fn add(&mut self, pending: Vec<Pending>) {
@@ -208,7 +288,10 @@ impl Worker {
                 let (delivery, stored) = match memory {
                     Some(d) => (*d, false),
                     None => match self.store.delivery(&id) {
-                        Ok(Some(d)) => (d, true),
+                        Ok(Some(d)) if self.owns(&d) => (d, true),
+                        // Another node adopted it (this one was taken for
+                        // dead): that node sends it.
+                        Ok(Some(_)) => continue,
                         // Delivered or moved by an earlier run that the
                         // schedule did not hear of: nothing to do.
                         Ok(None) => continue,
