@@ -151,7 +151,10 @@ impl Supervisor {
             slot.session.record = fresh;
         }
         let done = match command {
-            Command::Logout => Err(SupervisorError::NoOwner(name.clone())),
+            Command::Logout => Err(SupervisorError::NoOwner {
+                name: name.clone(),
+                retry_after_s: crate::cluster::retry_after_s(self.config.cluster.lease_ttl),
+            }),
             Command::Start | Command::Restart | Command::Recover => self.set_desired(&name, Desired::Running).map(|()| {
                 if let Some(f) = self.store.fences() {
                     f.wake_placement();
