@@ -487,7 +487,13 @@ async fn send(
             let event =
                 Event::session(EventName::MessageFailed, &name).detail(serde_json::json!({"to": to.as_str(), "error": e.to_string()}));
             state.events.publish(event);
-            return Err(e.into());
+            let not_here = matches!(e, crate::actors::supervisor::SupervisorError::Send(crate::actors::session::SendError::NotLeased));
+            let mut error = ApiError::from(e);
+            if let (true, Some(cluster)) = (not_here, &state.cluster) {
+                // The session moved or is moving: ask again (forwarded).
+                error.retry_after_s = Some(cluster.retry_after_s());
+            }
+            return Err(error);
         }
     };
     let mut detail = serde_json::json!({"id": sent.id, "to": sent.to, "ack": ack_name(sent.ack)});

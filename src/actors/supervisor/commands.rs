@@ -86,6 +86,9 @@ impl Handler<SessionCommand> for Supervisor {
 
     fn handle(&mut self, msg: SessionCommand, ctx: &mut Self::Context) -> Self::Result {
         let SessionCommand { name, command } = msg;
+        if let Err(e) = self.learn(&name) {
+            return Box::pin(fut::ready(Err(e)));
+        }
         let slot = match self.slot(&name) {
             Ok(slot) => slot,
             Err(e) => return Box::pin(fut::ready(Err(e))),
