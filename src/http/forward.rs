@@ -345,7 +345,7 @@ async fn send(cluster: &ClusterApi, req: &ServiceRequest, node: &str, advertise:
         };
         let resp = match result {
             Ok(resp) | Err(ureq::Error::Status(_, resp)) => resp,
-            Err(ureq::Error::Transport(t)) => return Err(t),
+            Err(ureq::Error::Transport(t)) => return Err(Box::new(t)),
         };
         let kept = [("content-type", header::CONTENT_TYPE), ("retry-after", header::RETRY_AFTER), ("allow", header::ALLOW)];
         let headers = kept.iter().filter_map(|(name, _)| Some((*name, resp.header(name)?.to_string()))).collect();

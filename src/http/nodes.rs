@@ -44,10 +44,11 @@ pub struct ClusterApi {
     /// [`CONNECT_TIMEOUT`] to connect, [`ClusterApi::forward_timeout`] in
     /// all).
     pub(super) agent: ureq::Agent,
-    /// How long a forwarded request may take in all: `whatsapp.send_timeout
-    /// + whatsapp.ack_wait` (the longest a send waits at its owner) and a
-    /// minute more (a stop waits up to 20 s for its browser to close; a
-    /// large campaign takes seconds to check). 190 s by default.
+    /// How long a forwarded request may take in all: the sum of
+    /// `whatsapp.send_timeout` and `whatsapp.ack_wait` (the longest a send
+    /// waits at its owner) and a minute more (a stop waits up to 20 s for
+    /// its browser to close; a large campaign takes seconds to check).
+    /// 190 s by default.
     pub forward_timeout: Duration,
 }
 
