@@ -377,6 +377,8 @@ fn build(answer: Answer, node: &str) -> HttpResponse {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
     for (name, value) in answer.headers {
+        // A value that is not a valid header (it came through ureq as a
+        // string) is left out: the status and body still say what happened.
         if let Ok(value) = HeaderValue::from_str(&value) {
             res.insert_header((name, value));
         }
