@@ -1,5 +1,6 @@
 //! The same binary as a client of a running daemon: `wasup status`,
-//! `wasup session …`, `wasup qr NAME`, `wasup campaign …`.
+//! `wasup session …`, `wasup qr NAME`, `wasup campaign …`, `wasup node …`
+//! (cluster mode).
 //!
 //! The daemon's address and token come from `--api`/`--token` (or
 //! `WASUP_API`/`WASUP_TOKEN`), else from the config file (`http.listen`
@@ -100,6 +101,18 @@ pub enum CampaignCommand {
     },
 }
 
+/// `wasup node …` (cluster mode; any node answers).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum NodeCommand {
+    /// List the nodes: live, draining, sessions, heartbeat age.
+    List,
+    /// Move a node's sessions to the other nodes for maintenance (each
+    /// browser closes there once another node has room to take it).
+    Drain { name: String },
+    /// Let a drained node take sessions again.
+    Undrain { name: String },
+}
+
 /// A client of the daemon's API (a [`crate::launch::Api`] whose errors
 /// read as the CLI's messages).
 pub struct Client {
@@ -165,15 +178,34 @@ fn ago(ms: Option<u64>) -> String {
 }
 
 fn print_sessions(sessions: &Value) {
-    println!("{:<20} {:<13} {:<22} {:<18} ME", "NAME", "STATE", "REASON", "SINCE");
+    println!("{:<20} {:<13} {:<22} {:<18} {:<22} ME", "NAME", "STATE", "REASON", "SINCE", "NODE");
     for s in sessions.as_array().into_iter().flatten() {
         println!(
-            "{:<20} {:<13} {:<22} {:<18} {}",
+            "{:<20} {:<13} {:<22} {:<18} {:<22} {}",
             s["name"].as_str().unwrap_or(""),
             s["state"].as_str().unwrap_or(""),
             s["reason"].as_str().unwrap_or("-"),
             ago(s["since_ms"].as_u64()),
+            s["node"].as_str().unwrap_or("-"),
             s["me"]["wid"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+fn print_nodes(nodes: &Value) {
+    println!("{:<22} {:<5} {:<8} {:>8} {:>10}  SESSIONS", "NAME", "LIVE", "DRAINING", "SESSIONS", "HEARTBEAT");
+    for n in nodes.as_array().into_iter().flatten() {
+        let sessions: Vec<&str> = n["sessions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let age = n["heartbeat_age_ms"].as_u64().unwrap_or(0);
+        let age = humantime::format_duration(Duration::from_secs(age / 1000)).to_string() + " ago";
+        println!(
+            "{:<22} {:<5} {:<8} {:>8} {:>10}  {}",
+            n["name"].as_str().unwrap_or(""),
+            if n["live"] == true { "yes" } else { "no" },
+            if n["draining"] == true { "yes" } else { "no" },
+            format!("{}/{}", sessions.len(), n["max_sessions"].as_u64().unwrap_or(0)),
+            age,
+            sessions.join(" "),
         );
     }
 }
@@ -243,6 +275,29 @@ pub fn session(c: &Connection, command: SessionCommand) -> anyhow::Result<()> {
     };
     let v = client.json("POST", &format!("/api/sessions/{name}/{action}"), None)?;
     println!("session {name}: {}", v["state"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+/// `wasup node …`: any node of the cluster answers. On one node (sled)
+/// `list` says so and the others fail with the daemon's 409.
+pub fn node(c: &Connection, command: NodeCommand) -> anyhow::Result<()> {
+    let client = Client::connect(c)?;
+    let (name, action, done) = match command {
+        NodeCommand::List => {
+            let v = client.json("GET", "/api/nodes", None)?;
+            if v["cluster"] != true {
+                println!("not a cluster: this daemon runs alone (store.backend = \"sled\")");
+                return Ok(());
+            }
+            print_nodes(&v["nodes"]);
+            return Ok(());
+        }
+        NodeCommand::Drain { name } => (name, "drain", "draining: its sessions move to the other nodes"),
+        NodeCommand::Undrain { name } => (name, "undrain", "takes sessions again"),
+    };
+    let v = client.json("POST", &format!("/api/nodes/{name}/{action}"), None)?;
+    let held = v["sessions"].as_array().map_or(0, Vec::len);
+    println!("node {name} {done} (holds {held} now)");
     Ok(())
 }
 

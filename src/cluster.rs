@@ -241,6 +241,14 @@ pub fn set_draining(pg: &Pg, node: &str, draining: bool) -> Result<bool, StoreEr
     })
 }
 
+/// How long a client should wait before asking again for a session no
+/// node runs (the API's `Retry-After`), whole seconds: `lease_ttl / 3`
+/// rounded up (how often every node renews and places sessions), at
+/// least 1.
+pub fn retry_after_s(lease_ttl: Duration) -> u64 {
+    u64::try_from(lease_ttl.as_millis().div_ceil(3000)).unwrap_or(u64::MAX).max(1)
+}
+
 /// How many of `unowned` sessions (wanted running, no live lease) node
 /// `me` claims now: up to its fair share of everything that should run
 /// over the live nodes that are not draining (least loaded first: a node
@@ -314,6 +322,14 @@ mod tests {
         assert_eq!(claims("a", &[node("a", 0, 40, true, true)], 30, 10), 0);
         assert_eq!(claims("a", &[node("a", 0, 40, false, false)], 30, 10), 0);
         assert_eq!(claims("x", &[node("a", 0, 40, true, false)], 30, 10), 0);
+    }
+
+    #[test]
+    fn retry_after_is_a_third_of_the_ttl_rounded_up() {
+        assert_eq!(retry_after_s(Duration::from_secs(15)), 5);
+        assert_eq!(retry_after_s(Duration::from_secs(6)), 2);
+        assert_eq!(retry_after_s(Duration::from_millis(3100)), 2);
+        assert_eq!(retry_after_s(Duration::from_millis(1)), 1);
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             sends: Default::default(),
             creates: Arc::new(tokio::sync::Semaphore::new(config.limits.concurrent_creates)),
             streams: Arc::new(tokio::sync::Semaphore::new(config.limits.streams)),
+            cluster: http::nodes::ClusterApi::new(&config, &store),
         };
         let body_limits = http::conventions::BodyLimits {
             max_bytes: max_body,

@@ -50,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::CampaignCommand,
     },
+    /// Cluster mode: list the nodes; drain one for maintenance, or undrain it.
+    Node {
+        #[command(flatten)]
+        conn: cli::Connection,
+        #[command(subcommand)]
+        command: cli::NodeCommand,
+    },
     /// Measure reconnect time, send latency, detection, and the idle CPU and memory of every process; print a table.
     Bench(bench::BenchArgs),
 }
@@ -66,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Session { conn, command } => cli::session(&conn, command),
         Command::Qr { conn, name } => cli::qr(&conn, &name),
         Command::Campaign { conn, command } => cli::campaign(&conn, command),
+        Command::Node { conn, command } => cli::node(&conn, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -75,9 +75,10 @@ pub enum SupervisorError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Cluster mode: what was asked needs the session's browser, and no
-    /// node runs the session now (the API answers 503 with `Retry-After`).
-    #[error("no node runs session {0:?} now; try again shortly")]
-    NoOwner(String),
+    /// node runs the session now (the API answers 503 with `Retry-After:
+    /// retry_after_s`, [`crate::cluster::retry_after_s`]).
+    #[error("no node runs session {name:?} now; try again in {retry_after_s} s")]
+    NoOwner { name: String, retry_after_s: u64 },
     #[error("{0}")]
     Internal(String),
 }

@@ -22,11 +22,19 @@ pub struct ErrorBody {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds) when set: the condition is
+    /// expected to pass by then (cluster mode: no node runs the session
+    /// yet).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self { status, message: message.into(), retry_after_s: None }
+    }
+    /// 503 with `Retry-After: retry_after_s`.
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self { retry_after_s: Some(retry_after_s), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message) }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -44,7 +52,11 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody { error: self.message.clone() })
+        let mut res = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_s {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        res.json(ErrorBody { error: self.message.clone() })
     }
 }
 
@@ -62,10 +74,14 @@ impl From<SupervisorError> for ApiError {
                 SendError::Refused(SendRefused::Other(_)) | SendError::Page(_) => StatusCode::BAD_GATEWAY,
             },
             SupervisorError::TooMany(_) => StatusCode::BAD_REQUEST,
-            SupervisorError::Store(_) | SupervisorError::NoOwner(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SupervisorError::Store(_) | SupervisorError::NoOwner { .. } => StatusCode::SERVICE_UNAVAILABLE,
             SupervisorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, e.to_string())
+        let retry_after_s = match &e {
+            SupervisorError::NoOwner { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
+        Self { retry_after_s, ..Self::new(status, e.to_string()) }
     }
 }
 
@@ -80,5 +96,22 @@ impl From<crate::store::StoreError> for ApiError {
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> Self {
         Self::internal(format!("supervisor unavailable: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_owner_is_503_with_retry_after() {
+        let e = ApiError::from(SupervisorError::NoOwner { name: "acme".into(), retry_after_s: 5 });
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let res = e.error_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(actix_web::http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("5"));
+        assert!(e.message.contains("no node runs session \"acme\""), "{}", e.message);
+        let other = ApiError::from(SupervisorError::NotFound("acme".into())).error_response();
+        assert!(other.headers().get(actix_web::http::header::RETRY_AFTER).is_none());
     }
 }

@@ -20,6 +20,14 @@
 //! - `wasup_webhook_deliveries_pending`, `wasup_webhook_dead_letters`
 //!   (gauges) and `wasup_webhook_deliveries_total{result}` (`delivered`,
 //!   `failed_attempt`, `dead_lettered`, `dropped`).
+//!
+//! Cluster mode: every sample carries `node="<cluster.node>"`; the session
+//! and campaign figures cover the sessions this node runs (holds the lease
+//! of), so summing over nodes counts each once (a session no node runs is
+//! in none); and two more gauges: `wasup_cluster_leases` (sessions this
+//! node holds) and `wasup_cluster_fenced` (1 while its last lease renewal
+//! is `lease_ttl / 2` old or more, or none succeeded yet: it runs nothing
+//! then).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -141,7 +149,11 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
             return actix_web::ResponseError::error_response(&denied);
         }
     }
-    let sessions = state.supervisor.send(ListSessions).await.unwrap_or_default();
+    let mut sessions = state.supervisor.send(ListSessions).await.unwrap_or_default();
+    let fences = state.store.fences().cloned();
+    // Cluster mode: only what this node runs (another node reports the rest).
+    let runs_here = |session: &str| fences.as_ref().is_none_or(|f| f.generation(session).is_some());
+    sessions.retain(|v| runs_here(&v.name));
     let mut out = String::new();
 
     header(&mut out, "wasup_sessions", "gauge", "Sessions by state.");
@@ -205,7 +217,7 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
         }
     }
     header(&mut out, "wasup_campaign_recipients", "gauge", "Recipients of each campaign that has not ended, by state.");
-    for c in state.store.campaigns().unwrap_or_default().into_iter().filter(|c| !c.state.is_final()) {
+    for c in state.store.campaigns().unwrap_or_default().into_iter().filter(|c| !c.state.is_final() && runs_here(&c.session)) {
         let Ok(counts) = state.tally.get(&state.store, &c.id) else { continue };
         for s in RecipientState::ALL {
             let n = counts[s.index()];
@@ -237,5 +249,61 @@ pub async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>, re
             let _ = writeln!(out, "wasup_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
         }
     }
+    if let (Some(fences), Some(cluster)) = (&fences, &state.cluster) {
+        header(&mut out, "wasup_cluster_leases", "gauge", "Sessions whose lease this node holds.");
+        let _ = writeln!(out, "wasup_cluster_leases {}", fences.held().len());
+        header(
+            &mut out,
+            "wasup_cluster_fenced",
+            "gauge",
+            "1 while this node's last lease renewal is lease_ttl/2 old or more (or none succeeded yet): it runs no session then.",
+        );
+        let _ = writeln!(out, "wasup_cluster_fenced {}", u8::from(!fences.fresh()));
+        out = with_label(&out, "node", &cluster.node);
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(out)
+}
+
+/// `text` (Prometheus text format) with `name="value"` first in every
+/// sample's labels (`value` is escaped; comment lines are kept as they are).
+fn with_label(text: &str, name: &str, value: &str) -> String {
+    let value = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        // The metric name ends at the first character a name cannot have:
+        // `{` opens its labels, a space ends a sample without labels.
+        let end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(line.len());
+        let (metric, rest) = line.split_at(end);
+        match rest.chars().next() {
+            _ if line.starts_with('#') || metric.is_empty() => out.push_str(line),
+            Some('{') if rest.starts_with("{}") => {
+                let _ = write!(out, "{metric}{{{name}=\"{value}\"}}{}", &rest[2..]);
+            }
+            Some('{') => {
+                let _ = write!(out, "{metric}{{{name}=\"{value}\",{}", &rest[1..]);
+            }
+            _ => {
+                let _ = write!(out, "{metric}{{{name}=\"{value}\"}}{rest}");
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_gets_the_label_and_comments_stay() {
+        let text = "# HELP wasup_x A {thing}.\n# TYPE wasup_x gauge\nwasup_x 3\nwasup_y{route=\"/api/sessions/{name}\",status=\"200\"} 1\nwasup_z{} 2\n";
+        let labelled = with_label(text, "node", "node-a");
+        assert_eq!(
+            labelled,
+            "# HELP wasup_x A {thing}.\n# TYPE wasup_x gauge\nwasup_x{node=\"node-a\"} 3\n\
+             wasup_y{node=\"node-a\",route=\"/api/sessions/{name}\",status=\"200\"} 1\nwasup_z{node=\"node-a\"} 2\n"
+        );
+        assert!(with_label("wasup_x 1\n", "node", "a\"b").contains("node=\"a\\\"b\""));
+    }
 }

@@ -39,7 +39,9 @@ pub mod conventions;
 mod dashboard;
 pub mod error;
 mod events;
+pub mod forward;
 pub mod metrics;
+pub mod nodes;
 mod numbers;
 mod openapi;
 mod sessions;
@@ -70,6 +72,7 @@ const API_MODULES: &[RouteTable] = &[
     (numbers::routes, numbers::ROUTES),
     (events::routes, events::ROUTES),
     (webhooks::routes, webhooks::ROUTES),
+    (nodes::routes, nodes::ROUTES),
     (openapi::routes, openapi::ROUTES),
 ];
 
@@ -128,6 +131,9 @@ pub struct AppState {
     pub creates: std::sync::Arc<tokio::sync::Semaphore>,
     /// Live event streams open (`limits.streams`).
     pub streams: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Cluster mode: the nodes, the leases and forwarding
+    /// ([`forward`]); `None` on one node.
+    pub cluster: Option<nodes::ClusterApi>,
 }
 
 /// Registers every route on an actix-web `App`.
@@ -141,7 +147,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, token: Token, re
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::Data::new(conventions::RouteTable::new(all_routes())))
         .configure(ROOT_MODULE.0);
-    let mut api = web::scope(API_PREFIX).wrap(from_fn(auth::require_token));
+    // The token is checked first (the last `wrap` runs first); only then
+    // may a request be forwarded to the node that runs its session.
+    let mut api = web::scope(API_PREFIX).wrap(from_fn(forward::forward)).wrap(from_fn(auth::require_token));
     for (register, _) in API_MODULES {
         api = api.configure(*register);
     }

@@ -79,6 +79,9 @@ const BEARER: &str = "bearer";
         super::webhooks::dead_letters,
         super::webhooks::replay,
         super::webhooks::delete,
+        super::nodes::list,
+        super::nodes::drain,
+        super::nodes::undrain,
     ),
     components(schemas(crate::events::Event, super::error::ErrorBody)),
     modifiers(&BearerUnderApi),
@@ -88,6 +91,7 @@ const BEARER: &str = "bearer";
         (name = "campaigns", description = "Paced, crash-safe campaigns and a session's queue"),
         (name = "events", description = "Live events"),
         (name = "webhooks", description = "Durable, signed webhooks: the hooks, their outbox and dead letters"),
+        (name = "cluster", description = "Cluster mode (PostgreSQL): the nodes, their sessions and heartbeats; drain and undrain"),
     ),
 )]
 pub struct ApiDoc;

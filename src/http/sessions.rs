@@ -103,7 +103,15 @@ fn yes() -> bool {
     responses((status = 200, description = "Every session", body = [SessionView])),
 )]
 async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.supervisor.send(ListSessions).await?))
+    let mut views = state.supervisor.send(ListSessions).await?;
+    super::nodes::place(&state, &mut views).await?;
+    Ok(HttpResponse::Ok().json(views))
+}
+
+/// `view` with its `node` set (cluster mode).
+async fn placed(state: &AppState, mut view: SessionView) -> Result<SessionView, ApiError> {
+    super::nodes::place(state, std::slice::from_mut(&mut view)).await?;
+    Ok(view)
 }
 
 /// Create a session
@@ -125,7 +133,7 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 async fn create(state: web::Data<AppState>, body: web::Json<CreateBody>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let view = state.supervisor.send(CreateSession { name: body.name, start: body.start }).await??;
-    Ok(HttpResponse::Created().json(view))
+    Ok(HttpResponse::Created().json(placed(&state, view).await?))
 }
 
 /// One session
@@ -143,12 +151,12 @@ async fn create(state: web::Data<AppState>, body: web::Json<CreateBody>) -> Resu
 )]
 async fn get(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
     let view = state.supervisor.send(GetSession { name: path.into_inner().name }).await??;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(placed(&state, view).await?))
 }
 
 async fn command(state: &AppState, name: String, command: Command) -> Result<HttpResponse, ApiError> {
     let view = state.supervisor.send(SessionCommand { name, command }).await??;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(placed(state, view).await?))
 }
 
 /// Delete a session
@@ -244,6 +252,7 @@ async fn restart(state: web::Data<AppState>, path: web::Path<SessionName>) -> Re
         (status = 200, description = "The session", body = SessionView),
         (status = 400, description = "Invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "Cluster mode: no node runs the session now (`Retry-After` says when to ask again), or its node does not answer; nothing was done", body = ErrorBody),
     ),
 )]
 async fn logout(state: web::Data<AppState>, path: web::Path<SessionName>) -> Result<HttpResponse, ApiError> {
@@ -317,6 +326,7 @@ struct QrRaw {
         (status = 400, description = "Unknown format or query parameter, or an invalid session name", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
         (status = 409, description = "The session is not `SCAN_QR`", body = ErrorBody),
+        (status = 503, description = "Cluster mode: no node runs the session now (`Retry-After` says when to ask again)", body = ErrorBody),
     ),
 )]
 async fn qr(state: web::Data<AppState>, path: web::Path<SessionName>, query: web::Query<QrQuery>) -> Result<HttpResponse, ApiError> {
@@ -429,6 +439,7 @@ pub(super) fn is_send_path(path: &str) -> bool {
         (status = 413, description = "JSON over `http.max_body_bytes`, text over 65,536 characters, caption over 1,024, or a file over its kind's `[media]` limit (named in the message); nothing was sent", body = ErrorBody),
         (status = 422, description = "Empty text, a photo whose bytes are not its Content-Type, or a number that is not valid E.164 or not on WhatsApp", body = ErrorBody),
         (status = 502, description = "The page failed to send", body = ErrorBody),
+        (status = 503, description = "Cluster mode: no node runs the session now (`Retry-After` says when to ask again), or its node does not answer; nothing was sent", body = ErrorBody),
     ),
 )]
 async fn send(
@@ -476,7 +487,13 @@ async fn send(
             let event =
                 Event::session(EventName::MessageFailed, &name).detail(serde_json::json!({"to": to.as_str(), "error": e.to_string()}));
             state.events.publish(event);
-            return Err(e.into());
+            let not_here = matches!(e, crate::actors::supervisor::SupervisorError::Send(crate::actors::session::SendError::NotLeased));
+            let mut error = ApiError::from(e);
+            if let (true, Some(cluster)) = (not_here, &state.cluster) {
+                // The session moved or is moving: ask again (forwarded).
+                error.retry_after_s = Some(cluster.retry_after_s());
+            }
+            return Err(error);
         }
     };
     let mut detail = serde_json::json!({"id": sent.id, "to": sent.to, "ack": ack_name(sent.ack)});

@@ -51,6 +51,10 @@ pub struct SessionView {
     /// targets (`[objectives]`, seed 004's by default), figured at most 5 s
     /// ago.
     pub objectives: Objectives,
+    /// Cluster mode: the node holding the session's live lease, where its
+    /// browser runs (`cluster.node`); `null` on one node (sled) and while
+    /// no node holds it. Set by the HTTP layer from the `leases` table.
+    pub node: Option<String>,
 }
 
 /// One session's state and bookkeeping.
@@ -343,6 +347,7 @@ impl SessionSlot {
             browser_pss_bytes: self.browser_pss_bytes,
             events: self.events,
             objectives: self.objectives,
+            node: None,
         }
     }
 }

@@ -151,3 +151,23 @@ impl Handler<Known> for Supervisor {
         }
     }
 }
+
+impl Supervisor {
+    /// Cluster mode: a session another node created since the last
+    /// [`Known`] is read from the store now (it runs elsewhere or nowhere),
+    /// so every node answers for it at once rather than after its next
+    /// round. Nothing on one node, or for a name already known.
+    ///
+    /// Errors: the store could not be read (503 rather than a false 404).
+    pub(super) fn learn(&mut self, name: &str) -> Result<(), super::SupervisorError> {
+        if !self.cluster || self.slots.contains_key(name) || crate::session_state::validate_name(name).is_err() {
+            return Ok(());
+        }
+        if let Some(record) = self.store.session(name)? {
+            let mut slot = Slot::new(record, self.targets);
+            slot.owned = false;
+            self.slots.insert(name.to_string(), slot);
+        }
+        Ok(())
+    }
+}

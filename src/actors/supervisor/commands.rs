@@ -86,6 +86,9 @@ impl Handler<SessionCommand> for Supervisor {
 
     fn handle(&mut self, msg: SessionCommand, ctx: &mut Self::Context) -> Self::Result {
         let SessionCommand { name, command } = msg;
+        if let Err(e) = self.learn(&name) {
+            return Box::pin(fut::ready(Err(e)));
+        }
         let slot = match self.slot(&name) {
             Ok(slot) => slot,
             Err(e) => return Box::pin(fut::ready(Err(e))),
@@ -151,7 +154,10 @@ impl Supervisor {
             slot.session.record = fresh;
         }
         let done = match command {
-            Command::Logout => Err(SupervisorError::NoOwner(name.clone())),
+            Command::Logout => Err(SupervisorError::NoOwner {
+                name: name.clone(),
+                retry_after_s: crate::cluster::retry_after_s(self.config.cluster.lease_ttl),
+            }),
             Command::Start | Command::Restart | Command::Recover => self.set_desired(&name, Desired::Running).map(|()| {
                 if let Some(f) = self.store.fences() {
                     f.wake_placement();

@@ -1,7 +1,9 @@
 //! The requests the Supervisor answers from a session's slot or passes on
 //! to its Session: views, the QR, a send and a lookup. They change nothing
 //! in the Supervisor; a send or lookup goes to the Session only while it
-//! runs (a send only while `CONNECTED`).
+//! runs (a send only while `CONNECTED`). In cluster mode, the QR of a
+//! session that should run and does not run here is `NoOwner`, a send
+//! through it `NotLeased`.
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use super::{Reply, Supervisor, SupervisorError};
 use crate::actors::session::{self, SendOutcome, SendText};
 use crate::policy::slot::SessionView;
 use crate::session_state::{now_ms, SessionState};
+use crate::store::Desired;
 use crate::whatsapp::number::ChatId;
 
 /// A session's view. Errors: `InvalidName`, `NotFound`.
@@ -61,6 +64,7 @@ impl Handler<GetSession> for Supervisor {
     type Result = Reply<SessionView>;
 
     fn handle(&mut self, msg: GetSession, _ctx: &mut Self::Context) -> Self::Result {
+        self.learn(&msg.name)?;
         self.view(&msg.name)
     }
 }
@@ -78,6 +82,12 @@ impl Handler<GetQr> for Supervisor {
 
     fn handle(&mut self, msg: GetQr, _ctx: &mut Self::Context) -> Self::Result {
         let slot = self.slot(&msg.name)?;
+        if !slot.owned && slot.session.record.desired == Desired::Running {
+            // Cluster mode: its QR is on the node that runs it (the API
+            // forwards there), or on the next one.
+            let retry_after_s = crate::cluster::retry_after_s(self.config.cluster.lease_ttl);
+            return Err(SupervisorError::NoOwner { name: msg.name, retry_after_s });
+        }
         match (&slot.session.qr, slot.session.record.state) {
             (Some(qr), SessionState::ScanQr) => Ok(qr.clone()),
             (_, state) => {
@@ -96,6 +106,11 @@ impl Handler<SendMessage> for Supervisor {
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let (state, addr) = (slot.session.record.state, slot.addr.clone());
+        if !slot.owned && slot.session.record.desired == Desired::Running {
+            // Cluster mode: another node runs it (the API forwards there),
+            // or none does yet.
+            return Box::pin(async move { Err(SupervisorError::Send(session::SendError::NotLeased)) });
+        }
         let addr = match addr {
             Some(addr) if state == SessionState::Connected => addr,
             _ => {
