@@ -30,17 +30,6 @@ use wasup::store::postgres::Pg;
 /// The nodes' `cluster.lease_ttl` (short, so failover is quick to test).
 const TTL: Duration = Duration::from_secs(6);
 
-/// A throwaway PostgreSQL, or `None` (with a note) where none is installed;
-/// required when `WASUP_REQUIRE_POSTGRES` is set (`scripts/test` sets it).
-fn postgres() -> Option<TempPostgres> {
-    if !TempPostgres::available() {
-        assert!(std::env::var_os("WASUP_REQUIRE_POSTGRES").is_none(), "WASUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed");
-        eprintln!("SKIPPED: no PostgreSQL here; the cluster scenarios did not run");
-        return None;
-    }
-    Some(TempPostgres::start().expect("start a throwaway PostgreSQL"))
-}
-
 /// Up to three nodes (`node-a`, `node-b`, `node-c`) on one database and
 /// one profiles dir.
 struct Cluster {
@@ -135,7 +124,7 @@ fn campaign_body(session: &str, to: &[String], min: &str, max: &str) -> Value {
 
 #[test]
 fn a_killed_node_s_sessions_and_campaign_move_without_a_qr_exactly_once() {
-    let Some(pg) = postgres() else { return };
+    let Some(pg) = postgres("cluster") else { return };
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
     let mut cluster = Cluster::new(&pg);
@@ -169,7 +158,7 @@ fn a_killed_node_s_sessions_and_campaign_move_without_a_qr_exactly_once() {
 
 #[test]
 fn a_stopped_node_wakes_fenced_and_sends_nothing() {
-    let Some(pg) = postgres() else { return };
+    let Some(pg) = postgres("cluster") else { return };
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
     let mut cluster = Cluster::new(&pg);
@@ -212,7 +201,7 @@ fn a_stopped_node_wakes_fenced_and_sends_nothing() {
 
 #[test]
 fn a_rolling_restart_of_every_node_loses_and_repeats_nothing() {
-    let Some(pg) = postgres() else { return };
+    let Some(pg) = postgres("cluster") else { return };
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
     let mut cluster = Cluster::new(&pg);

@@ -18,17 +18,6 @@ use common::*;
 use serde_json::{json, Value};
 use wasup::pg_harness::TempPostgres;
 
-/// A throwaway PostgreSQL, or `None` (with a note) where none is installed;
-/// required when `WASUP_REQUIRE_POSTGRES` is set (`scripts/test` sets it).
-fn postgres() -> Option<TempPostgres> {
-    if !TempPostgres::available() {
-        assert!(std::env::var_os("WASUP_REQUIRE_POSTGRES").is_none(), "WASUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed");
-        eprintln!("SKIPPED: no PostgreSQL here; the cluster API scenarios did not run");
-        return None;
-    }
-    Some(TempPostgres::start().expect("start a throwaway PostgreSQL"))
-}
-
 /// A node of the cluster: its API advertised at its own base URL, the
 /// shared profiles dir, a short lease.
 fn node_config(pg: &TempPostgres, node: &str, profiles: &Path) -> String {
@@ -77,7 +66,7 @@ fn cli(d: &Daemon, args: &[&str]) -> String {
 
 #[test]
 fn any_node_answers_forwards_to_the_owner_and_a_drain_moves_the_session() {
-    let Some(pg) = postgres() else { return };
+    let Some(pg) = postgres("cluster API") else { return };
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
     let profiles = tempfile::tempdir().unwrap();

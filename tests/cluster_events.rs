@@ -25,17 +25,6 @@ use serde_json::{json, Value};
 use wasup::events::{Event, EventName, Events};
 use wasup::pg_harness::TempPostgres;
 
-/// A throwaway PostgreSQL, or `None` (with a note) where none is installed;
-/// required when `WASUP_REQUIRE_POSTGRES` is set (`scripts/test` sets it).
-fn postgres() -> Option<TempPostgres> {
-    if !TempPostgres::available() {
-        assert!(std::env::var_os("WASUP_REQUIRE_POSTGRES").is_none(), "WASUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed");
-        eprintln!("SKIPPED: no PostgreSQL here; the cluster event scenarios did not run");
-        return None;
-    }
-    Some(TempPostgres::start().expect("start a throwaway PostgreSQL"))
-}
-
 const NODES: [&str; 2] = ["node-a", "node-b"];
 
 /// Node `node`'s config: the shared store and profiles, its own webhook
@@ -140,7 +129,7 @@ fn count(log: &str, what: &str) -> usize {
 
 #[test]
 fn every_node_streams_every_nodes_events_once_and_webhooks_post_each_once() {
-    let Some(mut pg) = postgres() else { return };
+    let Some(mut pg) = postgres("cluster event") else { return };
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
     let hooks = Receiver::start();
@@ -227,7 +216,9 @@ fn every_node_streams_every_nodes_events_once_and_webhooks_post_each_once() {
     );
     let metrics = daemons[0].api("GET", "/metrics", None);
     let text = String::from_utf8_lossy(&metrics.bytes);
-    assert!(text.contains("wasup_events_relay_total{result=\"received\"}"), "{text}");
+    // Every sample carries its node in cluster mode.
+    let received = text.lines().find(|l| l.starts_with("wasup_events_relay_total{node=\"node-a\",result=\"received\"}"));
+    assert!(received.is_some_and(|l| !l.ends_with(" 0")), "{text}");
 }
 
 /// Config of an in-process node: `hook` on `session.*`, fast retries.
@@ -277,7 +268,7 @@ impl Node {
 
 #[test]
 fn a_dead_nodes_deliveries_are_adopted_once_and_dead_letters_are_shared() {
-    let Some(pg) = postgres() else { return };
+    let Some(pg) = postgres("cluster event") else { return };
     let port = free_port();
     let hook = format!("http://127.0.0.1:{port}/hook");
     // node-x writes three deliveries nobody takes yet, then dies (stops

@@ -15,17 +15,6 @@ use common::*;
 use serde_json::{json, Value};
 use wasup::pg_harness::TempPostgres;
 
-/// A throwaway PostgreSQL, or `None` (with a note) where none is installed;
-/// required when `WASUP_REQUIRE_POSTGRES` is set (`scripts/test` sets it).
-fn postgres() -> Option<TempPostgres> {
-    if !TempPostgres::available() {
-        assert!(std::env::var_os("WASUP_REQUIRE_POSTGRES").is_none(), "WASUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed");
-        eprintln!("SKIPPED: no PostgreSQL here; the PostgreSQL scenarios did not run");
-        return None;
-    }
-    Some(TempPostgres::start().expect("start a throwaway PostgreSQL"))
-}
-
 fn store_config(pg: &TempPostgres, node: &str) -> String {
     format!(
         "[store]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout = \"2s\"\n[cluster]\nnode = \"{node}\"\nadvertise = \"http://127.0.0.1:1\"\n",
@@ -35,7 +24,7 @@ fn store_config(pg: &TempPostgres, node: &str) -> String {
 
 #[test]
 fn a_postgres_restart_pauses_the_campaign_and_a_daemon_kill_loses_nothing() {
-    let Some(mut pg) = postgres() else { return };
+    let Some(mut pg) = postgres("PostgreSQL") else { return };
     let _permit = browser_permit();
     let sim = Sim::start(&[]);
     let mut daemon = Daemon::start(&sim, &store_config(&pg, "node-a"));
@@ -75,7 +64,7 @@ fn a_postgres_restart_pauses_the_campaign_and_a_daemon_kill_loses_nothing() {
 
 #[test]
 fn a_second_daemon_with_the_same_node_name_does_not_start() {
-    let Some(pg) = postgres() else { return };
+    let Some(pg) = postgres("PostgreSQL") else { return };
     let sim = Sim::start(&[]);
     let daemon = Daemon::start(&sim, &store_config(&pg, "node-a"));
     assert_eq!(health(&daemon).0, 200);

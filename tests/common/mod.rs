@@ -747,3 +747,16 @@ pub fn form(fields: &[(&str, &str)], file: Option<(&str, &str, &[u8])>) -> (Stri
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
+
+/// A throwaway PostgreSQL, or `None` (with a note naming `scenarios`)
+/// where none is installed; required when `WASUP_REQUIRE_POSTGRES` is set
+/// (`scripts/test` sets it).
+pub fn postgres(scenarios: &str) -> Option<wasup::pg_harness::TempPostgres> {
+    use wasup::pg_harness::TempPostgres;
+    if !TempPostgres::available() {
+        assert!(std::env::var_os("WASUP_REQUIRE_POSTGRES").is_none(), "WASUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed");
+        eprintln!("SKIPPED: no PostgreSQL here; the {scenarios} scenarios did not run");
+        return None;
+    }
+    Some(TempPostgres::start().expect("start a throwaway PostgreSQL"))
+}
