@@ -47,14 +47,7 @@ impl Cluster {
 
     /// Starts node `name`.
     fn start(&mut self, sim: &Sim, name: &str) {
-        let config = format!(
-            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout = \"2s\"\n[cluster]\nnode = \"{name}\"\nadvertise = \"{}\"\n\
-             lease_ttl = \"{}s\"\nprofiles_dir = \"{}\"\n",
-            self.url,
-            wasup::launch::SELF_BASE,
-            TTL.as_secs(),
-            self.profiles.path().display()
-        );
+        let config = cluster_node(&self.url, name, TTL, self.profiles.path());
         let daemon = Daemon::start(sim, &config);
         self.nodes.push((name.to_string(), daemon));
         // Live in the table before anything is asked of it.

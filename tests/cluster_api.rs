@@ -21,12 +21,7 @@ use wasup::pg_harness::TempPostgres;
 /// A node of the cluster: its API advertised at its own base URL, the
 /// shared profiles dir, a short lease.
 fn node_config(pg: &TempPostgres, node: &str, profiles: &Path) -> String {
-    format!(
-        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout = \"2s\"\n[cluster]\nnode = \"{node}\"\nadvertise = \"{}\"\nlease_ttl = \"6s\"\nprofiles_dir = \"{}\"\n",
-        pg.url(),
-        wasup::launch::SELF_BASE,
-        profiles.display()
-    )
+    cluster_node(&pg.url(), node, Duration::from_secs(6), profiles)
 }
 
 /// The node holding `session`'s live lease, as `GET /api/nodes` on `d` says.

@@ -31,16 +31,12 @@ const NODES: [&str; 2] = ["node-a", "node-b"];
 /// (`/own-<node>`) and the one every node has (`/shared`), both on
 /// `session.*`.
 fn node_config(pg: &TempPostgres, node: &str, profiles: &std::path::Path, hooks: &str) -> String {
+    let cluster = cluster_node(&pg.url(), node, Duration::from_secs(6), profiles);
     format!(
-        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\ntimeout = \"2s\"\n\
-         [cluster]\nnode = \"{node}\"\nadvertise = \"{self_base}\"\nlease_ttl = \"6s\"\n\
-         profiles_dir = \"{profiles}\"\n\
+        "{cluster}\
          [[webhooks]]\nurl = \"{hooks}/own-{node}\"\nsecret = \"s\"\nevents = [\"session.*\"]\n\
          [[webhooks]]\nurl = \"{hooks}/shared\"\nsecret = \"s\"\nevents = [\"session.*\"]\n\
-         [webhook_delivery]\nbackoff_base = \"100ms\"\nbackoff_cap = \"1s\"\ntimeout = \"2s\"\n",
-        url = pg.url(),
-        self_base = wasup::launch::SELF_BASE,
-        profiles = profiles.display(),
+         [webhook_delivery]\nbackoff_base = \"100ms\"\nbackoff_cap = \"1s\"\ntimeout = \"2s\"\n"
     )
 }
 

@@ -760,3 +760,16 @@ pub fn postgres(scenarios: &str) -> Option<wasup::pg_harness::TempPostgres> {
     }
     Some(TempPostgres::start().expect("start a throwaway PostgreSQL"))
 }
+
+/// A cluster node's config lines (for [`Daemon::start`]'s extra config):
+/// the PostgreSQL store at `url`, node `node` advertised at its own base
+/// URL ([`launch::SELF_BASE`]), `lease_ttl` and the shared `profiles` dir.
+pub fn cluster_node(url: &str, node: &str, lease_ttl: Duration, profiles: &Path) -> String {
+    format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\ntimeout = \"2s\"\n[cluster]\nnode = \"{node}\"\nadvertise = \"{}\"\n\
+         lease_ttl = \"{}ms\"\nprofiles_dir = \"{}\"\n",
+        launch::SELF_BASE,
+        lease_ttl.as_millis(),
+        profiles.display()
+    )
+}
