@@ -151,10 +151,9 @@ impl Cluster {
             self.fenced = false;
         }
         self.fences.renewed(round.started, self.ttl / 2);
-        // A lease held before the round and not renewed is gone.
+        // A lease held and not renewed is gone. (Only this method adds
+        // leases, below, so every one held now went into the renewal.)
         let lost: Vec<String> = self.fences.held().into_iter().filter(|h| !renewed.contains(h)).map(|(s, _)| s).collect();
-        // Unless acquired meanwhile: held() is read after the round.
-        let lost: Vec<String> = lost.into_iter().filter(|s| !round.acquired.iter().any(|(a, _)| a == s)).collect();
         if !lost.is_empty() {
             for s in &lost {
                 self.fences.set(s, None);
