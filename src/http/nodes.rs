@@ -104,14 +104,43 @@ impl ClusterApi {
 }
 
 /// Sets the `node` of each of `views` from one read of the leases (cluster
-/// mode; on one node they stay `null`).
+/// mode; on one node they stay `null`). A session another node runs (or
+/// none does) gets its state, reason, `since_ms`, account and desired
+/// state from the store now: this node's copy of it is only as fresh as
+/// its last cluster round, and a session that just moved would still show
+/// its old node's `CONNECTED` beside its new node's name. One read of the
+/// session for one view, one of every session for more.
 ///
 /// Errors: 503, the database did not answer.
 pub(super) async fn place(state: &AppState, views: &mut [SessionView]) -> Result<(), ApiError> {
     let Some(cluster) = &state.cluster else { return Ok(()) };
     let view = cluster.view().await?;
+    let mut elsewhere = Vec::new();
     for v in views.iter_mut() {
         v.node = view.owner(&v.name).map(|lease| lease.node.clone());
+        if v.node.as_deref() != Some(cluster.node.as_str()) {
+            elsewhere.push(v.name.clone());
+        }
+    }
+    if elsewhere.is_empty() {
+        return Ok(());
+    }
+    let store = state.store.clone();
+    let records = web::block(move || match elsewhere.as_slice() {
+        [one] => store.session(one).map(|r| r.into_iter().collect::<Vec<_>>()),
+        _ => store.sessions(),
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reading the sessions: {e}")))??;
+    let by_name: std::collections::HashMap<&str, &crate::store::SessionRecord> = records.iter().map(|r| (r.name.as_str(), r)).collect();
+    for v in views.iter_mut().filter(|v| v.node.as_deref() != Some(cluster.node.as_str())) {
+        if let Some(r) = by_name.get(v.name.as_str()) {
+            v.state = r.state;
+            v.reason.clone_from(&r.reason);
+            v.since_ms = r.since_ms;
+            v.me.clone_from(&r.me);
+            v.desired = r.desired;
+        }
     }
     Ok(())
 }
