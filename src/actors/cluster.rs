@@ -10,7 +10,9 @@
 //!   while the process is stopped) fences the node: every session it runs
 //!   stops and its campaigns halt, before any lease can expire and another
 //!   node take over.
-//! - After each renewal, placement: the sessions that should run and have
+//! - Renewal runs alone on that timer; after each successful one (and when
+//!   a session is created or started anywhere on this node), placement:
+//!   the sessions that should run and have
 //!   no live lease are claimed, up to this node's fair share
 //!   ([`cluster::claims`]), in random order after a random pause (so nodes
 //!   do not all claim the same at once; the database settles any race),
@@ -58,8 +60,10 @@ pub struct Cluster {
     fences: Arc<Fences>,
     supervisor: Addr<Supervisor>,
     ttl: Duration,
-    /// A round (renewal, placement) is under way.
-    busy: bool,
+    /// A renewal is under way.
+    renewing: bool,
+    /// A placement round is under way.
+    placing_now: bool,
     /// The node fenced itself and has not renewed since.
     fenced: bool,
     /// Sessions whose fenced write failed, from the store.
@@ -69,12 +73,18 @@ pub struct Cluster {
     leaving: bool,
 }
 
-/// What one round found, on the blocking pool.
-struct Round {
-    /// When the round started (the renewal's time is at or after it).
+/// What one renewal found, on the blocking pool.
+struct Renewal {
+    /// When it started (the database renewed at or after it).
     started: Instant,
+    /// The leases it asked to renew (held when it started).
+    held: Vec<(String, i64)>,
     /// The leases renewed, or why the renewal failed.
     renewed: Result<Vec<(String, i64)>, StoreError>,
+}
+
+/// What one placement round found, on the blocking pool.
+struct Placement {
     /// Leases this round claimed.
     acquired: Vec<(String, i64)>,
     /// A draining node's session to hand over.
@@ -92,54 +102,56 @@ impl Cluster {
         supervisor: Addr<Supervisor>,
         ttl: Duration,
     ) -> Self {
-        Self { db, store, fences, supervisor, ttl, busy: false, fenced: false, lost: Some(lost), placing: true, leaving: false }
+        Self {
+            db,
+            store,
+            fences,
+            supervisor,
+            ttl,
+            renewing: false,
+            placing_now: false,
+            fenced: false,
+            lost: Some(lost),
+            placing: true,
+            leaving: false,
+        }
     }
 
-    /// The next round after `lease_ttl / 3` less up to a tenth of it.
+    /// The next renewal after `lease_ttl / 3` less up to a tenth of it.
     fn schedule(&self, ctx: &mut Context<Self>) {
         let third = self.ttl / 3;
         let jitter = third.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
         ctx.run_later(third - jitter, |act, ctx| {
-            act.round(ctx);
+            act.renew(ctx);
             act.schedule(ctx);
         });
     }
 
-    fn round(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.leaving {
+    /// The heartbeat and the renewal of every lease held, alone on its
+    /// timer: a placement round under way (a pause, up to 50 claims, a
+    /// slow read of every session) never delays it.
+    fn renew(&mut self, ctx: &mut Context<Self>) {
+        if self.renewing || self.leaving {
             return;
         }
-        self.busy = true;
-        let (db, store, held) = (self.db.clone(), self.store.clone(), self.fences.held());
-        let place = self.placing;
-        let pause = (self.ttl / 10).mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+        self.renewing = true;
+        let (db, held) = (self.db.clone(), self.fences.held());
         let work = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let renewed = db.beat(&held);
-            let mut round = Round { started, renewed, acquired: Vec::new(), hand_over: None, records: None };
-            if round.renewed.is_err() || !place {
-                return round;
-            }
-            // Placement errors end the round quietly: the next one tries
-            // again, and nothing runs on a claim not made.
-            let Ok(view) = db.view() else { return round };
-            let Ok(records) = store.sessions() else { return round };
-            round.hand_over = hand_over(&db, &view, &held);
-            round.acquired = place_sessions(&db, &view, &held, &records, pause);
-            round.records = Some(records);
-            round
+            Renewal { started, held, renewed }
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|done, act, ctx| {
-            act.busy = false;
+            act.renewing = false;
             match done {
-                Ok(round) => act.apply(round, ctx),
-                Err(e) => tracing::error!(error = %e, "cluster round did not finish"),
+                Ok(renewal) => act.renewed(renewal, ctx),
+                Err(e) => tracing::error!(error = %e, "the lease renewal did not finish"),
             }
         }));
     }
 
-    fn apply(&mut self, round: Round, ctx: &mut Context<Self>) {
-        let renewed = match round.renewed {
+    fn renewed(&mut self, renewal: Renewal, ctx: &mut Context<Self>) {
+        let renewed = match renewal.renewed {
             Ok(renewed) => renewed,
             Err(e) => {
                 tracing::warn!(event = "cluster.renew_failed", error = %e, "cannot renew this node's leases");
@@ -150,20 +162,61 @@ impl Cluster {
             tracing::info!(event = "cluster.unfenced", "leases renew again; this node takes sessions again");
             self.fenced = false;
         }
-        self.fences.renewed(round.started, self.ttl / 2);
-        // A lease held and not renewed is gone. (Only this method adds
-        // leases, below, so every one held now went into the renewal.)
-        let lost: Vec<String> = self.fences.held().into_iter().filter(|h| !renewed.contains(h)).map(|(s, _)| s).collect();
+        self.fences.renewed(renewal.started, self.ttl / 2);
+        // A lease asked for and not renewed is gone, if it is still held at
+        // that generation (one released meanwhile is gone already; one
+        // acquired meanwhile was not asked for).
+        let lost: Vec<String> = renewal
+            .held
+            .into_iter()
+            .filter(|h| !renewed.contains(h) && self.fences.generation(&h.0) == Some(h.1))
+            .map(|(s, _)| s)
+            .collect();
         if !lost.is_empty() {
             for s in &lost {
                 self.fences.set(s, None);
             }
             self.supervisor.do_send(Release { names: lost, reason: "lease_lost" });
         }
+        self.place(ctx);
+    }
+
+    /// A placement round: every session record (the Supervisor's views of
+    /// the sessions other nodes run), a drain's hand-over, and claims. Only
+    /// while the last renewal is fresh: a node that cannot renew what it
+    /// holds takes nothing more.
+    fn place(&mut self, ctx: &mut Context<Self>) {
+        if self.placing_now || self.leaving || !self.placing || self.fenced || !self.fences.fresh() {
+            return;
+        }
+        self.placing_now = true;
+        let (db, store, held) = (self.db.clone(), self.store.clone(), self.fences.held());
+        let pause = (self.ttl / 10).mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+        let work = tokio::task::spawn_blocking(move || {
+            let mut round = Placement { acquired: Vec::new(), hand_over: None, records: None };
+            // Errors end the round quietly: the next one tries again, and
+            // nothing runs on a claim not made.
+            let Ok(view) = db.view() else { return round };
+            let Ok(records) = store.sessions() else { return round };
+            round.hand_over = hand_over(&db, &view, &held);
+            round.acquired = place_sessions(&db, &view, &held, &records, pause);
+            round.records = Some(records);
+            round
+        });
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|done, act, ctx| {
+            act.placing_now = false;
+            match done {
+                Ok(round) => act.placed(round, ctx),
+                Err(e) => tracing::error!(error = %e, "the placement round did not finish"),
+            }
+        }));
+    }
+
+    fn placed(&mut self, round: Placement, ctx: &mut Context<Self>) {
         if let Some(records) = round.records {
             self.supervisor.do_send(Known { records });
         }
-        if !self.placing && !round.acquired.is_empty() {
+        if (!self.placing || self.leaving) && !round.acquired.is_empty() {
             // Claimed while the daemon began to stop: given back at once.
             let names: Vec<String> = round.acquired.into_iter().map(|(s, _)| s).collect();
             let db = self.db.clone();
@@ -282,7 +335,7 @@ impl Actor for Cluster {
             f.placement_wanted().await;
             Some((Wake, f))
         }));
-        self.round(ctx);
+        self.renew(ctx);
         self.schedule(ctx);
         ctx.run_interval(FENCE_CHECK, |act, _| act.check_fence());
     }
@@ -296,7 +349,7 @@ struct Wake;
 
 impl StreamHandler<Wake> for Cluster {
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
-        self.round(ctx);
+        self.place(ctx);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
