@@ -142,6 +142,32 @@ pub struct BenchArgs {
     /// With `--versus`: the directory of `harness.js` and its `node_modules`.
     #[arg(long, default_value = "tests/wwebjs")]
     pub wwebjs_dir: std::path::PathBuf,
+    /// Only the cluster figures, on a throwaway PostgreSQL with the browser
+    /// test double (`wasup webdriver-double`) as every node's chromedriver:
+    /// see [`crate::bench_cluster`].
+    #[arg(long)]
+    pub cluster: bool,
+    /// With `--cluster`: sessions in the cluster.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cluster_sessions: u32,
+    /// With `--cluster`: nodes (the first is killed for the failover figure).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=26))]
+    pub cluster_nodes: u32,
+    /// With `--cluster`: every node's `cluster.lease_ttl` (the daemon's
+    /// default).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// With `--cluster`: every node's `restart.boot_stagger`, the gap
+    /// between the session starts of one node.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub stagger: Duration,
+    /// With `--cluster`: how long the idle database statements are counted.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub db_window: Duration,
+    /// With `--cluster`: reads and sends timed at each of the owner and a
+    /// non-owner.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_requests: u32,
 }
 
 impl BenchArgs {
@@ -435,6 +461,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = TempDir::new("wasup-bench")?;
     let modes = args.modes();
     let mut rows: Vec<Row> = Vec::new();
+    if args.cluster {
+        crate::bench_cluster::run(&exe, &dir.0, &args, &mut rows)?;
+        print_table(rows);
+        return Ok(());
+    }
 
     // Hostile clients against a daemon of its own with defaults and no
     // session running (their campaigns name a session that is not started).
@@ -477,7 +508,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         hostile_rows(&mut rows, h, "0 sessions");
     }
     rows.append(&mut hostile_n);
+    print_table(rows);
+    Ok(())
+}
 
+/// Prints `rows` as a Markdown table.
+fn print_table(rows: Vec<Row>) {
     let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
     println!("| {:<w0$} | {:<w1$} | target |", "figure", "measured");
@@ -485,7 +521,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (a, b, c) in rows {
         println!("| {a:<w0$} | {b:<w1$} | {c} |");
     }
-    Ok(())
 }
 
 #[cfg(test)]

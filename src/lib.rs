@@ -11,10 +11,13 @@
 //! - [`attachments`]: campaign attachments, files beside the store.
 //! - [`webhooks`]: the durable outbox and delivery worker of the webhooks.
 //! - [`relay`]: cluster mode's event relay (PostgreSQL `LISTEN`/`NOTIFY`).
+//! - [`webdriver_double`]: a browser test double for the cluster bench
+//!   ([`bench_cluster`]) only.
 
 pub mod actors;
 pub mod attachments;
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_hostile;
 pub mod bench_idle;
 pub mod bench_versus;
@@ -38,5 +41,6 @@ pub mod relay;
 pub mod session_state;
 pub mod sim;
 pub mod store;
+pub mod webdriver_double;
 pub mod webhooks;
 pub mod whatsapp;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use wasup::{bench, cli, config, daemon, demo, sim};
+use wasup::{bench, cli, config, daemon, demo, sim, webdriver_double};
 
 #[derive(Parser)]
 #[command(name = "wasup", version, about = "Keeps WhatsApp Web sessions alive and sends paced campaigns")]
@@ -59,6 +59,9 @@ enum Command {
     },
     /// Measure reconnect time, send latency, detection, and the idle CPU and memory of every process; print a table.
     Bench(bench::BenchArgs),
+    /// A browser test double standing in for chromedriver, for the cluster bench only: pages that are logged in at once, no browser.
+    #[command(name = "webdriver-double", hide = true)]
+    WebdriverDouble(webdriver_double::DoubleArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::WebdriverDouble(args) => webdriver_double::run(args),
         Command::Status { conn } => cli::status(&conn),
         Command::Session { conn, command } => cli::session(&conn, command),
         Command::Qr { conn, name } => cli::qr(&conn, &name),

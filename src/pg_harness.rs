@@ -22,6 +22,8 @@ pub struct TempPostgres {
     dir: TempDir,
     user: Option<(u32, u32)>,
     server: Option<ChildGuard>,
+    /// Server settings given at start (`name=value`, each a `-c`).
+    settings: Vec<String>,
 }
 
 /// Where PostgreSQL's binaries are, if anywhere.
@@ -59,6 +61,15 @@ impl TempPostgres {
     /// Errors: no binaries, no `postgres` user under root, `initdb` or the
     /// server failed (their output is in the error).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`TempPostgres::start`], with server settings (`name=value`,
+    /// e.g. `shared_preload_libraries=pg_stat_statements`), kept for
+    /// [`TempPostgres::start_server`].
+    ///
+    /// Errors: as for [`TempPostgres::start`].
+    pub fn start_with(settings: &[&str]) -> anyhow::Result<Self> {
         let bin = bin_dir().context("no PostgreSQL binaries: install Debian's postgresql or set WASUP_PG_BIN")?;
         let dir = TempDir::new("wasup-pg")?;
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -71,7 +82,8 @@ impl TempPostgres {
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.0.as_path(), Some(uid), Some(gid))?;
         }
-        let mut pg = Self { bin, dir, user, server: None };
+        let settings = settings.iter().map(|s| s.to_string()).collect();
+        let mut pg = Self { bin, dir, user, server: None, settings };
         pg.run("initdb", &["-D", &pg.data().to_string_lossy(), "-U", "wasup", "-A", "trust", "-E", "UTF8", "--no-sync"])?;
         pg.start_server()?;
         pg.run("createdb", &["-h", &pg.socket_dir().to_string_lossy(), "-U", "wasup", "wasup"])?;
@@ -108,6 +120,21 @@ impl TempPostgres {
         Ok(())
     }
 
+    /// Runs `sql` with `psql` as the `wasup` role on the `wasup` database;
+    /// returns its output, unaligned with no headers (`|` between columns,
+    /// a line per row).
+    ///
+    /// Errors: psql could not run or the statement failed (its output).
+    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        let socket = self.socket_dir().to_string_lossy().into_owned();
+        let args = ["-h", &socket, "-U", "wasup", "-d", "wasup", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql];
+        let out = self.command("psql").args(args).stdin(Stdio::null()).output().context("cannot run psql")?;
+        if !out.status.success() {
+            bail!("psql failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Starts the server (again, after [`TempPostgres::stop`]); returns once
     /// it takes connections.
     ///
@@ -119,6 +146,7 @@ impl TempPostgres {
         }
         let mut cmd = self.command("postgres");
         cmd.args(["-D", &self.data().to_string_lossy(), "-k", &self.socket_dir().to_string_lossy(), "-c", "listen_addresses="])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
