@@ -33,7 +33,7 @@ use rand::Rng as _;
 
 use crate::actors::supervisor::{Acquire, Known, Release, Supervisor};
 use crate::cluster::{self, ClusterDb, ClusterView};
-use crate::store::{Desired, Fences, SessionRecord, Store, StoreError};
+use crate::store::{Desired, Fences, LostLease, SessionRecord, Store, StoreError};
 
 /// How many sessions a node claims in one placement round at most.
 const CLAIMS_PER_TICK: usize = 50;
@@ -67,7 +67,7 @@ pub struct Cluster {
     /// The node fenced itself and has not renewed since.
     fenced: bool,
     /// Sessions whose fenced write failed, from the store.
-    lost: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    lost: Option<tokio::sync::mpsc::UnboundedReceiver<LostLease>>,
     /// Claims are made (false once the daemon is stopping).
     placing: bool,
     leaving: bool,
@@ -98,7 +98,7 @@ impl Cluster {
         db: ClusterDb,
         store: Store,
         fences: Arc<Fences>,
-        lost: tokio::sync::mpsc::UnboundedReceiver<String>,
+        lost: tokio::sync::mpsc::UnboundedReceiver<LostLease>,
         supervisor: Addr<Supervisor>,
         ttl: Duration,
     ) -> Self {
@@ -329,7 +329,7 @@ impl Actor for Cluster {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(lost) = self.lost.take() {
-            ctx.add_stream(futures_util::stream::unfold(lost, |mut rx| async move { rx.recv().await.map(|name| (Lost(name), rx)) }));
+            ctx.add_stream(futures_util::stream::unfold(lost, |mut rx| async move { rx.recv().await.map(|lost| (Lost(lost), rx)) }));
         }
         ctx.add_stream(futures_util::stream::unfold(self.fences.clone(), |f| async move {
             f.placement_wanted().await;
@@ -341,8 +341,30 @@ impl Actor for Cluster {
     }
 }
 
-/// A session whose fenced write failed.
-struct Lost(String);
+/// A write refused by its fence.
+struct Lost(LostLease);
+
+/// What a refused write says of the lease held now.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// It was made under the lease held now: that lease is gone.
+    Held,
+    /// It was made under an earlier lease (or none) of a session this node
+    /// holds again since: the lease held now is fine.
+    Earlier,
+    /// This node holds no lease of the session: whatever runs it here stops.
+    NotHeld,
+}
+
+/// Judges a write refused under `reported` (`None`: no lease was held)
+/// while this node holds `held` now.
+fn judge_lost(reported: Option<i64>, held: Option<i64>) -> Refused {
+    match (reported, held) {
+        (Some(r), Some(h)) if r == h => Refused::Held,
+        (_, Some(_)) => Refused::Earlier,
+        (_, None) => Refused::NotHeld,
+    }
+}
 
 /// Placement is wanted now.
 struct Wake;
@@ -356,14 +378,22 @@ impl StreamHandler<Wake> for Cluster {
 }
 
 impl StreamHandler<Lost> for Cluster {
-    /// A fenced write failed: the lease is not this node's any more.
-    fn handle(&mut self, Lost(name): Lost, _ctx: &mut Self::Context) {
-        if self.fences.generation(&name).is_some() {
-            self.fences.set(&name, None);
-            tracing::warn!(session = %name, event = "cluster.fenced_write", "a write for the session was refused: its lease is not this node's");
+    /// A fenced write failed: the lease it carried is not this node's any
+    /// more. A report about an earlier lease of a session this node took
+    /// again since (or about a write made with no lease, from a run
+    /// already released) leaves the lease held now alone.
+    fn handle(&mut self, Lost(lost): Lost, _ctx: &mut Self::Context) {
+        let LostLease { session, generation } = lost;
+        match judge_lost(generation, self.fences.generation(&session)) {
+            Refused::Held => {
+                self.fences.set(&session, None);
+                tracing::warn!(session = %session, event = "cluster.fenced_write", "a write for the session was refused: its lease is not this node's");
+            }
+            Refused::Earlier => return,
+            Refused::NotHeld => {}
         }
         // A no-op for a session that does not run here.
-        self.supervisor.do_send(Release { names: vec![name], reason: "fenced_write" });
+        self.supervisor.do_send(Release { names: vec![session], reason: "fenced_write" });
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
@@ -395,5 +425,19 @@ impl Handler<Leave> for Cluster {
                 _ => tracing::warn!("cannot release this node's leases; they expire by themselves"),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_refusal_leaves_a_lease_taken_again_alone() {
+        assert_eq!(judge_lost(Some(4), Some(4)), Refused::Held);
+        assert_eq!(judge_lost(Some(4), Some(5)), Refused::Earlier, "released and taken again at 5 since");
+        assert_eq!(judge_lost(None, Some(5)), Refused::Earlier, "a write of a run released before 5 was taken");
+        assert_eq!(judge_lost(Some(4), None), Refused::NotHeld);
+        assert_eq!(judge_lost(None, None), Refused::NotHeld);
     }
 }

@@ -156,11 +156,12 @@ pub struct Store {
 /// The leases a node holds, by session, as the cluster last renewed them;
 /// a write that belongs to a session is fenced by its entry
 /// ([`Kv::insert_fenced`]). A fenced write that fails is reported on
-/// `lost`, so the session stops on this node at once.
+/// `lost` with the generation it carried ([`LostLease`]), so the session
+/// stops on this node at once.
 pub struct Fences {
     node: String,
     held: Mutex<BTreeMap<String, i64>>,
-    lost: tokio::sync::mpsc::UnboundedSender<String>,
+    lost: tokio::sync::mpsc::UnboundedSender<LostLease>,
     /// Until when (this machine's monotonic clock) the last renewal lets
     /// this node act: the renewal's start + `lease_ttl / 2`.
     fresh_until: Mutex<Option<std::time::Instant>>,
@@ -168,10 +169,19 @@ pub struct Fences {
     wake: tokio::sync::Notify,
 }
 
+/// A write of `session` was refused: under `generation`, which the
+/// database no longer has live for this node, or (`None`) with no lease
+/// held here at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostLease {
+    pub session: String,
+    pub generation: Option<i64>,
+}
+
 impl Fences {
-    /// Fences for `node`; sessions whose fenced write failed arrive on the
-    /// returned receiver.
-    pub fn new(node: &str) -> (Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    /// Fences for `node`; the writes refused arrive on the returned
+    /// receiver.
+    pub fn new(node: &str) -> (Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<LostLease>) {
         let (lost, rx) = tokio::sync::mpsc::unbounded_channel();
         let fences = Self { node: node.to_string(), held: Mutex::default(), lost, fresh_until: Mutex::default(), wake: Default::default() };
         (Arc::new(fences), rx)
@@ -246,15 +256,15 @@ impl Fences {
         match self.generation(session) {
             Some(generation) => Ok(Fence { session: session.to_string(), node: self.node.clone(), generation }),
             None => {
-                self.lost(session);
+                self.lost(session, None);
                 Err(StoreError::Fenced(session.to_string()))
             }
         }
     }
 
-    fn lost(&self, session: &str) {
+    fn lost(&self, session: &str, generation: Option<i64>) {
         // Harmless if nobody listens: the daemon is stopping.
-        let _ = self.lost.send(session.to_string());
+        let _ = self.lost.send(LostLease { session: session.to_string(), generation });
     }
 }
 
@@ -316,7 +326,7 @@ impl Store {
         let fence = fences.fence(session)?;
         let written = kv.insert_fenced(tree, key, value, &fence);
         if matches!(written, Err(StoreError::Fenced(_))) {
-            fences.lost(session);
+            fences.lost(session, Some(fence.generation));
         }
         written
     }
@@ -941,6 +951,19 @@ mod tests {
         let pg = crate::pg_harness::TempPostgres::start().unwrap();
         let url = pg.url();
         test(&|| Store::postgres(&url, std::time::Duration::from_secs(10), "test-node", std::time::Duration::from_secs(15)).unwrap());
+    }
+
+    #[test]
+    fn a_write_without_its_lease_is_refused_and_reported_with_no_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fences, mut lost) = Fences::new("node-a");
+        let store = Store::open(dir.path()).unwrap().fenced(fences.clone());
+        assert!(matches!(store.put_session_owned(&record("acme")), Err(StoreError::Fenced(_))));
+        assert_eq!(lost.try_recv().ok(), Some(LostLease { session: "acme".into(), generation: None }));
+        assert!(store.session("acme").unwrap().is_none(), "nothing written");
+        fences.set("acme", Some(3));
+        store.put_session_owned(&record("acme")).unwrap();
+        assert!(lost.try_recv().is_err(), "a held lease's write reports nothing");
     }
 
     #[test]
