@@ -31,7 +31,7 @@ use actix::prelude::*;
 use rand::seq::SliceRandom as _;
 use rand::Rng as _;
 
-use crate::actors::supervisor::{Acquire, Known, Release, Supervisor};
+use crate::actors::supervisor::{Acquire, Known, Release, ReleaseReason, Supervisor};
 use crate::cluster::{self, ClusterDb, ClusterView};
 use crate::store::{Desired, Fences, LostLease, SessionRecord, Store, StoreError};
 
@@ -176,7 +176,7 @@ impl Cluster {
             for s in &lost {
                 self.fences.set(s, None);
             }
-            self.supervisor.do_send(Release { names: lost, reason: "lease_lost" });
+            self.supervisor.do_send(Release { names: lost, reason: ReleaseReason::LeaseLost });
         }
         self.place(ctx);
     }
@@ -242,7 +242,7 @@ impl Cluster {
         let (supervisor, db) = (self.supervisor.clone(), self.db.clone());
         ctx.spawn(actix::fut::wrap_future::<_, Self>(async move {
             // Harmless if the Supervisor is gone: the daemon is stopping.
-            let _ = supervisor.send(Release { names: vec![name.clone()], reason: "drain" }).await;
+            let _ = supervisor.send(Release { names: vec![name.clone()], reason: ReleaseReason::Drain }).await;
             let names = vec![name];
             // Harmless if it fails: the lease, no longer renewed, expires.
             let _ = tokio::task::spawn_blocking(move || db.release(&names)).await;
@@ -266,7 +266,7 @@ impl Cluster {
             "no lease renewal for half the lease TTL: stopping every session on this node before another node takes them"
         );
         self.fences.clear();
-        self.supervisor.do_send(Release { names, reason: "fenced" });
+        self.supervisor.do_send(Release { names, reason: ReleaseReason::Fenced });
     }
 }
 
@@ -393,7 +393,7 @@ impl StreamHandler<Lost> for Cluster {
             Refused::NotHeld => {}
         }
         // A no-op for a session that does not run here.
-        self.supervisor.do_send(Release { names: vec![session], reason: "fenced_write" });
+        self.supervisor.do_send(Release { names: vec![session], reason: ReleaseReason::FencedWrite });
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}

@@ -143,10 +143,19 @@ impl Handler<DropBidi> for Session {
 }
 
 /// Closes the browser (profile kept) and stops the actor without reporting
-/// an end: the Supervisor asked for it.
+/// an end: the Supervisor asked for it. The browser gets `close_within` to
+/// close through WebDriver; then every process left on the profile is
+/// SIGKILLed.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct Shutdown {
+    pub close_within: Duration,
+}
+
+impl Shutdown {
+    /// How long a browser may take to close when nothing hurries it.
+    pub const CLOSE: Duration = Duration::from_secs(10);
+}
 
 /// Where a Session reports: its parent (the Supervisor) for its status,
 /// end and health, and the campaigns for acks. `Recipient`s, so the
@@ -733,7 +742,7 @@ impl Handler<LogoutPage> for Session {
 impl Handler<Shutdown> for Session {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         self.ended = true;
         for (_, waiter) in self.waiting.drain() {
             let _ = waiter.send(Err(SendError::Page("session is stopping".into())));
@@ -743,7 +752,7 @@ impl Handler<Shutdown> for Session {
         Box::pin(
             async move {
                 if let Some(page) = page {
-                    page.close(Duration::from_secs(10)).await;
+                    page.close(msg.close_within).await;
                 }
                 kill_browsers(profile).await;
             }

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-pub use self::cluster::{Acquire, Known, Release};
+pub use self::cluster::{Acquire, Known, Release, ReleaseReason};
 pub use self::commands::{CreateSession, SessionCommand};
 #[cfg(debug_assertions)]
 pub use self::faults::{DropBidi, InjectPanic, Wedge};
@@ -235,6 +235,12 @@ impl Supervisor {
 
     /// Stops the Session actor (if any) and waits for its browser to close.
     fn stop_actor(&mut self, name: &str, ctx: &mut Context<Self>) -> impl std::future::Future<Output = ()> {
+        self.stop_actor_within(name, session::Shutdown::CLOSE, ctx)
+    }
+
+    /// [`Supervisor::stop_actor`], the browser given `close_within` to
+    /// close before it is killed.
+    fn stop_actor_within(&mut self, name: &str, close_within: Duration, ctx: &mut Context<Self>) -> impl std::future::Future<Output = ()> {
         let addr = self.slots.get_mut(name).and_then(|slot| {
             slot.session.generation += 1; // Reports of the old actor are void now.
             if let Some(timer) = slot.timer.take() {
@@ -246,7 +252,7 @@ impl Supervisor {
         });
         async move {
             if let Some(addr) = addr {
-                let _ = tokio::time::timeout(Duration::from_secs(20), addr.send(session::Shutdown)).await;
+                let _ = tokio::time::timeout(close_within + Duration::from_secs(10), addr.send(session::Shutdown { close_within })).await;
             }
         }
     }

@@ -26,14 +26,39 @@ pub struct Acquire {
 /// This node no longer holds these sessions' leases (lost, fenced, or
 /// handed over): their browsers close and their campaigns stop at a safe
 /// point; nothing is written for them (the next owner does). Answers once
-/// the browsers are closed.
+/// the browsers are closed: a lost or fenced lease's within `lease_ttl / 4`
+/// (then killed), before the lease can be another node's.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Release {
     pub names: Vec<String>,
-    /// Why, for the log: `lease_lost`, `fenced`, `fenced_write`, `drain`,
-    /// `shutdown`.
-    pub reason: &'static str,
+    pub reason: ReleaseReason,
+}
+
+/// Why a node gives sessions up ([`Release`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// A renewal did not renew the lease: it expired or another node has it.
+    LeaseLost,
+    /// No renewal for `lease_ttl / 2`: this node fenced itself.
+    Fenced,
+    /// A write for the session was refused by its fence.
+    FencedWrite,
+    /// The node drains: the session is handed over (the lease is still held
+    /// until its browser closed).
+    Drain,
+}
+
+impl ReleaseReason {
+    /// The name in the log: `lease_lost`, `fenced`, `fenced_write`, `drain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LeaseLost => "lease_lost",
+            Self::Fenced => "fenced",
+            Self::FencedWrite => "fenced_write",
+            Self::Drain => "drain",
+        }
+    }
 }
 
 impl Handler<Acquire> for Supervisor {
@@ -102,6 +127,15 @@ impl Handler<Release> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) -> Self::Result {
+        // A lease lost may be another node's already, and a fenced one
+        // within `lease_ttl / 2` of the fence: the browser gets a quarter of the
+        // TTL to close, then it is killed, so it never runs beside the next
+        // owner's. A drain or shutdown still holds the lease: the browser
+        // closes at its pace, and the lease ends after.
+        let close_within = match msg.reason {
+            ReleaseReason::Drain => crate::actors::session::Shutdown::CLOSE,
+            ReleaseReason::LeaseLost | ReleaseReason::Fenced | ReleaseReason::FencedWrite => self.config.cluster.lease_ttl / 4,
+        };
         let mut stops = Vec::new();
         for name in &msg.names {
             let Some(slot) = self.slots.get_mut(name) else { continue };
@@ -109,9 +143,9 @@ impl Handler<Release> for Supervisor {
                 continue;
             }
             slot.owned = false;
-            tracing::warn!(session = %name, event = "cluster.released", reason = msg.reason, "this node no longer drives the session");
+            tracing::warn!(session = %name, event = "cluster.released", reason = msg.reason.as_str(), "this node no longer drives the session");
             let dropped = self.campaigns.drop.send(DropSession { session: name.clone() });
-            let stopped = self.stop_actor(name, ctx);
+            let stopped = self.stop_actor_within(name, close_within, ctx);
             stops.push(async move {
                 // Harmless if it fails: the Campaigns actor is gone (shutdown).
                 let _ = dropped.await;
