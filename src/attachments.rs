@@ -1,8 +1,10 @@
 //! Campaign attachments on disk: the one file a campaign sends to every
 //! recipient, kept beside the store (not in it: a 100 MB value would be
-//! copied through sled's log and cache) at
-//! `<state.dir>/campaigns/<id>/attachment`, directories 0700, the file
-//! 0600. The campaign's record holds what the file must be
+//! copied through sled's log and cache) at `<root>/<id>/attachment`,
+//! directories 0700, the file 0600. The root is `<state.dir>/campaigns` on
+//! one node, and `<state.profiles_dir>/.campaigns` in a cluster, on the
+//! storage every node mounts, so the node that takes a campaign over reads
+//! the file its creator wrote ([`Attachments::of`]). The campaign's record holds what the file must be
 //! ([`AttachmentMeta`]: type, name, size, SHA-256), so a file that went
 //! missing or changed on disk is told apart from the one uploaded, and is
 //! never sent.
@@ -59,21 +61,21 @@ impl AttachmentMeta {
 }
 
 /// Why an attachment could not be read back as it was uploaded. The
-/// messages name the file relative to the state dir.
+/// messages name the file relative to the attachments' root.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachmentError {
-    #[error("the attachment file is missing (campaigns/{0}/attachment)")]
+    #[error("the attachment file is missing ({0}/attachment)")]
     Missing(String),
-    #[error("the attachment file has {found} bytes, not the {expected} uploaded (campaigns/{id}/attachment)")]
+    #[error("the attachment file has {found} bytes, not the {expected} uploaded ({id}/attachment)")]
     Size { id: String, expected: u64, found: u64 },
-    #[error("the attachment file's SHA-256 is not the uploaded file's (campaigns/{0}/attachment changed on disk)")]
+    #[error("the attachment file's SHA-256 is not the uploaded file's ({0}/attachment changed on disk)")]
     Digest(String),
-    #[error("reading the attachment (campaigns/{id}/attachment): {error}")]
+    #[error("reading the attachment ({id}/attachment): {error}")]
     Io { id: String, error: io::Error },
 }
 
-/// The attachment files of every campaign: `<state.dir>/campaigns`. Cheap
-/// to clone.
+/// The attachment files of every campaign (see the module docs for where).
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Attachments {
     root: PathBuf,
@@ -85,10 +87,33 @@ const FILE: &str = "attachment";
 const TEMP: &str = "attachment.tmp";
 
 impl Attachments {
-    /// The attachments under `state_dir` (`state.dir`); nothing is created
-    /// until the first write.
+    /// The attachments under `state_dir` (`state.dir`), at
+    /// `<state_dir>/campaigns`; nothing is created until the first write.
     pub fn new(state_dir: &Path) -> Self {
         Self { root: state_dir.join("campaigns") }
+    }
+
+    /// The attachments of a daemon with `config`: under `state.dir` on one
+    /// node (sled), under the shared `state.profiles_dir` in a cluster (the
+    /// PostgreSQL store), at `.campaigns` (no session name starts with a
+    /// dot, so no profile is ever there).
+    pub fn of(config: &crate::config::Config) -> Self {
+        match config.store.backend {
+            crate::config::StoreBackend::Sled => Self::new(&config.state.dir),
+            crate::config::StoreBackend::Postgres => Self { root: config.state.profiles().join(".campaigns") },
+        }
+    }
+
+    /// How old a directory without a campaign record must be before
+    /// [`Attachments::sweep`] removes it, on a daemon with `config`: at once
+    /// on one node (the sweep runs before this daemon creates any
+    /// campaign), an hour in a cluster (another node may be between writing
+    /// a new campaign's file and storing its record).
+    pub fn orphan_age(config: &crate::config::Config) -> std::time::Duration {
+        match config.store.backend {
+            crate::config::StoreBackend::Sled => std::time::Duration::ZERO,
+            crate::config::StoreBackend::Postgres => std::time::Duration::from_secs(3600),
+        }
     }
 
     /// Campaign `id`'s directory. Errors: `id` is not a campaign id (it is
@@ -185,11 +210,12 @@ impl Attachments {
     }
 
     /// Removes the directories of campaigns not in `keep` (a creation a
-    /// crash interrupted between the file and the record). Call it before
-    /// any campaign can be created. Returns how many were removed.
+    /// crash interrupted between the file and the record) last modified at
+    /// least `older_than` ago. Call it before this daemon can create a
+    /// campaign. Returns how many were removed.
     ///
-    /// Errors: `campaigns/` cannot be listed (none is not an error).
-    pub fn sweep(&self, keep: &HashSet<String>) -> io::Result<usize> {
+    /// Errors: the root cannot be listed (none is not an error).
+    pub fn sweep(&self, keep: &HashSet<String>, older_than: std::time::Duration) -> io::Result<usize> {
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -197,9 +223,13 @@ impl Attachments {
         };
         let mut removed = 0;
         for entry in entries {
-            let name = entry?.file_name();
+            let entry = entry?;
+            let name = entry.file_name();
             let Some(id) = name.to_str() else { continue };
-            if crate::campaign::valid_id(id) && !keep.contains(id) {
+            // An age that cannot be read counts as new: kept this time.
+            let old = older_than.is_zero()
+                || entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= older_than));
+            if crate::campaign::valid_id(id) && !keep.contains(id) && old {
                 self.remove(id)?;
                 removed += 1;
             }
@@ -294,13 +324,35 @@ mod tests {
         store.write(other, &pdf()).unwrap();
         fs::create_dir(state.path().join("campaigns").join("not-a-campaign")).unwrap();
         let keep: HashSet<String> = [ID.to_string()].into();
-        assert_eq!(store.sweep(&keep).unwrap(), 1);
+        // In a cluster only old orphans go: another node may be between
+        // the file and the record of a new campaign.
+        assert_eq!(store.sweep(&keep, std::time::Duration::from_secs(3600)).unwrap(), 0);
+        assert!(state.path().join("campaigns").join(other).exists());
+        assert_eq!(store.sweep(&keep, std::time::Duration::ZERO).unwrap(), 1);
         assert!(state.path().join("campaigns").join(ID).join(FILE).exists());
         assert!(!state.path().join("campaigns").join(other).exists());
         assert!(state.path().join("campaigns").join("not-a-campaign").exists(), "only campaign directories are swept");
         store.remove(ID).unwrap();
         store.remove(ID).unwrap();
         assert!(!state.path().join("campaigns").join(ID).exists());
-        assert_eq!(Attachments::new(&state.path().join("none")).sweep(&keep).unwrap(), 0);
+        assert_eq!(Attachments::new(&state.path().join("none")).sweep(&keep, std::time::Duration::ZERO).unwrap(), 0);
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_keeps_attachments_on_the_shared_profiles_storage() {
+        let mut config = crate::config::Config::default();
+        config.state.dir = PathBuf::from("/var/lib/wasup");
+        assert_eq!(Attachments::of(&config).root, PathBuf::from("/var/lib/wasup/campaigns"));
+        assert_eq!(Attachments::orphan_age(&config), std::time::Duration::ZERO);
+        config.store.backend = crate::config::StoreBackend::Postgres;
+        config.state.profiles_dir = Some(PathBuf::from("/srv/wasup/profiles"));
+        assert_eq!(Attachments::of(&config).root, PathBuf::from("/srv/wasup/profiles/.campaigns"));
+        assert!(crate::session_state::validate_name(".campaigns").is_err(), "no session's profile can be there");
+        assert_eq!(Attachments::orphan_age(&config), std::time::Duration::from_secs(3600));
     }
 }

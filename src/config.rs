@@ -487,7 +487,8 @@ pub struct StateConfig {
     #[serde(with = "humantime_serde")]
     pub failing_limit: Duration,
     /// Where the browser profiles live (`<profiles_dir>/<session>`). In a
-    /// cluster, storage every node mounts. Default `<dir>/profiles`.
+    /// cluster, storage every node mounts, which also keeps the campaign
+    /// attachments (`.campaigns/`). Default `<dir>/profiles`.
     pub profiles_dir: Option<PathBuf>,
 }
 

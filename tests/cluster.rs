@@ -13,6 +13,9 @@
 //!   none of its browsers is left.
 //! - A rolling restart of all three nodes during a campaign: no QR, no
 //!   duplicate.
+//! - A campaign with an attachment moves with its session: the next node
+//!   reads the file its creator stored on the shared storage, and every
+//!   recipient gets the document once.
 //!
 //! (PostgreSQL stopped and started mid-campaign is `tests/postgres_store.rs`,
 //! whose node runs in cluster mode too.)
@@ -229,5 +232,50 @@ fn a_rolling_restart_of_every_node_loses_and_repeats_nothing() {
     let v = cluster.node(&on).wait_campaign(&id, "COMPLETED", Duration::from_secs(180));
     assert_eq!(v["counts"]["SENT"], 12, "{v}");
     assert_each_once(&sim, &device, &to);
+    assert_no_qr_after_pairing(cluster.node(&on), "acme");
+}
+
+#[test]
+fn a_campaign_with_an_attachment_moves_with_its_session() {
+    let Some(pg) = postgres("cluster") else { return };
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let mut cluster = Cluster::new(&pg);
+    cluster.start(&sim, "node-a");
+    let device = cluster.pair(&sim, "node-a", "acme", "4915155555555");
+    cluster.start(&sim, "node-b");
+    let to = numbers(4, 75_000_000);
+    let csv: String = std::iter::once("phone".to_string()).chain(to.iter().map(|p| format!("+{p}"))).collect::<Vec<_>>().join("\n");
+    let doc = pdf();
+    let fields = [
+        ("name", "terms"),
+        ("session", "acme"),
+        ("template", "Our terms are attached."),
+        ("min_delay", "700ms"),
+        ("max_delay", "900ms"),
+        ("start", "true"),
+        ("csv", csv.as_str()),
+    ];
+    let (content_type, body) = form(&fields, Some(("terms.pdf", "application/pdf", &doc)));
+    let a = cluster.node("node-a");
+    let r = request("POST", &format!("{}/api/campaigns", a.base), Some(&a.token), Some(&body), &content_type);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // On the storage every node shares, not in node-a's own state dir.
+    let file = cluster.profiles.path().join(".campaigns").join(&id).join("attachment");
+    assert_eq!(sha256_hex(&std::fs::read(&file).unwrap()), sha256_hex(&doc));
+    assert!(!a.state_dir().join("campaigns").join(&id).exists());
+    a.wait_sent(&id, 1, Duration::from_secs(60));
+
+    // node-a goes (its state dir with it); node-b takes the session and
+    // the campaign, and sends the rest of the document from the file.
+    assert!(cluster.node_mut("node-a").stop(), "node-a did not stop in time");
+    let on = cluster.wait_connected("acme", &["node-a"], Duration::from_secs(90));
+    let v = cluster.node(&on).wait_campaign(&id, "COMPLETED", Duration::from_secs(120));
+    assert_eq!(v["counts"]["SENT"], 4, "{v}");
+    assert_each_once(&sim, &device, &to);
+    for m in sim.messages(&device) {
+        assert_eq!((&m["type"], &m["sha256"]), (&json!("document"), &json!(sha256_hex(&doc))), "{m}");
+    }
     assert_no_qr_after_pairing(cluster.node(&on), "acme");
 }

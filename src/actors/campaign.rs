@@ -147,7 +147,7 @@ impl Campaign {
     ) -> Self {
         let io = Io { records: Records::new(&record, store), report: Report::new(&record, events), tally, actions: VecDeque::new() };
         let machine = Machine::new(record.clone(), pacing, settings_for(&config, &record));
-        let attachments = Attachments::new(&config.state.dir);
+        let attachments = Attachments::of(&config);
         Self {
             machine,
             io,

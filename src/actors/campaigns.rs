@@ -139,7 +139,7 @@ impl Actor for Campaigns {
                 // attachments a crash left without their record. A few
                 // directory entries, so on this thread.
                 let known = records.iter().map(|r| r.id.clone()).collect();
-                match Attachments::new(&self.config.state.dir).sweep(&known) {
+                match Attachments::of(&self.config).sweep(&known, Attachments::orphan_age(&self.config)) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "removed attachments of campaigns that were never created"),
                     // Harmless: the orphans only take disk space.
@@ -197,7 +197,7 @@ impl Handler<CreateCampaign> for Campaigns {
                 // On the blocking pool: a 100,000-recipient write takes
                 // seconds, and this actor's thread also runs the Supervisor.
                 let (recipients, attachment) = (msg.recipients, msg.attachment);
-                let attachments = Attachments::new(&config.state.dir);
+                let attachments = Attachments::of(&config);
                 tokio::task::spawn_blocking(move || {
                     // The file is on disk before the record that names it:
                     // no campaign ever has an attachment it cannot find
