@@ -11,7 +11,7 @@
 //! | placement | `--cluster-sessions` sessions created on the first node → every one `CONNECTED` with a node; how many each node runs |
 //! | DB statements per idle session | `pg_stat_statements` reset once all are connected, read after `--db-window`: every statement any node ran (the bench's own reads excluded) per second, per session; and per node |
 //! | API latency, owner vs non-owner | `--api-requests` `GET /api/sessions/{name}` and as many text sends, alternately at the node running the session and at another node (which forwards the send one hop); p50 / p99 |
-//! | failover | the first node SIGKILLed (its double dies with it): for each of its sessions, the kill → the first `CONNECTED` in its history written by another node; p50 / p99 / max, and whether any history shows `SCAN_QR` since the kill |
+//! | failover | the first node SIGKILLed (its double dies with it): once another node runs each of its sessions, the kill → the first `CONNECTED` in that session's history since the kill; p50 / p99 / max, and whether any history shows `SCAN_QR` since the kill |
 //!
 //! Each node may run `ceil(sessions / (nodes − 1))` sessions
 //! (`cluster.max_sessions`), so the survivors can take the killed node's
@@ -19,7 +19,6 @@
 //! the session count.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 use crate::bench::{ms, percentile, BenchArgs, Row};
-use crate::launch::{wait_until, Api, Body, ChildGuard, DaemonSetup, Log, SELF_BASE};
+use crate::launch::{wait_until, Api, Body, ChildGuard, DaemonSetup, Log};
 use crate::pg_harness::TempPostgres;
 use crate::session_state::now_ms;
 
@@ -93,9 +92,7 @@ pub fn run(exe: &Path, dir: &Path, args: &BenchArgs, rows: &mut Vec<Row>) -> any
     let pg = TempPostgres::start_with(&["shared_preload_libraries=pg_stat_statements", "max_connections=200"])
         .context("the cluster bench needs PostgreSQL (Debian's postgresql, or WASUP_PG_BIN)")?;
     pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")?;
-    let wrapper = dir.join("webdriver-double");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' webdriver-double \"$@\"\n", exe.display()))?;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let wrapper = crate::webdriver_double::write_wrapper(exe, dir)?;
     let profiles = dir.join("profiles");
     std::fs::create_dir_all(&profiles)?;
     let max_sessions = total.div_ceil(count - 1);
@@ -108,13 +105,10 @@ pub fn run(exe: &Path, dir: &Path, args: &BenchArgs, rows: &mut Vec<Row>) -> any
         std::fs::create_dir_all(&node_dir)?;
         let extra = format!(
             "events = \"poll\"\npoll_interval = \"1s\"\n[browser]\nchromedriver = \"{}\"\n[restart]\nboot_stagger = \"{}ms\"\n\
-             [store]\nbackend = \"postgres\"\nurl = \"{}\"\n[cluster]\nnode = \"{name}\"\nadvertise = \"{SELF_BASE}\"\n\
-             lease_ttl = \"{}ms\"\nmax_sessions = {max_sessions}\nprofiles_dir = \"{}\"\n[limits]\nsessions = {total}\n",
+             [limits]\nsessions = {total}\n{}",
             wrapper.display(),
             args.stagger.as_millis(),
-            pg.url(),
-            ttl.as_millis(),
-            profiles.display()
+            crate::launch::cluster_config(&pg.url(), &name, ttl, max_sessions, crate::config::StoreConfig::default().timeout, &profiles)
         );
         // The double is the page: no simulator runs (the URL is never fetched).
         let setup = DaemonSetup::new(&node_dir, "http://127.0.0.1:9", &extra)?;
@@ -165,7 +159,7 @@ pub fn run(exe: &Path, dir: &Path, args: &BenchArgs, rows: &mut Vec<Row>) -> any
     std::thread::sleep(args.db_window);
     let (c1, r1) = statements(&pg)?;
     let seconds = window.elapsed().as_secs_f64();
-    let (calls, rows_read) = ((c1 - c0) as f64 / seconds, (r1 - r0) as f64 / seconds);
+    let (calls, rows_read) = (c1.saturating_sub(c0) as f64 / seconds, r1.saturating_sub(r0) as f64 / seconds);
     eprintln!("bench: busiest statements over the window (calls, text):\n{}", top_statements(&pg)?);
     rows.push((
         format!("DB statements per idle session, {total} sessions on {count} nodes"),

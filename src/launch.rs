@@ -449,11 +449,25 @@ impl Sim {
     }
 }
 
-/// A daemon configuration in a directory (state in `dir/state`) pointing
-/// at a simulator, and `wasup serve` started from it.
 /// In a [`DaemonSetup`]'s extra config: the daemon's own base URL.
 pub const SELF_BASE: &str = "@SELF_BASE@";
 
+/// A cluster node's config lines (for [`DaemonSetup::new`]'s extra
+/// config): the PostgreSQL store at `url` waiting at most `store_timeout`
+/// per call, node `node` advertised at its own base URL ([`SELF_BASE`]),
+/// `lease_ttl`, `max_sessions`, and the shared `profiles` dir.
+pub fn cluster_config(url: &str, node: &str, lease_ttl: Duration, max_sessions: u32, store_timeout: Duration, profiles: &Path) -> String {
+    format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\ntimeout = \"{}ms\"\n[cluster]\nnode = \"{node}\"\n\
+         advertise = \"{SELF_BASE}\"\nlease_ttl = \"{}ms\"\nmax_sessions = {max_sessions}\nprofiles_dir = \"{}\"\n",
+        store_timeout.as_millis(),
+        lease_ttl.as_millis(),
+        profiles.display()
+    )
+}
+
+/// A daemon configuration in a directory (state in `dir/state`) pointing
+/// at a simulator, and `wasup serve` started from it.
 pub struct DaemonSetup {
     pub config: PathBuf,
     /// A client of its API with its token (kept-alive connections).

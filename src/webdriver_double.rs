@@ -19,8 +19,9 @@
 //! | `execute/async` typing | done |
 //! | `DELETE /session/{id}` | done |
 //!
-//! Anything else (media, logout, takeover, another command) answers the
-//! W3C error `unsupported operation`: the double does not pretend. The lease
+//! Any other script (media, logout, takeover) answers the W3C error
+//! `unsupported operation`, and any other command `unknown command`: the
+//! double does not pretend. The lease
 //! and placement logic are what the cluster bench measures, not the page;
 //! the real page and Chromium are measured by the rest of `wasup bench` and
 //! the tests, against the simulator.
@@ -88,6 +89,19 @@ fn ok(value: Value) -> HttpResponse {
 pub fn number_of(profile: &str) -> String {
     let hash = profile.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     format!("1555{:07}", hash % 10_000_000)
+}
+
+/// Writes `dir/webdriver-double`, an executable stand-in for chromedriver
+/// that runs `exe webdriver-double` with the arguments it is given (point
+/// `[browser] chromedriver` at it). Returns its path.
+///
+/// Errors: the file could not be written or made executable.
+pub fn write_wrapper(exe: &std::path::Path, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("webdriver-double");
+    std::fs::write(&path, format!("#!/bin/sh\nexec '{}' webdriver-double \"$@\"\n", exe.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
 }
 
 fn new_id() -> String {

@@ -12,11 +12,12 @@ use common::BIN;
 
 #[test]
 fn the_cluster_bench_places_fails_over_and_prints_every_figure() {
-    let Some(pg) = common::postgres("cluster bench") else { return };
     // The bench starts a server of its own.
-    drop(pg);
+    if !common::postgres_available("cluster bench") {
+        return;
+    }
     let out = Command::new(BIN)
-        .args(["bench", "--cluster", "--cluster-sessions", "30", "--lease-ttl", "6s", "--db-window", "3s", "--api-requests", "10"])
+        .args(["bench", "--cluster", "--cluster-sessions", "30", "--lease-ttl", "10s", "--db-window", "3s", "--api-requests", "10"])
         .output()
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -28,17 +29,31 @@ fn the_cluster_bench_places_fails_over_and_prints_every_figure() {
             .unwrap_or_else(|| panic!("no row {figure:?} in\n{stdout}"))
             .to_string()
     };
+    // Each node may run 15 (= 30 / (3 - 1)), and takes up to its fair
+    // share while all three are live; a node whose heartbeat a loaded
+    // machine delayed past the TTL is left out of one round, so the split
+    // is only bounded here (the placement unit tests pin it exactly).
+    let split = |text: &str, after: &str| -> Vec<(String, u32)> {
+        let part = text.split(after).nth(1).unwrap_or_default();
+        let part = part.split([';', ')']).next().unwrap_or_default();
+        part.split(", ")
+            .filter_map(|p| Some((p.split_whitespace().next()?.to_string(), p.split_whitespace().nth(1)?.parse().ok()?)))
+            .collect()
+    };
     let placed = row("cluster placement, 30 sessions on 3 nodes");
-    assert!(placed.contains("all CONNECTED") && placed.contains("node-a 10, node-b 10, node-c 10"), "fair placement: {placed}");
+    let by_node = split(&placed, "after creation (");
+    assert!(placed.contains("all CONNECTED") && by_node.len() == 3, "every node runs sessions: {placed}");
+    assert!(by_node.iter().all(|(_, n)| (1..=15).contains(n)), "within max_sessions: {placed}");
+    assert_eq!(by_node.iter().map(|(_, n)| n).sum::<u32>(), 30, "{placed}");
     let db = row("DB statements per idle session");
     assert!(db.contains("/s (all: "), "{db}");
     row("API read GET /api/sessions/{name}");
     row("API send POST …/messages");
-    let failover = row("failover of a SIGKILLed node's 10 sessions");
+    let failover = row("failover of a SIGKILLed node's");
+    let victims = by_node.iter().find(|(node, _)| node == "node-a").map(|(_, n)| *n).unwrap_or(0);
+    assert!(failover.contains(&format!("node's {victims} sessions")), "node-a's sessions moved: {failover}");
     assert!(failover.contains(" 0 SCAN_QR"), "no QR after a failover: {failover}");
-    let now = failover.split("now ").nth(1).unwrap_or_default();
-    let survivors: u32 =
-        now.split(", ").filter_map(|part| part.split_whitespace().nth(1)?.trim_end_matches([')', '|', ' ']).parse::<u32>().ok()).sum();
-    assert!(!now.contains("node-a"), "the killed node runs nothing: {failover}");
-    assert_eq!(survivors, 30, "every session runs on a survivor: {failover}");
+    let survivors = split(&failover, "now ");
+    assert!(!survivors.iter().any(|(node, _)| node == "node-a"), "the killed node runs nothing: {failover}");
+    assert_eq!(survivors.iter().map(|(_, n)| n).sum::<u32>(), 30, "every session runs on a survivor: {failover}");
 }

@@ -11,19 +11,10 @@ use std::time::Duration;
 use common::{Daemon, BIN};
 use serde_json::{json, Value};
 
-/// A chromedriver stand-in script in `dir` that runs the double.
-fn wrapper(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join("webdriver-double");
-    std::fs::write(&path, format!("#!/bin/sh\nexec '{BIN}' webdriver-double \"$@\"\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 #[test]
 fn a_session_on_the_double_connects_sends_and_reconnects_as_the_same_account() {
     let dir = tempfile::tempdir().unwrap();
-    let chromedriver = wrapper(dir.path());
+    let chromedriver = wasup::webdriver_double::write_wrapper(std::path::Path::new(BIN), dir.path()).unwrap();
     // The daemon's default events mode asks for BiDi; the double offers
     // none, so the page is polled (as with a chromedriver without BiDi).
     let extra = format!("[browser]\nchromedriver = \"{}\"\n", chromedriver.display());

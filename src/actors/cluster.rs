@@ -64,6 +64,8 @@ pub struct Cluster {
     renewing: bool,
     /// A placement round is under way.
     placing_now: bool,
+    /// A wake came while a round was under way: another round follows it.
+    wanted: bool,
     /// The node fenced itself and has not renewed since.
     fenced: bool,
     /// Sessions whose fenced write failed, from the store.
@@ -85,12 +87,16 @@ struct Renewal {
 
 /// What one placement round found, on the blocking pool.
 struct Placement {
+    /// When its first claim could have been made (before the pause): its
+    /// leases run from then at the latest.
+    claiming_from: Instant,
     /// Leases this round claimed.
     acquired: Vec<(String, i64)>,
     /// A draining node's session to hand over.
     hand_over: Option<String>,
-    /// Every session record (for the Supervisor's views), when read.
-    records: Option<Vec<SessionRecord>>,
+    /// Every session record (for the Supervisor's views), when read, and
+    /// when the read began.
+    records: Option<(Vec<SessionRecord>, Instant)>,
 }
 
 impl Cluster {
@@ -110,6 +116,7 @@ impl Cluster {
             ttl,
             renewing: false,
             placing_now: false,
+            wanted: false,
             fenced: false,
             lost: Some(lost),
             placing: true,
@@ -186,21 +193,28 @@ impl Cluster {
     /// while the last renewal is fresh: a node that cannot renew what it
     /// holds takes nothing more.
     fn place(&mut self, ctx: &mut Context<Self>) {
-        if self.placing_now || self.leaving || !self.placing || self.fenced || !self.fences.fresh() {
+        if self.placing_now {
+            self.wanted = true;
+            return;
+        }
+        self.wanted = false;
+        if self.leaving || !self.placing || self.fenced || !self.fences.fresh() {
             return;
         }
         self.placing_now = true;
         let (db, store, held) = (self.db.clone(), self.store.clone(), self.fences.held());
         let pause = (self.ttl / 10).mul_f64(rand::thread_rng().gen_range(0.0..1.0));
         let work = tokio::task::spawn_blocking(move || {
-            let mut round = Placement { acquired: Vec::new(), hand_over: None, records: None };
+            let mut round = Placement { claiming_from: Instant::now(), acquired: Vec::new(), hand_over: None, records: None };
             // Errors end the round quietly: the next one tries again, and
             // nothing runs on a claim not made.
             let Ok(view) = db.view() else { return round };
+            let read_at = Instant::now();
             let Ok(records) = store.sessions() else { return round };
             round.hand_over = hand_over(&db, &view, &held);
+            round.claiming_from = Instant::now();
             round.acquired = place_sessions(&db, &view, &held, &records, pause);
-            round.records = Some(records);
+            round.records = Some((records, read_at));
             round
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|done, act, ctx| {
@@ -209,15 +223,26 @@ impl Cluster {
                 Ok(round) => act.placed(round, ctx),
                 Err(e) => tracing::error!(error = %e, "the placement round did not finish"),
             }
+            if act.wanted {
+                act.place(ctx);
+            }
         }));
     }
 
     fn placed(&mut self, round: Placement, ctx: &mut Context<Self>) {
-        if let Some(records) = round.records {
-            self.supervisor.do_send(Known { records });
+        if let Some((records, read_at)) = round.records {
+            self.supervisor.do_send(Known { records, read_at });
         }
-        if (!self.placing || self.leaving) && !round.acquired.is_empty() {
-            // Claimed while the daemon began to stop: given back at once.
+        // Claims are given back at once when the daemon began to stop, or
+        // when this node can no longer vouch for them: it fenced itself or
+        // missed renewals meanwhile (stopped, or the database stalled), or
+        // the round took so long (a frozen process) that leases claimed at
+        // its start may have expired and be another node's.
+        let stale = self.fenced || !self.fences.fresh() || round.claiming_from.elapsed() >= self.ttl / 2;
+        if (!self.placing || self.leaving || stale) && !round.acquired.is_empty() {
+            if stale {
+                tracing::warn!(claims = round.acquired.len(), "placement round too late to trust: its claims are given back");
+            }
             let names: Vec<String> = round.acquired.into_iter().map(|(s, _)| s).collect();
             let db = self.db.clone();
             // Harmless if it fails: the leases, never renewed, expire.

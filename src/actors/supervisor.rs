@@ -29,7 +29,7 @@ mod reporter;
 mod routing;
 mod session_reports;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,11 @@ impl Slot {
 /// liveness mark is written.
 const OBJECTIVES_EVERY: Duration = Duration::from_secs(5);
 
+/// How long past its close bound a Session may take to answer
+/// `Shutdown` (the `/proc` scan and kills after the close) before the
+/// Supervisor kills what is left on the profile itself.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
 /// The Supervisor. See the module docs.
 pub struct Supervisor {
     config: Arc<Config>,
@@ -134,6 +139,10 @@ pub struct Supervisor {
     stopping: bool,
     /// When the next acquired session may start (staggered).
     next_start: std::time::Instant,
+    /// Cluster mode: sessions created here or learned of ([`Supervisor::learn`])
+    /// since the last [`Known`], and when; a `Known` read before that keeps
+    /// them.
+    learned: HashMap<String, std::time::Instant>,
 }
 
 impl Supervisor {
@@ -161,6 +170,7 @@ impl Supervisor {
             cluster,
             stopping: false,
             next_start: std::time::Instant::now(),
+            learned: HashMap::new(),
         }
     }
 
@@ -239,7 +249,8 @@ impl Supervisor {
     }
 
     /// [`Supervisor::stop_actor`], the browser given `close_within` to
-    /// close before it is killed.
+    /// close before it is killed (by the Session, or here if the Session
+    /// has not answered [`SHUTDOWN_SLACK`] later).
     fn stop_actor_within(&mut self, name: &str, close_within: Duration, ctx: &mut Context<Self>) -> impl std::future::Future<Output = ()> {
         let addr = self.slots.get_mut(name).and_then(|slot| {
             slot.session.generation += 1; // Reports of the old actor are void now.
@@ -250,9 +261,16 @@ impl Supervisor {
             slot.session.events = None;
             slot.addr.take()
         });
+        let profile = profile::path(&self.config.state.profiles(), name);
         async move {
-            if let Some(addr) = addr {
-                let _ = tokio::time::timeout(close_within + Duration::from_secs(10), addr.send(session::Shutdown { close_within })).await;
+            let Some(addr) = addr else { return };
+            // The Session may be busy ending by itself (its own close runs
+            // first): past the bound, whatever runs on the profile is killed
+            // here, so the answer "closed" holds either way.
+            let answered = tokio::time::timeout(close_within + SHUTDOWN_SLACK, addr.send(session::Shutdown { close_within })).await;
+            if !matches!(answered, Ok(Ok(()))) {
+                let killed = tokio::task::spawn_blocking(move || profile::kill_browsers(&profile)).await.unwrap_or(0);
+                tracing::warn!(killed, "the session did not close its browser in time; killed what was left on its profile");
             }
         }
     }

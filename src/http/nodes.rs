@@ -5,7 +5,8 @@
 //! request).
 //!
 //! Every read is one [`cluster::read_view`] (two statements) on the
-//! blocking pool, so a slow database holds no HTTP worker.
+//! blocking pool, so a slow database holds no HTTP worker; session views
+//! add one read of the sessions another node runs ([`place`]).
 
 use std::time::Duration;
 
@@ -104,21 +105,24 @@ impl ClusterApi {
 }
 
 /// Sets the `node` of each of `views` from one read of the leases (cluster
-/// mode; on one node they stay `null`). A session another node runs (or
-/// none does) gets its state, reason, `since_ms`, account and desired
-/// state from the store now: this node's copy of it is only as fresh as
-/// its last cluster round, and a session that just moved would still show
-/// its old node's `CONNECTED` beside its new node's name. One read of the
-/// session for one view, one of every session for more.
+/// mode; on one node they stay `null`). A session this node does not run
+/// now (it holds no lease of it: another node runs it, or none does) gets
+/// its state, reason, `since_ms`, account and desired state from the store
+/// now, and no runtime figures (heartbeat, memory, key files, attempt,
+/// event mode): this node's copy is only as fresh as its last placement
+/// round, and a session that just moved would still show its old node's
+/// `CONNECTED` beside its new node's name. One read of the session for one
+/// view, one of every session for more.
 ///
 /// Errors: 503, the database did not answer.
 pub(super) async fn place(state: &AppState, views: &mut [SessionView]) -> Result<(), ApiError> {
     let Some(cluster) = &state.cluster else { return Ok(()) };
     let view = cluster.view().await?;
+    let runs_here = |name: &str| state.store.fences().is_some_and(|f| f.generation(name).is_some());
     let mut elsewhere = Vec::new();
     for v in views.iter_mut() {
         v.node = view.owner(&v.name).map(|lease| lease.node.clone());
-        if v.node.as_deref() != Some(cluster.node.as_str()) {
+        if !runs_here(&v.name) {
             elsewhere.push(v.name.clone());
         }
     }
@@ -133,7 +137,7 @@ pub(super) async fn place(state: &AppState, views: &mut [SessionView]) -> Result
     .await
     .map_err(|e| ApiError::internal(format!("reading the sessions: {e}")))??;
     let by_name: std::collections::HashMap<&str, &crate::store::SessionRecord> = records.iter().map(|r| (r.name.as_str(), r)).collect();
-    for v in views.iter_mut().filter(|v| v.node.as_deref() != Some(cluster.node.as_str())) {
+    for v in views.iter_mut().filter(|v| !runs_here(&v.name)) {
         if let Some(r) = by_name.get(v.name.as_str()) {
             v.state = r.state;
             v.reason.clone_from(&r.reason);
@@ -141,6 +145,12 @@ pub(super) async fn place(state: &AppState, views: &mut [SessionView]) -> Result
             v.me.clone_from(&r.me);
             v.desired = r.desired;
         }
+        v.attempt = 0;
+        v.next_attempt_ms = None;
+        v.last_heartbeat_ms = None;
+        v.key_files = None;
+        v.browser_pss_bytes = None;
+        v.events = None;
     }
     Ok(())
 }

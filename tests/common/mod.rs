@@ -752,24 +752,24 @@ pub fn form(fields: &[(&str, &str)], file: Option<(&str, &str, &[u8])>) -> (Stri
 /// where none is installed; required when `WASUP_REQUIRE_POSTGRES` is set
 /// (`scripts/test` sets it).
 pub fn postgres(scenarios: &str) -> Option<wasup::pg_harness::TempPostgres> {
-    use wasup::pg_harness::TempPostgres;
-    if !TempPostgres::available() {
+    postgres_available(scenarios).then(|| wasup::pg_harness::TempPostgres::start().expect("start a throwaway PostgreSQL"))
+}
+
+/// Whether PostgreSQL's binaries are here (for a test that starts its own
+/// server); as for [`postgres`], their absence skips the `scenarios`, or
+/// fails under `WASUP_REQUIRE_POSTGRES`.
+pub fn postgres_available(scenarios: &str) -> bool {
+    if !wasup::pg_harness::TempPostgres::available() {
         assert!(std::env::var_os("WASUP_REQUIRE_POSTGRES").is_none(), "WASUP_REQUIRE_POSTGRES is set but PostgreSQL is not installed");
         eprintln!("SKIPPED: no PostgreSQL here; the {scenarios} scenarios did not run");
-        return None;
+        return false;
     }
-    Some(TempPostgres::start().expect("start a throwaway PostgreSQL"))
+    true
 }
 
 /// A cluster node's config lines (for [`Daemon::start`]'s extra config):
-/// the PostgreSQL store at `url`, node `node` advertised at its own base
-/// URL ([`launch::SELF_BASE`]), `lease_ttl` and the shared `profiles` dir.
+/// [`launch::cluster_config`] with the default `max_sessions` (40) and a
+/// 2 s store timeout (a stopped database is noticed quickly).
 pub fn cluster_node(url: &str, node: &str, lease_ttl: Duration, profiles: &Path) -> String {
-    format!(
-        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\ntimeout = \"2s\"\n[cluster]\nnode = \"{node}\"\nadvertise = \"{}\"\n\
-         lease_ttl = \"{}ms\"\nprofiles_dir = \"{}\"\n",
-        launch::SELF_BASE,
-        lease_ttl.as_millis(),
-        profiles.display()
-    )
+    launch::cluster_config(url, node, lease_ttl, 40, Duration::from_secs(2), profiles)
 }

@@ -26,8 +26,9 @@ pub struct Acquire {
 /// This node no longer holds these sessions' leases (lost, fenced, or
 /// handed over): their browsers close and their campaigns stop at a safe
 /// point; nothing is written for them (the next owner does). Answers once
-/// the browsers are closed: a lost or fenced lease's within `lease_ttl / 4`
-/// (then killed), before the lease can be another node's.
+/// the browsers are closed: within `lease_ttl / 4` (then killed) when the
+/// lease is lost or fenced, so a fenced node's browser is gone before its
+/// lease can expire (a lost one's may be another node's already).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Release {
@@ -159,11 +160,14 @@ impl Handler<Release> for Supervisor {
 /// Every session record as the cluster's last read of the store has them:
 /// sessions other nodes run (or none does) are brought up to date, those
 /// created elsewhere appear, those deleted elsewhere go. Sessions this
-/// node runs keep their own record.
+/// node runs keep their own record. A session this node created or
+/// learned of after `read_at` (when the read began) stays, though the read
+/// did not see it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Known {
     pub records: Vec<crate::store::SessionRecord>,
+    pub read_at: Instant,
 }
 
 impl Handler<Known> for Supervisor {
@@ -171,7 +175,10 @@ impl Handler<Known> for Supervisor {
 
     fn handle(&mut self, msg: Known, _ctx: &mut Self::Context) {
         let names: std::collections::BTreeSet<String> = msg.records.iter().map(|r| r.name.clone()).collect();
-        self.slots.retain(|name, slot| slot.owned || names.contains(name));
+        let read_at = msg.read_at;
+        let learned = &self.learned;
+        self.slots.retain(|name, slot| slot.owned || names.contains(name) || learned.get(name).is_some_and(|t| *t > read_at));
+        self.learned.retain(|_, t| *t > read_at);
         for record in msg.records {
             match self.slots.get_mut(&record.name) {
                 Some(slot) if slot.owned => {}
@@ -201,6 +208,7 @@ impl Supervisor {
             let mut slot = Slot::new(record, self.targets);
             slot.owned = false;
             self.slots.insert(name.to_string(), slot);
+            self.learned.insert(name.to_string(), Instant::now());
         }
         Ok(())
     }

@@ -68,6 +68,7 @@ impl Handler<CreateSession> for Supervisor {
             // Cluster mode: it runs where placement puts it, maybe here.
             slot.owned = false;
             self.slots.insert(msg.name.clone(), slot);
+            self.learned.insert(msg.name.clone(), std::time::Instant::now());
             if msg.start {
                 fences.wake_placement();
             }
