@@ -173,12 +173,7 @@ impl Cluster {
         // A lease asked for and not renewed is gone, if it is still held at
         // that generation (one released meanwhile is gone already; one
         // acquired meanwhile was not asked for).
-        let lost: Vec<String> = renewal
-            .held
-            .into_iter()
-            .filter(|h| !renewed.contains(h) && self.fences.generation(&h.0) == Some(h.1))
-            .map(|(s, _)| s)
-            .collect();
+        let lost = lost_leases(renewal.held, &renewed, |s| self.fences.generation(s));
         if !lost.is_empty() {
             for s in &lost {
                 self.fences.set(s, None);
@@ -369,6 +364,12 @@ impl Actor for Cluster {
 /// A write refused by its fence.
 struct Lost(LostLease);
 
+/// The leases a renewal lost: asked for (`asked`), not renewed, and still
+/// held now at the generation asked for (`held_now`).
+fn lost_leases(asked: Vec<(String, i64)>, renewed: &[(String, i64)], held_now: impl Fn(&str) -> Option<i64>) -> Vec<String> {
+    asked.into_iter().filter(|h| !renewed.contains(h) && held_now(&h.0) == Some(h.1)).map(|(s, _)| s).collect()
+}
+
 /// What a refused write says of the lease held now.
 #[derive(Debug, PartialEq, Eq)]
 enum Refused {
@@ -456,6 +457,23 @@ impl Handler<Leave> for Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_loses_only_what_it_asked_for_and_is_still_held() {
+        let asked = vec![("a".to_string(), 1), ("b".to_string(), 2), ("c".to_string(), 3), ("d".to_string(), 4)];
+        let renewed = [("a".to_string(), 1)];
+        // b: still held at 2, not renewed: lost. c: released meanwhile.
+        // d: released and taken again at 5 meanwhile. e: acquired during
+        // the renewal (not asked for).
+        let held = |s: &str| match s {
+            "a" => Some(1),
+            "b" => Some(2),
+            "d" => Some(5),
+            "e" => Some(6),
+            _ => None,
+        };
+        assert_eq!(lost_leases(asked, &renewed, held), vec!["b".to_string()]);
+    }
 
     #[test]
     fn a_late_refusal_leaves_a_lease_taken_again_alone() {
