@@ -222,7 +222,7 @@ impl Config {
                 if node.is_empty() {
                     return Err("store.backend = \"postgres\" needs cluster.node (this node's unique, stable id)".into());
                 }
-                if node.len() > 64 || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                if !crate::session_state::is_name(node) {
                     return Err(format!("cluster.node must be letters, digits, '-' or '_', at most 64, got {node:?}"));
                 }
                 let advertise = cluster.advertise.as_deref().unwrap_or("");

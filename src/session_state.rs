@@ -74,11 +74,17 @@ pub struct Me {
     pub pushname: Option<String>,
 }
 
+/// Whether `name` is 1 to 64 of `A-Z a-z 0-9 _ -`: the rule for session
+/// names and cluster node names alike (both end up in paths, URLs and SQL
+/// parameters).
+pub fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Checks a session name: 1 to 64 of `A-Z a-z 0-9 _ -`. The name becomes a
 /// directory under the state dir, so anything else (`../x`) is refused.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if is_name(name) {
         Ok(())
     } else {
         Err(format!("invalid session name {name:?}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"))

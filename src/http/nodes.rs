@@ -247,7 +247,7 @@ async fn undrain(state: web::Data<AppState>, path: web::Path<NodeName>) -> Resul
 }
 
 async fn set_draining(state: &AppState, name: String, draining: bool) -> Result<HttpResponse, ApiError> {
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !crate::session_state::is_name(&name) {
         return Err(ApiError::bad_request(format!("invalid node name {name:?}: 1 to 64 of A-Z a-z 0-9 _ -")));
     }
     let Some(cluster) = &state.cluster else {
