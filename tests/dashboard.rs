@@ -115,14 +115,7 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
         vec![json!("acme"), json!("CONNECTED"), json!("state-green")],
     )
     .await;
-    wait_js(
-        &c,
-        "the event stream to be live",
-        Duration::from_secs(10),
-        "return document.getElementById('live').getAttribute('data-live') === 'on';",
-        vec![],
-    )
-    .await;
+    wait_live(&c).await;
     let login_gone = c
         .execute("return document.getElementById('login').hidden && document.getElementById('token').value === '';", vec![])
         .await
@@ -212,6 +205,18 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
 }
 
 /// Clears the form control at `css` and types `text` into it.
+/// Waits until the dashboard's event stream says it is live.
+async fn wait_live(c: &Client) {
+    wait_js(
+        c,
+        "the event stream to be live",
+        Duration::from_secs(10),
+        "return document.getElementById('live').getAttribute('data-live') === 'on';",
+        vec![],
+    )
+    .await;
+}
+
 async fn fill(c: &Client, css: &str, text: &str) {
     let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
     e.clear().await.unwrap_or_else(|e| panic!("clear {css}: {e}"));
@@ -284,14 +289,7 @@ async fn an_operator_creates_a_session_pairs_it_and_runs_a_campaign_from_a_csv_i
     let form = c.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("#token")).await.expect("the token form");
     form.send_keys(&daemon.token).await.expect("type the token");
     click(&c, "#login-form button[type=submit]").await;
-    wait_js(
-        &c,
-        "the event stream to be live",
-        Duration::from_secs(10),
-        "return document.getElementById('live').getAttribute('data-live') === 'on';",
-        vec![],
-    )
-    .await;
+    wait_live(&c).await;
     c.execute(
         "window.__violations = []; document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));",
         vec![],
