@@ -259,6 +259,11 @@ pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// `p50 …, p99 …` of `sorted`, in ms.
+pub fn p50_p99(sorted: &[Duration]) -> String {
+    format!("p50 {}, p99 {}", ms(percentile(sorted, 50.0)), ms(percentile(sorted, 99.0)))
+}
+
 /// `p50 …, p95 … (n=…)` of `sorted`.
 fn p50_p95(sorted: &[Duration]) -> String {
     format!("p50 {}, p95 {} (n={})", ms(percentile(sorted, 50.0)), ms(percentile(sorted, 95.0)), sorted.len())
@@ -323,7 +328,7 @@ fn single_session(
     sends.sort();
     rows.push((
         format!("send latency (API call → sim acked){tag}"),
-        format!("p50 {}, p99 {} (n={})", ms(percentile(&sends, 50.0)), ms(percentile(&sends, 99.0)), sends.len()),
+        format!("{} (n={})", p50_p99(&sends), sends.len()),
         "p50 ≤ 10 ms".into(),
     ));
 
@@ -373,7 +378,7 @@ fn single_session(
     late.sort();
     rows.push((
         format!("pacing error, |actual − scheduled| send start{tag}"),
-        format!("p50 {}, p99 {} (n={})", ms(percentile(&late, 50.0)), ms(percentile(&late, 99.0)), late.len()),
+        format!("{} (n={})", p50_p99(&late), late.len()),
         "p99 ≤ 100 ms".into(),
     ));
 

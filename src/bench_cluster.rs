@@ -80,9 +80,10 @@ fn timed(api: &Api, method: &str, path: &str, body: Option<&Value>) -> anyhow::R
     Ok(took)
 }
 
+/// [`crate::bench::p50_p99`] of `v`, sorted first.
 fn p50_p99(mut v: Vec<Duration>) -> String {
     v.sort();
-    format!("p50 {}, p99 {}", ms(percentile(&v, 50.0)), ms(percentile(&v, 99.0)))
+    crate::bench::p50_p99(&v)
 }
 
 /// Runs the cluster figures and appends their rows. Errors: PostgreSQL or
