@@ -112,8 +112,7 @@ pub fn run(exe: &Path, dir: &Path, args: &BenchArgs, rows: &mut Vec<Row>) -> any
             crate::launch::cluster_config(&pg.url(), &name, ttl, max_sessions, crate::config::StoreConfig::default().timeout, &profiles)
         );
         // The double is the page: no simulator runs (the URL is never fetched).
-        let setup = DaemonSetup::new(&node_dir, "http://127.0.0.1:9", &extra)?;
-        crate::config::Config::load(&setup.config).context("the daemon would refuse the cluster bench's config")?;
+        let setup = crate::bench::daemon_setup(&node_dir, "http://127.0.0.1:9", None, &extra)?;
         let token = nodes.first().map(|n: &Node| n.setup.api.token.clone());
         let setup = match token {
             Some(token) => setup.with_token(&token),
