@@ -596,6 +596,12 @@ pub struct WhatsAppConfig {
     /// Default 5 s.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// `events = "bidi"`: after this many `bidi_lost` ends of one session
+    /// within `restart.window`, its next runs poll the page instead
+    /// (`session.health` event, reason `bidi_fallback`) until an operator
+    /// stops, restarts, recovers or logs it out, or the daemon restarts.
+    /// 0: never fall back. Default 3.
+    pub bidi_fallback_after: u32,
     /// How long a send may take in the page before it is reported as failed.
     /// Default 2 min (the seeds' message timeout).
     #[serde(with = "humantime_serde")]
@@ -614,6 +620,7 @@ impl Default for WhatsAppConfig {
             events: EventMode::Bidi,
             poll_interval: Duration::from_millis(250),
             check_interval: Duration::from_secs(5),
+            bidi_fallback_after: 3,
             send_timeout: Duration::from_secs(120),
             ack_wait: Duration::from_secs(10),
         }

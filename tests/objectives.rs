@@ -57,7 +57,7 @@ fn a_session_restarted_eleven_times_in_a_day_raises_one_reconnects_objective() {
         // BiDi when the page pushes its events; a panicked Session actor
         // when it is polled. Either way the run ends and is restarted.
         let mut r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
-        if r.body["had_bidi"] != true {
+        if r.body["done"] != true {
             r = daemon.api("POST", "/api/sessions/acme/_fault/panic", None);
         }
         assert_eq!(r.status, 202, "{:?}", r.body);

@@ -99,7 +99,7 @@ fn a_dropped_bidi_connection_is_detected_and_recovered() {
     assert_eq!(daemon.session("acme")["events"], "bidi");
 
     let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
-    assert_eq!((r.status, &r.body["had_bidi"]), (202, &json!(true)), "{:?}", r.body);
+    assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
     wait_for("RECONNECTING(bidi_lost)", Duration::from_secs(30), || {
         daemon.history_states("acme").iter().any(|s| s == "RECONNECTING(bidi_lost)").then_some(())
     });
@@ -113,4 +113,79 @@ fn a_dropped_bidi_connection_is_detected_and_recovered() {
     // Sends work through the new connection, their acks pushed.
     let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "still here"})));
     assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+}
+
+/// A renderer of another tab in the session's browser crashes (one the page
+/// opened, say for a link): the crash is pushed like the page's own, but it
+/// names another tab's CDP session, so the page's run goes on. No restart,
+/// no `page_crashed`, and sends still work.
+#[test]
+fn a_crash_in_another_tab_leaves_the_session_alone() {
+    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
+        return; // Crashes are pushed only over BiDi.
+    }
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    daemon.pair(&sim, "acme", PHONE);
+    assert_eq!(daemon.session("acme")["events"], "bidi");
+
+    let r = daemon.api("POST", "/api/sessions/acme/_fault/other-tab-crash", None);
+    assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
+    wait_for("the other tab's crash to be judged", Duration::from_secs(20), || {
+        daemon.log().contains("a renderer of another tab in the session's browser crashed").then_some(())
+    });
+
+    let view = daemon.session("acme");
+    assert_eq!((&view["state"], &view["attempt"]), (&json!("CONNECTED"), &json!(0)), "{view}");
+    let states = daemon.history_states("acme");
+    assert!(!states.iter().any(|s| s.starts_with("RECONNECTING")), "{states:?}");
+    assert!(events(&daemon, "acme", "session.restart_scheduled").is_empty());
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "still here"})));
+    assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+}
+
+/// A session whose BiDi connection keeps dropping (`bidi_lost`) polls its
+/// page from the run after the `whatsapp.bidi_fallback_after`-th drop, with
+/// one `session.health` event (`bidi_fallback`), and keeps working; an
+/// operator's restart tries pushed events again.
+#[test]
+fn repeated_bidi_losses_fall_back_to_polling_until_an_operator_restart() {
+    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
+        return; // Nothing to drop when the page is polled.
+    }
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start_tuned(&sim, "bidi_fallback_after = 2", "");
+    daemon.pair(&sim, "acme", PHONE);
+    assert_eq!(daemon.session("acme")["events"], "bidi");
+
+    for drop in 1..=2 {
+        let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
+        assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "drop {drop}: {:?}", r.body);
+        wait_for("RECONNECTING(bidi_lost)", Duration::from_secs(30), || {
+            (daemon.history_states("acme").iter().filter(|s| *s == "RECONNECTING(bidi_lost)").count() == drop).then_some(())
+        });
+        daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    }
+    let view = daemon.session("acme");
+    assert_eq!((&view["attempt"], &view["events"]), (&json!(2), &json!("poll")), "{view}");
+    let fallbacks = events(&daemon, "acme", "session.health");
+    assert_eq!(fallbacks.len(), 1, "{fallbacks:?}");
+    assert_eq!(fallbacks[0]["reason"], "bidi_fallback", "{fallbacks:?}");
+    assert_eq!((&fallbacks[0]["detail"]["bidi_lost"], &fallbacks[0]["detail"]["events"]), (&json!(2), &json!("poll")));
+    assert_eq!(sim.devices().len(), 1, "no new device");
+
+    // Polled, the session still sends and hears its acks.
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "polled"})));
+    assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+    // With nothing to drop, the fault says so and changes nothing.
+    let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
+    assert_eq!((r.status, &r.body["done"]), (202, &json!(false)), "{:?}", r.body);
+
+    // The operator's restart tries BiDi again.
+    let r = daemon.api("POST", "/api/sessions/acme/restart", None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let view = daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert_eq!(view["events"], "bidi", "{view}");
 }

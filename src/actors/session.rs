@@ -124,21 +124,40 @@ impl Handler<InjectPanic> for Session {
     }
 }
 
-/// Fault injection for tests (debug builds only): the page's BiDi
-/// connection is closed, as a network fault would close it. Answers false
-/// if the page has none (polled).
+/// A fault the tests inject into a running page (debug builds only).
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageFault {
+    /// The page's BiDi connection is closed, as a network fault would close
+    /// it.
+    BidiDrop,
+    /// A second tab in the session's browser crashes its renderer; the
+    /// page's own tab is untouched.
+    OtherTabCrash,
+}
+
+/// Fault injection for tests (debug builds only). Answers false if the
+/// fault could not be made (a polled page has no BiDi connection).
 #[cfg(debug_assertions)]
 #[derive(Message)]
 #[rtype(result = "bool")]
-pub struct DropBidi;
+pub struct InjectPageFault(pub PageFault);
 
 #[cfg(debug_assertions)]
-impl Handler<DropBidi> for Session {
-    type Result = bool;
+impl Handler<InjectPageFault> for Session {
+    type Result = ResponseFuture<bool>;
 
-    fn handle(&mut self, _msg: DropBidi, _ctx: &mut Self::Context) -> bool {
-        tracing::warn!(session = %self.name, "fault injection: the BiDi connection is closed");
-        self.page.as_ref().is_some_and(Page::drop_bidi)
+    fn handle(&mut self, InjectPageFault(fault): InjectPageFault, _ctx: &mut Self::Context) -> Self::Result {
+        tracing::warn!(session = %self.name, ?fault, "fault injection");
+        let page = self.page.clone();
+        Box::pin(async move {
+            let Some(page) = page else { return false };
+            match fault {
+                PageFault::BidiDrop => page.drop_bidi(),
+                PageFault::OtherTabCrash => page.crash_other_tab().await,
+            }
+        })
     }
 }
 
@@ -201,6 +220,9 @@ pub struct Session {
     seen: Seen,
     /// The newest snapshot applied.
     applied: Option<page::Snapshot>,
+    /// How this run asks to hear from its page (the page may still poll:
+    /// chromedriver without BiDi).
+    events: EventMode,
 }
 
 /// Poll period while a send waits for its ack: the ack is seen within a few
@@ -209,8 +231,18 @@ pub struct Session {
 const FAST_POLL: Duration = Duration::from_millis(5);
 
 impl Session {
-    /// `linked`: the store says this profile holds credentials.
-    pub fn new(name: String, generation: u64, config: Arc<Config>, driver: Addr<Driver>, reports: Reports, linked: bool) -> Self {
+    /// `linked`: the store says this profile holds credentials. `events`:
+    /// how this run hears from its page (`whatsapp.events`, or `poll` after
+    /// repeated `bidi_lost`: see `whatsapp.bidi_fallback_after`).
+    pub fn new(
+        name: String,
+        generation: u64,
+        config: Arc<Config>,
+        driver: Addr<Driver>,
+        reports: Reports,
+        linked: bool,
+        events: EventMode,
+    ) -> Self {
         let profile = profile::path(&config.state.profiles(), &name);
         Self {
             name,
@@ -236,6 +268,7 @@ impl Session {
             takeover_pending: false,
             seen: Seen::default(),
             applied: None,
+            events,
             config,
         }
     }
@@ -522,6 +555,7 @@ impl Actor for Session {
         let driver = self.driver.clone();
         let profile = self.profile.clone();
         let config = self.config.clone();
+        let events = self.events;
         ctx.spawn(
             async move {
                 let url = driver
@@ -534,7 +568,9 @@ impl Actor for Session {
                     tracing::warn!(profile = %profile.display(), killed, "killed stale browser processes on the profile");
                 }
                 profile::prepare(&profile).map_err(|e| (EndReason::StartFailed, format!("profile dir: {e}")))?;
-                Page::open(&url, &profile, &config).await.map_err(|e| (e.end_reason().unwrap_or(EndReason::StartFailed), e.to_string()))
+                Page::open(&url, &profile, &config, events)
+                    .await
+                    .map_err(|e| (e.end_reason().unwrap_or(EndReason::StartFailed), e.to_string()))
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
@@ -583,7 +619,15 @@ impl StreamHandler<BidiEvent> for Session {
                 // read the same events from the queue.
                 Err(e) => tracing::debug!(session = %self.name, error = %e, "unreadable pushed message"),
             },
-            BidiEvent::Crashed => self.end(EndReason::PageCrashed, "the renderer crashed (Inspector.targetCrashed)".into(), ctx),
+            BidiEvent::Crashed(target) => {
+                if self.page.as_ref().is_some_and(|p| p.own_crash(target.as_deref())) {
+                    return self.end(EndReason::PageCrashed, "the renderer crashed (Inspector.targetCrashed)".into(), ctx);
+                }
+                // Another tab's renderer (one the page opened): the page's
+                // own run goes on, and the classic check would notice if
+                // the page went with it.
+                tracing::warn!(session = %self.name, "a renderer of another tab in the session's browser crashed; the page is unaffected");
+            }
             BidiEvent::Navigation(url) => {
                 // The preload script reports the new document; this only
                 // tells the journal that the page navigated (the URL may

@@ -38,13 +38,13 @@ use actix::prelude::*;
 pub use self::cluster::{Acquire, Known, Release, ReleaseReason};
 pub use self::commands::{CreateSession, SessionCommand};
 #[cfg(debug_assertions)]
-pub use self::faults::{DropBidi, InjectPanic, Wedge};
+pub use self::faults::{InjectPageFault, InjectPanic, Wedge};
 pub use self::routing::{GetQr, GetSession, ListSessions, LookupMessage, SendMessage};
 use crate::actors::driver::Driver;
 use crate::actors::messages::CampaignLinks;
 use crate::actors::notifier::Notifier;
 use crate::actors::session::{self, Reports, Session};
-use crate::config::Config;
+use crate::config::{Config, EventMode};
 use crate::events::{EventName, Events};
 use crate::policy::objectives::{self, Targets};
 pub use crate::policy::slot::{Command, SessionView};
@@ -238,7 +238,9 @@ impl Supervisor {
             acks: self.campaigns.acks.clone(),
             incoming: self.campaigns.incoming.clone(),
         };
-        let session = Session::new(name.to_string(), slot.session.generation, self.config.clone(), self.driver.clone(), reports, linked);
+        let events = if slot.session.poll_fallback { EventMode::Poll } else { self.config.whatsapp.events };
+        let session =
+            Session::new(name.to_string(), slot.session.generation, self.config.clone(), self.driver.clone(), reports, linked, events);
         slot.addr = Some(session.start());
         self.set_state(name, SessionState::Starting, None);
     }
@@ -281,7 +283,11 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else { return };
         slot.addr = None;
         slot.session.events = None;
-        let plan = slot.session.on_end(&self.policy, reason, now_ms(), &mut rand::thread_rng());
+        let now = now_ms();
+        let fallback = (reason == EndReason::BidiLost)
+            .then(|| slot.session.on_bidi_lost(self.policy.window, self.config.whatsapp.bidi_fallback_after, now))
+            .flatten();
+        let plan = slot.session.on_end(&self.policy, reason, now, &mut rand::thread_rng());
         let text = Some(reason.as_str().to_string());
         match plan {
             EndPlan::Restart { delay, at_ms: _, attempt } => {
@@ -310,6 +316,15 @@ impl Supervisor {
             }
             EndPlan::Relink => self.relink(name, reason.as_str(), ctx),
             EndPlan::Enter(state) => self.set_state(name, state, text),
+        }
+        // After the decision: the slot is free to report through.
+        if let Some(count) = fallback {
+            let window = self.policy.window;
+            tracing::warn!(
+                session = %name, event = "session.health", bidi_lost = count, "the BiDi connection dropped {count} times within {window:?}; the page is polled from the next run on"
+            );
+            let detail = serde_json::json!({"bidi_lost": count, "within_ms": u64::try_from(window.as_millis()).unwrap_or(u64::MAX), "events": "poll"});
+            self.report_event(name, EventName::SessionHealth, Some("bidi_fallback".into()), detail);
         }
     }
 

@@ -42,7 +42,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     #[cfg(debug_assertions)]
     if std::env::var("WASUP_FAULT_INJECTION").as_deref() == Ok("1") {
         cfg.route("/sessions/{name}/_fault/panic", web::post().to(inject_panic));
-        cfg.route("/sessions/{name}/_fault/bidi-drop", web::post().to(drop_bidi));
+        cfg.route("/sessions/{name}/_fault/{fault}", web::post().to(page_fault));
         cfg.route("/_fault/wedge/{seconds}", web::post().to(wedge));
     }
 }
@@ -60,11 +60,16 @@ async fn inject_panic(state: web::Data<AppState>, name: web::Path<String>) -> Re
     Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": "panic"})))
 }
 
+/// `bidi-drop` or `other-tab-crash` ([`crate::actors::session::PageFault`]).
 #[cfg(debug_assertions)]
-async fn drop_bidi(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    use crate::actors::supervisor::DropBidi;
-    let dropped = state.supervisor.send(DropBidi { name: name.into_inner() }).await??;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": "bidi-drop", "had_bidi": dropped})))
+async fn page_fault(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    use crate::actors::session::PageFault;
+    use crate::actors::supervisor::InjectPageFault;
+    let (name, kind) = path.into_inner();
+    let fault: PageFault = serde_json::from_value(serde_json::Value::String(kind.clone()))
+        .map_err(|_| ApiError::bad_request(format!("unknown fault {kind:?}: bidi-drop or other-tab-crash")))?;
+    let done = state.supervisor.send(InjectPageFault { name, fault }).await??;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": kind, "done": done})))
 }
 
 /// The `{name}` in a session's path.

@@ -6,6 +6,7 @@
 //! and carries out what these return: store writes, events, alerts, timers,
 //! Session actors.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rand::Rng;
@@ -75,6 +76,12 @@ pub struct SessionSlot {
     pub browser_pss_bytes: Option<u64>,
     /// How the running page's events arrive (see [`SessionView::events`]).
     pub events: Option<EventMode>,
+    /// When each `bidi_lost` end within `restart.window` happened, epoch ms.
+    bidi_lost: VecDeque<u64>,
+    /// `whatsapp.bidi_fallback_after` such ends came within the window: the
+    /// session's next runs poll their page until an operator command stops
+    /// it (stop, restart, recover, logout) or the daemon restarts.
+    pub poll_fallback: bool,
     /// The history's marks the objectives are figured from.
     tracker: Tracker,
     targets: Targets,
@@ -190,6 +197,8 @@ impl SessionSlot {
             key_files_over: false,
             browser_pss_bytes: None,
             events: None,
+            bidi_lost: VecDeque::new(),
+            poll_fallback: false,
             tracker: Tracker::default(),
             targets,
             objectives: Objectives::unknown(&targets),
@@ -261,6 +270,32 @@ impl SessionSlot {
             Decision::Block => EndPlan::Enter(SessionState::Blocked),
             Decision::Fail => EndPlan::Enter(SessionState::Failed),
         }
+    }
+
+    /// A run ended with `bidi_lost` at `now_ms`. The `after`-th such end
+    /// within `window` (`restart.window`) switches the session's next runs
+    /// to polling: then `Some(count)`, once (`None` otherwise, and always
+    /// with `after` 0, which never falls back).
+    pub fn on_bidi_lost(&mut self, window: Duration, after: u32, now_ms: u64) -> Option<u32> {
+        if let Some(cutoff) = now_ms.checked_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX)) {
+            while self.bidi_lost.front().is_some_and(|&t| t <= cutoff) {
+                self.bidi_lost.pop_front();
+            }
+        }
+        self.bidi_lost.push_back(now_ms);
+        let count = u32::try_from(self.bidi_lost.len()).unwrap_or(u32::MAX);
+        if after == 0 || self.poll_fallback || count < after {
+            return None;
+        }
+        self.poll_fallback = true;
+        Some(count)
+    }
+
+    /// An operator stopped the session (stop, restart, recover, logout):
+    /// its next run tries pushed events again, with no `bidi_lost` counted.
+    pub fn retry_bidi(&mut self) {
+        self.bidi_lost.clear();
+        self.poll_fallback = false;
     }
 
     /// A Session's report: its QR and account. Returns `(new_qr,
@@ -395,6 +430,31 @@ mod tests {
         assert!(c.alert);
         assert_eq!((c.entry.state, c.entry.at_ms), (SessionState::LoggedOut, 12));
         assert_eq!(s.record.since_ms, 12);
+    }
+
+    #[test]
+    fn repeated_bidi_losses_within_the_window_fall_back_to_polling_once() {
+        let window = Duration::from_secs(3600);
+        let mut s = slot();
+        assert_eq!(s.on_bidi_lost(window, 3, 1_000), None);
+        assert_eq!(s.on_bidi_lost(window, 3, 2_000), None);
+        // The first loss leaves the window before the third comes.
+        assert_eq!(s.on_bidi_lost(window, 3, 3_601_000), None);
+        assert!(!s.poll_fallback);
+        assert_eq!(s.on_bidi_lost(window, 3, 3_602_000), Some(3));
+        assert!(s.poll_fallback);
+        // Once: further losses change nothing.
+        assert_eq!(s.on_bidi_lost(window, 3, 3_603_000), None);
+        // An operator's stop tries BiDi again, counting from zero.
+        s.retry_bidi();
+        assert!(!s.poll_fallback);
+        assert_eq!(s.on_bidi_lost(window, 3, 3_604_000), None);
+        // 0: never.
+        let mut never = slot();
+        for at in 1..10 {
+            assert_eq!(never.on_bidi_lost(window, 0, at), None);
+        }
+        assert!(!never.poll_fallback);
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //!
 //! Measured with chromedriver 156: a renderer that dies is reported as the
 //! CDP event `Inspector.targetCrashed`, which chromedriver's BiDi forwards as
-//! `goog:cdp.Inspector.targetCrashed` (about 20 ms after the kill); a browser
+//! `goog:cdp.Inspector.targetCrashed` (about 20 ms after the kill), naming
+//! the CDP session of the tab whose renderer died (`params.session`, the
+//! one `goog:cdp.getSession` answers for that tab's browsing context; it
+//! stays the same across the tab's navigations); a browser
 //! or chromedriver that dies closes the WebSocket at once. chromedriver runs
 //! its BiDi "mapper" in a hidden tab of the same browser: when every renderer
 //! dies at once the mapper goes too and the connection stays open but mute,
@@ -47,8 +50,9 @@ pub enum BidiEvent {
     /// A message the adapter sent through its channel (a JSON text: a
     /// `{loading, logout}` notice or an `{events, snap}` batch).
     Page(String),
-    /// The page's renderer crashed.
-    Crashed,
+    /// A renderer crashed: the CDP session of its tab, when the event
+    /// names one (see [`crate::whatsapp::page::Page::own_crash`]).
+    Crashed(Option<String>),
     /// A navigation started in the page, to this URL.
     Navigation(String),
     /// The connection is gone (closed, or a read failed): why. Nothing
@@ -200,7 +204,7 @@ fn event(value: &Value) -> Option<BidiEvent> {
                 .then(|| data.get("value").and_then(Value::as_str).map(|s| BidiEvent::Page(s.to_string())))
                 .flatten()
         }
-        "goog:cdp.Inspector.targetCrashed" => Some(BidiEvent::Crashed),
+        "goog:cdp.Inspector.targetCrashed" => Some(BidiEvent::Crashed(params.get("session").and_then(Value::as_str).map(str::to_string))),
         "browsingContext.navigationStarted" if params.get("context").is_some() => {
             Some(BidiEvent::Navigation(params.get("url").and_then(Value::as_str).unwrap_or("").to_string()))
         }
@@ -227,7 +231,9 @@ mod tests {
             json!({"method": "script.message", "type": "event", "params": {"channel": "wasup", "data": {"type": "number", "value": 1}}});
         assert_eq!(event(&not_a_string), None);
         let crash = json!({"method": "goog:cdp.Inspector.targetCrashed", "type": "event", "params": {"event": "Inspector.targetCrashed", "params": {}, "session": "92B2"}});
-        assert_eq!(event(&crash), Some(BidiEvent::Crashed));
+        assert_eq!(event(&crash), Some(BidiEvent::Crashed(Some("92B2".into()))));
+        let unnamed = json!({"method": "goog:cdp.Inspector.targetCrashed", "type": "event", "params": {"event": "Inspector.targetCrashed", "params": {}}});
+        assert_eq!(event(&unnamed), Some(BidiEvent::Crashed(None)));
         let nav = json!({"method": "browsingContext.navigationStarted", "type": "event", "params": {"context": "3A60", "navigation": "bbc1", "timestamp": 1, "url": "http://127.0.0.1:9566/"}});
         assert_eq!(event(&nav), Some(BidiEvent::Navigation("http://127.0.0.1:9566/".into())));
     }

@@ -431,10 +431,13 @@ pub struct Page {
     bidi: Option<Arc<Pushing>>,
 }
 
-/// The BiDi side of a page: the connection and the page's browsing context.
+/// The BiDi side of a page: the connection, the page's browsing context and
+/// the CDP session chromedriver holds on that context's tab (`None` if it
+/// would not say).
 struct Pushing {
     bidi: Bidi,
     context: String,
+    cdp_session: Option<String>,
 }
 
 /// How long a BiDi setup command may take.
@@ -447,7 +450,12 @@ impl Page {
     /// script first and what the page pushes comes out of the returned
     /// [`PageEvents`]; `None` when the page is polled (configured so, or
     /// chromedriver offered no BiDi: logged as a warning).
-    pub async fn open(webdriver_url: &str, profile: &Path, config: &Config) -> Result<(Page, Option<PageEvents>), PageError> {
+    pub async fn open(
+        webdriver_url: &str,
+        profile: &Path,
+        config: &Config,
+        events: EventMode,
+    ) -> Result<(Page, Option<PageEvents>), PageError> {
         let mut args = vec![
             format!("--user-data-dir={}", profile.display()),
             "--no-first-run".into(),
@@ -475,7 +483,7 @@ impl Page {
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), json!({"binary": config.browser.chromium, "args": args}));
         caps.insert("pageLoadStrategy".into(), json!("eager"));
-        if config.whatsapp.events == EventMode::Bidi {
+        if events == EventMode::Bidi {
             caps.insert("webSocketUrl".into(), json!(true));
         }
         caps.insert(
@@ -484,7 +492,7 @@ impl Page {
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = ClientBuilder::new(connector).capabilities(caps).connect(webdriver_url).await.map_err(classify_new)?;
-        let (bidi, events) = match config.whatsapp.events {
+        let (bidi, events) = match events {
             EventMode::Poll => (None, None),
             EventMode::Bidi => match Self::push_events(&client).await {
                 Ok((pushing, events)) => (Some(Arc::new(pushing)), Some(events)),
@@ -529,7 +537,28 @@ impl Page {
         // not get the adapter (nor speak on its channel).
         let params = json!({"functionDeclaration": BOOT.as_str(), "arguments": channel, "contexts": [context]});
         bidi.command("script.addPreloadScript", params, BIDI_COMMAND).await.map_err(|e| e.to_string())?;
-        Ok((Pushing { bidi, context }, events))
+        // Which tab a renderer crash is about (`goog:cdp.getSession`, a
+        // chromedriver extension). Without it every crash counts as the
+        // page's own, as a crash of the page would be missed otherwise.
+        let cdp_session = match bidi.command("goog:cdp.getSession", json!({"context": context}), BIDI_COMMAND).await {
+            Ok(answer) => answer.get("session").and_then(Value::as_str).map(str::to_string),
+            Err(e) => {
+                tracing::debug!(error = %e, "no CDP session for the page's tab: every renderer crash counts as the page's");
+                None
+            }
+        };
+        Ok((Pushing { bidi, context, cdp_session }, events))
+    }
+
+    /// Whether a renderer crash pushed for the CDP session `session` (see
+    /// [`BidiEvent::Crashed`]) is this page's own: true unless both it and
+    /// the page's session are known and differ (another tab crashed, one
+    /// WhatsApp Web or a link opened).
+    pub fn own_crash(&self, session: Option<&str>) -> bool {
+        match (self.bidi.as_ref().and_then(|p| p.cdp_session.as_deref()), session) {
+            (Some(own), Some(crashed)) => own == crashed,
+            _ => true,
+        }
     }
 
     /// How the page's events arrive: pushed (BiDi) or polled.
@@ -570,6 +599,20 @@ impl Page {
     #[cfg(debug_assertions)]
     pub fn drop_bidi(&self) -> bool {
         self.bidi.as_ref().is_some_and(|p| p.bidi.close())
+    }
+
+    /// Opens a second tab in the page's browser and crashes its renderer
+    /// (`chrome://crash`), the page's own tab untouched (fault injection
+    /// for tests). False if the page has no BiDi connection or the tab
+    /// could not be opened.
+    #[cfg(debug_assertions)]
+    pub async fn crash_other_tab(&self) -> bool {
+        let Some(pushing) = &self.bidi else { return false };
+        let Ok(tab) = pushing.bidi.command("browsingContext.create", json!({"type": "tab"}), BIDI_COMMAND).await else { return false };
+        let Some(context) = tab.get("context").and_then(Value::as_str) else { return false };
+        // The navigation fails by design (the renderer dies under it).
+        let _ = pushing.bidi.command("browsingContext.navigate", json!({"context": context, "url": "chrome://crash"}), BIDI_COMMAND).await;
+        true
     }
 
     /// Drains the adapter's queue with one short `execute`. A polled page

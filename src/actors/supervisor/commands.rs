@@ -111,9 +111,14 @@ impl Handler<SessionCommand> for Supervisor {
                 return Box::pin(fut::ready(Err(e)));
             }
         }
-        if plan.clear_restarts {
-            if let Some(slot) = self.slots.get_mut(&name) {
+        if let Some(slot) = self.slots.get_mut(&name) {
+            if plan.clear_restarts {
                 slot.session.restarts.clear();
+            }
+            // The operator stops the run: the next one tries pushed events
+            // again (whatsapp.bidi_fallback_after).
+            if plan.stop {
+                slot.session.retry_bidi();
             }
         }
         if !plan.stop {

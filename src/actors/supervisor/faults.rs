@@ -1,7 +1,7 @@
 //! Fault injection for the tests of supervision (debug builds only; the
 //! routes `POST /api/sessions/{name}/_fault/panic` and
 //! `/api/_fault/wedge/{seconds}`, `POST /api/sessions/{name}/_fault/bidi-drop`
-//! exist only with `WASUP_FAULT_INJECTION=1`).
+//! and `…/_fault/other-tab-crash` exist only with `WASUP_FAULT_INJECTION=1`).
 
 use actix::prelude::*;
 
@@ -26,24 +26,25 @@ impl Handler<InjectPanic> for Supervisor {
     }
 }
 
-/// Closes the session's BiDi connection; answers whether it had one.
+/// Injects `fault` into the session's page; answers whether it could.
 #[derive(Message)]
 #[rtype(result = "Reply<bool>")]
-pub struct DropBidi {
+pub struct InjectPageFault {
     pub name: String,
+    pub fault: session::PageFault,
 }
 
-impl Handler<DropBidi> for Supervisor {
+impl Handler<InjectPageFault> for Supervisor {
     type Result = ResponseFuture<Reply<bool>>;
 
-    fn handle(&mut self, msg: DropBidi, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: InjectPageFault, _ctx: &mut Self::Context) -> Self::Result {
         let addr = match self.slot(&msg.name) {
             Ok(slot) => slot.addr.clone(),
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         Box::pin(async move {
             let addr = addr.ok_or_else(|| SupervisorError::Internal("session is not running".into()))?;
-            addr.send(session::DropBidi).await.map_err(|e| SupervisorError::Internal(e.to_string()))
+            addr.send(session::InjectPageFault(msg.fault)).await.map_err(|e| SupervisorError::Internal(e.to_string()))
         })
     }
 }
