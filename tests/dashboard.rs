@@ -89,7 +89,9 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
 
     let driver = Chromedriver::start();
     let profile = tempfile::tempdir().unwrap();
-    let c = driver.browser(profile.path()).await;
+    // Anything the Content-Security-Policy blocks is recorded, from the
+    // page's first line on.
+    let (c, _csp) = driver.browser_watching_csp(profile.path()).await;
     c.goto(&format!("{}/dashboard", daemon.base)).await.expect("open the dashboard");
 
     // A wrong token is refused and the form stays; then log in with the right one.
@@ -121,13 +123,6 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
         .await
         .unwrap();
     assert_eq!(login_gone, json!(true), "the form is hidden and holds no token");
-    // Anything the Content-Security-Policy blocks from here on is recorded.
-    c.execute(
-        "window.__violations = []; document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));",
-        vec![],
-    )
-    .await
-    .unwrap();
 
     // A campaign shows up with its progress; its name is shown as text, not markup.
     let name = "<b>spring</b> & \"co\"";
@@ -283,19 +278,13 @@ async fn an_operator_creates_a_session_pairs_it_and_runs_a_campaign_from_a_csv_i
 
     let driver = Chromedriver::start();
     let profile = tempfile::tempdir().unwrap();
-    let c = driver.browser(profile.path()).await;
+    let (c, _csp) = driver.browser_watching_csp(profile.path()).await;
     c.set_window_size(1280, 1400).await.expect("window size");
     c.goto(&format!("{}/dashboard", daemon.base)).await.expect("open the dashboard");
     let form = c.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("#token")).await.expect("the token form");
     form.send_keys(&daemon.token).await.expect("type the token");
     click(&c, "#login-form button[type=submit]").await;
     wait_live(&c).await;
-    c.execute(
-        "window.__violations = []; document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));",
-        vec![],
-    )
-    .await
-    .unwrap();
 
     // Create the session in the page; its QR appears, with the string it encodes.
     fill(&c, "#new-session-name", "shop").await;

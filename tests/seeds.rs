@@ -115,14 +115,13 @@
 //!   `seed004_key_files_over_the_limit_are_purged_once_when_configured`
 //! - `### 2. Частые переподключения`, metric 2 (≤ 10 reconnects a day) →
 //!   `seed004_reconnects_are_counted_per_session_over_24h`;
-//!   `seed004_target_at_most_10_reconnects_a_day_alerts_once_on_the_11th` (ignored: needs
-//!   the objectives of issue 14 item 3)
-//! - metric 3 (99.9 % uptime) → `seed004_target_uptime_99_9_percent_is_reported_per_session` (ignored)
+//!   `seed004_target_at_most_10_reconnects_a_day_alerts_once_on_the_11th`
+//! - metric 3 (99.9 % uptime) → `seed004_target_uptime_99_9_percent_is_reported_per_session`
 //! - metric 4 (recovery < 5 min), the incident's 2 h resolution →
 //!   `seed004_target_recovery_under_5_minutes_after_a_crash`;
-//!   `seed004_target_recovery_time_is_reported_per_session` (ignored)
+//!   `seed004_target_recovery_time_is_reported_per_session`
 //! - `### Ключевые метрики для отслеживания` (all four in the session view) →
-//!   `seed004_targets_are_reported_per_session_against_the_seeds_figures` (ignored)
+//!   `seed004_targets_are_reported_per_session_against_the_seeds_figures`
 //!
 //! **Not turned into tests**, and why:
 //! - 000 `### 4.` (a 1 s cleanup delay) and the Puppeteer flags of
@@ -1468,14 +1467,21 @@ fn seed004_device_removed_is_seen_at_once_alerted_and_relinked_by_a_new_qr() {
 /// to the seed's 100. Each session's key files are counted and shown (the
 /// view and `/metrics`; a fresh session is well under 100); over the limit
 /// (here 1) there is one `session.health` event and one alert per
-/// crossing, not one per count.
+/// crossing, not one per count. The key-files objective (`[objectives]
+/// key_files`, also 100 by default, here 1 like the limit) records its
+/// `session.objective` event for the same crossing but does not alert a
+/// second time.
 #[test]
 fn seed004_target_key_files_are_counted_and_over_the_limit_alerted_once() {
     assert_eq!(defaults().health.key_files.max, 100);
+    assert_eq!(defaults().objectives.targets().key_files, 100);
     let _permit = browser_permit();
     let hooks = Receiver::start();
     let sim = Sim::start(&[]);
-    let daemon = Daemon::start(&sim, &format!("[health.key_files]\ninterval = \"500ms\"\nmax = 1\n{}", webhook_config(&hooks)));
+    let daemon = Daemon::start(
+        &sim,
+        &format!("[health.key_files]\ninterval = \"500ms\"\nmax = 1\n[objectives]\nkey_files = 1\n{}", webhook_config(&hooks)),
+    );
     daemon.pair(&sim, "acme", PHONE);
     let count = wait_for("a key-file count", Duration::from_secs(30), || daemon.session("acme")["key_files"].as_u64());
     assert!((2..100).contains(&count), "{count} key files: over this test's limit of 1, under the seed's 100");
@@ -1487,6 +1493,13 @@ fn seed004_target_key_files_are_counted_and_over_the_limit_alerted_once() {
         hooks.received().iter().filter(|r| r.json()["event"] == "session.health").count() == 1
     });
     assert_eq!(events(&daemon, "acme", "session.health").len(), 1);
+    wait_for("the key-files objective's event", Duration::from_secs(30), || {
+        events(&daemon, "acme", "session.objective").iter().any(|e| e["reason"] == "key_files").then_some(())
+    });
+    stays("no second alert for the same crossing", Duration::from_secs(2), || {
+        let key_files = |r: &Value| r["event"] == "session.health" || r["detail"]["objective"] == "key_files";
+        hooks.received().iter().filter(|r| key_files(&r.json())).count() == 1
+    });
     assert_eq!(daemon.session("acme")["state"], "CONNECTED", "action \"alert\" leaves the session up");
 }
 

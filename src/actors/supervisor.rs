@@ -46,7 +46,7 @@ use crate::actors::notifier::Notifier;
 use crate::actors::session::{self, Reports, Session};
 use crate::config::{Config, EventMode};
 use crate::events::{EventName, Events};
-use crate::policy::objectives::{self, Targets};
+use crate::policy::objectives::{self, Targets, Watched};
 pub use crate::policy::slot::{Command, SessionView};
 use crate::policy::slot::{EndPlan, SessionSlot};
 use crate::policy::{EndReason, Policy};
@@ -186,9 +186,14 @@ impl Supervisor {
     /// Figures the session's objectives now and reports each crossing
     /// (`session.objective`, once per crossing).
     fn objectives(&mut self, name: &str) {
+        // A key-file count over the objective is over `health.key_files.max`
+        // too when that is not higher (as by default: both 100), and that
+        // check has alerted already: one alert per crossing, not two.
+        let key_files_alerted = self.config.health.key_files.max <= self.targets.key_files;
         let Some(slot) = self.slots.get_mut(name) else { return };
         for crossing in slot.session.refresh_objectives(now_ms()) {
-            self.reporter.objective(&slot.session.record, &crossing);
+            let alert = !(crossing.objective == Watched::KeyFiles && key_files_alerted);
+            self.reporter.objective(&slot.session.record, &crossing, alert);
         }
     }
 

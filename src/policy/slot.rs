@@ -46,7 +46,8 @@ pub struct SessionView {
     pub browser_pss_bytes: Option<u64>,
     /// How the page's events reach the daemon: `bidi` (pushed) or `poll`
     /// (`poll` also when `whatsapp.events = "bidi"` but chromedriver
-    /// offered no BiDi). Absent while no page is open.
+    /// offered no BiDi, or after `whatsapp.bidi_fallback_after` `bidi_lost`
+    /// ends within `restart.window`). Absent while no page is open.
     pub events: Option<EventMode>,
     /// Uptime, reconnects, recovery time and key files against their
     /// targets (`[objectives]`, seed 004's by default), figured at most 5 s
@@ -441,7 +442,7 @@ mod tests {
         // The first loss leaves the window before the third comes.
         assert_eq!(s.on_bidi_lost(window, 3, 3_601_000), None);
         assert!(!s.poll_fallback);
-        assert_eq!(s.on_bidi_lost(window, 3, 3_602_000), Some(3));
+        assert_eq!(s.on_bidi_lost(window, 3, 3_601_500), Some(3));
         assert!(s.poll_fallback);
         // Once: further losses change nothing.
         assert_eq!(s.on_bidi_lost(window, 3, 3_603_000), None);

@@ -667,9 +667,33 @@ impl Chromedriver {
         driver
     }
 
+    /// A headless Chromium on `profile` whose every document records what
+    /// its Content-Security-Policy blocks, from before the page's first
+    /// script: `window.__violations`, a list of `"<directive> <blocked
+    /// URI>"`. The recorder is a WebDriver BiDi preload script (it runs
+    /// outside the page's CSP); the returned connection must live as long
+    /// as the browser is used.
+    pub async fn browser_watching_csp(&self, profile: &Path) -> (fantoccini::Client, wasup::whatsapp::bidi::Bidi) {
+        use wasup::whatsapp::bidi::Bidi;
+        let c = self.browser_with(profile, true).await;
+        let url = c.capabilities().and_then(|caps| caps.get("webSocketUrl")).and_then(Value::as_str).expect("a webSocketUrl").to_string();
+        let (bidi, _events) = Bidi::connect(&url).await.expect("the BiDi connection");
+        let recorder = "() => { window.__violations = []; document.addEventListener('securitypolicyviolation', \
+                        (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI)); }";
+        bidi.command("script.addPreloadScript", json!({"functionDeclaration": recorder}), Duration::from_secs(10))
+            .await
+            .expect("the CSP recorder installed");
+        (c, bidi)
+    }
+
     /// A headless Chromium on `profile`. Retries while a browser that just
     /// quit still holds the profile.
     pub async fn browser(&self, profile: &Path) -> fantoccini::Client {
+        self.browser_with(profile, false).await
+    }
+
+    /// [`Chromedriver::browser`], with a BiDi WebSocket URL if `bidi`.
+    async fn browser_with(&self, profile: &Path, bidi: bool) -> fantoccini::Client {
         let binary = std::env::var("WASUP_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let caps = json!({
             "goog:chromeOptions": {
@@ -681,7 +705,13 @@ impl Chromedriver {
                 ],
             }
         });
-        let caps = caps.as_object().cloned().unwrap_or_default();
+        let mut caps = caps.as_object().cloned().unwrap_or_default();
+        if bidi {
+            caps.insert("webSocketUrl".into(), json!(true));
+            // A BiDi session otherwise dismisses a prompt (`confirm()`)
+            // before a classic command can accept it.
+            caps.insert("unhandledPromptBehavior".into(), json!("ignore"));
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();

@@ -119,8 +119,9 @@ impl Reporter {
     /// A watched objective crossed its target: logged (a warning when it
     /// went out of target), stored in the history and published as
     /// `session.objective` (`reason`: the objective; `detail`: `{"objective",
-    /// "value", "target", "met"}`), and alerted when it went out of target.
-    pub(super) fn objective(&self, record: &SessionRecord, crossing: &Crossing) {
+    /// "value", "target", "met"}`), and alerted when it went out of target
+    /// and `alert` (false: another check alerted for the same crossing).
+    pub(super) fn objective(&self, record: &SessionRecord, crossing: &Crossing, alert: bool) {
         let (name, objective) = (record.name.as_str(), crossing.objective.as_str());
         let message = crossing.message(name);
         let (value, target) = (&crossing.value, &crossing.target);
@@ -131,7 +132,7 @@ impl Reporter {
         }
         let detail = crossing.detail();
         self.event(record, EventName::SessionObjective, Some(objective.to_string()), detail.clone());
-        if !crossing.met {
+        if !crossing.met && alert {
             self.alert(record, EventName::SessionObjective, message, detail);
         }
     }
