@@ -1,7 +1,7 @@
 //! The dashboard (`GET /dashboard`) in a real headless Chromium, driven
 //! through its own chromedriver, against a real daemon and simulator: the
 //! operator types the token, sees the session go green, the phone logs the
-//! device out, and the page shows the session yellow with a QR that really
+//! device out, and the page shows the session red with a QR that really
 //! loaded (fetched with the token, shown from a blob URL), then green again
 //! and without the QR once the new code is scanned. The token never lands in
 //! storage, cookies or the URL. Nothing sleeps for synchronisation: every
@@ -152,11 +152,11 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
     assert!(card["sent"].as_f64().unwrap_or(0.0) > card["bar"].as_f64().unwrap_or(0.0) * 0.99, "a full green bar: {card}");
     assert!(card["text"].as_str().unwrap_or("").starts_with("3 of 3 done"), "{card}");
 
-    // The phone logs the device out: yellow, with a QR that really loaded.
+    // The phone logs the device out: red (it needs a scan), with a QR that
+    // really loaded.
     let r = sim.phone("POST", &format!("/_phone/devices/{device}/logout"), None);
     assert_eq!(r.status, 200, "{:?}", r.body);
-    wait_js(&c, "acme SCAN_QR and yellow", Duration::from_secs(30), CARD_IS, vec![json!("acme"), json!("SCAN_QR"), json!("state-yellow")])
-        .await;
+    wait_js(&c, "acme SCAN_QR and red", Duration::from_secs(30), CARD_IS, vec![json!("acme"), json!("SCAN_QR"), json!("state-red")]).await;
     let qr = wait_js(&c, "the QR image loaded", Duration::from_secs(10), QR_SHOWN, vec![json!("acme")]).await;
     assert!(qr["src"].as_str().unwrap_or("").starts_with("blob:"), "{qr}");
     assert!(qr["width"].as_u64().unwrap_or(0) >= 21, "{qr}");
@@ -199,7 +199,6 @@ async fn dashboard_shows_sessions_live_with_their_qr() {
     eprintln!("dashboard scenario took {:?}", started.elapsed());
 }
 
-/// Clears the form control at `css` and types `text` into it.
 /// Waits until the dashboard's event stream says it is live.
 async fn wait_live(c: &Client) {
     wait_js(
@@ -212,6 +211,7 @@ async fn wait_live(c: &Client) {
     .await;
 }
 
+/// Clears the form control at `css` and types `text` into it.
 async fn fill(c: &Client, css: &str, text: &str) {
     let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
     e.clear().await.unwrap_or_else(|e| panic!("clear {css}: {e}"));

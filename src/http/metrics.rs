@@ -7,7 +7,15 @@
 //!   state), `wasup_session_restarts{session,window}` and
 //!   `wasup_session_reconnects{session,window}` (`window` is `total` or
 //!   `24h`; `total` counts the kept history), `wasup_session_key_files`,
-//!   `wasup_session_browser_pss_bytes`.
+//!   `wasup_session_browser_pss_bytes`. `reconnects` counts entries into
+//!   `RECONNECTING` (a network flap the page heals included); `restarts`,
+//!   like the `reconnects_24h` objective, counts browser restarts.
+//! - Objectives per session (`[objectives]`, see
+//!   [`crate::policy::objectives`]): `wasup_session_uptime_ratio{session,
+//!   window}` (`24h`, `7d`; absent while unknown),
+//!   `wasup_session_recovery_seconds{session,stat}` (`last`, `p95_7d`),
+//!   `wasup_session_objective_met{session,objective}` (1 within target, 0
+//!   not; absent while unknown) and `wasup_objective_target{objective}`.
 //! - `wasup_messages_total{result}`: API and campaign sends.
 //! - `wasup_events_total{event}`: this node's events.
 //! - Cluster mode only: `wasup_events_relay_total{result}`: `sent` (this

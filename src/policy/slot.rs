@@ -177,6 +177,9 @@ pub struct HealthPlan {
     /// The key files just crossed their threshold: `(count, max)`; record
     /// and alert.
     pub key_files_crossed: Option<(u64, u64)>,
+    /// The key files just went back within their threshold: `(count,
+    /// max)`; record (so that a restart knows the next crossing is new).
+    pub key_files_back: Option<(u64, u64)>,
     /// Purge the keys (stop and relink): over the threshold, cleanup
     /// configured, and the session is linked (an unpaired profile would be
     /// purged forever).
@@ -206,9 +209,26 @@ impl SessionSlot {
         }
     }
 
-    /// The session's stored history, oldest first (at boot).
+    /// The session's stored history, oldest first (at boot). A key-file
+    /// crossing recorded and not followed by a return within the threshold
+    /// (`session.health`, reason `key_files`, `detail.over` false) or a
+    /// wiped profile (`LOGGED_OUT`) is still under way: it is not alerted
+    /// again.
     pub fn seed(&mut self, history: &[HistoryEntry]) {
         self.tracker = Tracker::from_history(history);
+        self.key_files_over = history
+            .iter()
+            .rev()
+            .find_map(|e| {
+                if e.event == "session.health" && e.reason.as_deref() == Some("key_files") {
+                    Some(e.detail.as_ref().and_then(|d| d.get("over")) != Some(&serde_json::Value::Bool(false)))
+                } else if e.event == "session.status" && e.state == SessionState::LoggedOut {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(false);
     }
 
     /// A history entry recorded outside [`SessionSlot::set_state`] and
@@ -327,7 +347,12 @@ impl SessionSlot {
         if let Some(count) = key_files {
             self.key_files = Some(count);
             match health::key_files(count, limits.key_files_max) {
-                health::KeyFiles::Ok => self.key_files_over = false,
+                health::KeyFiles::Ok => {
+                    if self.key_files_over {
+                        plan.key_files_back = Some((count, limits.key_files_max));
+                    }
+                    self.key_files_over = false;
+                }
                 health::KeyFiles::Over { count, max } => {
                     if !self.key_files_over {
                         plan.key_files_crossed = Some((count, max));
@@ -489,8 +514,40 @@ mod tests {
         assert_eq!(s.on_health(None, None, Some(160), LIMITS).key_files_crossed, None);
         s.on_status(None, Some(Me { wid: "4915112345678@c.us".into(), pushname: None }));
         assert!(s.on_health(None, None, Some(170), LIMITS).purge);
-        assert_eq!(s.on_health(None, None, Some(10), LIMITS), HealthPlan::default());
+        let back = s.on_health(None, None, Some(10), LIMITS);
+        assert_eq!(back, HealthPlan { key_files_back: Some((10, 100)), ..HealthPlan::default() });
+        assert_eq!(s.on_health(None, None, Some(11), LIMITS), HealthPlan::default());
         assert_eq!(s.on_health(None, None, Some(150), LIMITS).key_files_crossed, Some((150, 100)));
+    }
+
+    #[test]
+    fn a_key_file_crossing_under_way_at_boot_is_not_alerted_again() {
+        let health = |over: bool, at_ms| HistoryEntry {
+            state: SessionState::Connected,
+            reason: Some("key_files".into()),
+            at_ms,
+            event: "session.health".into(),
+            detail: Some(serde_json::json!({"key_files": 150, "max": 100, "over": over})),
+        };
+        let connected = HistoryEntry::status(SessionState::Connected, None, 1);
+        let crossings = |s: &mut SessionSlot| s.on_health(None, None, Some(150), LIMITS).key_files_crossed;
+        // Crossed, not back: still under way.
+        let mut s = slot();
+        s.seed(&[connected.clone(), health(true, 2), HistoryEntry::status(SessionState::Stopped, Some("daemon_shutdown".into()), 3)]);
+        assert_eq!(crossings(&mut s), None);
+        // Back within the threshold, or the profile wiped since: a new crossing.
+        let mut s = slot();
+        s.seed(&[connected.clone(), health(true, 2), health(false, 3)]);
+        assert_eq!(crossings(&mut s), Some((150, 100)));
+        let mut s = slot();
+        s.seed(&[health(true, 2), HistoryEntry::status(SessionState::LoggedOut, Some("key_files_cleanup".into()), 3)]);
+        assert_eq!(crossings(&mut s), Some((150, 100)));
+        // An older event without `over` was a crossing.
+        let mut s = slot();
+        let mut old = health(true, 2);
+        old.detail = Some(serde_json::json!({"key_files": 150, "max": 100}));
+        s.seed(&[old]);
+        assert_eq!(crossings(&mut s), None);
     }
 
     #[test]

@@ -68,8 +68,13 @@ impl Handler<SessionHealth> for Supervisor {
             self.reporter.event(record, EventName::SessionHealth, Some("memory".into()), detail);
             return self.end_session(&msg.name, EndReason::HealthCheckFailed, ctx);
         }
+        if let Some((count, max)) = plan.key_files_back {
+            tracing::info!(session = %msg.name, event = "session.health", key_files = count, max, "key files back within the threshold");
+            let detail = serde_json::json!({"key_files": count, "max": max, "over": false});
+            self.reporter.event(record, EventName::SessionHealth, Some("key_files".into()), detail);
+        }
         if let Some((count, max)) = plan.key_files_crossed {
-            let detail = serde_json::json!({"key_files": count, "max": max});
+            let detail = serde_json::json!({"key_files": count, "max": max, "over": true});
             tracing::warn!(session = %msg.name, event = "session.health", key_files = count, max, "key files over the threshold");
             self.reporter.event(record, EventName::SessionHealth, Some("key_files".into()), detail.clone());
             let message = format!("session {} has {count} key files (threshold {max})", msg.name);
