@@ -598,9 +598,10 @@ pub struct WhatsAppConfig {
     pub check_interval: Duration,
     /// `events = "bidi"`: after this many `bidi_lost` ends of one session
     /// within `restart.window`, its next runs poll the page instead
-    /// (`session.health` event, reason `bidi_fallback`) until an operator
-    /// stops, restarts, recovers or logs it out, or the daemon restarts.
-    /// 0: never fall back. Default 3.
+    /// (`session.health` event, reason `bidi_fallback`) until an operator's
+    /// command leaves it with no run (stop, restart, recover, logout, or a
+    /// start of a session not running), the daemon restarts, or the session
+    /// moves to another node (cluster mode). 0: never fall back. Default 3.
     pub bidi_fallback_after: u32,
     /// How long a send may take in the page before it is reported as failed.
     /// Default 2 min (the seeds' message timeout).

@@ -136,13 +136,44 @@ fn a_crash_in_another_tab_leaves_the_session_alone() {
         daemon.log().contains("a renderer of another tab in the session's browser crashed").then_some(())
     });
 
-    let view = daemon.session("acme");
-    assert_eq!((&view["state"], &view["attempt"]), (&json!("CONNECTED"), &json!(0)), "{view}");
+    // Past the next classic check (whatsapp.check_interval, 5 s), which
+    // would notice a page that went with the other tab.
+    stays("CONNECTED with no restart", Duration::from_secs(6), || {
+        let view = daemon.session("acme");
+        view["state"] == "CONNECTED" && view["attempt"] == 0
+    });
     let states = daemon.history_states("acme");
     assert!(!states.iter().any(|s| s.starts_with("RECONNECTING")), "{states:?}");
     assert!(events(&daemon, "acme", "session.restart_scheduled").is_empty());
     let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "still here"})));
     assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+}
+
+/// The page's own renderer crashes alone (chromedriver's BiDi mapper lives
+/// on): the crash is pushed and ends the run as `page_crashed` at once, from
+/// the pushed event (the classic check would have reported it otherwise,
+/// up to `whatsapp.check_interval` later); the session comes back without
+/// a QR.
+#[test]
+fn the_pages_own_renderer_crash_is_pushed_and_restarted() {
+    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
+        return; // Crashes are pushed only over BiDi.
+    }
+    let _permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start(&sim, "");
+    daemon.pair(&sim, "acme", PHONE);
+    assert_eq!(daemon.session("acme")["events"], "bidi");
+
+    let r = daemon.api("POST", "/api/sessions/acme/_fault/own-tab-crash", None);
+    assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
+    wait_for("RECONNECTING(page_crashed)", Duration::from_secs(30), || {
+        daemon.history_states("acme").iter().any(|s| s == "RECONNECTING(page_crashed)").then_some(())
+    });
+    assert!(daemon.log().contains("the renderer crashed (Inspector.targetCrashed)"), "the end did not come from the pushed crash");
+    let view = daemon.wait_state("acme", "CONNECTED", Duration::from_secs(60));
+    assert_eq!((&view["attempt"], &view["events"]), (&json!(1), &json!("bidi")), "{view}");
+    assert_eq!(sim.devices().len(), 1, "a crash must not link a new device");
 }
 
 /// A session whose BiDi connection keeps dropping (`bidi_lost`) polls its

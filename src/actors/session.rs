@@ -135,6 +135,9 @@ pub enum PageFault {
     /// A second tab in the session's browser crashes its renderer; the
     /// page's own tab is untouched.
     OtherTabCrash,
+    /// The page's own renderer crashes alone (chromedriver's BiDi mapper,
+    /// in another tab, lives on).
+    OwnTabCrash,
 }
 
 /// Fault injection for tests (debug builds only). Answers false if the
@@ -155,7 +158,8 @@ impl Handler<InjectPageFault> for Session {
             let Some(page) = page else { return false };
             match fault {
                 PageFault::BidiDrop => page.drop_bidi(),
-                PageFault::OtherTabCrash => page.crash_other_tab().await,
+                PageFault::OtherTabCrash => page.crash_tab(false).await,
+                PageFault::OwnTabCrash => page.crash_tab(true).await,
             }
         })
     }

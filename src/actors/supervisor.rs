@@ -243,7 +243,7 @@ impl Supervisor {
             acks: self.campaigns.acks.clone(),
             incoming: self.campaigns.incoming.clone(),
         };
-        let events = if slot.session.poll_fallback { EventMode::Poll } else { self.config.whatsapp.events };
+        let events = if slot.session.poll_fallback() { EventMode::Poll } else { self.config.whatsapp.events };
         let session =
             Session::new(name.to_string(), slot.session.generation, self.config.clone(), self.driver.clone(), reports, linked, events);
         slot.addr = Some(session.start());
@@ -289,10 +289,13 @@ impl Supervisor {
         slot.addr = None;
         slot.session.events = None;
         let now = now_ms();
-        let fallback = (reason == EndReason::BidiLost)
-            .then(|| slot.session.on_bidi_lost(self.policy.window, self.config.whatsapp.bidi_fallback_after, now))
-            .flatten();
         let plan = slot.session.on_end(&self.policy, reason, now, &mut rand::thread_rng());
+        // Counted only when the policy restarts: a session that gave up
+        // (FAILED) has no next run to poll.
+        let mut fallback = None;
+        if reason == EndReason::BidiLost && matches!(plan, EndPlan::Restart { .. }) {
+            fallback = slot.session.on_bidi_lost(self.policy.window, self.config.whatsapp.bidi_fallback_after, now);
+        }
         let text = Some(reason.as_str().to_string());
         match plan {
             EndPlan::Restart { delay, at_ms: _, attempt } => {

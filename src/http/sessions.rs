@@ -60,14 +60,15 @@ async fn inject_panic(state: web::Data<AppState>, name: web::Path<String>) -> Re
     Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": "panic"})))
 }
 
-/// `bidi-drop` or `other-tab-crash` ([`crate::actors::session::PageFault`]).
+/// `bidi-drop`, `other-tab-crash` or `own-tab-crash`
+/// ([`crate::actors::session::PageFault`]).
 #[cfg(debug_assertions)]
 async fn page_fault(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     use crate::actors::session::PageFault;
     use crate::actors::supervisor::InjectPageFault;
     let (name, kind) = path.into_inner();
     let fault: PageFault = serde_json::from_value(serde_json::Value::String(kind.clone()))
-        .map_err(|_| ApiError::bad_request(format!("unknown fault {kind:?}: bidi-drop or other-tab-crash")))?;
+        .map_err(|_| ApiError::bad_request(format!("unknown fault {kind:?}: bidi-drop, other-tab-crash or own-tab-crash")))?;
     let done = state.supervisor.send(InjectPageFault { name, fault }).await??;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"injected": kind, "done": done})))
 }

@@ -80,9 +80,8 @@ pub struct SessionSlot {
     /// When each `bidi_lost` end within `restart.window` happened, epoch ms.
     bidi_lost: VecDeque<u64>,
     /// `whatsapp.bidi_fallback_after` such ends came within the window: the
-    /// session's next runs poll their page until an operator command stops
-    /// it (stop, restart, recover, logout) or the daemon restarts.
-    pub poll_fallback: bool,
+    /// session's next runs poll their page ([`SessionSlot::poll_fallback`]).
+    poll_fallback: bool,
     /// The history's marks the objectives are figured from.
     tracker: Tracker,
     targets: Targets,
@@ -209,11 +208,13 @@ impl SessionSlot {
         }
     }
 
-    /// The session's stored history, oldest first (at boot). A key-file
-    /// crossing recorded and not followed by a return within the threshold
-    /// (`session.health`, reason `key_files`, `detail.over` false) or a
-    /// wiped profile (`LOGGED_OUT`) is still under way: it is not alerted
-    /// again.
+    /// The session's stored history, oldest first (at boot). The last
+    /// key-file crossing recorded (`session.health`, reason `key_files`) is
+    /// still under way unless a return within the threshold (the same
+    /// event with `detail.over` false) or a wiped profile (`LOGGED_OUT`)
+    /// came after it; one under way is not alerted again. (Once the
+    /// crossing has left the kept history, `crate::store::HISTORY_KEEP`
+    /// entries, a restart alerts it again.)
     pub fn seed(&mut self, history: &[HistoryEntry]) {
         self.tracker = Tracker::from_history(history);
         self.key_files_over = history
@@ -312,8 +313,17 @@ impl SessionSlot {
         Some(count)
     }
 
-    /// An operator stopped the session (stop, restart, recover, logout):
-    /// its next run tries pushed events again, with no `bidi_lost` counted.
+    /// Whether the session's next runs poll their page after repeated
+    /// `bidi_lost` ([`SessionSlot::on_bidi_lost`]), until
+    /// [`SessionSlot::retry_bidi`]; memory only (a daemon restart, or the
+    /// session moving to another node in cluster mode, starts afresh).
+    pub fn poll_fallback(&self) -> bool {
+        self.poll_fallback
+    }
+
+    /// An operator's command left the session with no run (stop, restart,
+    /// recover, logout, or a start of a session not running): its next run
+    /// tries pushed events again, with no `bidi_lost` counted.
     pub fn retry_bidi(&mut self) {
         self.bidi_lost.clear();
         self.poll_fallback = false;
@@ -466,21 +476,21 @@ mod tests {
         assert_eq!(s.on_bidi_lost(window, 3, 2_000), None);
         // The first loss leaves the window before the third comes.
         assert_eq!(s.on_bidi_lost(window, 3, 3_601_000), None);
-        assert!(!s.poll_fallback);
+        assert!(!s.poll_fallback());
         assert_eq!(s.on_bidi_lost(window, 3, 3_601_500), Some(3));
-        assert!(s.poll_fallback);
+        assert!(s.poll_fallback());
         // Once: further losses change nothing.
         assert_eq!(s.on_bidi_lost(window, 3, 3_603_000), None);
         // An operator's stop tries BiDi again, counting from zero.
         s.retry_bidi();
-        assert!(!s.poll_fallback);
+        assert!(!s.poll_fallback());
         assert_eq!(s.on_bidi_lost(window, 3, 3_604_000), None);
         // 0: never.
         let mut never = slot();
         for at in 1..10 {
             assert_eq!(never.on_bidi_lost(window, 0, at), None);
         }
-        assert!(!never.poll_fallback);
+        assert!(!never.poll_fallback());
     }
 
     #[test]

@@ -543,7 +543,7 @@ impl Page {
         let cdp_session = match bidi.command("goog:cdp.getSession", json!({"context": context}), BIDI_COMMAND).await {
             Ok(answer) => answer.get("session").and_then(Value::as_str).map(str::to_string),
             Err(e) => {
-                tracing::debug!(error = %e, "no CDP session for the page's tab: every renderer crash counts as the page's");
+                tracing::warn!(error = %e, "no CDP session for the page's tab: every renderer crash counts as the page's");
                 None
             }
         };
@@ -601,17 +601,27 @@ impl Page {
         self.bidi.as_ref().is_some_and(|p| p.bidi.close())
     }
 
-    /// Opens a second tab in the page's browser and crashes its renderer
-    /// (`chrome://crash`), the page's own tab untouched (fault injection
-    /// for tests). False if the page has no BiDi connection or the tab
-    /// could not be opened.
+    /// Crashes one renderer by navigating a tab to `chrome://crash`: the
+    /// page's own (`own`), or a second tab opened for it and closed after,
+    /// the page's own untouched; the other renderers (chromedriver's BiDi
+    /// mapper's among them) live on (fault injection for tests). False if
+    /// the page has no BiDi connection or the tab could not be opened.
     #[cfg(debug_assertions)]
-    pub async fn crash_other_tab(&self) -> bool {
+    pub async fn crash_tab(&self, own: bool) -> bool {
         let Some(pushing) = &self.bidi else { return false };
-        let Ok(tab) = pushing.bidi.command("browsingContext.create", json!({"type": "tab"}), BIDI_COMMAND).await else { return false };
-        let Some(context) = tab.get("context").and_then(Value::as_str) else { return false };
+        let context = if own {
+            pushing.context.clone()
+        } else {
+            let Ok(tab) = pushing.bidi.command("browsingContext.create", json!({"type": "tab"}), BIDI_COMMAND).await else { return false };
+            let Some(context) = tab.get("context").and_then(Value::as_str) else { return false };
+            context.to_string()
+        };
         // The navigation fails by design (the renderer dies under it).
         let _ = pushing.bidi.command("browsingContext.navigate", json!({"context": context, "url": "chrome://crash"}), BIDI_COMMAND).await;
+        if !own {
+            // Best effort: a crashed tab left open changes nothing.
+            let _ = pushing.bidi.command("browsingContext.close", json!({"context": context}), BIDI_COMMAND).await;
+        }
         true
     }
 

@@ -111,14 +111,9 @@ impl Handler<SessionCommand> for Supervisor {
                 return Box::pin(fut::ready(Err(e)));
             }
         }
-        if let Some(slot) = self.slots.get_mut(&name) {
-            if plan.clear_restarts {
+        if plan.clear_restarts {
+            if let Some(slot) = self.slots.get_mut(&name) {
                 slot.session.restarts.clear();
-            }
-            // The operator stops the run: the next one tries pushed events
-            // again (whatsapp.bidi_fallback_after).
-            if plan.stop {
-                slot.session.retry_bidi();
             }
         }
         if !plan.stop {
@@ -187,6 +182,15 @@ impl Supervisor {
 
     /// A command's last step ([`Then`]); answers the session's view.
     fn finish(&mut self, name: String, then: Then, ctx: &mut Context<Self>) -> LocalBoxActorFuture<Self, Reply<SessionView>> {
+        // No run is left (the command stopped it, or none ran): the next
+        // one, whoever starts it, tries pushed events again
+        // (whatsapp.bidi_fallback_after). A start on a running session
+        // leaves its run and mode alone.
+        if let Some(slot) = self.slots.get_mut(&name) {
+            if slot.addr.is_none() {
+                slot.session.retry_bidi();
+            }
+        }
         match then {
             Then::Start => self.start_session(&name, ctx),
             Then::Stopped { reason, start } => {

@@ -1,7 +1,8 @@
 //! Fault injection for the tests of supervision (debug builds only; the
 //! routes `POST /api/sessions/{name}/_fault/panic` and
 //! `/api/_fault/wedge/{seconds}`, `POST /api/sessions/{name}/_fault/bidi-drop`
-//! and `…/_fault/other-tab-crash` exist only with `WASUP_FAULT_INJECTION=1`).
+//! and `…/_fault/other-tab-crash` and `…/_fault/own-tab-crash` exist only with
+//! `WASUP_FAULT_INJECTION=1`).
 
 use actix::prelude::*;
 
