@@ -21,6 +21,28 @@ fn count(events: &std::sync::Mutex<Vec<Value>>, pred: impl Fn(&Value) -> bool) -
     events.lock().unwrap().iter().filter(|e| pred(e)).count()
 }
 
+/// A paired session `acme` whose page pushes its events, on a daemon with
+/// `whatsapp` lines added to its `[whatsapp]` table; `None` when the suite
+/// runs polled (`WASUP_TEST_EVENTS=poll`: nothing is pushed, so these
+/// scenarios do not apply).
+fn pushing(whatsapp: &str) -> Option<(BrowserPermit, Sim, Daemon)> {
+    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
+        return None;
+    }
+    let permit = browser_permit();
+    let sim = Sim::start(&[]);
+    let daemon = Daemon::start_tuned(&sim, whatsapp, "");
+    daemon.pair(&sim, "acme", PHONE);
+    assert_eq!(daemon.session("acme")["events"], "bidi");
+    Some((permit, sim, daemon))
+}
+
+/// A text through the API is sent and acked by the server.
+fn sends(daemon: &Daemon, text: &str) {
+    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": text})));
+    assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+}
+
 /// The page reloads itself (a new WhatsApp Web version) right after an ack
 /// and a contact's message arrived, then the phone logs the device out,
 /// which navigates the page again. The ack, the message and the logout each
@@ -89,14 +111,7 @@ fn what_is_in_flight_across_a_reload_arrives_once() {
 /// the same profile and comes back pushing its events, without a QR.
 #[test]
 fn a_dropped_bidi_connection_is_detected_and_recovered() {
-    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
-        return; // Nothing to drop when the page is polled.
-    }
-    let _permit = browser_permit();
-    let sim = Sim::start(&[]);
-    let daemon = Daemon::start_with_env(&sim, "", &[("WASUP_FAULT_INJECTION", "1")]);
-    daemon.pair(&sim, "acme", PHONE);
-    assert_eq!(daemon.session("acme")["events"], "bidi");
+    let Some((_permit, sim, daemon)) = pushing("") else { return };
 
     let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
     assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
@@ -111,8 +126,7 @@ fn a_dropped_bidi_connection_is_detected_and_recovered() {
     assert!(!states[lost..].iter().any(|s| s.starts_with("SCAN_QR") || s.starts_with("LOGGED_OUT")), "{states:?}");
 
     // Sends work through the new connection, their acks pushed.
-    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "still here"})));
-    assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+    sends(&daemon, "still here");
 }
 
 /// A renderer of another tab in the session's browser crashes (one the page
@@ -121,14 +135,7 @@ fn a_dropped_bidi_connection_is_detected_and_recovered() {
 /// no `page_crashed`, and sends still work.
 #[test]
 fn a_crash_in_another_tab_leaves_the_session_alone() {
-    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
-        return; // Crashes are pushed only over BiDi.
-    }
-    let _permit = browser_permit();
-    let sim = Sim::start(&[]);
-    let daemon = Daemon::start(&sim, "");
-    daemon.pair(&sim, "acme", PHONE);
-    assert_eq!(daemon.session("acme")["events"], "bidi");
+    let Some((_permit, _sim, daemon)) = pushing("") else { return };
 
     let r = daemon.api("POST", "/api/sessions/acme/_fault/other-tab-crash", None);
     assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
@@ -145,8 +152,7 @@ fn a_crash_in_another_tab_leaves_the_session_alone() {
     let states = daemon.history_states("acme");
     assert!(!states.iter().any(|s| s.starts_with("RECONNECTING")), "{states:?}");
     assert!(events(&daemon, "acme", "session.restart_scheduled").is_empty());
-    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "still here"})));
-    assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+    sends(&daemon, "still here");
 }
 
 /// The page's own renderer crashes alone (chromedriver's BiDi mapper lives
@@ -156,14 +162,7 @@ fn a_crash_in_another_tab_leaves_the_session_alone() {
 /// a QR.
 #[test]
 fn the_pages_own_renderer_crash_is_pushed_and_restarted() {
-    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
-        return; // Crashes are pushed only over BiDi.
-    }
-    let _permit = browser_permit();
-    let sim = Sim::start(&[]);
-    let daemon = Daemon::start(&sim, "");
-    daemon.pair(&sim, "acme", PHONE);
-    assert_eq!(daemon.session("acme")["events"], "bidi");
+    let Some((_permit, sim, daemon)) = pushing("") else { return };
 
     let r = daemon.api("POST", "/api/sessions/acme/_fault/own-tab-crash", None);
     assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
@@ -182,14 +181,7 @@ fn the_pages_own_renderer_crash_is_pushed_and_restarted() {
 /// operator's restart tries pushed events again.
 #[test]
 fn repeated_bidi_losses_fall_back_to_polling_until_an_operator_restart() {
-    if std::env::var("WASUP_TEST_EVENTS").is_ok_and(|m| m == "poll") {
-        return; // Nothing to drop when the page is polled.
-    }
-    let _permit = browser_permit();
-    let sim = Sim::start(&[]);
-    let daemon = Daemon::start_tuned(&sim, "bidi_fallback_after = 2", "");
-    daemon.pair(&sim, "acme", PHONE);
-    assert_eq!(daemon.session("acme")["events"], "bidi");
+    let Some((_permit, sim, daemon)) = pushing("bidi_fallback_after = 2") else { return };
 
     for drop in 1..=2 {
         let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
@@ -208,8 +200,7 @@ fn repeated_bidi_losses_fall_back_to_polling_until_an_operator_restart() {
     assert_eq!(sim.devices().len(), 1, "no new device");
 
     // Polled, the session still sends and hears its acks.
-    let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": "polled"})));
-    assert_eq!((r.status, &r.body["ack"]), (201, &json!("SERVER")), "{:?}", r.body);
+    sends(&daemon, "polled");
     // With nothing to drop, the fault says so and changes nothing.
     let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
     assert_eq!((r.status, &r.body["done"]), (202, &json!(false)), "{:?}", r.body);
