@@ -160,7 +160,7 @@ impl Restarts {
 
     /// Restarts scheduled within `window` before `now_ms`.
     pub fn in_window(&self, policy: &Policy, now_ms: u64) -> u32 {
-        self.recent.iter().filter(|&&t| inside(policy, t, now_ms)).count() as u32
+        self.recent.iter().filter(|&&t| inside(policy.window, t, now_ms)).count() as u32
     }
 
     /// The session reached `CONNECTED` at `now_ms`.
@@ -183,9 +183,7 @@ impl Restarts {
         self.on_disconnected(policy, now_ms);
         match reason.action() {
             Action::RestartWithBackoff => {
-                while self.recent.front().is_some_and(|&t| !inside(policy, t, now_ms)) {
-                    self.recent.pop_front();
-                }
+                forget_outside(&mut self.recent, policy.window, now_ms);
                 if self.recent.len() as u32 >= policy.max_restarts {
                     return Decision::GiveUp;
                 }
@@ -210,11 +208,20 @@ impl Restarts {
     }
 }
 
-/// Whether a restart at `t_ms` is inside the window that ends at `now_ms`.
-fn inside(policy: &Policy, t_ms: u64, now_ms: u64) -> bool {
-    match now_ms.checked_sub(policy.window.as_millis() as u64) {
+/// Whether a time `t_ms` is inside the `window` that ends at `now_ms`
+/// (epoch ms).
+fn inside(window: Duration, t_ms: u64, now_ms: u64) -> bool {
+    match now_ms.checked_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX)) {
         Some(cutoff) => t_ms > cutoff,
         None => true,
+    }
+}
+
+/// Drops from the front of `times` (epoch ms, oldest first) those no longer
+/// inside the `window` that ends at `now_ms`.
+pub(crate) fn forget_outside(times: &mut VecDeque<u64>, window: Duration, now_ms: u64) {
+    while times.front().is_some_and(|&t| !inside(window, t, now_ms)) {
+        times.pop_front();
     }
 }
 

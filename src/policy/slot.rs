@@ -299,11 +299,7 @@ impl SessionSlot {
     /// to polling: then `Some(count)`, once (`None` otherwise, and always
     /// with `after` 0, which never falls back).
     pub fn on_bidi_lost(&mut self, window: Duration, after: u32, now_ms: u64) -> Option<u32> {
-        if let Some(cutoff) = now_ms.checked_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX)) {
-            while self.bidi_lost.front().is_some_and(|&t| t <= cutoff) {
-                self.bidi_lost.pop_front();
-            }
-        }
+        crate::policy::restart::forget_outside(&mut self.bidi_lost, window, now_ms);
         self.bidi_lost.push_back(now_ms);
         let count = u32::try_from(self.bidi_lost.len()).unwrap_or(u32::MAX);
         if after == 0 || self.poll_fallback || count < after {
