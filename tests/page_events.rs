@@ -37,6 +37,14 @@ fn pushing(whatsapp: &str) -> Option<(BrowserPermit, Sim, Daemon)> {
     Some((permit, sim, daemon))
 }
 
+/// Injects the debug-only page fault `kind` into `acme` (202 expected);
+/// whether it could be made.
+fn fault(daemon: &Daemon, kind: &str) -> bool {
+    let r = daemon.api("POST", &format!("/api/sessions/acme/_fault/{kind}"), None);
+    assert_eq!(r.status, 202, "{kind}: {:?}", r.body);
+    r.body["done"].as_bool().unwrap_or_else(|| panic!("{kind}: no done in {:?}", r.body))
+}
+
 /// A text through the API is sent and acked by the server.
 fn sends(daemon: &Daemon, text: &str) {
     let r = daemon.api("POST", "/api/sessions/acme/messages", Some(json!({"to": format!("+{CONTACT}"), "text": text})));
@@ -113,8 +121,7 @@ fn what_is_in_flight_across_a_reload_arrives_once() {
 fn a_dropped_bidi_connection_is_detected_and_recovered() {
     let Some((_permit, sim, daemon)) = pushing("") else { return };
 
-    let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
-    assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
+    assert!(fault(&daemon, "bidi-drop"), "the bidi-drop fault was not made");
     wait_for("RECONNECTING(bidi_lost)", Duration::from_secs(30), || {
         daemon.history_states("acme").iter().any(|s| s == "RECONNECTING(bidi_lost)").then_some(())
     });
@@ -137,8 +144,7 @@ fn a_dropped_bidi_connection_is_detected_and_recovered() {
 fn a_crash_in_another_tab_leaves_the_session_alone() {
     let Some((_permit, _sim, daemon)) = pushing("") else { return };
 
-    let r = daemon.api("POST", "/api/sessions/acme/_fault/other-tab-crash", None);
-    assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
+    assert!(fault(&daemon, "other-tab-crash"), "the other-tab-crash fault was not made");
     wait_for("the other tab's crash to be judged", Duration::from_secs(20), || {
         daemon.log().contains("a renderer of another tab in the session's browser crashed").then_some(())
     });
@@ -164,8 +170,7 @@ fn a_crash_in_another_tab_leaves_the_session_alone() {
 fn the_pages_own_renderer_crash_is_pushed_and_restarted() {
     let Some((_permit, sim, daemon)) = pushing("") else { return };
 
-    let r = daemon.api("POST", "/api/sessions/acme/_fault/own-tab-crash", None);
-    assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "{:?}", r.body);
+    assert!(fault(&daemon, "own-tab-crash"), "the own-tab-crash fault was not made");
     wait_for("RECONNECTING(page_crashed)", Duration::from_secs(30), || {
         daemon.history_states("acme").iter().any(|s| s == "RECONNECTING(page_crashed)").then_some(())
     });
@@ -184,8 +189,7 @@ fn repeated_bidi_losses_fall_back_to_polling_until_an_operator_restart() {
     let Some((_permit, sim, daemon)) = pushing("bidi_fallback_after = 2") else { return };
 
     for drop in 1..=2 {
-        let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
-        assert_eq!((r.status, &r.body["done"]), (202, &json!(true)), "drop {drop}: {:?}", r.body);
+        assert!(fault(&daemon, "bidi-drop"), "drop {drop} was not made");
         wait_for("RECONNECTING(bidi_lost)", Duration::from_secs(30), || {
             (daemon.history_states("acme").iter().filter(|s| *s == "RECONNECTING(bidi_lost)").count() == drop).then_some(())
         });
@@ -202,8 +206,7 @@ fn repeated_bidi_losses_fall_back_to_polling_until_an_operator_restart() {
     // Polled, the session still sends and hears its acks.
     sends(&daemon, "polled");
     // With nothing to drop, the fault says so and changes nothing.
-    let r = daemon.api("POST", "/api/sessions/acme/_fault/bidi-drop", None);
-    assert_eq!((r.status, &r.body["done"]), (202, &json!(false)), "{:?}", r.body);
+    assert!(!fault(&daemon, "bidi-drop"), "a polled page has no BiDi connection to drop");
 
     // The operator's restart tries BiDi again.
     let r = daemon.api("POST", "/api/sessions/acme/restart", None);
